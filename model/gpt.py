@@ -1,0 +1,197 @@
+"""GPT: a decoder-only transformer language model, GPT-2 by default, modern variants by config flag.
+
+GPT-2 (Radford et al. 2019): learned positions, pre-LayerNorm blocks, GELU-tanh MLP, tied embeddings, and GPT-2's
+parameter names (wte wpe h ln_1 attn.c_attn ...), so GPT-2 weights map one to one. Flags switch to RMSNorm, RoPE,
+SwiGLU/ReLU^2, grouped-query attention and QK-norm. Generation state is an explicit per-layer KVCache (litgpt).
+Legend: B batch, T sequence length, C n_embd, nh query heads, nkv key/value heads, hs head size, V vocabulary,
+L kv-cache length.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from model.config import GPTConfig
+from model.kv_cache import KVCache
+from model.layers import RMSNorm, apply_rope, build_mlp, build_norm, rope_cache
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_size = config.n_head, config.n_kv_head, config.head_size
+        # one fused projection for q, k and v (k/v narrower under GQA/MQA)
+        qkv_dim = (config.n_head + 2 * config.n_kv_head) * config.head_size
+        self.c_attn = nn.Linear(config.n_embd, qkv_dim, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.q_norm = RMSNorm(config.head_size, config.norm_eps) if config.qk_norm else None
+        self.k_norm = RMSNorm(config.head_size, config.norm_eps) if config.qk_norm else None
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.kv_cache: KVCache | None = None
+
+    def forward(
+        self, x: torch.Tensor, rope: torch.Tensor | None, mask: torch.Tensor | None, input_pos: torch.Tensor | None
+    ) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split([self.n_head * self.head_size, *[self.n_kv_head * self.head_size] * 2], dim=2)
+        q = q.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_kv_head, self.head_size).transpose(1, 2)  # (B, nkv, T, hs)
+        v = v.view(B, T, self.n_kv_head, self.head_size).transpose(1, 2)  # (B, nkv, T, hs)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
+        if self.kv_cache is not None and input_pos is not None:
+            k, v = self.kv_cache(input_pos, k, v)  # (B, nkv, L, hs): everything cached so far, zeros after
+        # Training and uncached calls: SDPA's is_causal path (flash kernel on GPU). Cached calls: an explicit
+        # boolean mask (T, L) of the positions each query may see; its rows are selected by input_pos, so a
+        # single-token decode attends to [0, pos] and never to the unwritten tail (SDPA's is_causal is top-left
+        # aligned and would be wrong for q_len != k_len, pytorch/pytorch#108108).
+        y = F.scaled_dot_product_attention(
+            q, k, v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=mask is None,
+            enable_gqa=self.n_kv_head != self.n_head,
+        )  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): re-assemble the heads side by side
+        return self.resid_dropout(self.c_proj(y))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.ln_1 = build_norm(config.norm, config.n_embd, config.bias, config.norm_eps)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = build_norm(config.norm, config.n_embd, config.bias, config.norm_eps)
+        self.mlp = build_mlp(config.mlp, config.n_embd, config.intermediate_size, config.bias, config.dropout)
+
+    def forward(
+        self, x: torch.Tensor, rope: torch.Tensor | None, mask: torch.Tensor | None, input_pos: torch.Tensor | None
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), rope, mask, input_pos)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        if config.vocab_size is None:
+            raise ValueError("model.vocab_size is not set; set it to the tokenizer's vocabulary size")
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
+                wpe=nn.Embedding(config.block_size, config.n_embd) if config.pos == "learned" else None,
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                ln_f=build_norm(config.norm, config.n_embd, config.bias, config.norm_eps),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        if config.tie_embeddings:
+            # weight tying (Press & Wolf 2017), as GPT-2: the output head reuses the token embedding matrix
+            self.transformer.wte.weight = self.lm_head.weight
+        if config.pos == "rope":
+            self.register_buffer("rope", rope_cache(config.block_size, config.head_size, config.rope_base), False)
+        else:
+            self.rope = None
+        self.mask_cache: torch.Tensor | None = None  # (L, L) causal mask, only while a KV cache is set
+        self.apply(self._init_weights)
+        # GPT-2 scales the init of the projections that write into the residual stream by 1/sqrt(2 * n_layer)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=config.init_std / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, input_pos: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits for every position, and the mean cross-entropy when targets are given.
+
+        Args:
+            idx: (B, T) token ids.
+            targets: (B, T) next-token ids; -1 marks positions to ignore.
+            input_pos: (T,) absolute positions of idx; required while a KV cache is set (see set_kv_cache).
+        Returns:
+            (logits (B, T, V) over the real vocabulary, loss or None).
+        """
+        B, T = idx.shape
+        if input_pos is None:
+            if T > self.config.block_size:
+                raise ValueError(f"sequence of {T} tokens is longer than model.block_size={self.config.block_size}")
+            if self.mask_cache is not None:
+                raise ValueError("a KV cache is set: pass input_pos, or call clear_kv_cache() first")
+            pos = torch.arange(T, device=idx.device)
+            mask = None
+        else:
+            pos = input_pos
+            mask = self.mask_cache.index_select(0, input_pos) if self.mask_cache is not None else None  # (T, L)
+        x = self.transformer.wte(idx)  # (B, T, C)
+        if self.transformer.wpe is not None:
+            x = x + self.transformer.wpe(pos)  # (T, C) broadcast over B
+        rope = self.rope.index_select(0, pos) if self.rope is not None else None  # (T, hs/2, 2)
+        x = self.transformer.drop(x)
+        for block in self.transformer.h:
+            x = block(x, rope, mask, input_pos)
+        x = self.transformer.ln_f(x)
+        logits = self.lm_head(x)  # (B, T, padded V)
+        if self.config.padded_vocab_size != self.config.vocab_size:
+            logits = logits[..., : self.config.vocab_size]  # (B, T, V): padded ids are never predicted
+        loss = None
+        if targets is not None:
+            # cross_entropy upcasts to fp32 under autocast; mean over the non-ignored tokens
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    def set_kv_cache(
+        self,
+        batch_size: int,
+        max_seq_len: int | None = None,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        """Preallocate a KV cache in every layer for batch_size rows of up to max_seq_len (default block_size)."""
+        max_seq_len = max_seq_len or self.config.block_size
+        if max_seq_len > self.config.block_size:
+            raise ValueError(f"max_seq_len={max_seq_len} exceeds model.block_size={self.config.block_size}")
+        weight = self.lm_head.weight
+        device, dtype = device or weight.device, dtype or weight.dtype
+        for block in self.transformer.h:
+            block.attn.kv_cache = KVCache(
+                batch_size, self.config.n_kv_head, max_seq_len, self.config.head_size, device, dtype
+            )
+        self.mask_cache = torch.ones(max_seq_len, max_seq_len, dtype=torch.bool, device=device).tril()  # (L, L)
+
+    def clear_kv_cache(self) -> None:
+        """Drop the KV cache of every layer."""
+        for block in self.transformer.h:
+            block.attn.kv_cache = None
+        self.mask_cache = None
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Number of parameters (tied weights counted once); non_embedding leaves out position embeddings."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding and self.transformer.wpe is not None:
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs (forward + backward) per token: 6N + 12 * n_layer * C * T (PaLM appendix B)."""
+        T = seq_len or self.config.block_size
+        n = self.num_params(non_embedding=True)
+        if self.transformer.wpe is None and not self.config.tie_embeddings:
+            n -= self.transformer.wte.weight.numel()  # an untied input embedding is a lookup, not a matmul
+        return 6 * n + 12 * self.config.n_layer * self.config.n_embd * T

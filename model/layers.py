@@ -1,0 +1,93 @@
+"""Building blocks the GPT and T5 models share: norms, MLP variants, rotary position embedding.
+
+References: GPT-2 (LayerNorm, GELU-tanh), Zhang & Sennrich 2019 (RMSNorm), Shazeer 2020 (GLU variants),
+So et al. 2021 (squared ReLU), Su et al. 2021 (RoPE).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with an optional bias (PyTorch's nn.LayerNorm cannot drop only the bias)."""
+
+    def __init__(self, ndim: int, bias: bool = True, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm: no mean subtraction, no bias (Llama; T5's "layer norm")."""
+
+    def __init__(self, ndim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+
+
+def build_norm(kind: str, ndim: int, bias: bool, eps: float) -> nn.Module:
+    """A norm layer by name: layernorm | rmsnorm."""
+    return LayerNorm(ndim, bias=bias, eps=eps) if kind == "layernorm" else RMSNorm(ndim, eps=eps)
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: C -> hidden -> C with gelu (GPT-2, tanh approx.) or relu2 (squared ReLU)."""
+
+    def __init__(self, n_embd: int, hidden: int, activation: str, bias: bool, dropout: float) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(n_embd, hidden, bias=bias)
+        self.c_proj = nn.Linear(hidden, n_embd, bias=bias)
+        self.activation = activation
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.c_fc(x)  # (B, T, hidden)
+        h = F.gelu(h, approximate="tanh") if self.activation == "gelu" else F.relu(h).square()
+        return self.dropout(self.c_proj(h))  # (B, T, C)
+
+
+class SwiGLU(nn.Module):
+    """Gated MLP: c_proj(silu(c_fc(x)) * c_gate(x)) (Shazeer 2020; Llama)."""
+
+    def __init__(self, n_embd: int, hidden: int, bias: bool, dropout: float) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(n_embd, hidden, bias=bias)
+        self.c_gate = nn.Linear(n_embd, hidden, bias=bias)
+        self.c_proj = nn.Linear(hidden, n_embd, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(F.silu(self.c_fc(x)) * self.c_gate(x)))
+
+
+def build_mlp(kind: str, n_embd: int, hidden: int, bias: bool, dropout: float) -> nn.Module:
+    """An MLP by name: gelu | relu2 | swiglu."""
+    if kind == "swiglu":
+        return SwiGLU(n_embd, hidden, bias, dropout)
+    return MLP(n_embd, hidden, kind, bias, dropout)
+
+
+def rope_cache(seq_len: int, head_size: int, base: float, device: torch.device | None = None) -> torch.Tensor:
+    """Rotary angles as a (seq_len, head_size // 2, 2) tensor of (cos, sin), computed in fp32."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_size, 2, device=device, dtype=torch.float32) / head_size))
+    angles = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)  # (T, hs/2)
+    return torch.stack([angles.cos(), angles.sin()], dim=-1)  # (T, hs/2, 2)
+
+
+def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[..., :hs/2], x[..., hs/2:]) of x (B, nh, T, hs) by angles rope (T, hs/2, 2)."""
+    x1, x2 = x.float().chunk(2, dim=-1)  # (B, nh, T, hs/2) each: the "rotate half" layout of GPT-NeoX/Llama
+    cos, sin = rope[..., 0], rope[..., 1]  # (T, hs/2)
+    out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)  # (B, nh, T, hs)
+    return out.type_as(x)

@@ -1,0 +1,24 @@
+"""Shared fixtures: tiny configs, deterministic seeds, offline environment."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+# Tests never touch the network: hub libraries fail fast instead of waiting on time-outs.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def tiny_gpt_kwargs() -> dict:
+    """STYLE 4.10's tiny configuration."""
+    return dict(n_layer=2, n_head=2, n_embd=16, block_size=16, vocab_size=100)

@@ -1,0 +1,75 @@
+"""Import rules of DESIGN.md, enforced by reading the source with ast (no imports executed).
+
+model, data -> sample -> train: model/ and data/ import nothing of ours (one allowed edge: model/checkpoint.py
+rebuilds the tokenizer with a function-level import of data.tokenizer), sample never imports train, hydra and
+omegaconf stop at the entry points, wandb is imported lazily and only by train/log.py.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("model", "data", "sample", "train")
+STDLIB = set(sys.stdlib_module_names) | {"__future__"}
+THIRD_PARTY = {
+    "model": {"torch", "safetensors"},
+    "data": {"numpy", "torch", "tiktoken", "tqdm", "huggingface_hub"},
+    "sample": {"torch"},
+    "train": {"torch", "safetensors", "numpy"},
+}
+OURS_ALLOWED = {"model": {"model"}, "data": {"data"}, "sample": {"sample", "model", "data"}, "train": set(PACKAGES)}
+HYDRA_FILES = {"train/__main__.py", "train/config.py", "sample/__main__.py", "sample/config.py", "data/prepare.py"}
+LAZY_ONLY = {"wandb": {"train/log.py"}, "huggingface_hub": {"data/corpora.py"}}
+EXTRA_EDGES = {("model/checkpoint.py", "data.tokenizer")}  # function-level only
+
+
+def imports(path: Path) -> list[tuple[str, bool]]:
+    """(module, at module level?) for every import in a file."""
+    tree = ast.parse(path.read_text())
+    top = {id(n) for n in tree.body}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(a.name, id(node) in top) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append((node.module, id(node) in top))
+    return found
+
+
+FILES = sorted(p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_import_rules(path: Path):
+    rel = str(path.relative_to(ROOT))
+    pkg = rel.split("/")[0]
+    for module, top_level in imports(path):
+        root = module.split(".")[0]
+        if root in STDLIB:
+            continue
+        if rel == "model/config.py":
+            pytest.fail(f"{rel} must stay stdlib-only, imports {module}")
+        if root in ("hydra", "omegaconf"):
+            assert rel in HYDRA_FILES, f"{rel} imports {module}: Hydra stops at the entry points"
+            if rel == "data/prepare.py":
+                assert not top_level, "data/prepare.py imports hydra at module level; keep it inside main()"
+            continue
+        if root in LAZY_ONLY:
+            assert rel in LAZY_ONLY[root] and not top_level, f"{rel} imports {module}: only lazily in {LAZY_ONLY[root]}"
+            continue
+        if root in PACKAGES:
+            if (rel, module) in EXTRA_EDGES and not top_level:
+                continue
+            assert root in OURS_ALLOWED[pkg], f"{rel} imports {module}: {pkg}/ may import {OURS_ALLOWED[pkg]}"
+            continue
+        assert root in THIRD_PARTY[pkg], f"{rel} imports third-party {module}; {pkg}/ may use {THIRD_PARTY[pkg]}"
+
+
+def test_nothing_imports_tests():
+    for path in FILES:
+        assert not any(m.split(".")[0] == "tests" for m, _ in imports(path)), path

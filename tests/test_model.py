@@ -1,0 +1,175 @@
+"""GPT model: shapes, loss, initial loss, overfitting, causality, KV-cache equivalence, config validation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from model import GPT, GPTConfig, build_model
+from model.config import GPT_PRESETS
+
+VARIANTS = {
+    "gpt2": {},
+    "modern": dict(norm="rmsnorm", pos="rope", mlp="swiglu", bias=False, tie_embeddings=False),
+    "gqa": dict(n_head=4, n_kv_head=2, pos="rope"),
+    "mqa_qknorm_relu2": dict(n_head=4, n_kv_head=1, qk_norm=True, mlp="relu2"),
+}
+
+
+def make(kwargs: dict, **overrides) -> GPT:
+    return GPT(GPTConfig(**{**kwargs, **overrides}))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_forward_shapes_and_loss(tiny_gpt_kwargs, variant):
+    model = make(tiny_gpt_kwargs, **VARIANTS[variant])
+    idx = torch.randint(0, 100, (3, 16))
+    logits, loss = model(idx)
+    assert logits.shape == (3, 16, 100)  # the real vocabulary, not the padded 128
+    assert loss is None
+    logits, loss = model(idx, targets=idx)
+    assert loss.shape == () and torch.isfinite(loss)
+
+
+def test_vocab_padding(tiny_gpt_kwargs):
+    model = make(tiny_gpt_kwargs)
+    assert model.config.padded_vocab_size == 128
+    assert model.lm_head.weight.shape == (128, 16)
+    assert model.transformer.wte.weight is model.lm_head.weight  # tied, like GPT-2
+
+
+def test_initial_loss_is_log_vocab(tiny_gpt_kwargs):
+    model = make(tiny_gpt_kwargs, vocab_size=1000, n_embd=32)
+    idx = torch.randint(0, 1000, (8, 16))
+    _, loss = model(idx, targets=torch.randint(0, 1000, (8, 16)))
+    assert abs(loss.item() - math.log(1000)) < 0.1
+
+
+@pytest.mark.parametrize("variant", ["gpt2", "modern"])
+def test_overfits_one_batch(tiny_gpt_kwargs, variant):
+    model = make(tiny_gpt_kwargs, **VARIANTS[variant])
+    idx = torch.randint(0, 100, (4, 16))
+    targets = torch.randint(0, 100, (4, 16))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    first = None
+    for _ in range(100):
+        _, loss = model(idx, targets=targets)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.2 * first
+
+
+def test_ignore_index(tiny_gpt_kwargs):
+    model = make(tiny_gpt_kwargs)
+    idx = torch.randint(0, 100, (2, 8))
+    targets = idx.clone()
+    targets[:, 4:] = -1
+    _, loss_masked = model(idx, targets=targets)
+    logits, _ = model(idx)
+    expected = torch.nn.functional.cross_entropy(logits[:, :4].reshape(-1, 100), idx[:, :4].reshape(-1))
+    torch.testing.assert_close(loss_masked, expected)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_causality(tiny_gpt_kwargs, variant):
+    model = make(tiny_gpt_kwargs, **VARIANTS[variant]).eval()
+    idx = torch.randint(0, 100, (1, 16))
+    edited = idx.clone()
+    edited[0, 10:] = (edited[0, 10:] + 1) % 100
+    a, _ = model(idx)
+    b, _ = model(edited)
+    torch.testing.assert_close(a[:, :10], b[:, :10], rtol=0, atol=0)
+    assert not torch.allclose(a[:, 10:], b[:, 10:])
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_kv_cache_matches_full_forward(tiny_gpt_kwargs, variant):
+    model = make(tiny_gpt_kwargs, **VARIANTS[variant]).eval()
+    idx = torch.randint(0, 100, (2, 16))
+    with torch.no_grad():
+        full, _ = model(idx)
+        model.set_kv_cache(batch_size=2)
+        pieces = [model(idx[:, :5], input_pos=torch.arange(5))[0]]  # prefill, then one token at a time
+        for t in range(5, 16):
+            pieces.append(model(idx[:, t : t + 1], input_pos=torch.tensor([t]))[0])
+        model.clear_kv_cache()
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["gpt2", "gqa"])
+def test_kv_cache_greedy_tokens_identical(tiny_gpt_kwargs, variant):
+    model = make(tiny_gpt_kwargs, **VARIANTS[variant]).eval()
+    prompt = torch.randint(0, 100, (1, 4))
+    with torch.no_grad():
+        seq = prompt
+        for _ in range(12):  # no cache: rerun the whole sequence each step
+            seq = torch.cat([seq, model(seq)[0][:, -1].argmax(-1, keepdim=True)], dim=1)
+        model.set_kv_cache(batch_size=1)
+        logits, _ = model(prompt, input_pos=torch.arange(4))
+        cached = [logits[:, -1].argmax(-1)]
+        for pos in range(4, 15):
+            logits, _ = model(cached[-1][:, None], input_pos=torch.tensor([pos]))
+            cached.append(logits[:, -1].argmax(-1))
+        model.clear_kv_cache()
+    assert torch.equal(torch.stack(cached, dim=1), seq[:, 4:])
+
+
+def test_cache_requires_input_pos(tiny_gpt_kwargs):
+    model = make(tiny_gpt_kwargs)
+    model.set_kv_cache(1)
+    with pytest.raises(ValueError, match="input_pos"):
+        model(torch.zeros(1, 2, dtype=torch.long))
+
+
+def test_too_long_sequence_error(tiny_gpt_kwargs):
+    with pytest.raises(ValueError, match="block_size=16"):
+        make(tiny_gpt_kwargs)(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_num_params_and_flops(tiny_gpt_kwargs):
+    model = make(tiny_gpt_kwargs)
+    n = sum(p.numel() for p in model.parameters())
+    assert model.num_params() == n
+    assert model.num_params(non_embedding=True) == n - 16 * 16  # minus wpe
+    assert model.flops_per_token() == 6 * (n - 256) + 12 * 2 * 16 * 16
+
+
+def test_gpt2_preset_param_count():
+    # GPT-2 small has 124,439,808 parameters with the 50257-token vocabulary (tied head counted once)
+    with torch.device("meta"):  # shapes only: no memory, no init time
+        model = GPT(GPTConfig.from_name("gpt2", padding_multiple=1))
+    assert model.num_params() == 124_439_808
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(n_embd=15), "not divisible by model.n_head"),
+        (dict(n_layer=0), "n_layer=0 must be a positive integer"),
+        (dict(norm="batchnorm"), "model.norm='batchnorm' is not one of"),
+        (dict(pos="alibi"), "model.pos='alibi'"),
+        (dict(mlp="geglu"), "model.mlp='geglu'"),
+        (dict(n_kv_head=3, n_head=4, n_embd=16), "not divisible by model.n_kv_head=3"),
+        (dict(dropout=1.5), "dropout=1.5"),
+    ],
+)
+def test_config_validation(tiny_gpt_kwargs, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        GPTConfig(**{**tiny_gpt_kwargs, **overrides})
+
+
+def test_unknown_key_names_the_key():
+    with pytest.raises(ValueError, match="n_layers.*did you mean model.n_layer"):
+        GPTConfig.from_dict({"n_layers": 2})
+
+
+def test_presets_and_registry():
+    assert set(GPT_PRESETS) >= {"gpt-nano", "gpt-mini", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"}
+    model = build_model({"kind": "gpt", "n_layer": 1, "n_head": 1, "n_embd": 8, "vocab_size": 10, "block_size": 4})
+    assert isinstance(model, GPT)
+    with pytest.raises(ValueError, match="unknown model kind"):
+        build_model({"kind": "rnn"})

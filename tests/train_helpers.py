@@ -1,0 +1,54 @@
+"""Helpers for tests that run the training loop: a real tiny corpus and Hydra compose."""
+
+from __future__ import annotations
+
+import codecs
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from train.config import TrainConfig, register_schema
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
+
+
+def zen_of_python(directory: Path) -> Path:
+    """Write the Zen of Python (shipped rot13-encoded in the stdlib's `this` module) to a file; return it."""
+    import importlib.util
+
+    source = Path(importlib.util.find_spec("this").origin).read_text()
+    encoded = source.split('s = """', 1)[1].split('"""', 1)[0]
+    path = directory / "zen.txt"
+    path.write_text(codecs.decode(encoded, "rot13"))
+    return path
+
+
+def compose_train(overrides: list[str]) -> TrainConfig:
+    """The typed TrainConfig that `python -m train <overrides>` would run."""
+    register_schema()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    return OmegaConf.to_object(cfg)
+
+
+def tiny_run_overrides(tmp_path: Path, corpus: Path, run_name: str = "run", **extra: object) -> list[str]:
+    """A seconds-long CPU run on `corpus`: gpt-nano at block size 32, byte tokenizer, fp32."""
+    base = {
+        "debug": "default",
+        "data": "text",
+        "data.paths": f"[{corpus}]",
+        "data.tokenizer": "byte",
+        "data.val_fraction": 0.2,
+        "model.block_size": 32,
+        "paths.cache_dir": str(tmp_path / "cache"),
+        "paths.run_dir": str(tmp_path / run_name),
+        "run_name": run_name,
+        "trainer.max_steps": 8,
+        "trainer.log_interval": 1,
+        "trainer.eval_interval": 4,
+        "trainer.save_interval": 4,
+        "samples.max_new_tokens": 8,
+    }
+    base.update({k: v for k, v in extra.items()})
+    return [f"{k}={v}" for k, v in base.items()]

@@ -1,0 +1,1 @@
+"""nanoloom training: `python -m train` (Hydra entry point) and the loop it runs (train.loop.run)."""

@@ -1,0 +1,168 @@
+"""Training config schema: dataclasses registered in Hydra's ConfigStore, so a mistyped key fails at compose time.
+
+configs/*.yaml hold the values; this file holds the types. `python -m train` converts the composed config once
+with OmegaConf.to_object and hands the typed TrainConfig to loop.run. Schema types are the ones OmegaConf accepts
+(Optional/List, no PEP 604 unions, no Literal); choices are validated in __post_init__.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+from data.config import DataConfig
+from model.config import GPTConfig
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+SCHEDULES = ("cosine", "constant", "wsd")
+LOGGERS = ("none", "wandb")
+WANDB_MODES = ("disabled", "offline", "online")
+NONFINITE = ("skip", "stop")
+
+
+def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{key}={value!r} is not one of {', '.join(choices)}")
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"  # AdamW with decoupled weight decay (Loshchilov & Hutter 2019)
+    lr: float = 6e-4  # peak learning rate
+    weight_decay: float = 0.1  # applied to matrices and embeddings only; never to biases and norm gains
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+    fused: Optional[bool] = None  # None: fused kernel on CUDA, foreach elsewhere
+
+    def __post_init__(self) -> None:
+        _choice("optim.name", self.name, ("adamw",))
+        if self.lr <= 0:
+            raise ValueError(f"optim.lr={self.lr} must be > 0")
+        if self.grad_clip < 0:
+            raise ValueError(f"optim.grad_clip={self.grad_clip} must be >= 0 (0 disables clipping)")
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "cosine"  # cosine | constant | wsd (warmup-stable-decay)
+    warmup_steps: int = 100  # linear warmup from 0 to optim.lr
+    min_lr_ratio: float = 0.1  # final lr = min_lr_ratio * optim.lr (cosine, wsd)
+    decay_fraction: float = 0.2  # wsd: share of trainer.max_steps spent in the final linear decay
+
+    def __post_init__(self) -> None:
+        _choice("schedule.name", self.name, SCHEDULES)
+        if self.warmup_steps < 0:
+            raise ValueError(f"schedule.warmup_steps={self.warmup_steps} must be >= 0")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"schedule.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
+        if not 0.0 < self.decay_fraction <= 1.0:
+            raise ValueError(f"schedule.decay_fraction={self.decay_fraction} must be in (0, 1]")
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 5000  # optimizer steps; the lr schedule spans exactly these
+    max_time: Optional[float] = None  # wall-clock budget in seconds: stop (and save) when it runs out
+    batch_size: int = 12  # micro-batch rows per process
+    grad_accum: int = 1  # micro-batches per optimizer step; tokens/step = batch_size*grad_accum*block_size*world
+    eval_interval: int = 250  # steps between evaluations (and completion samples); 0 = only at the end
+    eval_batches: int = 20  # val batches per evaluation (the same batches every time)
+    log_interval: int = 10  # steps between console/metrics lines
+    save_interval: int = 1000  # steps between checkpoints; 0 = only at the end
+    keep_last: int = 2  # checkpoints kept besides the newest one's predecessors; older ones are deleted
+    device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:1 | mps
+    dtype: str = "auto"  # auto (bf16 where fast, else fp32; fp16 + grad scaler on pre-Ampere GPUs) | float32 | ...
+    compile: bool = False  # torch.compile the model
+    seed: int = 1337  # seeds init, dropout and the data order
+    nonfinite: str = "stop"  # a non-finite loss or gradient: stop (and keep the last good checkpoint) | skip the step
+
+    def __post_init__(self) -> None:
+        for key in ("max_steps", "batch_size", "grad_accum", "eval_batches", "log_interval", "keep_last"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"trainer.{key}={getattr(self, key)} must be >= 1")
+        for key in ("eval_interval", "save_interval"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"trainer.{key}={getattr(self, key)} must be >= 0")
+        if self.max_time is not None and self.max_time <= 0:
+            raise ValueError(f"trainer.max_time={self.max_time} must be > 0 seconds (or null for no budget)")
+        _choice("trainer.dtype", self.dtype, DTYPES)
+        _choice("trainer.nonfinite", self.nonfinite, NONFINITE)
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "none"  # none | wandb (metrics.jsonl and the console are always written)
+    project: str = "nanoloom"  # wandb project
+    mode: str = "offline"  # wandb mode: disabled | offline (no network needed; `wandb sync` later) | online
+    entity: Optional[str] = None  # wandb team or user; the API key comes from WANDB_API_KEY, never from YAML
+    tags: List[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _choice("logger.name", self.name, LOGGERS)
+        _choice("logger.mode", self.mode, WANDB_MODES)
+
+
+@dataclass
+class SamplesConfig:
+    prompts: List[str] = field(default_factory=lambda: ["Once upon a time,", "def fibonacci(n):"])  # at each eval
+    max_new_tokens: int = 64
+    temperature: float = 0.8
+    top_k: Optional[int] = 200
+    seed: int = 1234  # a private generator: sampling never disturbs the training RNG
+
+
+@dataclass
+class PathsConfig:
+    root_dir: str = "."  # the project root; relative paths below resolve against the launch directory
+    cache_dir: str = ".cache/nanoloom"  # prepared datasets and measured device peaks
+    runs_dir: str = "runs"  # parent of run directories: runs/<run_name>
+    run_dir: Optional[str] = None  # this run's directory; null: Hydra's output dir (runs/<run_name>)
+
+
+@dataclass
+class TrainConfig:
+    model: Any = field(default_factory=GPTConfig)  # a GPTConfig (the model group's yaml names its schema)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    samples: SamplesConfig = field(default_factory=SamplesConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    run_name: str = "default"  # the run directory is runs/<run_name>; rerun with the same name + resume=auto
+    resume: Optional[str] = None  # null: fresh run (refused if the run dir has checkpoints) | auto | <checkpoint dir>
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, dict):  # built outside Hydra from a plain dict
+            from model.registry import config_from_dict
+
+            self.model = config_from_dict(self.model)
+
+
+def config_dict(cfg: TrainConfig, model_cfg: Any = None) -> dict[str, Any]:
+    """The config as plain containers, with the model config actually built (vocab_size filled in)."""
+    node = OmegaConf.structured(cfg)
+    out = OmegaConf.to_container(node, resolve=True)
+    if model_cfg is not None:
+        out["model"] = model_cfg.to_dict()
+    return out
+
+
+def to_yaml(cfg: TrainConfig, model_cfg: Any = None) -> str:
+    """The resolved config as YAML (written to the run directory and into every checkpoint)."""
+    return OmegaConf.to_yaml(OmegaConf.create(config_dict(cfg, model_cfg)))
+
+
+def register_schema() -> None:
+    """Register the schema nodes the YAML files name in their defaults lists (idempotent)."""
+    from data.prepare import register_schema as register_data_schema
+
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)  # types every group below it in train.yaml's defaults
+    cs.store(group="model", name="gpt_schema", node=GPTConfig)  # model is Any in TrainConfig: each yaml names its kind
+    register_data_schema()  # data/schema, for configs/prepare.yaml (no top-level schema there)

@@ -1,0 +1,94 @@
+"""Device and precision: device=auto, dtype=auto, the autocast context, and the peak FLOP/s that MFU divides by.
+
+dtype=auto picks bf16 autocast where the hardware has fast bf16 (CUDA Ampere+, CPUs with AVX512-BF16 or AMX),
+fp16 with a grad scaler on older CUDA GPUs, and fp32 elsewhere. Weights and optimizer state stay fp32 (mixed
+precision); only the matmuls run in the low-precision type.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from pathlib import Path
+
+import torch
+
+# Datasheet dense bf16 peaks (FLOP/s) for MFU on common GPUs; others are measured like CPUs.
+GPU_PEAK_BF16 = {"A100": 312e12, "H100": 989e12, "H200": 989e12, "A10": 125e12, "L4": 121e12, "4090": 165e12}
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto -> cuda > mps > cpu; anything else is checked to exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"trainer.device={name} but CUDA is not available here; use trainer.device=auto or cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"trainer.device={name} but MPS is not available here; use trainer.device=auto or cpu")
+    return device
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True on x86 CPUs whose flags include AVX512-BF16 or AMX-BF16 (native bf16 dot products)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The autocast dtype for trainer.dtype on this device (float32 = no autocast)."""
+    if name != "auto":
+        dtype = getattr(torch, name)
+        if dtype == torch.float16 and device.type == "cpu":
+            raise ValueError("trainer.dtype=float16 is not supported on CPU; use bfloat16 or float32")
+        return dtype
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_has_fast_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
+def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """bf16/fp16 autocast for the forward pass, or a no-op for fp32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype, cache_dir: str | Path) -> float:
+    """Peak matmul FLOP/s of this device in this dtype: datasheet for known GPUs, else measured once and cached."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, flops in GPU_PEAK_BF16.items():
+            if key in name:
+                return flops if dtype != torch.float32 else flops / 2  # TF32 runs at about half the bf16 rate
+    cache = Path(cache_dir) / "peak_flops.json"
+    key = f"{device.type}:{dtype}:{torch.get_num_threads()}threads"
+    table = json.loads(cache.read_text()) if cache.exists() else {}
+    if key not in table:
+        table[key] = measure_matmul_flops(device, dtype)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(table, indent=2))
+    return table[key]
+
+
+def measure_matmul_flops(device: torch.device, dtype: torch.dtype, n: int = 1024, seconds: float = 0.5) -> float:
+    """Best observed FLOP/s of an n x n x n matmul in `dtype` over about `seconds`."""
+    gen = torch.Generator(device=device).manual_seed(0)  # private: measuring must not move the training RNG
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline or best == 0.0:
+        t0 = time.perf_counter()
+        (a @ b).sum().item()  # .item() waits for the device
+        best = max(best, 2 * n**3 / (time.perf_counter() - t0))
+    return best

@@ -1,0 +1,105 @@
+"""Where metrics go: the console, metrics.jsonl in the run directory, and optionally wandb.
+
+Only rank 0 logs. wandb is imported lazily and only with logger=wandb; offline mode needs no network and the
+run id is kept in the run directory so a resumed run continues the same wandb run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from train.config import LoggerConfig
+
+WANDB_ID_FILE = "wandb_id.txt"
+
+
+class Tracker:
+    """Writes metric dicts (slash-grouped keys: train/loss, val/loss, perf/tokens_per_sec ...) to every sink."""
+
+    def __init__(self, cfg: LoggerConfig, run_dir: Path, enabled: bool, config: dict[str, Any], run_name: str):
+        self.enabled = enabled
+        self.run_dir = run_dir
+        self.wandb_run = None
+        if not enabled:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_file = open(run_dir / "metrics.jsonl", "a")  # appended: a resumed run continues the file
+        if cfg.name == "wandb" and cfg.mode != "disabled":
+            self.wandb_run = _init_wandb(cfg, run_dir, config, run_name)
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, "time": round(time.time(), 3), **metrics}
+        self.metrics_file.write(json.dumps(record) + "\n")
+        self.metrics_file.flush()
+        if self.wandb_run is not None:
+            self.wandb_run.log(metrics, step=step)
+
+    def print(self, line: str) -> None:
+        if self.enabled:
+            print(line, flush=True)
+
+    def log_samples(self, samples: list[dict[str, Any]], step: int) -> None:
+        """Completions shown at an eval: appended to samples.jsonl, printed, and sent to wandb as a table."""
+        if not self.enabled:
+            return
+        with open(self.run_dir / "samples.jsonl", "a") as f:
+            for s in samples:
+                f.write(json.dumps({"step": step, **s}) + "\n")
+        for s in samples:
+            print(f"--- sample @ step {step} ---\n{s['prompt']}{s['completion']}", flush=True)
+        if self.wandb_run is not None:
+            import wandb
+
+            table = wandb.Table(columns=["step", "prompt", "completion"])
+            for s in samples:
+                table.add_data(step, s["prompt"], s["completion"])
+            self.wandb_run.log({"samples": table}, step=step)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        self.metrics_file.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+
+
+def _init_wandb(cfg: LoggerConfig, run_dir: Path, config: dict[str, Any], run_name: str) -> Any:
+    try:
+        import wandb
+    except ImportError:
+        raise ValueError("logger=wandb needs the wandb package: pip install wandb") from None
+    id_file = run_dir / WANDB_ID_FILE
+    run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+    id_file.write_text(run_id)
+    return wandb.init(
+        project=cfg.project,
+        entity=cfg.entity,
+        name=run_name,
+        id=run_id,
+        resume="allow",
+        dir=str(run_dir),
+        mode=cfg.mode,
+        config=config,
+        tags=list(cfg.tags),
+    )
+
+
+def format_step(metrics: dict[str, Any], step: int, max_steps: int) -> str:
+    """One console line: step, loss, lr, throughput, MFU, step time."""
+    parts = [f"step {step:>6}/{max_steps}", f"loss {metrics['train/loss']:.4f}", f"lr {metrics['train/lr']:.2e}"]
+    parts.append(f"{metrics['perf/tokens_per_sec']:,.0f} tok/s")
+    if "perf/mfu" in metrics:
+        parts.append(f"mfu {100 * metrics['perf/mfu']:.1f}%")
+    parts.append(f"{1000 * metrics['perf/step_time']:.0f} ms/step")
+    return " | ".join(parts)
+
+
+def warn(message: str) -> None:
+    """A one-line warning on stderr."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
