@@ -35,7 +35,9 @@ def _check_positive(**values: Any) -> None:
 class GPTConfig:
     kind: str = "gpt"  # registry key; always "gpt" for this class
     block_size: int = 1024  # maximum context length (tokens)
-    vocab_size: Optional[int] = 50257  # tokenizer vocabulary (padded to padded_vocab_size); None: training takes it from the tokenizer
+    vocab_size: Optional[int] = (
+        50257  # tokenizer vocabulary (padded to padded_vocab_size); None: training takes it from the tokenizer
+    )
     padding_multiple: int = 64  # pad the vocabulary to a multiple of this for faster matmuls (nanoGPT: 50304)
     n_layer: int = 12  # transformer blocks
     n_head: int = 12  # query heads
@@ -57,7 +59,10 @@ class GPTConfig:
         if self.kind != "gpt":
             raise ValueError(f"GPTConfig got kind={self.kind!r}; use kind=gpt (T5 models have their own config)")
         _check_positive(
-            block_size=self.block_size, n_layer=self.n_layer, n_head=self.n_head, n_embd=self.n_embd,
+            block_size=self.block_size,
+            n_layer=self.n_layer,
+            n_head=self.n_head,
+            n_embd=self.n_embd,
             padding_multiple=self.padding_multiple,
         )
         if self.vocab_size is not None:

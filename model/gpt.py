@@ -53,7 +53,9 @@ class CausalSelfAttention(nn.Module):
         # single-token decode attends to [0, pos] and never to the unwritten tail (SDPA's is_causal is top-left
         # aligned and would be wrong for q_len != k_len, pytorch/pytorch#108108).
         y = F.scaled_dot_product_attention(
-            q, k, v,
+            q,
+            k,
+            v,
             attn_mask=mask,
             dropout_p=self.dropout if self.training else 0.0,
             is_causal=mask is None,

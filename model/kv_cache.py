@@ -12,7 +12,13 @@ import torch.nn as nn
 
 class KVCache(nn.Module):
     def __init__(
-        self, batch_size: int, n_kv_head: int, max_seq_len: int, head_size: int, device: torch.device, dtype: torch.dtype
+        self,
+        batch_size: int,
+        n_kv_head: int,
+        max_seq_len: int,
+        head_size: int,
+        device: torch.device,
+        dtype: torch.dtype,
     ) -> None:
         super().__init__()
         shape = (batch_size, n_kv_head, max_seq_len, head_size)

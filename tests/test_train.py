@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_helpers import compose_train, tiny_run_overrides, zen_of_python
 
 from model.checkpoint import load_model
 from train import loop
 from train.config import ScheduleConfig
 from train.loop import run
 from train.optim import build_optimizer, get_lr
-from train_helpers import compose_train, tiny_run_overrides, zen_of_python
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -146,7 +146,9 @@ def test_golden_loss_trace(tmp_path):
 def test_cli_unknown_key_names_it(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "train", "model.n_layerz=3", f"paths.runs_dir={tmp_path}"],
-        cwd=ROOT, capture_output=True, text=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode != 0
     assert "n_layerz" in proc.stderr and "Traceback" not in proc.stderr
@@ -155,7 +157,9 @@ def test_cli_unknown_key_names_it(tmp_path):
 def test_cli_bad_value_is_one_line(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "train", "debug=default", "model.n_embd=50", f"paths.runs_dir={tmp_path}"],
-        cwd=ROOT, capture_output=True, text=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode != 0
     assert "model.n_embd=50 is not divisible by model.n_head=3" in proc.stderr

@@ -1,4 +1,4 @@
-"""Device and precision: device=auto, dtype=auto, the autocast context, and the peak FLOP/s that MFU divides by.
+"""Precision and speed accounting: dtype=auto, the autocast context, and the peak FLOP/s that MFU divides by.
 
 dtype=auto picks bf16 autocast where the hardware has fast bf16 (CUDA Ampere+, CPUs with AVX512-BF16 or AMX),
 fp16 with a grad scaler on older CUDA GPUs, and fp32 elsewhere. Weights and optimizer state stay fp32 (mixed
@@ -16,22 +16,6 @@ import torch
 
 # Datasheet dense bf16 peaks (FLOP/s) for MFU on common GPUs; others are measured like CPUs.
 GPU_PEAK_BF16 = {"A100": 312e12, "H100": 989e12, "H200": 989e12, "A10": 125e12, "L4": 121e12, "4090": 165e12}
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto -> cuda > mps > cpu; anything else is checked to exist."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"trainer.device={name} but CUDA is not available here; use trainer.device=auto or cpu")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"trainer.device={name} but MPS is not available here; use trainer.device=auto or cpu")
-    return device
 
 
 def cpu_has_fast_bf16() -> bool:

@@ -22,15 +22,21 @@ from data.loader import CausalLMLoader
 from data.prepare import load_meta, prepare
 from data.tokenizer import tokenizer_from_spec
 from model.registry import build_model
-from sample.generate import complete
+from sample.generate import complete, resolve_device
 from train import dist
 from train.config import TrainConfig, config_dict, to_yaml
-from train.device import autocast, peak_flops, resolve_device, resolve_dtype
+from train.device import autocast, peak_flops, resolve_dtype
 from train.evaluate import estimate_loss
 from train.log import Tracker, format_step, warn
 from train.optim import build_optimizer, get_lr, set_lr
-from train.state import TrainState, check_compatible, find_resume_checkpoint, load_train_state, save_checkpoint
-from train.state import set_rng_state
+from train.state import (
+    TrainState,
+    check_compatible,
+    find_resume_checkpoint,
+    load_train_state,
+    save_checkpoint,
+    set_rng_state,
+)
 
 
 def run(cfg: TrainConfig) -> dict[str, float]:
@@ -61,8 +67,14 @@ def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[
     tokenizer = tokenizer_from_spec(load_meta(data_dir)["tokenizer"])
     model_cfg = _with_vocab(cfg.model, tokenizer.vocab_size, tokenizer.name)
     T = model_cfg.block_size
-    loader_args = dict(batch_size=tcfg.batch_size, block_size=T, seed=tcfg.seed, rank=info.rank,
-                       world_size=info.world_size, device=device)
+    loader_args = dict(
+        batch_size=tcfg.batch_size,
+        block_size=T,
+        seed=tcfg.seed,
+        rank=info.rank,
+        world_size=info.world_size,
+        device=device,
+    )
     train_loader = CausalLMLoader(data_dir, "train", **loader_args)
     val_loader = CausalLMLoader(data_dir, "val", **loader_args)
 
@@ -131,8 +143,19 @@ def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[
         out_of_time = tcfg.max_time is not None and state.train_time + time.perf_counter() - t_start >= tcfg.max_time
         out_of_time = dist.any_rank(out_of_time, info, device)  # every rank stops at the same step
         if state.step % tcfg.log_interval == 0 or state.step == tcfg.max_steps or out_of_time:
-            t_log = maybe_log(tracker, state, loss_log, steps_log, lr, grad_norm, t_log, tokens_per_step,
-                              flops_per_step, peak, tcfg.max_steps)
+            t_log = maybe_log(
+                tracker,
+                state,
+                loss_log,
+                steps_log,
+                lr,
+                grad_norm,
+                t_log,
+                tokens_per_step,
+                flops_per_step,
+                peak,
+                tcfg.max_steps,
+            )
             loss_log, steps_log = torch.zeros((), device=device), 0
         if _due(state.step, tcfg.save_interval) and state.step < tcfg.max_steps and not out_of_time:
             t_save = time.perf_counter()
@@ -167,8 +190,15 @@ def forward_backward(
 
 
 def maybe_eval(
-    cfg: TrainConfig, raw_model: nn.Module, model: nn.Module, val_loader: CausalLMLoader, ctx: Any,
-    tokenizer: Any, state: TrainState, tracker: Tracker, info: dist.DistInfo,
+    cfg: TrainConfig,
+    raw_model: nn.Module,
+    model: nn.Module,
+    val_loader: CausalLMLoader,
+    ctx: Any,
+    tokenizer: Any,
+    state: TrainState,
+    tracker: Tracker,
+    info: dist.DistInfo,
 ) -> dict[str, float]:
     """Val loss and perplexity on fixed batches; completions of the configured prompts (rank 0)."""
     val = estimate_loss(model, val_loader, cfg.trainer.eval_batches, ctx)
@@ -178,8 +208,18 @@ def maybe_eval(
     if info.is_main and cfg.samples.prompts:
         s = cfg.samples
         samples = [
-            {"prompt": p, "completion": complete(raw_model, tokenizer, p, max_new_tokens=s.max_new_tokens,
-                                                 temperature=s.temperature, top_k=s.top_k, seed=s.seed)[0]}
+            {
+                "prompt": p,
+                "completion": complete(
+                    raw_model,
+                    tokenizer,
+                    p,
+                    max_new_tokens=s.max_new_tokens,
+                    temperature=s.temperature,
+                    top_k=s.top_k,
+                    seed=s.seed,
+                )[0],
+            }
             for p in s.prompts
         ]
         raw_model.train()  # complete() switched to eval mode
@@ -188,8 +228,17 @@ def maybe_eval(
 
 
 def maybe_log(
-    tracker: Tracker, state: TrainState, loss_sum: torch.Tensor, steps: int, lr: float, grad_norm: torch.Tensor,
-    t_last: float, tokens_per_step: int, flops_per_step: float, peak: float, max_steps: int,
+    tracker: Tracker,
+    state: TrainState,
+    loss_sum: torch.Tensor,
+    steps: int,
+    lr: float,
+    grad_norm: torch.Tensor,
+    t_last: float,
+    tokens_per_step: int,
+    flops_per_step: float,
+    peak: float,
+    max_steps: int,
 ) -> float:
     """Log the mean loss since the last log line, throughput and MFU; return the new reference time."""
     now = time.perf_counter()
@@ -210,23 +259,43 @@ def maybe_log(
 
 
 def maybe_save(
-    cfg: TrainConfig, raw_model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any, state: TrainState,
-    loader: CausalLMLoader, tokenizer: Any, config_yaml: str, t_start: float, info: dist.DistInfo,
+    cfg: TrainConfig,
+    raw_model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: Any,
+    state: TrainState,
+    loader: CausalLMLoader,
+    tokenizer: Any,
+    config_yaml: str,
+    t_start: float,
+    info: dist.DistInfo,
 ) -> None:
     """Checkpoint the unwrapped model and the training state (rank 0 writes; everyone waits)."""
     if info.is_main:
         saved = replace(state, train_time=state.train_time + time.perf_counter() - t_start)
         path = save_checkpoint(
-            Path(cfg.paths.run_dir) / "checkpoints", raw_model, optimizer, saved, loader.state_dict(),
-            tokenizer.spec(), config_yaml, cfg.trainer.keep_last, scaler,
+            Path(cfg.paths.run_dir) / "checkpoints",
+            raw_model,
+            optimizer,
+            saved,
+            loader.state_dict(),
+            tokenizer.spec(),
+            config_yaml,
+            cfg.trainer.keep_last,
+            scaler,
         )
         print(f"saved {path}", flush=True)
     dist.barrier(info)
 
 
 def _restore(
-    path: Path, raw_model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any, loader: CausalLMLoader,
-    tokenizer_spec: dict, info: dist.DistInfo,
+    path: Path,
+    raw_model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: Any,
+    loader: CausalLMLoader,
+    tokenizer_spec: dict,
+    info: dist.DistInfo,
 ) -> TrainState:
     """Load weights, optimizer, scaler, data position and RNG states from a training checkpoint."""
     check_compatible(path, raw_model.config.to_dict(), tokenizer_spec)

@@ -18,8 +18,14 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from model.checkpoint import LATEST, atomic_directory, read_model_json, resolve_checkpoint, write_model_files
-from model.checkpoint import write_text_atomic
+from model.checkpoint import (
+    LATEST,
+    atomic_directory,
+    read_model_json,
+    resolve_checkpoint,
+    write_model_files,
+    write_text_atomic,
+)
 
 TRAIN_STATE = "train_state.pt"
 
@@ -106,7 +112,9 @@ def load_train_state(path: Path) -> dict[str, Any]:
     """train_state.pt, loaded with weights_only=True (tensors and plain containers only: never arbitrary code)."""
     file = path / TRAIN_STATE
     if not file.is_file():
-        raise FileNotFoundError(f"cannot resume from {str(path)!r}: {TRAIN_STATE} is missing (a model-only checkpoint?)")
+        raise FileNotFoundError(
+            f"cannot resume from {str(path)!r}: {TRAIN_STATE} is missing (a model-only checkpoint?)"
+        )
     return torch.load(file, map_location="cpu", weights_only=True)
 
 

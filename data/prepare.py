@@ -1,0 +1,303 @@
+"""Text -> tokenized shards: `<cache_dir>/<name>-<tokenizer>-<hash12>/` with train.bin, val.bin and meta.json.
+
+A .bin file is a flat array of token ids (uint16, or uint32 when the vocabulary needs it) in which every document is
+followed by eot_id, memory-mapped by the loader as in nanoGPT. The hash covers the bytes of every source file, the
+tokenizer and the split parameters: re-running with nothing changed returns at once, and any change gives a new
+directory. Writes are atomic (temp dir + os.replace), so a crash never leaves a dataset that looks complete.
+CLI: `python -m data.prepare data=<shakespeare|python-code|tinystories|text|demo> [data.tokenizer=...]`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from data.config import DataConfig
+from data.corpora import CORPORA_VERSION, Document, load_documents, source_hashes
+from data.tokenizer import CharTokenizer, Tokenizer, get_tokenizer
+
+FORMAT = "nanoloom-data"
+FORMAT_VERSION = 1
+SPLITS = ("train", "val")
+META = "meta.json"
+# The DataConfig fields that change the prepared tokens (num_workers only changes the speed).
+CONTENT_FIELDS = (
+    "corpora", "tokenizer", "paths", "extensions", "jsonl_field", "include_tests",
+    "hub_dataset", "hub_files", "max_documents", "val_fraction", "split_seed",
+)  # fmt: skip
+CHUNK_CHARS = 1 << 22  # characters tokenized per batch: bounds memory, paces the progress bar
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """Smallest unsigned dtype that holds every id: uint16 up to 65536 ids, else uint32."""
+    if vocab_size <= 1 << 16:
+        return np.dtype(np.uint16)
+    if vocab_size <= 1 << 32:
+        return np.dtype(np.uint32)
+    raise ValueError(f"vocab_size {vocab_size} does not fit in uint32 token files")
+
+
+def fingerprint(cfg: DataConfig, hashes: dict[str, str]) -> str:
+    """sha256 naming a prepared dataset: source contents, parsing and file format versions, content fields."""
+    key = {
+        "format_version": FORMAT_VERSION,
+        "corpora_version": CORPORA_VERSION,
+        "sources": hashes,
+        "config": {f: getattr(cfg, f) for f in CONTENT_FIELDS},
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def dataset_name(cfg: DataConfig, key: str) -> str:
+    """Directory name of a prepared dataset: <name>-<tokenizer>-<hash12>."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", cfg.name) or "data"
+    return f"{name}-{cfg.tokenizer}-{key[:12]}"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# train/val split
+
+
+def split_tail(text: str, val_fraction: float) -> tuple[str, str]:
+    """(head, tail) of one text: the tail is its last val_fraction of characters, cut at the nearest line start."""
+    if len(text) < 2:
+        raise ValueError(f"the corpus is one document of {len(text)} character(s): too short for a train/val split")
+    target = len(text) - max(1, math.ceil(len(text) * val_fraction))  # where the tail would start
+    # A line start c (0 < c < len, text[c-1] == "\n") closest to target; without one, cut mid-line.
+    after = text.find("\n", target - 1, len(text) - 1)
+    before = text.rfind("\n", 0, target - 1)
+    starts = [i + 1 for i in (after, before) if i >= 0]
+    cut = min(starts, key=lambda c: abs(c - target)) if starts else target
+    return text[:cut], text[cut:]
+
+
+def split_documents(docs: list[Document], val_fraction: float, seed: int) -> tuple[list[Document], list[Document]]:
+    """Train and val documents, both non-empty and each in corpus order.
+
+    Documents whose corpus fixes their split (tinystories' train/valid files) keep it. The others are shuffled with
+    `seed` and the first round(n * val_fraction) of them (at least one, at most n - 1) go to val. When there is only
+    one such document, its tail (the last val_fraction of its characters, cut at a line boundary when there is one)
+    becomes the val document and its head the train document.
+    """
+    train = [d for d in docs if d.split == "train"]
+    val = [d for d in docs if d.split == "val"]
+    free = [i for i, d in enumerate(docs) if d.split is None]
+    if len(free) == 1:
+        doc = docs[free[0]]
+        head, tail = split_tail(doc.text, val_fraction)
+        train.append(Document(head, f"{doc.source}[:{len(head)}]", "train"))
+        val.append(Document(tail, f"{doc.source}[{len(head)}:]", "val"))
+    elif free:
+        n_val = min(len(free) - 1, max(1, round(len(free) * val_fraction)))
+        val_ids = set(np.random.default_rng(seed).permutation(free)[:n_val].tolist())
+        train = [d for i, d in enumerate(docs) if d.split == "train" or (d.split is None and i not in val_ids)]
+        val = [d for i, d in enumerate(docs) if d.split == "val" or i in val_ids]
+    for split, split_docs in (("train", train), ("val", val)):
+        if not split_docs:
+            raise ValueError(f"the {split} split has no documents; give more text (or a validation file)")
+    return train, val
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# tokenize and write
+
+
+def _chunks(docs: list[Document], max_chars: int) -> list[list[Document]]:
+    chunks: list[list[Document]] = [[]]
+    size = 0
+    for d in docs:
+        if chunks[-1] and size + len(d.text) > max_chars:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(d)
+        size += len(d.text)
+    return chunks
+
+
+def write_tokens(
+    path: Path, docs: list[Document], tokenizer: Tokenizer, num_workers: int, progress: bool, desc: str
+) -> int:
+    """Tokenize docs into path (each followed by eot_id) and return the number of tokens written."""
+    dtype = token_dtype(tokenizer.vocab_size)
+    eot = np.array([tokenizer.eot_id], dtype=dtype)
+    total = 0
+    chars = sum(len(d.text) for d in docs)
+    # disable=None: tqdm shows the bar only on a terminal.
+    bar = tqdm(total=chars, unit="char", unit_scale=True, desc=desc, disable=None if progress else True)
+    with open(path, "wb") as f, bar:
+        for chunk in _chunks(docs, CHUNK_CHARS):
+            # gpt2: tiktoken threads on num_workers cores; byte/char: vectorised numpy, faster than any process pool.
+            arrays = tokenizer.encode_arrays([d.text for d in chunk], num_threads=num_workers)
+            tokens = np.concatenate([part for a in arrays for part in (a.astype(dtype), eot)])
+            f.write(tokens.tobytes())
+            total += len(tokens)
+            bar.update(sum(len(d.text) for d in chunk))
+        f.flush()
+        os.fsync(f.fileno())
+    return total
+
+
+def _write_json(path: Path, obj: dict[str, Any]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the prepared dataset
+
+
+def load_meta(data_dir: str | Path) -> dict[str, Any]:
+    """meta.json of a prepared dataset (tokenizer spec, dtype, vocab_size, per-split counts, sources, config)."""
+    path = Path(data_dir) / META
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{data_dir} is not a prepared dataset (no {META}); run python -m data.prepare data=<name>"
+        )
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    if meta.get("format") != FORMAT or meta.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(
+            f"{path} is not a {FORMAT} v{FORMAT_VERSION} file (found {meta.get('format')} "
+            f"v{meta.get('format_version')}); prepare the data again with this nanoloom version"
+        )
+    return meta
+
+
+def is_complete(data_dir: Path, key: str | None = None) -> bool:
+    """True when data_dir holds a whole dataset (with fingerprint key, if given): meta.json and full-size .bin files."""
+    try:
+        meta = load_meta(data_dir)
+    except (OSError, ValueError):
+        return False
+    if key is not None and meta.get("fingerprint") != key:
+        return False
+    try:
+        itemsize = np.dtype(meta["dtype"]).itemsize
+        sizes = {split: meta["splits"][split]["tokens"] * itemsize for split in SPLITS}
+    except (KeyError, TypeError):
+        return False
+    return all(
+        (data_dir / f"{split}.bin").is_file() and (data_dir / f"{split}.bin").stat().st_size == size
+        for split, size in sizes.items()
+    )
+
+
+def _publish(tmp: Path, final: Path, key: str) -> None:
+    """Move a finished temp dir to its final name (atomic); tolerate a concurrent preparer that got there first."""
+    if final.exists() and not is_complete(final, key):
+        shutil.rmtree(final)  # a damaged dataset (files edited or truncated by hand): rebuild it
+    try:
+        os.replace(tmp, final)
+    except OSError:
+        if not is_complete(final, key):  # anything but "another process just published the same dataset"
+            raise
+
+
+def prepare(cfg: DataConfig, cache_dir: str | Path, progress: bool = True) -> Path:
+    """Tokenize cfg's corpora into <cache_dir>/<name>-<tokenizer>-<hash12>/ (reused when it exists) and return it.
+
+    The directory holds train.bin and val.bin (every document followed by eot_id; split by split_documents) and
+    meta.json. A char tokenizer's vocabulary is built from all documents, so val holds no unknown characters.
+    """
+    cache_dir = Path(cache_dir).expanduser()
+    hashes = source_hashes(cfg)
+    key = fingerprint(cfg, hashes)
+    final = cache_dir / dataset_name(cfg, key)
+    if is_complete(final, key):
+        return final
+
+    docs = load_documents(cfg)
+    train_docs, val_docs = split_documents(docs, cfg.val_fraction, cfg.split_seed)
+    if cfg.tokenizer == "char":  # the vocabulary of all documents, so val holds no unknown characters
+        tokenizer: Tokenizer = CharTokenizer.from_texts(d.text for d in docs)
+    else:
+        tokenizer = get_tokenizer(cfg.tokenizer)
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache_dir / f".tmp-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()  # unlike tempfile.mkdtemp, honours the umask: a shared cache stays readable
+    try:
+        splits = {}
+        for split, split_docs in zip(SPLITS, (train_docs, val_docs)):
+            desc = f"{final.name} {split}"
+            tokens = write_tokens(tmp / f"{split}.bin", split_docs, tokenizer, cfg.num_workers, progress, desc)
+            splits[split] = {"file": f"{split}.bin", "tokens": tokens, "documents": len(split_docs)}
+        meta = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "name": cfg.name,
+            "fingerprint": key,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "tokenizer": tokenizer.spec(),
+            "vocab_size": tokenizer.vocab_size,
+            "eot_id": tokenizer.eot_id,
+            "dtype": token_dtype(tokenizer.vocab_size).name,
+            "splits": splits,
+            "sources": hashes,
+            "config": {f: getattr(cfg, f) for f in CONTENT_FIELDS},
+        }
+        _write_json(tmp / META, meta)  # written last: meta.json + full-size .bin files = complete
+        _publish(tmp, final, key)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful publish
+    return final
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CLI
+
+
+def register_schema() -> None:
+    """Register DataConfig in Hydra's ConfigStore as data/schema, the base of every configs/data/*.yaml."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(group="data", name="schema", node=DataConfig)
+
+
+def summary(data_dir: Path, meta: dict[str, Any]) -> str:
+    """Human-readable lines about a prepared dataset."""
+    lines = [f"dataset   {data_dir.resolve()}"]
+    for split in SPLITS:
+        info = meta["splits"][split]
+        lines.append(f"{split:<9} {info['tokens']:>13,} tokens  {info['documents']:>9,} documents")
+    lines.append(f"tokenizer {meta['tokenizer']['name']} (vocab_size {meta['vocab_size']}, {meta['dtype']})")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """`python -m data.prepare data=<name> [data.<key>=...] [paths.cache_dir=...]`: prepare, print dir and counts."""
+    import hydra
+    from omegaconf import DictConfig, OmegaConf
+
+    register_schema()
+
+    @hydra.main(version_base="1.3", config_path="../configs", config_name="prepare")
+    def _main(dict_cfg: DictConfig) -> None:
+        try:
+            cfg = OmegaConf.to_object(dict_cfg.data)
+            data_dir = prepare(cfg, dict_cfg.paths.cache_dir, progress=True)
+            meta = load_meta(data_dir)
+        except (ValueError, FileNotFoundError) as e:  # user errors: one line, no traceback
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        print(summary(data_dir, meta))
+
+    _main()
+
+
+if __name__ == "__main__":
+    main()

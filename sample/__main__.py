@@ -1,0 +1,195 @@
+"""`python -m sample checkpoint=<dir> prompt="..." [task=story|code] [key=value ...]`: print completions.
+
+The config (configs/sample.yaml, schema in sample/config.py) is composed with Hydra's Compose API rather than
+@hydra.main, so sampling writes no run directory or log file and every user error (bad override, unknown task,
+missing checkpoint) is one `error: ...` line on stderr with exit status 2. HYDRA_FULL_ERROR=1 shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import sys
+import warnings
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
+
+from model.checkpoint import load_model, read_model_json
+from sample.config import SampleConfig, TaskConfig, register_schema
+from sample.generate import complete, resolve_device, stream
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+FREE_TEXT_KEYS = ("checkpoint", "prompt", "prompt_file")  # values taken verbatim, outside Hydra's override grammar
+USAGE = """\
+usage: python -m sample checkpoint=<run or checkpoint dir> (prompt="..." | prompt_file=<path>) [key=value ...]
+
+keys: task=story|code  num_samples=N  max_new_tokens=N  temperature=T  top_k=K  top_p=P  seed=S  stream=true
+      device=auto|cpu|cuda|mps  task.stop='[...]'  (all keys: configs/sample.yaml, configs/task/*.yaml)
+checkpoint=, prompt= and prompt_file= take their value verbatim (quote it for the shell only); other values follow
+Hydra's override grammar. options: --cfg  print the composed config and exit;  -h, --help  this message
+"""
+
+
+def split_free_text(args: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Separate checkpoint=, prompt= and prompt_file= (taken verbatim) from the Hydra overrides.
+
+    Hydra's override grammar reserves characters prompts are full of ("Once upon a time," is a sweep,
+    "def fibonacci(n):" a parse error), so these values skip it. One pair of surrounding quotes is removed, so the
+    Hydra habit prompt='"..."' works too.
+    """
+    overrides, free = [], {}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if sep and key in FREE_TEXT_KEYS:
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                value = value[1:-1]
+            free[key] = value
+        else:
+            overrides.append(arg)
+    return overrides, free
+
+
+def compose_config(args: list[str]) -> DictConfig:
+    """configs/sample.yaml composed with the command-line arguments (schema-checked, not yet validated)."""
+    overrides, free = split_free_text(args)
+    register_schema()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="sample"):
+        cfg = compose(config_name="sample", overrides=overrides)
+    for key, value in free.items():
+        cfg[key] = re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", value)  # "${" is literal text here
+    # "+key=value" appends keys the schema does not have, and to_object would drop them silently
+    for node, schema, prefix in ((cfg, SampleConfig, ""), (cfg.task, TaskConfig, "task.")):
+        known = {f.name for f in dataclasses.fields(schema)}
+        for key in node:
+            if key not in known:
+                raise ValueError(f"unknown key {prefix}{key}; valid keys: {', '.join(sorted(known))}")
+    return cfg
+
+
+def load_config(args: list[str]) -> SampleConfig:
+    """The validated SampleConfig for command-line arguments (key=value ...)."""
+    cfg = compose_config(args)
+    try:
+        return OmegaConf.to_object(cfg)
+    except MissingMandatoryValue as e:
+        raise ValueError(f"{e.full_key} is required: pass {e.full_key}=<run or checkpoint directory>") from None
+
+
+def read_prompt(cfg: SampleConfig) -> str:
+    """The prompt text, from prompt= or prompt_file=."""
+    if cfg.prompt is not None:
+        return cfg.prompt
+    try:
+        return Path(cfg.prompt_file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read prompt_file={cfg.prompt_file!r} ({e}); pass a readable text file") from None
+
+
+def run(cfg: SampleConfig) -> None:
+    """Load the checkpoint and print cfg.num_samples completions of the prompt to stdout."""
+    settings = cfg.settings()
+    prompt = read_prompt(cfg)
+    device = resolve_device(cfg.device)
+    model, tokenizer = load_model(cfg.checkpoint, device=device)
+    kind = getattr(model.config, "kind", "gpt")
+    if kind != "gpt":
+        raise ValueError(f"checkpoint={cfg.checkpoint!r} holds a {kind} model; python -m sample needs a gpt model")
+    step = read_model_json(cfg.checkpoint).get("meta", {}).get("step")
+    print(
+        f"sampling {cfg.checkpoint} ({model.num_params() / 1e6:.2f}M params"
+        + (f", step {step}" if step is not None else "")
+        + f") on {device}, task={settings.name}",
+        file=sys.stderr,
+    )
+    args = dict(
+        max_new_tokens=settings.max_new_tokens,
+        temperature=settings.temperature,
+        top_k=settings.top_k,
+        top_p=settings.top_p,
+        stop=list(settings.stop),
+    )
+    n = cfg.num_samples
+    if cfg.stream:  # one sample after another, each printed as it is generated
+        for i in range(n):
+            sys.stdout.write(f"--- sample {i + 1}/{n} ---\n{prompt}")
+            sys.stdout.flush()
+            seed = None if cfg.seed is None else cfg.seed + i
+            for piece in stream(model, tokenizer, prompt, seed=seed, **args):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+    else:  # all samples as one batch
+        for i, text in enumerate(complete(model, tokenizer, prompt, num_samples=n, seed=cfg.seed, **args)):
+            sys.stdout.write(f"--- sample {i + 1}/{n} ---\n{prompt}{text}\n")
+    sys.stdout.flush()
+
+
+def _one_line(e: BaseException) -> str:
+    """A user-facing one-line message for a config, checkpoint or value error."""
+    if isinstance(e, MissingConfigException) and e.missing_cfg_file and e.options:
+        group, _, name = e.missing_cfg_file.rpartition("/")
+        options = sorted(o for o in e.options if not o.endswith("_schema"))
+        return f"unknown {group or 'config'} {name!r}; choose one of {', '.join(options)}"
+    lines = [str(e).strip().splitlines()[0]] if str(e).strip() else [type(e).__name__]
+    if isinstance(e, OverrideParseException):
+        what = [ln for ln in str(e).splitlines() if ln and not ln.startswith(("Error parsing override", "See http"))]
+        lines = [f"cannot parse override {e.override!r}:", *what[:1]]
+        lines.append("""(values with spaces, commas or brackets need Hydra quoting: key='"..."')""")
+    cause = e.__cause__
+    if isinstance(cause, OmegaConfBaseException):  # Hydra wraps the OmegaConf error that names the key
+        lines.append(str(cause).strip().splitlines()[0])
+        if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and cause.full_key:
+            lines.append(_did_you_mean(cause.full_key))
+    return " ".join(line.strip() for line in lines if line)
+
+
+def _did_you_mean(full_key: str) -> str:
+    """A close valid key for a mistyped one ("tempreature" -> "temperature"), or ""."""
+    parent, _, key = full_key.rpartition(".")
+    schema = TaskConfig if parent == "task" else SampleConfig
+    hint = difflib.get_close_matches(key, [f.name for f in dataclasses.fields(schema)], n=1)
+    return f"(did you mean {parent + '.' if parent else ''}{hint[0]}?)" if hint else ""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of `python -m sample` and the nanoloom-sample script."""
+    args = sys.argv[1:] if argv is None else argv
+    if "-h" in args or "--help" in args:
+        sys.stdout.write(USAGE)
+        return
+    with warnings.catch_warnings():  # warnings become one "warning: ..." line on stderr, for this run only
+        warnings.showwarning = _show_warning
+        _main(args)
+
+
+def _show_warning(message: Warning | str, *_: object, **__: object) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _main(args: list[str]) -> None:
+    try:
+        if "--cfg" in args:
+            sys.stdout.write(OmegaConf.to_yaml(compose_config([a for a in args if a != "--cfg"])))
+            return
+        run(load_config(args))
+    except (HydraException, OmegaConfBaseException, ValueError, FileNotFoundError) as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.stderr.write("\n")
+        sys.exit(130)
+    except BrokenPipeError:  # stdout closed early (e.g. piped into head): not an error worth a traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

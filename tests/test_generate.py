@@ -1,0 +1,194 @@
+"""Tests of sample/generate.py: KV-cached decoding equals a naive loop, eos, stop-string holdback, UTF-8 streaming."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn as nn
+
+from data.tokenizer import get_tokenizer
+from model import GPT, GPTConfig
+from sample.generate import complete, generate_tokens, stream
+
+BYTE = get_tokenizer("byte")
+EOT = BYTE.eot_id
+
+
+class ScriptedLM(nn.Module):
+    """A stand-in model with GPT's generation API whose sampled tokens follow a script, one list per row."""
+
+    def __init__(self, scripts: list[list[int]], block_size: int = 256, vocab_size: int = 257) -> None:
+        super().__init__()
+        self.config = SimpleNamespace(kind="gpt", block_size=block_size, vocab_size=vocab_size)
+        self.scripts = scripts
+        self.anchor = nn.Parameter(torch.zeros(()))  # gives the model a device
+        self.forward_calls = 0
+        self.cache_set = False
+
+    def set_kv_cache(self, batch_size, max_seq_len=None, device=None, dtype=None):
+        assert batch_size == len(self.scripts)
+        self.cache_set, self.forward_calls = True, 0
+
+    def clear_kv_cache(self):
+        self.cache_set = False
+
+    def forward(self, idx, targets=None, input_pos=None):
+        assert self.cache_set and input_pos is not None
+        B, T = idx.shape
+        logits = torch.full((B, T, self.config.vocab_size), -1e4)
+        for b, script in enumerate(self.scripts):
+            step = self.forward_calls
+            logits[b, -1, script[step] if step < len(script) else EOT] = 0.0
+        self.forward_calls += 1
+        return logits, None
+
+
+def scripted(text: str, *, end: bool = True) -> ScriptedLM:
+    return ScriptedLM([BYTE.encode(text) + ([EOT] if end else [])])
+
+
+def tiny_gpt(**overrides) -> GPT:
+    torch.manual_seed(0)
+    config = dict(n_layer=2, n_head=2, n_embd=16, block_size=32, vocab_size=257)
+    return GPT(GPTConfig(**{**config, **overrides})).eval()
+
+
+@pytest.mark.parametrize(
+    "overrides", [{}, dict(pos="rope", norm="rmsnorm", mlp="swiglu", n_kv_head=1)], ids=["gpt2", "modern"]
+)
+def test_cached_generation_equals_naive_loop(overrides):
+    model = tiny_gpt(**overrides)
+    prompt = torch.randint(0, 256, (2, 5), generator=torch.Generator().manual_seed(1))
+    cached = torch.stack(list(generate_tokens(model, prompt, 20, temperature=0.0)), dim=1)  # (B, 20)
+    idx = prompt
+    with torch.no_grad():
+        for _ in range(20):  # no cache: re-run the whole sequence every step
+            logits, _ = model(idx)
+            idx = torch.cat([idx, logits[:, -1].argmax(dim=-1, keepdim=True)], dim=1)
+    assert torch.equal(cached, idx[:, 5:])
+
+
+def test_generation_stops_when_every_row_has_produced_eos():
+    model = ScriptedLM([[1, EOT, 5, 5, 5, 5], [1, 2, 3, EOT, 9, 9]])
+    steps = list(generate_tokens(model, torch.zeros(2, 3, dtype=torch.long), 10, temperature=0.0, eos_id=EOT))
+    assert torch.stack(steps, dim=1).tolist() == [[1, EOT, EOT, EOT], [1, 2, 3, EOT]]  # finished rows repeat eos
+    assert not model.cache_set
+
+
+def test_without_eos_generation_runs_to_max_new_tokens():
+    model = scripted("ab")  # the script ends in eot, which is just another token without eos_id
+    steps = list(generate_tokens(model, torch.zeros(1, 1, dtype=torch.long), 7, temperature=0.0))
+    assert len(steps) == 7
+    assert model.forward_calls == 7  # prefill + 6 decodes: no forward for a token nobody reads
+
+
+def test_early_close_clears_cache_and_restores_train_mode():
+    model = tiny_gpt().train()
+    tokens = generate_tokens(model, torch.zeros(1, 4, dtype=torch.long), 10)
+    next(tokens)
+    assert all(block.attn.kv_cache is not None for block in model.transformer.h)
+    assert not model.training  # eval while generating: no dropout
+    tokens.close()
+    assert all(block.attn.kv_cache is None for block in model.transformer.h)
+    assert model.mask_cache is None and model.training
+
+
+def test_complete_stops_at_eot_and_excludes_the_prompt():
+    assert complete(scripted("Hello world"), BYTE, "Say:", max_new_tokens=50) == ["Hello world"]
+
+
+def test_complete_returns_num_samples_rows():
+    model = ScriptedLM([BYTE.encode("one") + [EOT], BYTE.encode("two!") + [EOT]])
+    assert complete(model, BYTE, "x", num_samples=2, max_new_tokens=10) == ["one", "two!"]
+
+
+def test_stop_string_spanning_tokens_is_held_back_and_never_yielded():
+    # "<END>" is five byte tokens; "<EN" is a false start that must come out in full once it cannot match
+    model = scripted("once <EN there was <END> after the end")
+    pieces = list(stream(model, BYTE, "Tell:", max_new_tokens=100, temperature=0.0, stop=["<END>"]))
+    assert "".join(pieces) == "once <EN there was "
+    assert not any("<END" in p for p in pieces)
+    assert "<EN " in pieces  # held back while it could begin "<END>", released whole once it could not
+    assert len(pieces) > 1  # text streams out before the stop, it is not all held to the end
+    assert model.forward_calls == len("once <EN there was <END>")  # generation ended at the stop string
+    assert not model.cache_set
+
+
+def test_holdback_with_several_stop_strings_and_overlaps():
+    model = scripted("a\n\nb\n\n\nc\ndef f")
+    stops = ["\ndef ", "\n\n\n"]
+    assert "".join(stream(model, BYTE, "", max_new_tokens=100, stop=stops)) == "a\n\nb"
+    model = scripted("x = 1\ndefault = 2\ndef g")  # "\ndef" without the space is not a stop
+    assert complete(model, BYTE, "", max_new_tokens=100, stop=stops) == ["x = 1\ndefault = 2"]
+
+
+def test_held_back_text_is_released_at_the_end():
+    model = scripted("ends with <EN", end=False)
+    out = complete(model, BYTE, "x", max_new_tokens=len("ends with <EN"), stop=["<END>"])
+    assert out == ["ends with <EN"]  # max_new_tokens reached: the partial match is ordinary text
+
+
+def test_stream_never_splits_multibyte_characters():
+    text = "café → naïve ✓ 🙂!"
+    pieces = list(stream(scripted(text), BYTE, "x", max_new_tokens=100))
+    assert "".join(pieces) == text
+    assert all("\ufffd" not in p for p in pieces)
+    assert "→" in pieces and "🙂" in pieces  # released whole, as soon as the last byte arrives
+
+
+def test_stream_never_splits_multibyte_characters_gpt2():
+    gpt2 = get_tokenizer("gpt2")
+    text = "naïve → 🙂🙃 日本語"
+    ids = gpt2.encode(text)
+    assert any("\ufffd" in gpt2.decode([i]) for i in ids)  # some character really spans several tokens
+    model = ScriptedLM([ids + [gpt2.eot_id]], vocab_size=gpt2.vocab_size)
+    pieces = list(stream(model, gpt2, "x", max_new_tokens=100))
+    assert "".join(pieces) == text and all("\ufffd" not in p for p in pieces)
+
+
+def test_prompt_longer_than_context_is_cropped_from_the_left():
+    model = tiny_gpt()
+    prompt = torch.randint(0, 256, (1, 40), generator=torch.Generator().manual_seed(0))
+    with pytest.warns(UserWarning, match="dropped the first 13 prompt tokens"):
+        cropped = list(generate_tokens(model, prompt, 5, temperature=0.0))
+    expected = list(generate_tokens(model, prompt[:, 13:], 5, temperature=0.0))  # the last 27 tokens
+    assert torch.equal(torch.stack(cropped), torch.stack(expected))
+
+
+def test_max_new_tokens_beyond_context_is_capped():
+    model = tiny_gpt()  # block_size 32
+    with pytest.warns(UserWarning, match="at most 29 new tokens") as record:  # a short prompt is kept whole
+        steps = list(generate_tokens(model, torch.zeros(1, 3, dtype=torch.long), 100, temperature=0.0))
+    assert len(steps) == 29 and len(record) == 1
+    with pytest.warns(UserWarning) as record:  # a long prompt shares the context half and half
+        steps = list(generate_tokens(model, torch.zeros(1, 30, dtype=torch.long), 100, temperature=0.0))
+    assert len(steps) == 16
+    assert "at most 16 new tokens" in str(record[0].message) and "dropped the first 14" in str(record[1].message)
+
+
+def test_seeded_completions_are_reproducible():
+    model = tiny_gpt()
+    a = complete(model, BYTE, "Once upon a time,", max_new_tokens=10, temperature=1.0, num_samples=3, seed=7)
+    b = complete(model, BYTE, "Once upon a time,", max_new_tokens=10, temperature=1.0, num_samples=3, seed=7)
+    assert a == b
+    assert (
+        "".join(stream(model, BYTE, "def fibonacci(n):", max_new_tokens=8, seed=3))
+        == complete(model, BYTE, "def fibonacci(n):", max_new_tokens=8, seed=3)[0]
+    )  # one core: the streamed sample is the completed one
+
+
+def test_empty_prompt_starts_from_end_of_text():
+    model = scripted("hi")
+    assert complete(model, BYTE, "", max_new_tokens=5) == ["hi"]
+
+
+def test_argument_errors():
+    model = tiny_gpt()
+    with pytest.raises(ValueError, match="temperature"):
+        complete(model, BYTE, "x", temperature=-1.0)
+    with pytest.raises(ValueError, match="num_samples"):
+        complete(model, BYTE, "x", num_samples=0)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        list(generate_tokens(model, torch.zeros(1, 2, dtype=torch.long), -1))
+    with pytest.raises(ValueError, match="meta"):
+        complete(model, BYTE, "x", device="meta")

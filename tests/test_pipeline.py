@@ -1,0 +1,100 @@
+"""Tests of sample/pipeline.py: transformers-shaped outputs, max_length semantics, return_full_text, seeds."""
+
+import pytest
+import torch
+
+from data.tokenizer import get_tokenizer
+from model import GPT, GPTConfig
+from model.checkpoint import save_model
+from sample import TextGenerationPipeline, pipeline
+
+BYTE = get_tokenizer("byte")
+
+
+def tiny_gpt() -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=32, vocab_size=257)).eval()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return save_model(tiny_gpt(), tmp_path_factory.mktemp("ckpt") / "model", tokenizer_spec=BYTE.spec())
+
+
+@pytest.fixture
+def ascii_pipeline():
+    """A pipeline whose greedy model only ever picks ASCII bytes: one token = one character, and never eot."""
+    model = tiny_gpt()
+    with torch.no_grad():
+        w = model.lm_head.weight  # (padded V, C), tied with wte
+        w[128:] = 0.0  # non-ASCII bytes and eot get logit 0 ...
+        w[ord("b")] = -w[ord("a")]  # ... and one of "a", "b" always has a logit > 0
+    return pipeline("text-generation", model=model, tokenizer=BYTE)
+
+
+def test_pipeline_from_checkpoint_one_prompt(checkpoint):
+    generator = pipeline("text-generation", model=str(checkpoint), device="cpu")
+    assert isinstance(generator, TextGenerationPipeline)
+    out = generator("Once upon a time,", max_new_tokens=5, seed=0)
+    assert isinstance(out, list) and len(out) == 1
+    assert list(out[0]) == ["generated_text"] and out[0]["generated_text"].startswith("Once upon a time,")
+
+
+def test_list_of_prompts_gives_a_list_per_prompt(checkpoint):
+    generator = pipeline("text-generation", model=checkpoint)
+    out = generator(["Once upon a time,", "def fibonacci(n):"], max_new_tokens=4, num_return_sequences=3, seed=0)
+    assert len(out) == 2 and all(len(per_prompt) == 3 for per_prompt in out)
+    assert all(d["generated_text"].startswith("def fibonacci(n):") for d in out[1])
+
+
+def test_max_length_counts_prompt_tokens(ascii_pipeline):
+    out = ascii_pipeline("abc", max_length=10, do_sample=False, return_full_text=False)
+    assert len(out[0]["generated_text"]) == 10 - 3
+    assert len(ascii_pipeline("abc", do_sample=False, return_full_text=False)[0]["generated_text"]) == 20 - 3
+    out = ascii_pipeline("abc", max_new_tokens=10, do_sample=False, return_full_text=False)
+    assert len(out[0]["generated_text"]) == 10
+    with pytest.warns(UserWarning, match="max_new_tokens wins"):
+        out = ascii_pipeline("abc", max_length=5, max_new_tokens=6, do_sample=False, return_full_text=False)
+    assert len(out[0]["generated_text"]) == 6
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        ascii_pipeline("a prompt longer than max_length", max_length=8)
+
+
+def test_return_full_text(ascii_pipeline):
+    full = ascii_pipeline("abc", max_new_tokens=6, do_sample=False)[0]["generated_text"]
+    new = ascii_pipeline("abc", max_new_tokens=6, do_sample=False, return_full_text=False)[0]["generated_text"]
+    assert full == "abc" + new and len(new) == 6
+
+
+def test_seed_reproducibility(checkpoint):
+    generator = pipeline("text-generation", model=checkpoint)
+    kwargs = dict(max_new_tokens=8, num_return_sequences=4, top_k=None, return_full_text=False)
+    a, b = generator("The", seed=1, **kwargs), generator("The", seed=1, **kwargs)
+    assert a == b
+    assert generator("The", seed=2, **kwargs) != a
+    many = generator(["The", "The"], seed=1, **kwargs)
+    assert many[0] == a and many[1] != a  # each prompt of a list draws its own stream
+
+
+def test_greedy_ignores_the_seed(checkpoint):
+    generator = pipeline("text-generation", model=checkpoint)
+    outs = [generator("The", max_new_tokens=6, do_sample=False, seed=s) for s in (0, 1)]
+    assert outs[0] == outs[1]
+
+
+def test_stop_strings_in_the_pipeline(ascii_pipeline):
+    full = ascii_pipeline("abc", max_new_tokens=12, do_sample=False, return_full_text=False)[0]["generated_text"]
+    stop = full[4:6]
+    cut = ascii_pipeline("abc", max_new_tokens=12, do_sample=False, return_full_text=False, stop=[stop])
+    assert cut[0]["generated_text"] == full[: full.index(stop)]
+
+
+def test_pipeline_errors(checkpoint, tmp_path):
+    with pytest.raises(ValueError, match="text-generation"):
+        pipeline("summarization", model=checkpoint)
+    with pytest.raises(ValueError, match="tokenizer"):
+        pipeline("text-generation", model=tiny_gpt())
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        pipeline("text-generation", model=tmp_path / "nothing-here")
+    with pytest.raises(ValueError, match="vocabulary|tokens"):
+        pipeline("text-generation", model=tiny_gpt(), tokenizer="gpt2")

@@ -1,0 +1,169 @@
+"""Preparation: shard layout and meta.json, document split, content-keyed cache, atomic writes, and the Hydra CLI."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import data.prepare as prep
+from data.config import DataConfig
+from data.corpora import Document
+from data.loader import CausalLMLoader
+from data.prepare import load_meta, prepare, split_documents, split_tail, token_dtype
+from data.tokenizer import ByteTokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_corpus(root: Path, n: int = 20) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        (root / f"doc{i:02d}.txt").write_text(f"Document number {i}.\nIt has two lines, the second ends here.\n")
+    return root
+
+
+def text_cfg(*paths, **kw) -> DataConfig:
+    kw = {"name": "t", "tokenizer": "byte", **kw}
+    return DataConfig(corpora=["text"], paths=[str(p) for p in paths], **kw)
+
+
+def read_split(data_dir: Path, split: str) -> np.ndarray:
+    return np.fromfile(data_dir / f"{split}.bin", dtype=load_meta(data_dir)["dtype"])
+
+
+def documents_of(tokens: np.ndarray, eot: int) -> list[str]:
+    assert tokens[-1] == eot  # every document, the last included, is followed by eot
+    ends = np.flatnonzero(tokens == eot)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    return [bytes(tokens[s:e].tolist()).decode() for s, e in zip(starts, ends)]
+
+
+def test_prepare_writes_shards_and_meta(tmp_path):
+    corpus = make_corpus(tmp_path / "corpus")
+    data_dir = prepare(text_cfg(corpus, val_fraction=0.2), tmp_path / "cache", progress=False)
+    assert data_dir.parent == tmp_path / "cache" and data_dir.name.startswith("t-byte-")
+    meta = load_meta(data_dir)
+    assert meta["dtype"] == "uint16" and meta["vocab_size"] == 257 and meta["tokenizer"]["name"] == "byte"
+    assert set(meta["sources"]) == {"text"} and meta["config"]["val_fraction"] == 0.2
+    docs = {}
+    for split in ("train", "val"):
+        tokens = read_split(data_dir, split)
+        assert tokens.dtype == np.uint16 and len(tokens) == meta["splits"][split]["tokens"]
+        docs[split] = documents_of(tokens, eot=256)
+        assert len(docs[split]) == meta["splits"][split]["documents"]
+    assert len(docs["val"]) == 4  # split by document: 20% of 20 whole files
+    originals = sorted(p.read_text() for p in corpus.iterdir())
+    assert sorted(docs["train"] + docs["val"]) == originals
+    assert not set(docs["train"]) & set(docs["val"])
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [data_dir.name]  # no temp dir left behind
+
+
+def test_second_call_is_a_noop_and_changes_give_a_new_dir(tmp_path):
+    corpus = make_corpus(tmp_path / "corpus")
+    first = prepare(text_cfg(corpus), tmp_path / "cache", progress=False)
+    mtimes = {p.name: p.stat().st_mtime_ns for p in first.iterdir()}
+    assert prepare(text_cfg(corpus), tmp_path / "cache", progress=False) == first
+    assert {p.name: p.stat().st_mtime_ns for p in first.iterdir()} == mtimes
+    (corpus / "doc03.txt").write_text("Changed.\n")
+    changed = prepare(text_cfg(corpus), tmp_path / "cache", progress=False)
+    assert changed != first and changed.exists() and first.exists()
+    assert prepare(text_cfg(corpus, split_seed=1), tmp_path / "cache", progress=False) not in (first, changed)
+    assert prepare(text_cfg(corpus, tokenizer="char"), tmp_path / "cache", progress=False).name.startswith("t-char-")
+
+
+def test_a_damaged_dataset_is_rebuilt(tmp_path):
+    corpus = make_corpus(tmp_path / "corpus")
+    data_dir = prepare(text_cfg(corpus), tmp_path / "cache", progress=False)
+    good = (data_dir / "train.bin").read_bytes()
+    (data_dir / "train.bin").write_bytes(good[:10])  # truncated
+    assert prepare(text_cfg(corpus), tmp_path / "cache", progress=False) == data_dir
+    assert (data_dir / "train.bin").read_bytes() == good
+
+
+def test_a_crash_leaves_no_dataset(tmp_path, monkeypatch):
+    corpus = make_corpus(tmp_path / "corpus")
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prep, "write_tokens", crash)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(text_cfg(corpus), tmp_path / "cache", progress=False)
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_single_document_splits_its_tail(tmp_path):
+    lines = [f"line {i}: some text\n" for i in range(100)]
+    (tmp_path / "one.txt").write_text("".join(lines))
+    data_dir = prepare(text_cfg(tmp_path / "one.txt", val_fraction=0.1), tmp_path / "cache", progress=False)
+    meta = load_meta(data_dir)
+    assert meta["splits"]["train"]["documents"] == meta["splits"]["val"]["documents"] == 1
+    (train,), (val,) = (documents_of(read_split(data_dir, s), eot=256) for s in ("train", "val"))
+    assert train + val == "".join(lines) and val == "".join(lines[90:])  # cut at a line boundary
+    assert split_tail("abcdef", 0.5) == ("abc", "def")  # no line boundary: cut mid-line
+
+
+def test_split_documents_is_deterministic_and_keeps_fixed_splits():
+    docs = [Document(f"d{i}", f"s{i}") for i in range(10)] + [Document("v", "hub", "val")]
+    train, val = split_documents(docs, 0.2, seed=7)
+    assert (train, val) == split_documents(docs, 0.2, seed=7)
+    assert len(val) == 3 and val[-1].source == "hub" and len(train) == 8
+    assert split_documents(docs, 0.2, seed=8) != (train, val)
+    assert len(split_documents(docs[:2], 0.01, seed=0)[1]) == 1  # at least one val document ...
+    assert len(split_documents(docs[:2], 0.99, seed=0)[0]) == 1  # ... and at least one train document
+
+
+def test_tinystories_keeps_the_hub_split(tmp_path):
+    for name, n in (("TinyStories-train.txt", 5), ("TinyStories-valid.txt", 2)):
+        (tmp_path / name).write_text(
+            "".join(f"Once upon a time, story {i}.\nThe end.\n<|endoftext|>\n" for i in range(n))
+        )
+    cfg = DataConfig(name="ts", corpora=["tinystories"], tokenizer="gpt2", hub_local_dir=str(tmp_path))
+    data_dir = prepare(cfg, tmp_path / "cache", progress=False)
+    splits = load_meta(data_dir)["splits"]
+    assert (splits["train"]["documents"], splits["val"]["documents"]) == (5, 2)
+    val = read_split(data_dir, "val")
+    assert (val == 50256).sum() == 2 and val[0] == 7454  # "Once"
+
+
+def test_token_dtype():
+    assert [token_dtype(v) for v in (257, 50257, 65536)] == [np.uint16] * 3
+    assert token_dtype(65537) == np.uint32 and token_dtype(100277) == np.uint32
+
+
+def test_large_vocabulary_writes_uint32(tmp_path, monkeypatch):
+    monkeypatch.setattr(ByteTokenizer, "vocab_size", 70000)
+    data_dir = prepare(text_cfg(make_corpus(tmp_path / "corpus")), tmp_path / "cache", progress=False)
+    assert load_meta(data_dir)["dtype"] == "uint32" and read_split(data_dir, "train").dtype == np.uint32
+    batch = CausalLMLoader(data_dir, "train", batch_size=2, block_size=8).next_batch()
+    assert batch["idx"].max() <= 256
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "data.prepare", *args]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
+
+
+def test_cli_prepares_a_text_corpus(tmp_path):
+    corpus = make_corpus(tmp_path / "corpus", n=3)
+    out = run_cli("data=text", f"data.paths=['{corpus}']", f"paths.cache_dir={tmp_path / 'cache'}")
+    assert out.returncode == 0, out.stderr
+    (data_dir,) = (tmp_path / "cache").iterdir()
+    assert f"dataset   {data_dir}" in out.stdout and "train" in out.stdout and "tokenizer byte" in out.stdout
+    assert not (REPO / "outputs").exists() and not (REPO / "prepare.log").exists()
+
+
+def test_cli_mistyped_key_fails_at_compose_time(tmp_path):
+    out = run_cli("data.tokenzer=byte", f"paths.cache_dir={tmp_path / 'cache'}")
+    assert out.returncode != 0 and "Key 'tokenzer' not in 'DataConfig'" in out.stderr
+    assert not (tmp_path / "cache").exists()
+
+
+def test_cli_user_error_is_one_line_and_exit_2(tmp_path):
+    out = run_cli("data=text", f"data.paths=['{tmp_path}/missing.txt']", f"paths.cache_dir={tmp_path / 'cache'}")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        f"error: data.paths: '{tmp_path}/missing.txt' matches no file; give a file, directory or glob"
+    ]
