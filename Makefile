@@ -45,8 +45,8 @@ dev: $(VENV)/.installed-dev ## install with the test and lint dependencies
 demo: install ## train the CPU demo GPT (under 10 min), then complete a story and a Python function
 	$(PY) -m data.prepare data=demo
 	$(PY) -m train experiment=demo run_name=$(DEMO_RUN) resume=auto
-	$(PY) -m sample checkpoint=runs/$(DEMO_RUN) task=story prompt="Once upon a time," seed=1
-	$(PY) -m sample checkpoint=runs/$(DEMO_RUN) task=code prompt="def fibonacci(n):" seed=1
+	$(PY) -m sample checkpoint=runs/$(DEMO_RUN) task=story prompt="Once upon a time," max_new_tokens=200 seed=1
+	$(PY) -m sample checkpoint=runs/$(DEMO_RUN) task=code prompt="def fibonacci(n):" max_new_tokens=200 seed=1
 
 test: dev ## run the whole test suite (no network, CPU)
 	$(PY) -m pytest
