@@ -39,6 +39,8 @@ CONTENT_FIELDS = (
 )  # fmt: skip
 CHUNK_CHARS = 1 << 22  # characters tokenized per batch: bounds memory, paces the progress bar
 
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"  # for the CLI
+
 
 def token_dtype(vocab_size: int) -> np.dtype:
     """Smallest unsigned dtype that holds every id: uint16 up to 65536 ids, else uint32."""
@@ -284,6 +286,7 @@ def main() -> None:
     from omegaconf import DictConfig, OmegaConf
 
     register_schema()
+    _check_overrides(sys.argv[1:])
 
     @hydra.main(version_base="1.3", config_path="../configs", config_name="prepare")
     def _main(dict_cfg: DictConfig) -> None:
@@ -297,6 +300,24 @@ def main() -> None:
         print(summary(data_dir, meta))
 
     _main()
+
+
+def _check_overrides(args: list[str]) -> None:
+    """Compose before Hydra runs, so a mistyped key or bad value is one `error:` line (exit 2), not a report."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    if any(a.startswith("-") for a in args) or os.environ.get("HYDRA_FULL_ERROR") == "1":
+        return
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="prepare"):
+            OmegaConf.to_object(compose("prepare", overrides=args).data)
+    except (HydraException, OmegaConfBaseException, ValueError) as e:
+        first = [str(x).strip().splitlines()[0] for x in (e, e.__cause__) if x is not None and str(x).strip()]
+        print(f"error: {' '.join(first) or type(e).__name__}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -194,6 +194,6 @@ class GPT(nn.Module):
         """Training FLOPs (forward + backward) per token: 6N + 12 * n_layer * C * T (PaLM appendix B)."""
         T = seq_len or self.config.block_size
         n = self.num_params(non_embedding=True)
-        if self.transformer.wpe is None and not self.config.tie_embeddings:
+        if not self.config.tie_embeddings:
             n -= self.transformer.wte.weight.numel()  # an untied input embedding is a lookup, not a matmul
         return 6 * n + 12 * self.config.n_layer * self.config.n_embd * T

@@ -8,7 +8,6 @@ missing checkpoint) is one `error: ...` line on stderr with exit status 2. HYDRA
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import re
 import sys
@@ -16,15 +15,16 @@ import warnings
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
-from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from model.checkpoint import load_model, read_model_json
-from sample.config import SampleConfig, TaskConfig, register_schema
+from sample.config import SampleConfig, TaskConfig, config_error_message, register_schema
 from sample.generate import complete, resolve_device, stream
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+SCHEMAS = {"": SampleConfig, "task": TaskConfig}  # where "did you mean ...?" looks for keys
 FREE_TEXT_KEYS = ("checkpoint", "prompt", "prompt_file")  # values taken verbatim, outside Hydra's override grammar
 USAGE = """\
 usage: python -m sample checkpoint=<run or checkpoint dir> (prompt="..." | prompt_file=<path>) [key=value ...]
@@ -130,33 +130,6 @@ def run(cfg: SampleConfig) -> None:
     sys.stdout.flush()
 
 
-def _one_line(e: BaseException) -> str:
-    """A user-facing one-line message for a config, checkpoint or value error."""
-    if isinstance(e, MissingConfigException) and e.missing_cfg_file and e.options:
-        group, _, name = e.missing_cfg_file.rpartition("/")
-        options = sorted(o for o in e.options if not o.endswith("_schema"))
-        return f"unknown {group or 'config'} {name!r}; choose one of {', '.join(options)}"
-    lines = [str(e).strip().splitlines()[0]] if str(e).strip() else [type(e).__name__]
-    if isinstance(e, OverrideParseException):
-        what = [ln for ln in str(e).splitlines() if ln and not ln.startswith(("Error parsing override", "See http"))]
-        lines = [f"cannot parse override {e.override!r}:", *what[:1]]
-        lines.append("""(values with spaces, commas or brackets need Hydra quoting: key='"..."')""")
-    cause = e.__cause__
-    if isinstance(cause, OmegaConfBaseException):  # Hydra wraps the OmegaConf error that names the key
-        lines.append(str(cause).strip().splitlines()[0])
-        if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and cause.full_key:
-            lines.append(_did_you_mean(cause.full_key))
-    return " ".join(line.strip() for line in lines if line)
-
-
-def _did_you_mean(full_key: str) -> str:
-    """A close valid key for a mistyped one ("tempreature" -> "temperature"), or ""."""
-    parent, _, key = full_key.rpartition(".")
-    schema = TaskConfig if parent == "task" else SampleConfig
-    hint = difflib.get_close_matches(key, [f.name for f in dataclasses.fields(schema)], n=1)
-    return f"(did you mean {parent + '.' if parent else ''}{hint[0]}?)" if hint else ""
-
-
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `python -m sample` and the nanoloom-sample script."""
     args = sys.argv[1:] if argv is None else argv
@@ -181,7 +154,7 @@ def _main(args: list[str]) -> None:
     except (HydraException, OmegaConfBaseException, ValueError, FileNotFoundError) as e:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        print(f"error: {_one_line(e)}", file=sys.stderr)
+        print(f"error: {config_error_message(e, SCHEMAS)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         sys.stderr.write("\n")

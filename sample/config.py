@@ -8,12 +8,15 @@ __post_init__, which OmegaConf.to_object runs.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 from dataclasses import dataclass, field
 from typing import List, Optional
 
 from hydra.core.config_store import ConfigStore
+from hydra.errors import MissingConfigException, OverrideParseException
 from omegaconf import MISSING
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
@@ -89,3 +92,36 @@ def register_schema() -> None:
     cs = ConfigStore.instance()
     cs.store(name="sample_schema", node=SampleConfig)
     cs.store(group="task", name="task_schema", node=TaskConfig)
+
+
+def config_error_message(e: BaseException, schemas: dict[str, type]) -> str:
+    """One line for a Hydra/OmegaConf composition error (or any user error), naming the key and a likely fix.
+
+    schemas maps a key prefix ("" for the top level, "task", "model", ...) to the dataclass whose field names
+    "did you mean ...?" suggests from. Shared by the command-line entry points.
+    """
+    if isinstance(e, MissingConfigException) and e.missing_cfg_file and e.options:
+        group, _, name = e.missing_cfg_file.rpartition("/")
+        options = sorted(o for o in e.options if not o.endswith("_schema") and o != "schema")
+        return f"unknown {group or 'config'} {name!r}; choose one of {', '.join(options)}"
+    lines = [str(e).strip().splitlines()[0]] if str(e).strip() else [type(e).__name__]
+    if isinstance(e, OverrideParseException):
+        what = [ln for ln in str(e).splitlines() if ln and not ln.startswith(("Error parsing override", "See http"))]
+        lines = [f"cannot parse override {e.override!r}:", *what[:1]]
+        lines.append("""(values with spaces, commas or brackets need Hydra quoting: key='"..."')""")
+    cause = e.__cause__
+    if isinstance(cause, OmegaConfBaseException):  # Hydra wraps the OmegaConf error that names the key
+        lines.append(str(cause).strip().splitlines()[0])
+        if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and cause.full_key:
+            lines.append(_did_you_mean(cause.full_key, schemas))
+    return " ".join(line.strip() for line in lines if line)
+
+
+def _did_you_mean(full_key: str, schemas: dict[str, type]) -> str:
+    """A close valid key for a mistyped one ("tempreature" -> "temperature"), or ""."""
+    parent, _, key = full_key.rpartition(".")
+    schema = schemas.get(parent)
+    if schema is None:
+        return ""
+    hint = difflib.get_close_matches(key, [f.name for f in dataclasses.fields(schema)], n=1)
+    return f"(did you mean {parent + '.' if parent else ''}{hint[0]}?)" if hint else ""

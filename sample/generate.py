@@ -63,31 +63,30 @@ def _forward(model: nn.Module, idx: torch.Tensor, input_pos: torch.Tensor, dtype
 
 
 def fit_context(idx: torch.Tensor, max_new_tokens: int, block_size: int) -> tuple[torch.Tensor, int]:
-    """Make prompt + new tokens fit in block_size: cap max_new_tokens, then crop the prompt from the left.
+    """Make prompt + new tokens fit in block_size (learned positions cannot go past it), with a warning.
 
-    Learned positions cannot go past block_size, so instead of failing: a max_new_tokens that alone fills the
-    context is capped to what fits after the prompt, but never below half the context; then a prompt that leaves
-    too little room loses its oldest tokens (the most recent ones are kept). Both warn.
-    Returns (idx (B, T') with T' <= T, max_new_tokens').
+    A prompt that fits is never cropped: max_new_tokens shrinks to the room left after it. A prompt that does not
+    fit (T >= block_size) keeps its most recent tokens, leaving room for min(max_new_tokens, block_size // 2) new
+    ones. Returns (idx (B, T') with T' <= T, max_new_tokens').
     """
     T = idx.size(1)
-    if max_new_tokens >= block_size:
-        capped = max(block_size - T, block_size // 2)
-        warnings.warn(
-            f"max_new_tokens={max_new_tokens} does not fit the model's context of {block_size} tokens; "
-            f"generating at most {capped} new tokens",
-            stacklevel=2,
-        )
-        max_new_tokens = capped
-    if T + max_new_tokens > block_size:
-        keep = block_size - max_new_tokens
+    if T + max_new_tokens <= block_size:
+        return idx, max_new_tokens
+    if T < block_size:
         warnings.warn(
             f"prompt of {T} tokens + max_new_tokens={max_new_tokens} exceeds the model's context of {block_size} "
-            f"tokens; dropped the first {T - keep} prompt tokens (kept the last {keep})",
-            stacklevel=2,
+            f"tokens; generating at most {block_size - T} new tokens",
+            stacklevel=3,
         )
-        idx = idx[:, T - keep :]  # (B, keep): the most recent tokens
-    return idx, max_new_tokens
+        return idx, block_size - T
+    new = min(max_new_tokens, block_size // 2)
+    keep = block_size - new
+    warnings.warn(
+        f"prompt of {T} tokens is longer than the model's context of {block_size} tokens; dropped the first "
+        f"{T - keep} prompt tokens (kept the last {keep}) to generate up to {new} new tokens",
+        stacklevel=3,
+    )
+    return idx[:, T - keep :], new  # (B, keep): the most recent tokens
 
 
 @torch.inference_mode()

@@ -58,6 +58,7 @@ class TextGenerationPipeline:
         stop: list[str] | None = None,
         seed: int | None = None,
         return_full_text: bool = True,
+        **ignored: object,
     ) -> list[dict[str, str]] | list[list[dict[str, str]]]:
         """Generate continuations; [{"generated_text": ...}] per prompt, a list of those for a list of prompts.
 
@@ -73,8 +74,17 @@ class TextGenerationPipeline:
             stop: strings that end a completion; the stop string is not part of the output.
             seed: makes the samples reproducible; the same seed gives the same outputs.
             return_full_text: prepend the prompt to the generated text (transformers' default).
+            **ignored: other transformers generation arguments (pad_token_id, truncation, ...) are accepted and
+                ignored with a warning, so existing calls run unchanged.
         Generation also ends at the tokenizer's end-of-text token.
         """
+        if ignored:
+            warnings.warn(f"ignoring arguments nanoloom does not use: {', '.join(sorted(ignored))}", stacklevel=2)
+        if not do_sample and num_return_sequences > 1:
+            raise ValueError(
+                f"greedy decoding (do_sample=False) gives {num_return_sequences} identical sequences; "
+                "set do_sample=True or num_return_sequences=1"
+            )
         single = isinstance(text_inputs, str)
         prompts = [text_inputs] if single else list(text_inputs)
         if not all(isinstance(p, str) for p in prompts):
@@ -126,7 +136,7 @@ def pipeline(
     task: str,
     model: str | Path | GPT,
     tokenizer: Tokenizer | str | None = None,
-    device: str | torch.device | None = None,
+    device: str | int | torch.device | None = None,
 ) -> TextGenerationPipeline:
     """Build a pipeline for task from a checkpoint/run directory or an already-built model.
 
@@ -136,8 +146,11 @@ def pipeline(
         tokenizer: a tokenizer object or name ("gpt2", "byte"); required with a model object, otherwise it
             replaces the checkpoint's own tokenizer.
         device: where the model runs. None: "auto" (cuda > mps > cpu) for a path, the model's own device for a
-            model object. An explicit device moves a model object there (as transformers does).
+            model object. An explicit device moves a model object there (as transformers does). Integers follow
+            transformers: -1 is the CPU, i >= 0 the CUDA device i.
     """
+    if isinstance(device, int):
+        device = "cpu" if device < 0 else f"cuda:{device}"
     if task not in SUPPORTED_TASKS:
         raise ValueError(f"unknown task {task!r}; nanoloom supports: {', '.join(SUPPORTED_TASKS)}")
     if isinstance(model, (str, Path)):

@@ -160,10 +160,12 @@ def test_max_new_tokens_beyond_context_is_capped():
     with pytest.warns(UserWarning, match="at most 29 new tokens") as record:  # a short prompt is kept whole
         steps = list(generate_tokens(model, torch.zeros(1, 3, dtype=torch.long), 100, temperature=0.0))
     assert len(steps) == 29 and len(record) == 1
-    with pytest.warns(UserWarning) as record:  # a long prompt shares the context half and half
+    with pytest.warns(UserWarning) as record:  # a prompt that fits is never cropped: fewer new tokens instead
         steps = list(generate_tokens(model, torch.zeros(1, 30, dtype=torch.long), 100, temperature=0.0))
-    assert len(steps) == 16
-    assert "at most 16 new tokens" in str(record[0].message) and "dropped the first 14" in str(record[1].message)
+    assert len(steps) == 2 and len(record) == 1 and "at most 2 new tokens" in str(record[0].message)
+    with pytest.warns(UserWarning, match="dropped the first 16") as record:  # too long: half the context each
+        steps = list(generate_tokens(model, torch.zeros(1, 32, dtype=torch.long), 100, temperature=0.0))
+    assert len(steps) == 16 and len(record) == 1
 
 
 def test_seeded_completions_are_reproducible():

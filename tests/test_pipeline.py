@@ -98,3 +98,15 @@ def test_pipeline_errors(checkpoint, tmp_path):
         pipeline("text-generation", model=tmp_path / "nothing-here")
     with pytest.raises(ValueError, match="vocabulary|tokens"):
         pipeline("text-generation", model=tiny_gpt(), tokenizer="gpt2")
+
+
+def test_transformers_habits_are_accepted(tmp_path):
+    from model import GPT, GPTConfig
+
+    model = GPT(GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=16, vocab_size=257))
+    generator = pipeline("text-generation", model=model, tokenizer="byte", device=-1)  # -1: the CPU
+    with pytest.warns(UserWarning, match="ignoring arguments nanoloom does not use: pad_token_id, truncation"):
+        out = generator("ab", max_new_tokens=2, pad_token_id=0, truncation=True, seed=0)
+    assert out[0]["generated_text"].startswith("ab")
+    with pytest.raises(ValueError, match="identical sequences"):
+        generator("ab", max_new_tokens=2, do_sample=False, num_return_sequences=2)

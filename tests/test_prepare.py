@@ -157,7 +157,8 @@ def test_cli_prepares_a_text_corpus(tmp_path):
 
 def test_cli_mistyped_key_fails_at_compose_time(tmp_path):
     out = run_cli("data.tokenzer=byte", f"paths.cache_dir={tmp_path / 'cache'}")
-    assert out.returncode != 0 and "Key 'tokenzer' not in 'DataConfig'" in out.stderr
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+    assert "Key 'tokenzer' not in 'DataConfig'" in out.stderr
     assert not (tmp_path / "cache").exists()
 
 

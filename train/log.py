@@ -7,6 +7,7 @@ run id is kept in the run directory so a resumed run continues the same wandb ru
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,13 +21,24 @@ WANDB_ID_FILE = "wandb_id.txt"
 class Tracker:
     """Writes metric dicts (slash-grouped keys: train/loss, val/loss, perf/tokens_per_sec ...) to every sink."""
 
-    def __init__(self, cfg: LoggerConfig, run_dir: Path, enabled: bool, config: dict[str, Any], run_name: str):
+    def __init__(
+        self,
+        cfg: LoggerConfig,
+        run_dir: Path,
+        enabled: bool,
+        config: dict[str, Any],
+        run_name: str,
+        resume_step: int | None = None,
+    ) -> None:
         self.enabled = enabled
         self.run_dir = run_dir
         self.wandb_run = None
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None:  # records logged after the checkpoint are about to be logged again
+            for name in ("metrics.jsonl", "samples.jsonl"):
+                _truncate_after(run_dir / name, resume_step)
         self.metrics_file = open(run_dir / "metrics.jsonl", "a")  # appended: a resumed run continues the file
         if cfg.name == "wandb" and cfg.mode != "disabled":
             self.wandb_run = _init_wandb(cfg, run_dir, config, run_name)
@@ -67,6 +79,16 @@ class Tracker:
         self.metrics_file.close()
         if self.wandb_run is not None:
             self.wandb_run.finish()
+
+
+def _truncate_after(path: Path, step: int) -> None:
+    """Drop the records of a .jsonl log whose step is past `step` (rewritten atomically)."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
 
 
 def _init_wandb(cfg: LoggerConfig, run_dir: Path, config: dict[str, Any], run_name: str) -> Any:

@@ -92,7 +92,15 @@ def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[
     model = dist.wrap(model, info, device)
 
     config_yaml = to_yaml(cfg, model_cfg)
-    tracker = Tracker(cfg.logger, run_dir, info.is_main, config=config_dict(cfg, model_cfg), run_name=cfg.run_name)
+    tracker = Tracker(
+        cfg.logger,
+        run_dir,
+        info.is_main,
+        config=config_dict(cfg, model_cfg),
+        run_name=cfg.run_name,
+        resume_step=state.step if resume_from is not None else None,
+    )
+    prompts = _encodable_prompts(cfg.samples.prompts, tokenizer)
     if info.is_main:
         (run_dir / "config.yaml").write_text(config_yaml)
     tokens_per_step = tcfg.batch_size * tcfg.grad_accum * T * info.world_size
@@ -106,12 +114,13 @@ def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[
 
     start_step, t_start = state.step, time.perf_counter()
     t_log, loss_log, steps_log, val = t_start, torch.zeros((), device=device), 0, None
-    while state.step < tcfg.max_steps:
+    budget_left = tcfg.max_time is None or state.train_time < tcfg.max_time  # a resumed run may have spent it
+    while budget_left and state.step < tcfg.max_steps:
         lr = get_lr(state.step, cfg.optim.lr, tcfg.max_steps, cfg.schedule)
         set_lr(optimizer, lr)
         if _due(state.step, tcfg.eval_interval) and not (state.step == start_step and resume_from is not None):
             t_eval = time.perf_counter()
-            val = maybe_eval(cfg, raw_model, model, val_loader, ctx, tokenizer, state, tracker, info)
+            val = maybe_eval(cfg, raw_model, model, val_loader, ctx, tokenizer, prompts, state, tracker, info)
             t_log += time.perf_counter() - t_eval  # throughput counts training time only
 
         loss = forward_backward(model, train_loader, tcfg.grad_accum, ctx, scaler)
@@ -119,7 +128,9 @@ def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[
             scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), clip)
-        if not _finite(loss, grad_norm, info, device):  # one host-device sync per step: the non-finite guard
+        # The non-finite guard (one host-device sync per step). With fp16, inf gradients are the grad scaler's
+        # business: scaler.step skips the update and scaler.update lowers the scale, so only the loss is checked.
+        if not _finite(loss, grad_norm if scaler is None else None, info, device):
             optimizer.zero_grad(set_to_none=True)
             state.skipped_steps += 1
             if tcfg.nonfinite == "stop":
@@ -165,7 +176,7 @@ def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[
             tracker.print(f"time budget of {tcfg.max_time:.0f}s reached at step {state.step}: stopping")
             break
 
-    val = maybe_eval(cfg, raw_model, model, val_loader, ctx, tokenizer, state, tracker, info)
+    val = maybe_eval(cfg, raw_model, model, val_loader, ctx, tokenizer, prompts, state, tracker, info)
     maybe_save(cfg, raw_model, optimizer, scaler, state, train_loader, tokenizer, config_yaml, t_start, info)
     tracker.close()
     return {"val/loss": val["loss"], "val/ppl": val["ppl"], "step": state.step}
@@ -196,6 +207,7 @@ def maybe_eval(
     val_loader: CausalLMLoader,
     ctx: Any,
     tokenizer: Any,
+    prompts: list[str],
     state: TrainState,
     tracker: Tracker,
     info: dist.DistInfo,
@@ -205,7 +217,7 @@ def maybe_eval(
     state.best_val_loss = min(state.best_val_loss, val["loss"])
     tracker.log({"val/loss": val["loss"], "val/ppl": val["ppl"], "train/tokens": state.tokens_seen}, state.step)
     tracker.print(f"step {state.step:>6}: val loss {val['loss']:.4f} | val ppl {val['ppl']:.2f}")
-    if info.is_main and cfg.samples.prompts:
+    if info.is_main and prompts:
         s = cfg.samples
         samples = [
             {
@@ -220,7 +232,7 @@ def maybe_eval(
                     seed=s.seed,
                 )[0],
             }
-            for p in s.prompts
+            for p in prompts
         ]
         raw_model.train()  # complete() switched to eval mode
         tracker.log_samples(samples, state.step)
@@ -322,8 +334,20 @@ def _with_vocab(model_cfg: Any, vocab_size: int, tokenizer_name: str) -> Any:
     return model_cfg
 
 
-def _finite(loss: torch.Tensor, grad_norm: torch.Tensor, info: dist.DistInfo, device: torch.device) -> bool:
-    ok = bool(torch.isfinite(loss) & torch.isfinite(grad_norm))
+def _encodable_prompts(prompts: list[str], tokenizer: Any) -> list[str]:
+    """The sample prompts this tokenizer can encode (a char vocabulary may lack their characters)."""
+    kept = []
+    for prompt in prompts:
+        try:
+            tokenizer.encode(prompt)
+            kept.append(prompt)
+        except ValueError as e:
+            warn(f"samples.prompts: skipping {prompt!r} ({e})")
+    return kept
+
+
+def _finite(loss: torch.Tensor, grad_norm: torch.Tensor | None, info: dist.DistInfo, device: torch.device) -> bool:
+    ok = bool(torch.isfinite(loss)) and (grad_norm is None or bool(torch.isfinite(grad_norm)))
     return not dist.any_rank(not ok, info, device)
 
 
