@@ -311,3 +311,37 @@ def test_resume_after_the_time_budget_is_spent_trains_no_more(tmp_path):
     first = run(compose_train(tiny_run_overrides(tmp_path, corpus, **{"trainer.max_time": 1e-6})))
     again = run(compose_train(tiny_run_overrides(tmp_path, corpus, resume="auto", **{"trainer.max_time": 1e-6})))
     assert first["step"] == again["step"] == 1
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(tmp_path):
+    """trainer.compile=true runs the same training on CPU (inductor): losses equal to rounding."""
+    corpus = zen_of_python(tmp_path)
+    small = {"trainer.max_steps": 4, "trainer.eval_interval": 0, "trainer.save_interval": 0, "samples.prompts": "[]"}
+    run(compose_train(tiny_run_overrides(tmp_path, corpus, "eager", **small)))
+    run(compose_train(tiny_run_overrides(tmp_path, corpus, "compiled", **small, **{"trainer.compile": "true"})))
+    eager, compiled = losses(tmp_path / "eager"), losses(tmp_path / "compiled")
+    assert [compiled[s] for s in range(1, 5)] == pytest.approx([eager[s] for s in range(1, 5)], rel=1e-4)
+
+
+def test_cli_run_time_error_is_one_line_and_leaves_no_run_dir(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "train",
+            "debug=default",
+            "data=text",
+            f"data.paths=[{tmp_path}/missing.txt]",
+            f"paths.runs_dir={tmp_path / 'runs'}",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: data.paths: '{tmp_path}/missing.txt' matches no file; give a file, directory or glob"
+    ]
+    assert not any((tmp_path / "runs").iterdir())

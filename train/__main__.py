@@ -11,6 +11,7 @@ Examples:
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -70,8 +71,15 @@ def hydra_main(dict_cfg: DictConfig) -> float:
         metrics = run(cfg)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
+        _remove_if_unused(Path(HydraConfig.get().runtime.output_dir))
         sys.exit(2)
     return metrics["val/loss"]  # the value a Hydra sweeper optimises
+
+
+def _remove_if_unused(run_dir: Path) -> None:
+    """Delete the run directory Hydra made for a run that failed before writing anything of its own."""
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra"}:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def main() -> None:

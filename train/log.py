@@ -6,12 +6,16 @@ run id is kept in the run directory so a resumed run continues the same wandb ru
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from train.config import LoggerConfig
 
@@ -110,6 +114,45 @@ def _init_wandb(cfg: LoggerConfig, run_dir: Path, config: dict[str, Any], run_na
         config=config,
         tags=list(cfg.tags),
     )
+
+
+class Meter:
+    """Throughput since the last log line: steps, their summed loss (on the device) and the training time."""
+
+    def __init__(self, tokens_per_step: int, flops_per_step: float, peak_flops: float, device: torch.device):
+        self.tokens_per_step, self.flops_per_step, self.peak_flops = tokens_per_step, flops_per_step, peak_flops
+        self.device = device
+        self._reset()
+
+    def _reset(self) -> None:
+        self.t_last = time.perf_counter()
+        self.steps = 0
+        self.loss_sum = torch.zeros((), device=self.device)
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.loss_sum += loss
+        self.steps += 1
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Leave the time spent inside (evaluation, saving) out of the throughput."""
+        t0 = time.perf_counter()
+        yield
+        self.t_last += time.perf_counter() - t0
+
+    def read(self, reduce: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, float]:
+        """train/loss (mean over steps, reduced over ranks), step time, tokens/s and MFU; then start over."""
+        steps = max(self.steps, 1)
+        dt = (time.perf_counter() - self.t_last) / steps
+        metrics = {
+            "train/loss": reduce(self.loss_sum / steps).item(),
+            "perf/step_time": dt,
+            "perf/tokens_per_sec": self.tokens_per_step / dt,
+        }
+        if self.peak_flops > 0:
+            metrics["perf/mfu"] = self.flops_per_step / dt / self.peak_flops
+        self._reset()
+        return metrics
 
 
 def format_step(metrics: dict[str, Any], step: int, max_steps: int) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from train import dist
 from train.config import TrainConfig, config_dict, to_yaml
 from train.device import autocast, peak_flops, resolve_dtype
 from train.evaluate import estimate_loss
-from train.log import Tracker, format_step, warn
+from train.log import Meter, Tracker, format_step, warn
 from train.optim import build_optimizer, get_lr, set_lr
 from train.state import (
     TrainState,
@@ -39,8 +39,27 @@ from train.state import (
 )
 
 
+@dataclass
+class Run:
+    """What the periodic helpers need: the built components of one training run."""
+
+    cfg: TrainConfig
+    raw_model: nn.Module  # the unwrapped model: checkpoints and sampling use it
+    model: nn.Module  # what trains: raw_model, compiled and/or DDP-wrapped
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None  # fp16 only
+    train_loader: CausalLMLoader
+    val_loader: CausalLMLoader
+    tokenizer: Any
+    prompts: list[str]  # sample prompts this tokenizer can encode
+    ctx: Any  # autocast context
+    tracker: Tracker
+    info: dist.DistInfo
+    config_yaml: str
+
+
 def run(cfg: TrainConfig) -> dict[str, float]:
-    """Train as cfg says; return the final metrics (val/loss, val/ppl, train/loss)."""
+    """Train as cfg says; return the final metrics (val/loss, val/ppl, step)."""
     device = resolve_device(cfg.trainer.device)
     info, device = dist.setup(device)
     try:
@@ -53,7 +72,6 @@ def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[
     tcfg = cfg.trainer
     run_dir, cache_dir = Path(cfg.paths.run_dir), Path(cfg.paths.cache_dir)
     dtype = resolve_dtype(tcfg.dtype, device)
-    ctx = autocast(device, dtype)
     if device.type == "cuda":  # TF32 matmuls for any fp32 work left outside autocast (numerics: ~1e-3 rel.)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -67,16 +85,8 @@ def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[
     tokenizer = tokenizer_from_spec(load_meta(data_dir)["tokenizer"])
     model_cfg = _with_vocab(cfg.model, tokenizer.vocab_size, tokenizer.name)
     T = model_cfg.block_size
-    loader_args = dict(
-        batch_size=tcfg.batch_size,
-        block_size=T,
-        seed=tcfg.seed,
-        rank=info.rank,
-        world_size=info.world_size,
-        device=device,
-    )
-    train_loader = CausalLMLoader(data_dir, "train", **loader_args)
-    val_loader = CausalLMLoader(data_dir, "val", **loader_args)
+    loader_args = dict(batch_size=tcfg.batch_size, block_size=T, seed=tcfg.seed, rank=info.rank,
+                       world_size=info.world_size, device=device)  # fmt: skip
 
     # model and optimizer: the same init on every rank, then per-rank dropout streams
     torch.manual_seed(tcfg.seed)
@@ -84,28 +94,23 @@ def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[
     optimizer = build_optimizer(raw_model, cfg.optim, device.type)
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     torch.manual_seed(tcfg.seed + info.rank)
-    state = TrainState()
-    resume_from = find_resume_checkpoint(cfg.resume, run_dir)
+    train_loader = CausalLMLoader(data_dir, "train", **loader_args)
+    state, resume_from = TrainState(), find_resume_checkpoint(cfg.resume, run_dir)
     if resume_from is not None:
         state = _restore(resume_from, raw_model, optimizer, scaler, train_loader, tokenizer.spec(), info)
     model = torch.compile(raw_model) if tcfg.compile else raw_model
-    model = dist.wrap(model, info, device)
-
-    config_yaml = to_yaml(cfg, model_cfg)
-    tracker = Tracker(
-        cfg.logger,
-        run_dir,
-        info.is_main,
-        config=config_dict(cfg, model_cfg),
-        run_name=cfg.run_name,
-        resume_step=state.step if resume_from is not None else None,
-    )
-    prompts = _encodable_prompts(cfg.samples.prompts, tokenizer)
+    tracker = Tracker(cfg.logger, run_dir, info.is_main, config=config_dict(cfg, model_cfg), run_name=cfg.run_name,
+                      resume_step=state.step if resume_from is not None else None)  # fmt: skip
+    r = Run(
+        cfg, raw_model, dist.wrap(model, info, device), optimizer, scaler, train_loader,
+        CausalLMLoader(data_dir, "val", **loader_args), tokenizer, _encodable_prompts(cfg.samples.prompts, tokenizer),
+        autocast(device, dtype), tracker, info, to_yaml(cfg, model_cfg),
+    )  # fmt: skip
     if info.is_main:
-        (run_dir / "config.yaml").write_text(config_yaml)
+        (run_dir / "config.yaml").write_text(r.config_yaml)
     tokens_per_step = tcfg.batch_size * tcfg.grad_accum * T * info.world_size
-    flops_per_step = raw_model.flops_per_token(T) * tokens_per_step
     peak = peak_flops(device, dtype, cache_dir) if info.is_main else 0.0
+    meter = Meter(tokens_per_step, raw_model.flops_per_token(T) * tokens_per_step, peak, device)
     tracker.print(
         f"nanoloom: {raw_model.num_params() / 1e6:.2f}M params | {tokens_per_step:,} tokens/step | device {device} "
         f"{str(dtype).removeprefix('torch.')} | world {info.world_size} | run dir {run_dir}"
@@ -113,17 +118,15 @@ def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[
     )
 
     start_step, t_start = state.step, time.perf_counter()
-    t_log, loss_log, steps_log, val = t_start, torch.zeros((), device=device), 0, None
     budget_left = tcfg.max_time is None or state.train_time < tcfg.max_time  # a resumed run may have spent it
     while budget_left and state.step < tcfg.max_steps:
         lr = get_lr(state.step, cfg.optim.lr, tcfg.max_steps, cfg.schedule)
         set_lr(optimizer, lr)
         if _due(state.step, tcfg.eval_interval) and not (state.step == start_step and resume_from is not None):
-            t_eval = time.perf_counter()
-            val = maybe_eval(cfg, raw_model, model, val_loader, ctx, tokenizer, prompts, state, tracker, info)
-            t_log += time.perf_counter() - t_eval  # throughput counts training time only
+            with meter.paused():  # throughput counts training time only
+                maybe_eval(r, state)
 
-        loss = forward_backward(model, train_loader, tcfg.grad_accum, ctx, scaler)
+        loss = forward_backward(r.model, train_loader, tcfg.grad_accum, r.ctx, scaler)
         if scaler is not None:
             scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
@@ -132,13 +135,7 @@ def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[
         # business: scaler.step skips the update and scaler.update lowers the scale, so only the loss is checked.
         if not _finite(loss, grad_norm if scaler is None else None, info, device):
             optimizer.zero_grad(set_to_none=True)
-            state.skipped_steps += 1
-            if tcfg.nonfinite == "stop":
-                raise FloatingPointError(
-                    f"non-finite loss or gradient at step {state.step}; the last checkpoint is intact. "
-                    "Lower optim.lr, enable optim.grad_clip, or set trainer.nonfinite=skip"
-                )
-            warn(f"non-finite loss or gradient at step {state.step}: step skipped")
+            _nonfinite(state, tcfg.nonfinite)
             continue
         if scaler is not None:
             scaler.step(optimizer)
@@ -148,36 +145,21 @@ def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
         state.tokens_seen += tokens_per_step
-        loss_log += loss  # stays on device: no sync until logged
-        steps_log += 1
+        meter.add(loss)  # stays on the device: no sync until logged
 
-        out_of_time = tcfg.max_time is not None and state.train_time + time.perf_counter() - t_start >= tcfg.max_time
-        out_of_time = dist.any_rank(out_of_time, info, device)  # every rank stops at the same step
+        elapsed = state.train_time + time.perf_counter() - t_start
+        out_of_time = dist.any_rank(tcfg.max_time is not None and elapsed >= tcfg.max_time, info, device)
         if state.step % tcfg.log_interval == 0 or state.step == tcfg.max_steps or out_of_time:
-            t_log = maybe_log(
-                tracker,
-                state,
-                loss_log,
-                steps_log,
-                lr,
-                grad_norm,
-                t_log,
-                tokens_per_step,
-                flops_per_step,
-                peak,
-                tcfg.max_steps,
-            )
-            loss_log, steps_log = torch.zeros((), device=device), 0
+            maybe_log(r, state, meter, lr, grad_norm)
         if _due(state.step, tcfg.save_interval) and state.step < tcfg.max_steps and not out_of_time:
-            t_save = time.perf_counter()
-            maybe_save(cfg, raw_model, optimizer, scaler, state, train_loader, tokenizer, config_yaml, t_start, info)
-            t_log += time.perf_counter() - t_save
+            with meter.paused():
+                maybe_save(r, state, t_start)
         if out_of_time:
             tracker.print(f"time budget of {tcfg.max_time:.0f}s reached at step {state.step}: stopping")
             break
 
-    val = maybe_eval(cfg, raw_model, model, val_loader, ctx, tokenizer, prompts, state, tracker, info)
-    maybe_save(cfg, raw_model, optimizer, scaler, state, train_loader, tokenizer, config_yaml, t_start, info)
+    val = maybe_eval(r, state)
+    maybe_save(r, state, t_start)
     tracker.close()
     return {"val/loss": val["loss"], "val/ppl": val["ppl"], "step": state.step}
 
@@ -200,104 +182,41 @@ def forward_backward(
     return total
 
 
-def maybe_eval(
-    cfg: TrainConfig,
-    raw_model: nn.Module,
-    model: nn.Module,
-    val_loader: CausalLMLoader,
-    ctx: Any,
-    tokenizer: Any,
-    prompts: list[str],
-    state: TrainState,
-    tracker: Tracker,
-    info: dist.DistInfo,
-) -> dict[str, float]:
-    """Val loss and perplexity on fixed batches; completions of the configured prompts (rank 0)."""
-    val = estimate_loss(model, val_loader, cfg.trainer.eval_batches, ctx)
+def maybe_eval(r: Run, state: TrainState) -> dict[str, float]:
+    """Val loss and perplexity on fixed batches; completions of the sample prompts (rank 0)."""
+    val = estimate_loss(r.model, r.val_loader, r.cfg.trainer.eval_batches, r.ctx, reduce=lambda t: dist.mean(t, r.info))
     state.best_val_loss = min(state.best_val_loss, val["loss"])
-    tracker.log({"val/loss": val["loss"], "val/ppl": val["ppl"], "train/tokens": state.tokens_seen}, state.step)
-    tracker.print(f"step {state.step:>6}: val loss {val['loss']:.4f} | val ppl {val['ppl']:.2f}")
-    if info.is_main and prompts:
-        s = cfg.samples
-        samples = [
-            {
-                "prompt": p,
-                "completion": complete(
-                    raw_model,
-                    tokenizer,
-                    p,
-                    max_new_tokens=s.max_new_tokens,
-                    temperature=s.temperature,
-                    top_k=s.top_k,
-                    seed=s.seed,
-                )[0],
-            }
-            for p in prompts
-        ]
-        raw_model.train()  # complete() switched to eval mode
-        tracker.log_samples(samples, state.step)
+    r.tracker.log({"val/loss": val["loss"], "val/ppl": val["ppl"], "train/tokens": state.tokens_seen}, state.step)
+    r.tracker.print(f"step {state.step:>6}: val loss {val['loss']:.4f} | val ppl {val['ppl']:.2f}")
+    if r.info.is_main and r.prompts:
+        s = r.cfg.samples
+        completions = [
+            complete(r.raw_model, r.tokenizer, p, max_new_tokens=s.max_new_tokens, temperature=s.temperature,
+                     top_k=s.top_k, seed=s.seed)[0]  # a private generator: the training RNG is untouched
+            for p in r.prompts
+        ]  # fmt: skip
+        r.tracker.log_samples([{"prompt": p, "completion": c} for p, c in zip(r.prompts, completions)], state.step)
     return val
 
 
-def maybe_log(
-    tracker: Tracker,
-    state: TrainState,
-    loss_sum: torch.Tensor,
-    steps: int,
-    lr: float,
-    grad_norm: torch.Tensor,
-    t_last: float,
-    tokens_per_step: int,
-    flops_per_step: float,
-    peak: float,
-    max_steps: int,
-) -> float:
-    """Log the mean loss since the last log line, throughput and MFU; return the new reference time."""
-    now = time.perf_counter()
-    dt = (now - t_last) / max(steps, 1)
-    metrics = {
-        "train/loss": (loss_sum / max(steps, 1)).item(),  # .item() is a host-device sync, once per log interval
-        "train/lr": lr,
-        "train/grad_norm": grad_norm.item(),
-        "train/tokens": state.tokens_seen,
-        "perf/step_time": dt,
-        "perf/tokens_per_sec": tokens_per_step / dt,
-    }
-    if peak > 0:
-        metrics["perf/mfu"] = flops_per_step / dt / peak
-    tracker.log(metrics, state.step)
-    tracker.print(format_step(metrics, state.step, max_steps))
-    return now
+def maybe_log(r: Run, state: TrainState, meter: Meter, lr: float, grad_norm: torch.Tensor) -> None:
+    """Log the mean loss since the last log line (averaged over ranks), the lr, throughput and MFU."""
+    metrics = meter.read(lambda t: dist.mean(t, r.info))  # .item() inside: a host-device sync per log interval
+    metrics.update({"train/lr": lr, "train/grad_norm": grad_norm.item(), "train/tokens": state.tokens_seen})
+    r.tracker.log(metrics, state.step)
+    r.tracker.print(format_step(metrics, state.step, r.cfg.trainer.max_steps))
 
 
-def maybe_save(
-    cfg: TrainConfig,
-    raw_model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: Any,
-    state: TrainState,
-    loader: CausalLMLoader,
-    tokenizer: Any,
-    config_yaml: str,
-    t_start: float,
-    info: dist.DistInfo,
-) -> None:
+def maybe_save(r: Run, state: TrainState, t_start: float) -> None:
     """Checkpoint the unwrapped model and the training state (rank 0 writes; everyone waits)."""
-    if info.is_main:
+    if r.info.is_main:
         saved = replace(state, train_time=state.train_time + time.perf_counter() - t_start)
         path = save_checkpoint(
-            Path(cfg.paths.run_dir) / "checkpoints",
-            raw_model,
-            optimizer,
-            saved,
-            loader.state_dict(),
-            tokenizer.spec(),
-            config_yaml,
-            cfg.trainer.keep_last,
-            scaler,
-        )
+            Path(r.cfg.paths.run_dir) / "checkpoints", r.raw_model, r.optimizer, saved, r.train_loader.state_dict(),
+            r.tokenizer.spec(), r.config_yaml, r.cfg.trainer.keep_last, r.scaler,
+        )  # fmt: skip
         print(f"saved {path}", flush=True)
-    dist.barrier(info)
+    dist.barrier(r.info)
 
 
 def _restore(
@@ -344,6 +263,17 @@ def _encodable_prompts(prompts: list[str], tokenizer: Any) -> list[str]:
         except ValueError as e:
             warn(f"samples.prompts: skipping {prompt!r} ({e})")
     return kept
+
+
+def _nonfinite(state: TrainState, policy: str) -> None:
+    """Count a dropped step; with policy "stop", end the run (the last checkpoint stays intact)."""
+    state.skipped_steps += 1
+    if policy == "stop":
+        raise FloatingPointError(
+            f"non-finite loss or gradient at step {state.step}; the last checkpoint is intact. "
+            "Lower optim.lr, enable optim.grad_clip, or set trainer.nonfinite=skip"
+        )
+    warn(f"non-finite loss or gradient at step {state.step}: step skipped")
 
 
 def _finite(loss: torch.Tensor, grad_norm: torch.Tensor | None, info: dist.DistInfo, device: torch.device) -> bool:
