@@ -1,6 +1,7 @@
 """DataConfig: where the text comes from, how it is tokenized and split. Stdlib only; also the Hydra schema.
 
 Types are the ones OmegaConf accepts (no PEP 604 unions); choices are validated in __post_init__.
+A dataset is either documents (GPT, T5 span corruption) or input/target pairs (T5 seq2seq), never both.
 """
 
 from __future__ import annotations
@@ -8,17 +9,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-CORPORA = ("shakespeare", "python-code", "text", "tinystories")
+DOCUMENT_CORPORA = ("shakespeare", "python-code", "text", "tinystories")
+PAIR_CORPORA = ("pairs", "python-docstrings")
+CORPORA = DOCUMENT_CORPORA + PAIR_CORPORA
 TOKENIZERS = ("gpt2", "char", "byte")
+PAIRS_DIRECTIONS = ("code", "docstring", "both")
 
 
 @dataclass
 class DataConfig:
     name: str = "shakespeare"  # label of the prepared dataset (part of its cache key)
-    # concatenated, in order: shakespeare | python-code | text | tinystories
+    # concatenated, in order. documents: shakespeare | python-code | text | tinystories;
+    # input/target pairs: pairs | python-docstrings (the two kinds do not mix)
     corpora: List[str] = field(default_factory=lambda: ["shakespeare"])
     tokenizer: str = "char"  # gpt2 (tiktoken BPE, offline) | char (vocabulary from the corpus) | byte
-    paths: List[str] = field(default_factory=list)  # corpus=text: files, directories or globs
+    paths: List[str] = field(default_factory=list)  # corpus=text or pairs: files, directories or globs
     extensions: List[str] = field(default_factory=lambda: [".txt", ".md", ".py", ".jsonl"])  # corpus=text, dirs
     jsonl_field: str = "text"  # field holding the document in .jsonl files
     include_tests: bool = False  # python-code: also take the stdlib's test files
@@ -26,8 +31,13 @@ class DataConfig:
     # ... and its files; a file named *valid* / *val* is the val split
     hub_files: List[str] = field(default_factory=lambda: ["TinyStories-train.txt", "TinyStories-valid.txt"])
     hub_local_dir: Optional[str] = None  # tinystories: read these files from here instead of the hub
-    max_documents: Optional[int] = None  # first N documents of each corpus (tinystories: of each file)
-    val_fraction: float = 0.05  # share of documents held out for validation
+    input_field: str = "input"  # corpus=pairs: field of each .jsonl line holding the input text ...
+    target_field: str = "target"  # ... and the one holding the target text
+    prefix: str = ""  # corpus=pairs: prepended to every input, a T5 task prefix such as "question: "
+    # python-docstrings: which side the model writes: code (docstring -> code) | docstring (code -> docstring) | both
+    pairs_direction: str = "both"
+    max_documents: Optional[int] = None  # first N documents of each corpus (tinystories: of each file; pairs: pairs)
+    val_fraction: float = 0.05  # share of documents held out for validation (pairs: of pairs; python-docstrings: modules)
     split_seed: int = 1337  # seed of the document shuffle that decides the split
     num_workers: int = 2  # tokenizer threads (gpt2); byte and char are vectorised numpy
 
@@ -37,14 +47,36 @@ class DataConfig:
         for c in self.corpora:
             if c not in CORPORA:
                 raise ValueError(f"unknown corpus {c!r} in data.corpora; choose from {', '.join(CORPORA)}")
+        pair_corpora = [c for c in self.corpora if c in PAIR_CORPORA]
+        if pair_corpora and len(pair_corpora) < len(self.corpora):
+            documents = [c for c in self.corpora if c not in PAIR_CORPORA]
+            raise ValueError(
+                f"data.corpora mixes input/target pairs ({', '.join(pair_corpora)}) with documents "
+                f"({', '.join(documents)}); a dataset is one or the other: prepare them as two datasets"
+            )
         if self.tokenizer not in TOKENIZERS:
             choices = ", ".join(TOKENIZERS)
             raise ValueError(f"unknown tokenizer {self.tokenizer!r}; set data.tokenizer to one of {choices}")
         if "text" in self.corpora and not self.paths:
             raise ValueError("corpus 'text' needs data.paths=[<file, directory or glob>, ...]")
+        # corpus=pairs without data.paths is refused when the corpus is read, so configs/data/pairs.yaml composes.
+        if not self.input_field or not self.target_field or self.input_field == self.target_field:
+            raise ValueError(
+                f"data.input_field={self.input_field!r} and data.target_field={self.target_field!r} must be two "
+                "different, non-empty field names"
+            )
+        if self.pairs_direction not in PAIRS_DIRECTIONS:
+            raise ValueError(
+                f"data.pairs_direction={self.pairs_direction!r}; choose from {', '.join(PAIRS_DIRECTIONS)}"
+            )
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"data.val_fraction={self.val_fraction} must be between 0 and 1 (exclusive)")
         if self.max_documents is not None and self.max_documents < 1:
             raise ValueError(f"data.max_documents={self.max_documents} must be >= 1 (or null for all)")
         if self.num_workers < 1:
             raise ValueError(f"data.num_workers={self.num_workers} must be >= 1")
+
+    @property
+    def is_pairs(self) -> bool:
+        """True when the corpora are input/target pairs (seq2seq), False for documents."""
+        return self.corpora[0] in PAIR_CORPORA

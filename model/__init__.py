@@ -1,7 +1,8 @@
-"""nanoloom models: GPT (decoder-only) built from its config alone, plus the registry and checkpoint format."""
+"""nanoloom models: GPT (decoder-only) and T5 (encoder-decoder), each built from its config alone."""
 
-from model.config import GPTConfig
+from model.config import GPTConfig, T5Config
 from model.gpt import GPT
 from model.registry import build_model
+from model.t5 import T5
 
-__all__ = ["GPT", "GPTConfig", "build_model"]
+__all__ = ["GPT", "GPTConfig", "T5", "T5Config", "build_model"]

@@ -142,4 +142,91 @@ GPT_PRESETS: dict[str, dict[str, Any]] = {
     "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),
 }
 
-__all__ = ["GPTConfig", "GPT_PRESETS", "find_multiple"]
+
+T5_MLPS = ("relu", "gated-gelu")
+
+
+@dataclass
+class T5Config:
+    kind: str = "t5"  # registry key; always "t5" for this class
+    block_size: int = 512  # longest encoder input and decoder output (tokens); relative positions need no table
+    vocab_size: Optional[int] = 32128  # tokenizer vocabulary incl. sentinels; None: training takes it from the data
+    padding_multiple: int = 64  # pad the embedding to a multiple of this (HF T5's 32128 already is one of 128)
+    n_encoder_layer: int = 6  # encoder blocks
+    n_decoder_layer: int = 6  # decoder blocks
+    n_head: int = 8  # attention heads
+    n_embd: int = 512  # d_model, the residual stream width C
+    head_size: Optional[int] = None  # d_kv; None = n_embd // n_head (v1.1 small: 6 heads x 64 != 512)
+    intermediate_size: int = 2048  # d_ff, the MLP hidden width
+    mlp: str = "relu"  # relu (T5 v1.0) | gated-gelu (T5 v1.1: gelu-tanh(wi_0 x) * wi_1 x)
+    tie_embeddings: bool = True  # v1.0: lm_head = shared embedding, output rescaled by n_embd^-0.5; v1.1: untied
+    rel_pos_buckets: int = 32  # relative-position buckets (half per direction in the encoder)
+    rel_pos_max_distance: int = 128  # distances beyond this share the last bucket
+    dropout: float = 0.1  # T5 pretraining used 0.1; fine-tuning often 0.0-0.1
+    norm_eps: float = 1e-6  # epsilon of the RMS norms
+    init_factor: float = 1.0  # scales every init std (HF initializer_factor)
+    decoder_start_id: Optional[int] = 0  # first decoder input; HF T5 uses the pad id 0; None: from the tokenizer
+    pad_id: Optional[int] = 0  # id that pads encoder inputs (masked out); None: from the tokenizer
+
+    def __post_init__(self) -> None:
+        if self.kind != "t5":
+            raise ValueError(f"T5Config got kind={self.kind!r}; use kind=t5 (GPT models have their own config)")
+        _check_positive(
+            block_size=self.block_size, n_encoder_layer=self.n_encoder_layer, n_decoder_layer=self.n_decoder_layer,
+            n_head=self.n_head, n_embd=self.n_embd, intermediate_size=self.intermediate_size,
+            rel_pos_buckets=self.rel_pos_buckets, rel_pos_max_distance=self.rel_pos_max_distance,
+            padding_multiple=self.padding_multiple,
+        )  # fmt: skip
+        if self.vocab_size is not None:
+            _check_positive(vocab_size=self.vocab_size)
+        _check_choice("mlp", self.mlp, T5_MLPS)
+        if self.head_size is None:
+            if self.n_embd % self.n_head != 0:
+                raise ValueError(
+                    f"model.n_embd={self.n_embd} is not divisible by model.n_head={self.n_head}; "
+                    "change one of them or set model.head_size explicitly"
+                )
+            self.head_size = self.n_embd // self.n_head
+        _check_positive(head_size=self.head_size)
+        if self.rel_pos_buckets % 2 != 0:
+            raise ValueError(f"model.rel_pos_buckets={self.rel_pos_buckets} must be even (half per direction)")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout={self.dropout} must be in [0, 1)")
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return find_multiple(self.vocab_size, self.padding_multiple)
+
+    @property
+    def n_layer(self) -> int:
+        """Blocks in both stacks (for logs and FLOP estimates)."""
+        return self.n_encoder_layer + self.n_decoder_layer
+
+    def to_dict(self) -> dict[str, Any]:
+        """The constructor arguments, JSON-serialisable."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> T5Config:
+        """Build from a dict, naming any unknown key instead of a bare TypeError."""
+        return cls(**_known_keys(cls, d))
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> T5Config:
+        """A preset by name (t5-tiny, t5-small, t5-base, t5-v1_1-small, t5-v1_1-base)."""
+        if name not in T5_PRESETS:
+            raise ValueError(f"unknown T5 preset {name!r}; choose one of {', '.join(T5_PRESETS)}")
+        return cls(**{**T5_PRESETS[name], **overrides})
+
+
+_V1_1 = dict(mlp="gated-gelu", tie_embeddings=False, dropout=0.0)
+# Raffel et al. 2020 (v1.0) and the T5 v1.1 checkpoints; t5-tiny is CPU-sized for tests and demos.
+T5_PRESETS: dict[str, dict[str, Any]] = {
+    "t5-tiny": dict(n_encoder_layer=2, n_decoder_layer=2, n_head=4, n_embd=128, intermediate_size=512, block_size=256),
+    "t5-small": dict(n_encoder_layer=6, n_decoder_layer=6, n_head=8, n_embd=512, intermediate_size=2048),
+    "t5-base": dict(n_encoder_layer=12, n_decoder_layer=12, n_head=12, n_embd=768, intermediate_size=3072),
+    "t5-v1_1-small": dict(n_encoder_layer=8, n_decoder_layer=8, n_head=6, n_embd=512, head_size=64,
+                          intermediate_size=1024, **_V1_1),
+    "t5-v1_1-base": dict(n_encoder_layer=12, n_decoder_layer=12, n_head=12, n_embd=768, intermediate_size=2048,
+                         **_V1_1),
+}  # fmt: skip

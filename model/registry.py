@@ -6,11 +6,13 @@ from typing import Any
 
 import torch.nn as nn
 
-from model.config import GPTConfig
+from model.config import GPTConfig, T5Config
 from model.gpt import GPT
+from model.t5 import T5
 
 MODELS: dict[str, tuple[type, type[nn.Module]]] = {
     "gpt": (GPTConfig, GPT),
+    "t5": (T5Config, T5),
 }
 
 

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from train_helpers import compose_train, tiny_run_overrides, zen_of_python
 
 from train.loop import run
-from train_helpers import compose_train, tiny_run_overrides, zen_of_python
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,10 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import OmegaConf
+from omegaconf import MISSING, OmegaConf
 
 from data.config import DataConfig
-from model.config import GPTConfig
+from model.config import GPTConfig, T5Config
+from sample.config import TaskConfig
+from sample.config import register_schema as register_sample_schema
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 SCHEDULES = ("cosine", "constant", "wsd")
@@ -114,6 +116,8 @@ class SamplesConfig:
     temperature: float = 0.8
     top_k: Optional[int] = 200
     seed: int = 1234  # a private generator: sampling never disturbs the training RNG
+    eval_pairs: int = 16  # seq2seq: val pairs generated at each eval for exact match and ROUGE-L (0 = none)
+    shown_pairs: int = 3  # seq2seq: how many of them are printed and written to samples.jsonl
 
 
 @dataclass
@@ -126,13 +130,14 @@ class PathsConfig:
 
 @dataclass
 class TrainConfig:
-    model: Any = field(default_factory=GPTConfig)  # a GPTConfig (the model group's yaml names its schema)
+    model: Any = MISSING  # GPTConfig or T5Config: each configs/model/*.yaml names its schema (gpt_ or t5_schema)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     samples: SamplesConfig = field(default_factory=SamplesConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)  # task.objective: causal | span_corruption | seq2seq
     paths: PathsConfig = field(default_factory=PathsConfig)
     run_name: str = "default"  # the run directory is runs/<run_name>; rerun with the same name + resume=auto
     resume: Optional[str] = None  # null: fresh run (refused if the run dir has checkpoints) | auto | <checkpoint dir>
@@ -165,4 +170,6 @@ def register_schema() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)  # types every group below it in train.yaml's defaults
     cs.store(group="model", name="gpt_schema", node=GPTConfig)  # model is Any in TrainConfig: each yaml names its kind
+    cs.store(group="model", name="t5_schema", node=T5Config)
     register_data_schema()  # data/schema, for configs/prepare.yaml (no top-level schema there)
+    register_sample_schema()  # task/task_schema: the task presets name it

@@ -1,4 +1,4 @@
-"""Evaluation: mean cross-entropy and perplexity of a model over fixed batches of a split.
+"""Evaluation: mean cross-entropy and perplexity over fixed batches; exact match and ROUGE-L of generated targets.
 
 The training loop's val metrics come from here, so there is one implementation of "val loss".
 """
@@ -38,3 +38,51 @@ def estimate_loss(
     mean_loss = losses.mean()
     mean = (reduce(mean_loss) if reduce is not None else mean_loss).item()  # one host-device sync per eval
     return {"loss": mean, "ppl": math.exp(min(mean, 80.0))}  # exp capped: a diverged run prints inf-free numbers
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    """1.0 when the texts are equal after stripping surrounding whitespace, else 0.0."""
+    return float(prediction.strip() == reference.strip())
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F1 over whitespace tokens (Lin 2004): longest common subsequence, precision and recall."""
+    pred, ref = prediction.split(), reference.split()
+    if not pred or not ref:
+        return float(pred == ref)
+    lcs = [0] * (len(ref) + 1)  # one row of the LCS table, updated in place
+    for p in pred:
+        diag = 0
+        for j, r in enumerate(ref, start=1):
+            diag, lcs[j] = lcs[j], diag + 1 if p == r else max(lcs[j], lcs[j - 1])
+    if lcs[-1] == 0:
+        return 0.0
+    precision, recall = lcs[-1] / len(pred), lcs[-1] / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def seq2seq_scores(
+    model: nn.Module, tokenizer: Any, loader: Any, samples: Any, task: Any
+) -> tuple[dict[str, float], list[dict[str, str]]]:
+    """Generate the targets of the first samples.eval_pairs val pairs with the task's decoding settings.
+
+    Returns ({"exact_match", "rouge_l"} averaged over the pairs, the first samples.shown_pairs as
+    {"prompt", "completion", "reference"} records).
+    """
+    from sample.generate import complete  # train may use sample; imported here to keep this module light
+
+    eot = tokenizer.eot_id
+    scores: dict[str, list[float]] = {"exact_match": [], "rouge_l": []}
+    shown = []
+    for source_ids, target_ids in loader.pairs(limit=samples.eval_pairs):
+        source = tokenizer.decode(source_ids)
+        reference = tokenizer.decode([t for t in target_ids if t != eot])
+        prediction = complete(
+            model, tokenizer, source, max_new_tokens=task.max_new_tokens, temperature=task.temperature,
+            top_k=task.top_k, top_p=task.top_p, stop=list(task.stop), seed=samples.seed, num_beams=task.num_beams,
+        )[0]  # fmt: skip
+        scores["exact_match"].append(exact_match(prediction, reference))
+        scores["rouge_l"].append(rouge_l(prediction, reference))
+        if len(shown) < samples.shown_pairs:
+            shown.append({"prompt": source, "completion": prediction, "reference": reference})
+    return {k: sum(v) / max(len(v), 1) for k, v in scores.items()}, shown

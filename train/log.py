@@ -68,7 +68,11 @@ class Tracker:
             for s in samples:
                 f.write(json.dumps({"step": step, **s}) + "\n")
         for s in samples:
-            print(f"--- sample @ step {step} ---\n{s['prompt']}{s['completion']}", flush=True)
+            if "reference" in s:  # text-to-text: input, output and the expected output, each on its own
+                print(f"--- pair @ step {step} ---\n[input] {s['prompt']}\n[output] {s['completion']}\n"
+                      f"[reference] {s['reference']}", flush=True)  # fmt: skip
+            else:
+                print(f"--- sample @ step {step} ---\n{s['prompt']}{s['completion']}", flush=True)
         if self.wandb_run is not None:
             import wandb
 
