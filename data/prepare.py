@@ -1,10 +1,13 @@
 """Text -> tokenized shards: `<cache_dir>/<name>-<tokenizer>-<hash12>/` with train.bin, val.bin and meta.json.
 
 A .bin file is a flat array of token ids (uint16, or uint32 when the vocabulary needs it) in which every document is
-followed by eot_id, memory-mapped by the loader as in nanoGPT. The hash covers the bytes of every source file, the
-tokenizer and the split parameters: re-running with nothing changed returns at once, and any change gives a new
-directory. Writes are atomic (temp dir + os.replace), so a crash never leaves a dataset that looks complete.
-CLI: `python -m data.prepare data=<shakespeare|python-code|tinystories|text|demo> [data.tokenizer=...]`.
+followed by eot_id, memory-mapped by the loader as in nanoGPT. Pair corpora (meta.json "layout": "pairs") write
+<split>_pairs.bin instead, each input and each target followed by eot_id, plus <split>_pairs.idx: a uint64 (N, 4)
+array of (input start, input length, target start, target length) in tokens, lengths counting the eot.
+The hash covers the bytes of every source file, the tokenizer and the split parameters: re-running with nothing
+changed returns at once, and any change gives a new directory. Writes are atomic (temp dir + os.replace), so a
+crash never leaves a dataset that looks complete.
+CLI: `python -m data.prepare data=<shakespeare|python-code|tinystories|text|demo|pairs|python-docstrings> [...]`.
 """
 
 from __future__ import annotations
@@ -17,15 +20,16 @@ import re
 import shutil
 import sys
 import uuid
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from tqdm import tqdm
 
 from data.config import DataConfig
-from data.corpora import CORPORA_VERSION, Document, load_documents, source_hashes
+from data.corpora import CORPORA_VERSION, Document, Pair, load_documents, load_pairs, source_hashes
 from data.tokenizer import CharTokenizer, Tokenizer, get_tokenizer
 
 FORMAT = "nanoloom-data"
@@ -37,6 +41,9 @@ CONTENT_FIELDS = (
     "corpora", "tokenizer", "paths", "extensions", "jsonl_field", "include_tests",
     "hub_dataset", "hub_files", "max_documents", "val_fraction", "split_seed",
 )  # fmt: skip
+# ... and, for pair corpora only (so the keys of document datasets prepared before them stay the same):
+PAIR_FIELDS = ("input_field", "target_field", "prefix", "pairs_direction")
+PAIRS_INDEX_COLUMNS = ("input_start", "input_length", "target_start", "target_length")
 CHUNK_CHARS = 1 << 22  # characters tokenized per batch: bounds memory, paces the progress bar
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"  # for the CLI
@@ -51,13 +58,19 @@ def token_dtype(vocab_size: int) -> np.dtype:
     raise ValueError(f"vocab_size {vocab_size} does not fit in uint32 token files")
 
 
+def content_config(cfg: DataConfig) -> dict[str, Any]:
+    """The DataConfig fields that decide the prepared tokens, by name."""
+    fields = CONTENT_FIELDS + (PAIR_FIELDS if cfg.is_pairs else ())
+    return {f: getattr(cfg, f) for f in fields}
+
+
 def fingerprint(cfg: DataConfig, hashes: dict[str, str]) -> str:
     """sha256 naming a prepared dataset: source contents, parsing and file format versions, content fields."""
     key = {
         "format_version": FORMAT_VERSION,
         "corpora_version": CORPORA_VERSION,
         "sources": hashes,
-        "config": {f: getattr(cfg, f) for f in CONTENT_FIELDS},
+        "config": content_config(cfg),
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
@@ -112,19 +125,39 @@ def split_documents(docs: list[Document], val_fraction: float, seed: int) -> tup
     return train, val
 
 
+def split_pairs(pairs: list[Pair], val_fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
+    """Train and val pairs, both non-empty and each in corpus order; the unit of the split is a pair's group.
+
+    The groups (a jsonl line, a stdlib module) are shuffled with `seed` and the first round(n * val_fraction) of
+    them (at least one, at most n - 1) go to val, so val pairs come from groups train never sees.
+    """
+    groups = list(dict.fromkeys(p.group for p in pairs))  # in order of first appearance
+    if len(groups) < 2:
+        unit = "pair" if len(groups) == len(pairs) else "group (module)"
+        raise ValueError(
+            f"the pairs corpus has {len(groups)} {unit}(s); a train/val split needs at least 2: give more pairs"
+        )
+    n_val = min(len(groups) - 1, max(1, round(len(groups) * val_fraction)))
+    val_groups = {groups[i] for i in np.random.default_rng(seed).permutation(len(groups))[:n_val].tolist()}
+    return [p for p in pairs if p.group not in val_groups], [p for p in pairs if p.group in val_groups]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # tokenize and write
 
+T = TypeVar("T")
 
-def _chunks(docs: list[Document], max_chars: int) -> list[list[Document]]:
-    chunks: list[list[Document]] = [[]]
+
+def _chunks(items: list[T], sizes: list[int], max_chars: int) -> list[list[T]]:
+    """items in consecutive chunks of about max_chars characters (sizes[i]: characters of items[i])."""
+    chunks: list[list[T]] = [[]]
     size = 0
-    for d in docs:
-        if chunks[-1] and size + len(d.text) > max_chars:
+    for item, n in zip(items, sizes):
+        if chunks[-1] and size + n > max_chars:
             chunks.append([])
             size = 0
-        chunks[-1].append(d)
-        size += len(d.text)
+        chunks[-1].append(item)
+        size += n
     return chunks
 
 
@@ -139,7 +172,7 @@ def write_tokens(
     # disable=None: tqdm shows the bar only on a terminal.
     bar = tqdm(total=chars, unit="char", unit_scale=True, desc=desc, disable=None if progress else True)
     with open(path, "wb") as f, bar:
-        for chunk in _chunks(docs, CHUNK_CHARS):
+        for chunk in _chunks(docs, [len(d.text) for d in docs], CHUNK_CHARS):
             # gpt2: tiktoken threads on num_workers cores; byte/char: vectorised numpy, faster than any process pool.
             arrays = tokenizer.encode_arrays([d.text for d in chunk], num_threads=num_workers)
             tokens = np.concatenate([part for a in arrays for part in (a.astype(dtype), eot)])
@@ -149,6 +182,43 @@ def write_tokens(
         f.flush()
         os.fsync(f.fileno())
     return total
+
+
+def write_pairs(
+    bin_path: Path, idx_path: Path, pairs: list[Pair], tokenizer: Tokenizer, num_workers: int, progress: bool, desc: str
+) -> dict[str, int]:
+    """Tokenize pairs into bin_path (input, eot, target, eot per pair) and their (N, 4) index into idx_path.
+
+    Returns the counts meta.json records: tokens, pairs, and the longest input and target (eot included).
+    """
+    dtype = token_dtype(tokenizer.vocab_size)
+    eot = np.array([tokenizer.eot_id], dtype=dtype)
+    sizes = [len(p.input) + len(p.target) for p in pairs]
+    counts = {"tokens": 0, "pairs": len(pairs), "input_tokens_max": 0, "target_tokens_max": 0}
+    bar = tqdm(total=sum(sizes), unit="char", unit_scale=True, desc=desc, disable=None if progress else True)
+    with open(bin_path, "wb") as fb, open(idx_path, "wb") as fi, bar:
+        for chunk in _chunks(pairs, sizes, CHUNK_CHARS):
+            inputs = tokenizer.encode_arrays([p.input for p in chunk], num_threads=num_workers)
+            targets = tokenizer.encode_arrays([p.target for p in chunk], num_threads=num_workers)
+            in_len = np.array([len(a) + 1 for a in inputs], dtype=np.uint64)  # + 1: the eot after each side
+            tgt_len = np.array([len(a) + 1 for a in targets], dtype=np.uint64)
+            # Pair i occupies [in_start, in_start + in_len) then [tgt_start, tgt_start + tgt_len).
+            ends = counts["tokens"] + np.cumsum(in_len + tgt_len, dtype=np.uint64)
+            in_start = ends - tgt_len - in_len
+            index = np.stack([in_start, in_len, in_start + in_len, tgt_len], axis=1)  # (N, 4) uint64
+            tokens = np.concatenate(
+                [part for a, b in zip(inputs, targets) for part in (a.astype(dtype), eot, b.astype(dtype), eot)]
+            )
+            fb.write(tokens.tobytes())
+            fi.write(index.tobytes())
+            counts["tokens"] += len(tokens)
+            counts["input_tokens_max"] = max(counts["input_tokens_max"], int(in_len.max()))
+            counts["target_tokens_max"] = max(counts["target_tokens_max"], int(tgt_len.max()))
+            bar.update(sum(len(p.input) + len(p.target) for p in chunk))
+        for f in (fb, fi):
+            f.flush()
+            os.fsync(f.fileno())
+    return counts
 
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
@@ -179,8 +249,13 @@ def load_meta(data_dir: str | Path) -> dict[str, Any]:
     return meta
 
 
+def layout(meta: dict[str, Any]) -> str:
+    """The kind of a prepared dataset: documents or pairs (no layout entry, from before pairs existed: documents)."""
+    return meta.get("layout", "documents")
+
+
 def is_complete(data_dir: Path, key: str | None = None) -> bool:
-    """True when data_dir holds a whole dataset (with fingerprint key, if given): meta.json and full-size .bin files."""
+    """True when data_dir holds a whole dataset (with fingerprint key, if given): meta.json and full-size files."""
     try:
         meta = load_meta(data_dir)
     except (OSError, ValueError):
@@ -189,13 +264,15 @@ def is_complete(data_dir: Path, key: str | None = None) -> bool:
         return False
     try:
         itemsize = np.dtype(meta["dtype"]).itemsize
-        sizes = {split: meta["splits"][split]["tokens"] * itemsize for split in SPLITS}
+        sizes = {}
+        for split in SPLITS:
+            info = meta["splits"][split]
+            sizes[info["file"]] = info["tokens"] * itemsize
+            if layout(meta) == "pairs":
+                sizes[info["index"]] = info["pairs"] * len(PAIRS_INDEX_COLUMNS) * np.dtype(np.uint64).itemsize
     except (KeyError, TypeError):
         return False
-    return all(
-        (data_dir / f"{split}.bin").is_file() and (data_dir / f"{split}.bin").stat().st_size == size
-        for split, size in sizes.items()
-    )
+    return all((data_dir / name).is_file() and (data_dir / name).stat().st_size == size for name, size in sizes.items())
 
 
 def _publish(tmp: Path, final: Path, key: str) -> None:
@@ -209,11 +286,44 @@ def _publish(tmp: Path, final: Path, key: str) -> None:
             raise
 
 
+def _tokenizer_for(cfg: DataConfig, texts: Iterable[str]) -> Tokenizer:
+    """cfg's tokenizer (without sentinels); a char vocabulary is built from texts, so no split has unknown chars."""
+    return CharTokenizer.from_texts(texts) if cfg.tokenizer == "char" else get_tokenizer(cfg.tokenizer)
+
+
+def _write_documents(cfg: DataConfig, tmp: Path, progress: bool, desc: str) -> tuple[Tokenizer, dict[str, Any]]:
+    """train.bin and val.bin of a document dataset into tmp; returns the tokenizer and the per-split counts."""
+    docs = load_documents(cfg)
+    train_docs, val_docs = split_documents(docs, cfg.val_fraction, cfg.split_seed)
+    tokenizer = _tokenizer_for(cfg, (d.text for d in docs))
+    splits = {}
+    for split, split_docs in zip(SPLITS, (train_docs, val_docs)):
+        tokens = write_tokens(tmp / f"{split}.bin", split_docs, tokenizer, cfg.num_workers, progress, f"{desc} {split}")
+        splits[split] = {"file": f"{split}.bin", "tokens": tokens, "documents": len(split_docs)}
+    return tokenizer, splits
+
+
+def _write_pairs(cfg: DataConfig, tmp: Path, progress: bool, desc: str) -> tuple[Tokenizer, dict[str, Any]]:
+    """<split>_pairs.bin/.idx of a pair dataset into tmp; returns the tokenizer and the per-split counts."""
+    pairs = load_pairs(cfg)
+    train_pairs, val_pairs = split_pairs(pairs, cfg.val_fraction, cfg.split_seed)
+    tokenizer = _tokenizer_for(cfg, (t for p in pairs for t in (p.input, p.target)))
+    splits = {}
+    for split, split_pairs_ in zip(SPLITS, (train_pairs, val_pairs)):
+        files = {"file": f"{split}_pairs.bin", "index": f"{split}_pairs.idx"}
+        args = (tokenizer, cfg.num_workers, progress, f"{desc} {split}")
+        counts = write_pairs(tmp / files["file"], tmp / files["index"], split_pairs_, *args)
+        splits[split] = {**files, **counts, "groups": len({p.group for p in split_pairs_})}
+    return tokenizer, splits
+
+
 def prepare(cfg: DataConfig, cache_dir: str | Path, progress: bool = True) -> Path:
     """Tokenize cfg's corpora into <cache_dir>/<name>-<tokenizer>-<hash12>/ (reused when it exists) and return it.
 
-    The directory holds train.bin and val.bin (every document followed by eot_id; split by split_documents) and
-    meta.json. A char tokenizer's vocabulary is built from all documents, so val holds no unknown characters.
+    Documents: train.bin and val.bin (every document followed by eot_id; split by split_documents). Pairs:
+    <split>_pairs.bin and <split>_pairs.idx (split by split_pairs). Both: meta.json. A char tokenizer's vocabulary
+    is built from all the text, so val holds no unknown characters. The tokenizer never has sentinels: a T5 loader
+    adds them (tokenizer.with_sentinels), they never occur in prepared text.
     """
     cache_dir = Path(cache_dir).expanduser()
     hashes = source_hashes(cfg)
@@ -222,35 +332,26 @@ def prepare(cfg: DataConfig, cache_dir: str | Path, progress: bool = True) -> Pa
     if is_complete(final, key):
         return final
 
-    docs = load_documents(cfg)
-    train_docs, val_docs = split_documents(docs, cfg.val_fraction, cfg.split_seed)
-    if cfg.tokenizer == "char":  # the vocabulary of all documents, so val holds no unknown characters
-        tokenizer: Tokenizer = CharTokenizer.from_texts(d.text for d in docs)
-    else:
-        tokenizer = get_tokenizer(cfg.tokenizer)
-
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = cache_dir / f".tmp-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()  # unlike tempfile.mkdtemp, honours the umask: a shared cache stays readable
     try:
-        splits = {}
-        for split, split_docs in zip(SPLITS, (train_docs, val_docs)):
-            desc = f"{final.name} {split}"
-            tokens = write_tokens(tmp / f"{split}.bin", split_docs, tokenizer, cfg.num_workers, progress, desc)
-            splits[split] = {"file": f"{split}.bin", "tokens": tokens, "documents": len(split_docs)}
+        write = _write_pairs if cfg.is_pairs else _write_documents
+        tokenizer, splits = write(cfg, tmp, progress, final.name)
         meta = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "name": cfg.name,
             "fingerprint": key,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "layout": "pairs" if cfg.is_pairs else "documents",
             "tokenizer": tokenizer.spec(),
             "vocab_size": tokenizer.vocab_size,
             "eot_id": tokenizer.eot_id,
             "dtype": token_dtype(tokenizer.vocab_size).name,
             "splits": splits,
             "sources": hashes,
-            "config": {f: getattr(cfg, f) for f in CONTENT_FIELDS},
+            "config": content_config(cfg),
         }
         _write_json(tmp / META, meta)  # written last: meta.json + full-size .bin files = complete
         _publish(tmp, final, key)
@@ -275,7 +376,11 @@ def summary(data_dir: Path, meta: dict[str, Any]) -> str:
     lines = [f"dataset   {data_dir.resolve()}"]
     for split in SPLITS:
         info = meta["splits"][split]
-        lines.append(f"{split:<9} {info['tokens']:>13,} tokens  {info['documents']:>9,} documents")
+        if layout(meta) == "pairs":
+            longest = f"(longest input {info['input_tokens_max']:,}, target {info['target_tokens_max']:,} tokens)"
+            lines.append(f"{split:<9} {info['tokens']:>13,} tokens  {info['pairs']:>9,} pairs  {longest}")
+        else:
+            lines.append(f"{split:<9} {info['tokens']:>13,} tokens  {info['documents']:>9,} documents")
     lines.append(f"tokenizer {meta['tokenizer']['name']} (vocab_size {meta['vocab_size']}, {meta['dtype']})")
     return "\n".join(lines)
 

@@ -183,6 +183,12 @@ class GPT(nn.Module):
             block.attn.kv_cache = None
         self.mask_cache = None
 
+    def reorder_cache(self, rows: torch.Tensor) -> None:
+        """Keep KV-cache rows `rows` (B',) in that order: beam search follows the surviving hypotheses."""
+        for block in self.transformer.h:
+            cache = block.attn.kv_cache
+            cache.k, cache.v = cache.k.index_select(0, rows), cache.v.index_select(0, rows)  # (B', nkv, L, hs)
+
     def num_params(self, non_embedding: bool = False) -> int:
         """Number of parameters (tied weights counted once); non_embedding leaves out position embeddings."""
         n = sum(p.numel() for p in self.parameters())

@@ -1,4 +1,7 @@
-"""`python -m sample checkpoint=<dir> prompt="..." [task=story|code] [key=value ...]`: print completions.
+"""`python -m sample checkpoint=<dir> prompt="..." [task=story|code|seq2seq] [key=value ...]`: print completions.
+
+A gpt checkpoint continues the prompt and prints prompt + completion; a t5 checkpoint encodes the prompt and prints
+its decoder's output alone. num_beams > 1 runs beam search and prints the num_samples best beams.
 
 The config (configs/sample.yaml, schema in sample/config.py) is composed with Hydra's Compose API rather than
 @hydra.main, so sampling writes no run directory or log file and every user error (bad override, unknown task,
@@ -21,7 +24,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from model.checkpoint import load_model, read_model_json
 from sample.config import SampleConfig, TaskConfig, config_error_message, register_schema
-from sample.generate import complete, resolve_device, stream
+from sample.generate import complete, model_kind, resolve_device, stream
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 SCHEMAS = {"": SampleConfig, "task": TaskConfig}  # where "did you mean ...?" looks for keys
@@ -29,8 +32,10 @@ FREE_TEXT_KEYS = ("checkpoint", "prompt", "prompt_file")  # values taken verbati
 USAGE = """\
 usage: python -m sample checkpoint=<run or checkpoint dir> (prompt="..." | prompt_file=<path>) [key=value ...]
 
-keys: task=story|code  num_samples=N  max_new_tokens=N  temperature=T  top_k=K  top_p=P  seed=S  stream=true
-      device=auto|cpu|cuda|mps  task.stop='[...]'  (all keys: configs/sample.yaml, configs/task/*.yaml)
+keys: task=story|code|seq2seq|span_corruption  num_samples=N  max_new_tokens=N  temperature=T  top_k=K  top_p=P
+      seed=S  stream=true  num_beams=N  length_penalty=L  early_stopping=true  device=auto|cpu|cuda|mps
+      task.stop='[...]'  (all keys: configs/sample.yaml, configs/task/*.yaml)
+a gpt checkpoint prints prompt + completion; a t5 checkpoint (prompt = encoder input) prints the output alone
 checkpoint=, prompt= and prompt_file= take their value verbatim (quote it for the shell only); other values follow
 Hydra's override grammar. options: --cfg  print the composed config and exit;  -h, --help  this message
 """
@@ -97,16 +102,25 @@ def run(cfg: SampleConfig) -> None:
     prompt = read_prompt(cfg)
     device = resolve_device(cfg.device)
     model, tokenizer = load_model(cfg.checkpoint, device=device)
-    kind = getattr(model.config, "kind", "gpt")
-    if kind != "gpt":
-        raise ValueError(f"checkpoint={cfg.checkpoint!r} holds a {kind} model; python -m sample needs a gpt model")
+    kind = model_kind(model)
+    if kind not in ("gpt", "t5"):
+        raise ValueError(f"checkpoint={cfg.checkpoint!r} holds a {kind} model; python -m sample needs gpt or t5")
     step = read_model_json(cfg.checkpoint).get("meta", {}).get("step")
+    beams = settings.num_beams > 1
     print(
-        f"sampling {cfg.checkpoint} ({model.num_params() / 1e6:.2f}M params"
+        f"sampling {cfg.checkpoint} ({kind}, {model.num_params() / 1e6:.2f}M params"
         + (f", step {step}" if step is not None else "")
-        + f") on {device}, task={settings.name}",
+        + f") on {device}, task={settings.name}"
+        + (f", beam search with {settings.num_beams} beams" if beams else "")
+        + ("; t5: the prompt is the encoder input, each output is printed alone" if kind == "t5" else ""),
         file=sys.stderr,
     )
+    if beams and any(getattr(cfg, k) is not None for k in ("temperature", "top_k", "top_p", "seed")):
+        warnings.warn(
+            f"num_beams={settings.num_beams}: beam search is deterministic; temperature, top_k, top_p and seed "
+            "are not used",
+            stacklevel=2,
+        )
     args = dict(
         max_new_tokens=settings.max_new_tokens,
         temperature=settings.temperature,
@@ -114,19 +128,24 @@ def run(cfg: SampleConfig) -> None:
         top_p=settings.top_p,
         stop=list(settings.stop),
     )
+    echo = prompt if kind == "gpt" else ""  # gpt: prompt + completion; t5: the output alone
+    label = "beam" if beams else ("sample" if kind == "gpt" else "output")
     n = cfg.num_samples
     if cfg.stream:  # one sample after another, each printed as it is generated
         for i in range(n):
-            sys.stdout.write(f"--- sample {i + 1}/{n} ---\n{prompt}")
+            sys.stdout.write(f"--- {label} {i + 1}/{n} ---\n{echo}")
             sys.stdout.flush()
             seed = None if cfg.seed is None else cfg.seed + i
             for piece in stream(model, tokenizer, prompt, seed=seed, **args):
                 sys.stdout.write(piece)
                 sys.stdout.flush()
             sys.stdout.write("\n")
-    else:  # all samples as one batch
-        for i, text in enumerate(complete(model, tokenizer, prompt, num_samples=n, seed=cfg.seed, **args)):
-            sys.stdout.write(f"--- sample {i + 1}/{n} ---\n{prompt}{text}\n")
+    else:  # all samples as one batch; with beam search, the num_samples best beams, best first
+        beam_args = dict(
+            num_beams=settings.num_beams, length_penalty=settings.length_penalty, early_stopping=settings.early_stopping
+        )
+        for i, text in enumerate(complete(model, tokenizer, prompt, num_samples=n, seed=cfg.seed, **args, **beam_args)):
+            sys.stdout.write(f"--- {label} {i + 1}/{n} ---\n{echo}{text}\n")
     sys.stdout.flush()
 
 

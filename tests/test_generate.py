@@ -68,6 +68,21 @@ def test_cached_generation_equals_naive_loop(overrides):
     assert torch.equal(cached, idx[:, 5:])
 
 
+def test_gpt_reorder_cache_keeps_the_chosen_rows():
+    model = tiny_gpt(pos="rope", n_kv_head=1)
+    g = torch.Generator().manual_seed(2)
+    prompts, token = torch.randint(0, 256, (3, 6), generator=g), torch.randint(0, 256, (3, 1), generator=g)
+    rows = torch.tensor([2, 0, 0])  # one row dropped, one duplicated: what beam search does
+    with torch.no_grad():
+        model.set_kv_cache(batch_size=3, max_seq_len=8)
+        model(prompts, input_pos=torch.arange(6))
+        model.reorder_cache(rows)
+        cached, _ = model(token, input_pos=torch.tensor([6]))
+        model.clear_kv_cache()
+        full, _ = model(torch.cat([prompts[rows], token], dim=1))  # no cache: the reordered prompts from scratch
+    torch.testing.assert_close(cached[:, -1], full[:, -1], rtol=1e-5, atol=1e-5)
+
+
 def test_generation_stops_when_every_row_has_produced_eos():
     model = ScriptedLM([[1, EOT, 5, 5, 5, 5], [1, 2, 3, EOT, 9, 9]])
     steps = list(generate_tokens(model, torch.zeros(2, 3, dtype=torch.long), 10, temperature=0.0, eos_id=EOT))

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from data.tokenizer import get_tokenizer
-from model import GPT, GPTConfig
+from model import GPT, T5, GPTConfig, T5Config
 from model.checkpoint import save_model
-from sample import TextGenerationPipeline, pipeline
+from sample import Text2TextGenerationPipeline, TextGenerationPipeline, pipeline
 
 BYTE = get_tokenizer("byte")
 
@@ -110,3 +110,86 @@ def test_transformers_habits_are_accepted(tmp_path):
     assert out[0]["generated_text"].startswith("ab")
     with pytest.raises(ValueError, match="identical sequences"):
         generator("ab", max_new_tokens=2, do_sample=False, num_return_sequences=2)
+
+
+def test_text_generation_accepts_num_beams(checkpoint):
+    generator = pipeline("text-generation", model=checkpoint)
+    out = generator("The", max_new_tokens=5, num_beams=3, num_return_sequences=2)  # do_sample=None: beam search
+    assert len(out) == 2 and all(d["generated_text"].startswith("The") for d in out)
+    with pytest.raises(ValueError, match="beam sampling"):
+        generator("The", max_new_tokens=5, num_beams=3, do_sample=True)
+    with pytest.raises(ValueError, match="num_return_sequences=4 > num_beams=3"):
+        generator("The", max_new_tokens=5, num_beams=3, num_return_sequences=4)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# text2text-generation (T5)
+
+
+def tiny_t5(**overrides) -> T5:
+    torch.manual_seed(0)
+    config = dict(n_encoder_layer=2, n_decoder_layer=2, n_head=2, n_embd=16, intermediate_size=32, block_size=32,
+                  vocab_size=257, dropout=0.0)  # fmt: skip
+    return T5(T5Config(**{**config, **overrides})).eval()
+
+
+@pytest.fixture(scope="module")
+def t5_checkpoint(tmp_path_factory):
+    return save_model(tiny_t5(), tmp_path_factory.mktemp("t5") / "model", tokenizer_spec=BYTE.spec())
+
+
+def test_text2text_output_shapes(t5_checkpoint):
+    t2t = pipeline("text2text-generation", model=t5_checkpoint, device="cpu")
+    assert isinstance(t2t, Text2TextGenerationPipeline) and "Text2TextGenerationPipeline" in repr(t2t)
+    out = t2t("summarize: a cat sat", max_new_tokens=5)
+    assert isinstance(out, list) and len(out) == 1 and list(out[0]) == ["generated_text"]
+    assert not out[0]["generated_text"].startswith("summarize")  # the output alone, never the input
+    many = t2t(["one", "two", "three"], max_new_tokens=4, num_beams=3, num_return_sequences=2)
+    assert len(many) == 3 and all(len(per_input) == 2 for per_input in many)
+    sampled = t2t(["one", "two"], max_new_tokens=4, do_sample=True, num_return_sequences=3, seed=0)
+    assert [len(per_input) for per_input in sampled] == [3, 3]
+    assert sampled == t2t(["one", "two"], max_new_tokens=4, do_sample=True, num_return_sequences=3, seed=0)
+
+
+def test_text2text_is_greedy_by_default(t5_checkpoint):
+    t2t = pipeline("text2text-generation", model=t5_checkpoint)
+    assert t2t("hello", max_new_tokens=6, seed=0) == t2t("hello", max_new_tokens=6, seed=1)
+    assert t2t("hello", max_new_tokens=6) == t2t("hello", max_new_tokens=6, num_beams=1, temperature=0.0)
+
+
+def test_text2text_max_length_counts_the_decoder_start_not_the_input():
+    model = tiny_t5(mlp="gated-gelu", tie_embeddings=False)  # an untied head: its rows can be edited alone
+    with torch.no_grad():
+        w = model.lm_head.weight
+        w[128:] = 0.0  # non-ASCII bytes and eot get logit 0 ...
+        w[ord("b")] = -w[ord("a")]  # ... and one of "a", "b" always has a logit > 0: one character per token
+    t2t = pipeline("text2text-generation", model=model, tokenizer=BYTE)
+    long_input = "an input longer than max_length"  # 31 tokens: fits the context of 32
+    assert len(t2t(long_input, max_length=10)[0]["generated_text"]) == 10 - 1  # as transformers: start counted
+    assert len(t2t(long_input)[0]["generated_text"]) == 20 - 1
+    assert len(t2t(long_input, max_new_tokens=6)[0]["generated_text"]) == 6
+    beams = t2t(long_input, max_new_tokens=6, num_beams=2, num_return_sequences=2)
+    assert [len(b["generated_text"]) for b in beams] == [6, 6]
+
+
+def test_kind_mismatch_is_a_one_line_error_naming_the_right_task(checkpoint, t5_checkpoint):
+    with pytest.raises(ValueError, match=r"text2text-generation needs an encoder-decoder \(t5\) model but got a "
+                       r"decoder-only \(gpt\) model; use pipeline\(\"text-generation\", ...\)$"):  # fmt: skip
+        pipeline("text2text-generation", model=checkpoint)
+    with pytest.raises(ValueError, match=r"text-generation needs a decoder-only \(gpt\).*\"text2text-generation\""):
+        pipeline("text-generation", model=t5_checkpoint)
+    with pytest.raises(ValueError, match="text2text-generation"):
+        pipeline("text-generation", model=tiny_t5(), tokenizer="byte")
+    with pytest.raises(ValueError, match="unknown task 'summarization'; nanoloom supports: text-generation, "
+                       "text2text-generation"):  # fmt: skip
+        pipeline("summarization", model=t5_checkpoint)
+
+
+def test_text2text_argument_errors(t5_checkpoint):
+    t2t = pipeline("text2text-generation", model=t5_checkpoint)
+    with pytest.raises(ValueError, match="identical sequences"):
+        t2t("hi", max_new_tokens=2, num_return_sequences=2)
+    with pytest.raises(ValueError, match="beam sampling"):
+        t2t("hi", max_new_tokens=2, num_beams=2, do_sample=True)
+    with pytest.warns(UserWarning, match="ignoring arguments nanoloom does not use: truncation"):
+        t2t("hi", max_new_tokens=2, truncation=True)

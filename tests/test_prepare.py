@@ -46,6 +46,7 @@ def test_prepare_writes_shards_and_meta(tmp_path):
     assert data_dir.parent == tmp_path / "cache" and data_dir.name.startswith("t-byte-")
     meta = load_meta(data_dir)
     assert meta["dtype"] == "uint16" and meta["vocab_size"] == 257 and meta["tokenizer"]["name"] == "byte"
+    assert meta["layout"] == "documents"
     assert set(meta["sources"]) == {"text"} and meta["config"]["val_fraction"] == 0.2
     docs = {}
     for split in ("train", "val"):
@@ -80,6 +81,20 @@ def test_a_damaged_dataset_is_rebuilt(tmp_path):
     (data_dir / "train.bin").write_bytes(good[:10])  # truncated
     assert prepare(text_cfg(corpus), tmp_path / "cache", progress=False) == data_dir
     assert (data_dir / "train.bin").read_bytes() == good
+
+
+def test_a_damaged_pairs_index_is_rebuilt(tmp_path):
+    rows = [f'{{"input": "question {i}", "target": "answer {i}"}}\n' for i in range(10)]
+    (tmp_path / "p.jsonl").write_text("".join(rows))
+    cfg = DataConfig(name="p", corpora=["pairs"], tokenizer="byte", paths=[str(tmp_path / "p.jsonl")])
+    data_dir = prepare(cfg, tmp_path / "cache", progress=False)
+    assert sorted(p.name for p in data_dir.iterdir()) == [
+        "meta.json", "train_pairs.bin", "train_pairs.idx", "val_pairs.bin", "val_pairs.idx"
+    ]  # fmt: skip
+    good = (data_dir / "val_pairs.idx").read_bytes()
+    (data_dir / "val_pairs.idx").write_bytes(good[:-8])
+    assert prepare(cfg, tmp_path / "cache", progress=False) == data_dir
+    assert (data_dir / "val_pairs.idx").read_bytes() == good
 
 
 def test_a_crash_leaves_no_dataset(tmp_path, monkeypatch):

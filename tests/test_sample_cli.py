@@ -1,5 +1,6 @@
 """Tests of `python -m sample`: a subprocess smoke run, config composition, overrides and one-line user errors."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -8,9 +9,10 @@ import pytest
 import torch
 
 from data.tokenizer import get_tokenizer
-from model import GPT, GPTConfig
+from model import GPT, T5, GPTConfig, T5Config
 from model.checkpoint import save_model
 from sample.__main__ import load_config, main
+from sample.config import TaskConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "Once upon a time,"
@@ -70,18 +72,43 @@ def test_cfg_prints_the_composed_config(capsys):
     assert code == 0 and "name: code" in out and "prompt: (x)" in out and "checkpoint: ???" in out
 
 
-@pytest.mark.parametrize("task", ["story", "code"])
+TASKS = sorted(p.stem for p in (ROOT / "configs" / "task").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("task", TASKS)
 def test_every_task_composes(task):
     cfg = load_config(["checkpoint=some/run", "prompt=x", f"task={task}"])
     assert cfg.task.name == task and cfg.settings() == cfg.task
+    assert cfg.task.objective == {"story": "causal", "code": "causal"}.get(task, task)
     if task == "code":
         assert "\ndef " in cfg.task.stop and cfg.task.temperature == 0.2
+    if task in ("seq2seq", "span_corruption"):
+        assert cfg.task.temperature == 0.0 and cfg.task.num_beams == 1  # greedy
+
+
+def test_task_config_validates_the_new_fields():
+    task = TaskConfig()
+    assert (task.objective, task.noise_density, task.mean_span_length) == ("causal", 0.15, 3.0)
+    assert (task.num_beams, task.length_penalty, task.early_stopping) == (1, 1.0, False)
+    for bad, message in [
+        (dict(objective="mlm"), "task.objective='mlm' is not one of causal, span_corruption, seq2seq"),
+        (dict(noise_density=0.0), "task.noise_density=0.0 must be in (0, 1)"),
+        (dict(noise_density=1.0), "task.noise_density=1.0"),
+        (dict(mean_span_length=0.5), "task.mean_span_length=0.5 must be >= 1"),
+        (dict(num_beams=0), "task.num_beams=0 must be >= 1"),
+        (dict(length_penalty=float("nan")), "task.length_penalty=nan"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            TaskConfig(**bad)
 
 
 def test_top_level_values_override_the_task():
     cfg = load_config(["checkpoint=c", "prompt=x", "task=code", "temperature=0", "max_new_tokens=7", "top_k=5"])
     s = cfg.settings()
     assert (s.temperature, s.max_new_tokens, s.top_k, s.top_p, s.stop) == (0.0, 7, 5, 0.95, cfg.task.stop)
+    cfg = load_config(["checkpoint=c", "prompt=x", "num_beams=3", "length_penalty=0.5", "early_stopping=true"])
+    s = cfg.settings()
+    assert (s.num_beams, s.length_penalty, s.early_stopping) == (3, 0.5, True) and cfg.task.num_beams == 1
 
 
 def test_stream_prints_the_same_sample_as_batch(capsys, checkpoint):
@@ -110,7 +137,15 @@ def test_long_prompt_is_cropped_with_a_warning(capsys, checkpoint):
     [
         (["prompt=x"], "checkpoint is required"),
         (["checkpoint={ckpt}"], "no prompt"),
-        (["checkpoint={ckpt}", "prompt=x", "task=poem"], "unknown task 'poem'; choose one of code, story"),
+        (
+            ["checkpoint={ckpt}", "prompt=x", "task=poem"],
+            "unknown task 'poem'; choose one of code, seq2seq, span_corruption, story",
+        ),
+        (["checkpoint={ckpt}", "prompt=x", "num_beams=0"], "num_beams=0 must be >= 1"),
+        (["checkpoint={ckpt}", "prompt=x", "num_beams=2", "num_samples=3"], "num_samples=3 > num_beams=2"),
+        (["checkpoint={ckpt}", "prompt=x", "num_beams=2", "stream=true"], "stream=true cannot show beam search"),
+        (["checkpoint={ckpt}", "prompt=x", "task.objective=mlm"], "task.objective='mlm' is not one of"),
+        (["checkpoint={ckpt}", "prompt=x", "task.noise_density=2"], "task.noise_density=2.0 must be in (0, 1)"),
         (["checkpoint={ckpt}", "prompt=x", "temperature=-1"], "temperature"),
         (["checkpoint={ckpt}", "prompt=x", "top_p=1.5"], "top_p"),
         (["checkpoint={ckpt}", "prompt=x", "num_samples=0"], "num_samples"),
@@ -124,6 +159,37 @@ def test_user_errors_are_one_line_and_exit_2(capsys, checkpoint, args, message):
     code, out, err = run_main(capsys, *[a.format(ckpt=checkpoint) for a in args])
     assert code == 2 and out == ""
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+
+
+@pytest.fixture(scope="module")
+def t5_checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = T5(T5Config(n_encoder_layer=2, n_decoder_layer=2, n_head=2, n_embd=16, intermediate_size=32,
+                        block_size=32, vocab_size=257, dropout=0.0))  # fmt: skip
+    path = tmp_path_factory.mktemp("t5run") / "checkpoint"
+    return str(save_model(model, path, tokenizer_spec=get_tokenizer("byte").spec()))
+
+
+def test_t5_checkpoint_prints_the_output_alone(capsys, t5_checkpoint):
+    args = [f"checkpoint={t5_checkpoint}", f"prompt={PROMPT}", "max_new_tokens=6"]
+    code, out, err = run_main(capsys, *args, "num_samples=2", "seed=0")
+    assert code == 0, err
+    assert out.startswith("--- output 1/2 ---\n") and "\n--- output 2/2 ---\n" in out
+    assert PROMPT not in out  # the prompt is the encoder input, not the start of the output
+    assert "t5" in err and "printed alone" in err
+    code, greedy, _ = run_main(capsys, *args, "task=seq2seq")
+    code2, streamed, _ = run_main(capsys, *args, "task=seq2seq", "stream=true")
+    assert code == code2 == 0 and greedy == streamed and greedy.startswith("--- output 1/1 ---\n")
+
+
+def test_beam_search_from_the_command_line(capsys, t5_checkpoint, checkpoint):
+    args = ["prompt=hello", "task=seq2seq", "max_new_tokens=6", "num_beams=3", "num_samples=2"]
+    code, out, err = run_main(capsys, f"checkpoint={t5_checkpoint}", *args)
+    assert code == 0, err
+    assert out.startswith("--- beam 1/2 ---\n") and "\n--- beam 2/2 ---\n" in out and "3 beams" in err
+    code, out, err = run_main(capsys, f"checkpoint={checkpoint}", *args, "temperature=0.5")
+    assert code == 0 and out.startswith("--- beam 1/2 ---\nhello")  # gpt: prompt + completion, as always
+    assert "warning: num_beams=3: beam search is deterministic" in err
 
 
 def test_incomplete_checkpoint_is_a_user_error(capsys, checkpoint, tmp_path):

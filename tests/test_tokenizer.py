@@ -121,3 +121,54 @@ def test_names_match_the_config_choices():
     for name in TOKENIZERS:
         tok = get_tokenizer(name, chars="ab") if name == "char" else get_tokenizer(name)
         assert tok.name == name
+
+
+def make(name: str, sentinels: int = 0) -> Tokenizer:
+    # The char vocabulary holds the characters of sentinel text, so out-of-range sentinels encode as plain text.
+    kwargs = {"chars": "".join(sorted(set(UNICODE + "<extra_id_0123456789>")))} if name == "char" else {}
+    return get_tokenizer(name, sentinels=sentinels, **kwargs)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "byte", "char"])
+def test_sentinel_ids_follow_the_base_vocabulary(name):
+    base, tok = make(name), make(name).with_sentinels(5)
+    assert base.num_sentinels == 0 and tok.num_sentinels == 5
+    assert tok.vocab_size == base.vocab_size + 5 and tok.eot_id == base.eot_id and tok.name == base.name
+    # <extra_id_0> is the first id after the base vocabulary (Hugging Face T5 counts down from the top instead).
+    assert [tok.sentinel_id(i) for i in range(5)] == list(range(base.vocab_size, base.vocab_size + 5))
+    assert tok.is_sentinel(base.vocab_size + 4) and not tok.is_sentinel(tok.eot_id) and not base.is_sentinel(0)
+    assert isinstance(tok, Tokenizer) and type(tok) is type(base)
+    for i in (-1, 5):
+        with pytest.raises(ValueError, match="has 5 sentinels"):
+            tok.sentinel_id(i)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "byte", "char"])
+def test_sentinel_encode_and_decode(name):
+    base, tok = make(name), make(name, sentinels=5)
+    s3 = tok.sentinel_id(3)
+    assert tok.encode("<extra_id_3>") == [s3]
+    text = UNICODE + "<extra_id_3><extra_id_0> x<extra_id_5><extra_id_03>"  # 5 is out of range, 03 is not canonical
+    ids = tok.encode(text)
+    expected = [*base.encode(UNICODE), s3, tok.sentinel_id(0), *base.encode(" x<extra_id_5><extra_id_03>")]
+    assert ids == expected
+    assert tok.decode(ids + [tok.eot_id]) == text + EOT_TEXT
+    assert tok.decode_bytes([s3]) == b"<extra_id_3>"
+    assert tok.encode_batch([text, "", "<extra_id_1>"]) == [ids, [], [tok.sentinel_id(1)]]
+    assert [a.tolist() for a in tok.encode_arrays([text, ""])] == [ids, []]
+    assert base.decode(base.encode("<extra_id_3>")) == "<extra_id_3>"  # plain tokenizers: sentinel text is text
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        base.decode([s3])  # a plain tokenizer has no sentinels
+
+
+@pytest.mark.parametrize("name", ["gpt2", "byte", "char"])
+def test_sentinel_spec_round_trip(name):
+    tok = make(name, sentinels=7)
+    spec = json.loads(json.dumps(tok.spec()))
+    assert spec["sentinels"] == 7 and spec["vocab_size"] == make(name).vocab_size + 7
+    rebuilt = tokenizer_from_spec(spec)
+    assert (rebuilt.num_sentinels, rebuilt.vocab_size, rebuilt.spec()) == (7, tok.vocab_size, tok.spec())
+    assert rebuilt.encode("a<extra_id_6>") == tok.encode("a<extra_id_6>")
+    assert "sentinels" not in make(name).spec()  # plain specs are unchanged
+    assert tok.with_sentinels(2).vocab_size == make(name).vocab_size + 2  # replaces, never stacks
+    assert tok.with_sentinels(0).spec() == make(name).spec()

@@ -23,8 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from data.config import DataConfig
-from model.config import GPTConfig
-from sample.config import config_error_message
+from model.config import GPTConfig, T5Config
+from sample.config import TaskConfig, config_error_message
 from train.config import LoggerConfig, OptimConfig, ScheduleConfig, TrainConfig, TrainerConfig, register_schema
 
 register_schema()
@@ -33,12 +33,13 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, FloatingPointError)
 SCHEMAS = {  # where "did you mean ...?" looks for a mistyped key
     "": TrainConfig,
-    "model": GPTConfig,
+    "model": (GPTConfig, T5Config),
     "data": DataConfig,
     "optim": OptimConfig,
     "schedule": ScheduleConfig,
     "trainer": TrainerConfig,
     "logger": LoggerConfig,
+    "task": TaskConfig,
 }
 
 

@@ -75,7 +75,7 @@ def seq2seq_scores(
     scores: dict[str, list[float]] = {"exact_match": [], "rouge_l": []}
     shown = []
     for source_ids, target_ids in loader.pairs(limit=samples.eval_pairs):
-        source = tokenizer.decode(source_ids)
+        source = tokenizer.decode([t for t in source_ids if t != eot])  # both sides end with eot in the data
         reference = tokenizer.decode([t for t in target_ids if t != eot])
         prediction = complete(
             model, tokenizer, source, max_new_tokens=task.max_new_tokens, temperature=task.temperature,

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_model as load_weights
 
-from data.loader import CausalLMLoader
+from data.loader import CausalLMLoader, Seq2SeqLoader, SpanCorruptionLoader
 from data.prepare import load_meta, prepare
 from data.tokenizer import tokenizer_from_spec
 from model.registry import build_model
@@ -26,7 +26,7 @@ from sample.generate import complete, resolve_device
 from train import dist
 from train.config import TrainConfig, config_dict, to_yaml
 from train.device import autocast, peak_flops, resolve_dtype
-from train.evaluate import estimate_loss
+from train.evaluate import estimate_loss, seq2seq_scores
 from train.log import Meter, Tracker, format_step, warn
 from train.optim import build_optimizer, get_lr, set_lr
 from train.state import (
@@ -82,11 +82,13 @@ def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[
     dist.barrier(info)
     if not info.is_main:
         data_dir = prepare(cfg.data, cache_dir, progress=False)
-    tokenizer = tokenizer_from_spec(load_meta(data_dir)["tokenizer"])
-    model_cfg = _with_vocab(cfg.model, tokenizer.vocab_size, tokenizer.name)
+    meta = load_meta(data_dir)
+    tokenizer = tokenizer_from_spec(meta["tokenizer"])
+    if cfg.model.kind == "t5":  # span corruption needs sentinels; seq2seq keeps the same vocabulary for fine-tuning
+        tokenizer = tokenizer.with_sentinels(T5_SENTINELS)
+    _check_objective(cfg.model.kind, cfg.task.objective, meta.get("layout", "documents"), cfg.data.name)
+    model_cfg = _fit_to_tokenizer(cfg.model, tokenizer)
     T = model_cfg.block_size
-    loader_args = dict(batch_size=tcfg.batch_size, block_size=T, seed=tcfg.seed, rank=info.rank,
-                       world_size=info.world_size, device=device)  # fmt: skip
 
     # model and optimizer: the same init on every rank, then per-rank dropout streams
     torch.manual_seed(tcfg.seed)
@@ -94,7 +96,7 @@ def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[
     optimizer = build_optimizer(raw_model, cfg.optim, device.type)
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     torch.manual_seed(tcfg.seed + info.rank)
-    train_loader = CausalLMLoader(data_dir, "train", **loader_args)
+    train_loader = build_loader(cfg, data_dir, "train", tokenizer, T, info, device)
     state, resume_from = TrainState(), find_resume_checkpoint(cfg.resume, run_dir)
     if resume_from is not None:
         state = _restore(resume_from, raw_model, optimizer, scaler, train_loader, tokenizer.spec(), info)
@@ -103,12 +105,13 @@ def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[
                       resume_step=state.step if resume_from is not None else None)  # fmt: skip
     r = Run(
         cfg, raw_model, dist.wrap(model, info, device), optimizer, scaler, train_loader,
-        CausalLMLoader(data_dir, "val", **loader_args), tokenizer, _encodable_prompts(cfg.samples.prompts, tokenizer),
+        build_loader(cfg, data_dir, "val", tokenizer, T, info, device), tokenizer,
+        _encodable_prompts(cfg.samples.prompts, tokenizer) if cfg.task.objective != "seq2seq" else [],
         autocast(device, dtype), tracker, info, to_yaml(cfg, model_cfg),
     )  # fmt: skip
     if info.is_main:
         (run_dir / "config.yaml").write_text(r.config_yaml)
-    tokens_per_step = tcfg.batch_size * tcfg.grad_accum * T * info.world_size
+    tokens_per_step = tcfg.batch_size * tcfg.grad_accum * _tokens_per_row(train_loader, T) * info.world_size
     peak = peak_flops(device, dtype, cache_dir) if info.is_main else 0.0
     meter = Meter(tokens_per_step, raw_model.flops_per_token(T) * tokens_per_step, peak, device)
     tracker.print(
@@ -196,6 +199,12 @@ def maybe_eval(r: Run, state: TrainState) -> dict[str, float]:
             for p in r.prompts
         ]  # fmt: skip
         r.tracker.log_samples([{"prompt": p, "completion": c} for p, c in zip(r.prompts, completions)], state.step)
+    if r.info.is_main and r.cfg.task.objective == "seq2seq" and r.cfg.samples.eval_pairs > 0:
+        scores, shown = seq2seq_scores(r.raw_model, r.tokenizer, r.val_loader, r.cfg.samples, r.cfg.task)
+        val.update(scores)
+        r.tracker.log({f"val/{k}": v for k, v in scores.items()}, state.step)
+        r.tracker.print(f"step {state.step:>6}: " + " | ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+        r.tracker.log_samples(shown, state.step)
     return val
 
 
@@ -241,16 +250,63 @@ def _restore(
     return TrainState(**saved["state"])
 
 
-def _with_vocab(model_cfg: Any, vocab_size: int, tokenizer_name: str) -> Any:
-    """Fill model.vocab_size from the tokenizer, or refuse a mismatch."""
+def _fit_to_tokenizer(model_cfg: Any, tokenizer: Any) -> Any:
+    """Fill model.vocab_size (and T5's decoder start / pad ids) from the tokenizer, or refuse a mismatch."""
+    vocab_size = tokenizer.vocab_size
     if model_cfg.vocab_size is None:
-        return replace(model_cfg, vocab_size=vocab_size)
-    if model_cfg.vocab_size != vocab_size:
+        model_cfg = replace(model_cfg, vocab_size=vocab_size)
+    elif model_cfg.vocab_size != vocab_size:
         raise ValueError(
-            f"vocabulary mismatch: model.vocab_size={model_cfg.vocab_size} but the data's {tokenizer_name} tokenizer "
+            f"vocabulary mismatch: model.vocab_size={model_cfg.vocab_size} but the data's {tokenizer.name} tokenizer "
             f"has {vocab_size} tokens; set model.vocab_size=null (taken from the tokenizer) or change data.tokenizer"
         )
+    if model_cfg.kind == "t5":  # end-of-text starts every decoder input and pads encoder inputs
+        starts = {k: tokenizer.eot_id for k in ("decoder_start_id", "pad_id") if getattr(model_cfg, k) is None}
+        model_cfg = replace(model_cfg, **starts)
     return model_cfg
+
+
+OBJECTIVES = {"gpt": ("causal",), "t5": ("span_corruption", "seq2seq")}
+T5_SENTINELS = 100  # <extra_id_0> .. <extra_id_99>, as in T5
+
+
+def _check_objective(kind: str, objective: str, layout: str, data_name: str) -> None:
+    """The task's objective must suit the model kind and the prepared data (documents or pairs)."""
+    if objective not in OBJECTIVES[kind]:
+        raise ValueError(
+            f"task.objective={objective!r} does not train a {kind} model; use "
+            + " or ".join(f"task={o}" for o in OBJECTIVES[kind])
+        )
+    wanted = "pairs" if objective == "seq2seq" else "documents"
+    if layout != wanted:
+        raise ValueError(
+            f"task={objective} needs {wanted} but data={data_name} holds {layout}; "
+            + ("use data=pairs or data=python-docstrings" if wanted == "pairs" else "use a text corpus")
+        )
+
+
+def build_loader(
+    cfg: TrainConfig, data_dir: Path, split: str, tokenizer: Any, T: int, info: dist.DistInfo, device: torch.device
+) -> Any:
+    """The batch source of the task's objective: dicts of the model's forward arguments."""
+    common = dict(batch_size=cfg.trainer.batch_size, seed=cfg.trainer.seed, rank=info.rank,
+                  world_size=info.world_size, device=device)  # fmt: skip
+    objective = cfg.task.objective
+    if objective == "span_corruption":
+        return SpanCorruptionLoader(
+            data_dir, split, input_length=T, tokenizer=tokenizer, noise_density=cfg.task.noise_density,
+            mean_span_length=cfg.task.mean_span_length, **common,
+        )  # fmt: skip
+    if objective == "seq2seq":
+        return Seq2SeqLoader(data_dir, split, input_length=T, target_length=T, tokenizer=tokenizer, **common)
+    return CausalLMLoader(data_dir, split, block_size=T, **common)
+
+
+def _tokens_per_row(loader: Any, T: int) -> int:
+    """Tokens one batch row feeds the model: T (causal), encoder + decoder lengths (T5; at most, for seq2seq)."""
+    if isinstance(loader, SpanCorruptionLoader):
+        return loader.input_length + loader.target_length
+    return 2 * T if isinstance(loader, Seq2SeqLoader) else T
 
 
 def _encodable_prompts(prompts: list[str], tokenizer: Any) -> list[str]:
