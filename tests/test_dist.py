@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from train_helpers import compose_train, tiny_run_overrides, zen_of_python
+from train_helpers import compose_train, losses, tiny_run_overrides, zen_of_python
 
 from train.loop import run
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def losses(run_dir: Path) -> list[float]:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r["train/loss"] for r in records if "train/loss" in r]
 
 
 @pytest.mark.slow
@@ -30,6 +24,6 @@ def test_ddp_two_ranks_match_one_process(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", "-m", "train"]
     proc = subprocess.run(cmd + overrides, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    single, ddp = losses(tmp_path / "single"), losses(tmp_path / "ddp")
+    single, ddp = list(losses(tmp_path / "single").values()), list(losses(tmp_path / "ddp").values())
     assert len(single) == len(ddp) == 8
     assert ddp == pytest.approx(single, rel=1e-5)  # fp32 sums in a different order: equal to rounding

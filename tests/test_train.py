@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import compose_train, tiny_run_overrides, zen_of_python
+from train_helpers import compose_train, losses, tiny_run_overrides, train_killed_then_resumed, zen_of_python
 
 from model.checkpoint import load_model
 from train import loop
@@ -19,15 +19,6 @@ from train.loop import run
 from train.optim import build_optimizer, get_lr
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def losses(run_dir: Path) -> dict[int, float]:
-    out = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if "train/loss" in record:
-            out[record["step"]] = record["train/loss"]
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -77,22 +68,9 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     corpus = zen_of_python(tmp_path)
     run(compose_train(tiny_run_overrides(tmp_path, corpus, "straight", **{"model.dropout": 0.1})))
 
-    # the same run, killed during step 6 (after the step-4 checkpoint) ...
-    calls = {"n": 0}
-    real = loop.forward_backward
-
-    def dies_at_step_6(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "forward_backward", dies_at_step_6)
-    with pytest.raises(KeyboardInterrupt):
-        run(compose_train(tiny_run_overrides(tmp_path, corpus, "resumed", **{"model.dropout": 0.1})))
-    monkeypatch.setattr(loop, "forward_backward", real)
-    # ... and resumed: steps 5..8 give bit-identical losses (dropout on: the RNG state is restored too)
-    run(compose_train(tiny_run_overrides(tmp_path, corpus, "resumed", resume="auto", **{"model.dropout": 0.1})))
+    # the same run, killed during step 6 (after the step-4 checkpoint), then resumed: steps 5..8 give
+    # bit-identical losses (dropout on: the RNG state is restored too)
+    train_killed_then_resumed(monkeypatch, tiny_run_overrides(tmp_path, corpus, "resumed", **{"model.dropout": 0.1}))
     straight, resumed = losses(tmp_path / "straight"), losses(tmp_path / "resumed")
     assert [resumed[s] for s in range(5, 9)] == [straight[s] for s in range(5, 9)]
     a, _ = load_model(tmp_path / "straight")

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import compose_train, tiny_run_overrides, zen_of_python
+from train_helpers import compose_train, losses, tiny_run_overrides, train_killed_then_resumed, zen_of_python
 
 from model import T5, T5Config
 from model.checkpoint import load_model
-from train import loop
 from train.loop import run
 
 T5_TINY = {"model": "t5-tiny", "model.n_embd": 32, "model.n_head": 2, "model.intermediate_size": 64,
@@ -26,11 +25,6 @@ def zen_pairs(directory: Path) -> Path:
     return path
 
 
-def losses(run_dir: Path) -> dict[int, float]:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["train/loss"] for r in records if "train/loss" in r}
-
-
 def span_overrides(tmp_path: Path, name: str, **extra: object) -> list[str]:
     return tiny_run_overrides(
         tmp_path, zen_of_python(tmp_path), name, task="span_corruption", **T5_TINY, **{"model.dropout": 0.1}, **extra
@@ -39,19 +33,7 @@ def span_overrides(tmp_path: Path, name: str, **extra: object) -> list[str]:
 
 def test_t5_span_corruption_resumes_exactly(tmp_path, monkeypatch):
     run(compose_train(span_overrides(tmp_path, "straight")))
-    real, calls = loop.forward_backward, {"n": 0}
-
-    def dies_at_step_6(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "forward_backward", dies_at_step_6)
-    with pytest.raises(KeyboardInterrupt):
-        run(compose_train(span_overrides(tmp_path, "resumed")))
-    monkeypatch.setattr(loop, "forward_backward", real)
-    run(compose_train(span_overrides(tmp_path, "resumed", resume="auto")))
+    train_killed_then_resumed(monkeypatch, span_overrides(tmp_path, "resumed"))
     straight, resumed = losses(tmp_path / "straight"), losses(tmp_path / "resumed")
     assert [resumed[s] for s in range(5, 9)] == [straight[s] for s in range(5, 9)]
     model, tokenizer = load_model(tmp_path / "resumed")

@@ -52,3 +52,32 @@ def tiny_run_overrides(tmp_path: Path, corpus: Path, run_name: str = "run", **ex
     }
     base.update({k: v for k, v in extra.items()})
     return [f"{k}={v}" for k, v in base.items()]
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    """step -> train/loss from a run's metrics.jsonl."""
+    import json
+
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["train/loss"] for r in records if "train/loss" in r}
+
+
+def train_killed_then_resumed(monkeypatch, overrides: list[str], kill_at: int = 6) -> None:
+    """Run the config, interrupted during optimizer step kill_at; then run it again with resume=auto."""
+    import pytest
+
+    from train import loop
+
+    real, calls = loop.forward_backward, {"n": 0}
+
+    def dies(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == kill_at:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "forward_backward", dies)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run(compose_train(overrides))
+    monkeypatch.setattr(loop, "forward_backward", real)
+    loop.run(compose_train([*overrides, "resume=auto"]))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -74,13 +75,20 @@ def seq2seq_scores(
     eot = tokenizer.eot_id
     scores: dict[str, list[float]] = {"exact_match": [], "rouge_l": []}
     shown = []
-    for source_ids, target_ids in loader.pairs(limit=samples.eval_pairs):
+    with warnings.catch_warnings():  # the loader already reported over-long pairs once; no warning per pair here
+        warnings.simplefilter("ignore", UserWarning)
+        pairs = list(loader.pairs(limit=samples.eval_pairs))
+        predictions = [
+            complete(
+                model, tokenizer, tokenizer.decode([t for t in source_ids if t != eot]),
+                max_new_tokens=task.max_new_tokens, temperature=task.temperature, top_k=task.top_k, top_p=task.top_p,
+                stop=list(task.stop), seed=samples.seed, num_beams=task.num_beams,
+            )[0]
+            for source_ids, _ in pairs
+        ]  # fmt: skip
+    for (source_ids, target_ids), prediction in zip(pairs, predictions):
         source = tokenizer.decode([t for t in source_ids if t != eot])  # both sides end with eot in the data
         reference = tokenizer.decode([t for t in target_ids if t != eot])
-        prediction = complete(
-            model, tokenizer, source, max_new_tokens=task.max_new_tokens, temperature=task.temperature,
-            top_k=task.top_k, top_p=task.top_p, stop=list(task.stop), seed=samples.seed, num_beams=task.num_beams,
-        )[0]  # fmt: skip
         scores["exact_match"].append(exact_match(prediction, reference))
         scores["rouge_l"].append(rouge_l(prediction, reference))
         if len(shown) < samples.shown_pairs:
