@@ -323,3 +323,28 @@ def test_cli_run_time_error_is_one_line_and_leaves_no_run_dir(tmp_path):
         f"error: data.paths: '{tmp_path}/missing.txt' matches no file; give a file, directory or glob"
     ]
     assert not any((tmp_path / "runs").iterdir())
+
+
+def test_init_from_fine_tunes_a_checkpoint(trained, tmp_path):
+    corpus = zen_of_python(tmp_path)
+    scratch = run(compose_train(tiny_run_overrides(tmp_path, corpus, "scratch", **{"trainer.max_steps": 2})))
+    tuned = run(
+        compose_train(
+            tiny_run_overrides(
+                tmp_path, corpus, "tuned", init_from=str(trained), **{"trainer.max_steps": 2, "model.block_size": 16}
+            )
+        )
+    )
+    assert tuned["val/loss"] < scratch["val/loss"]  # starts from 8 steps of training on the same text
+    model, _ = load_model(tmp_path / "tuned")
+    assert model.config.block_size == 16 and model.transformer.wpe.weight.shape[0] == 16  # positions cropped
+    source, _ = load_model(trained)
+    assert model.config.n_layer == source.config.n_layer  # the architecture is the source's
+
+
+def test_init_from_refuses_another_tokenizer(trained, tmp_path):
+    overrides = tiny_run_overrides(
+        tmp_path, zen_of_python(tmp_path), init_from=str(trained), **{"data.tokenizer": "char"}
+    )
+    with pytest.raises(ValueError, match="uses the 'byte' tokenizer but data=text is tokenized with 'char'"):
+        run(compose_train(overrides))

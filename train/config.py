@@ -141,6 +141,8 @@ class TrainConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     run_name: str = "default"  # the run directory is runs/<run_name>; rerun with the same name + resume=auto
     resume: Optional[str] = None  # null: fresh run (refused if the run dir has checkpoints) | auto | <checkpoint dir>
+    init_from: Optional[str] = None  # fine-tune: start from these weights (a nanoloom checkpoint or hf:<name|dir>);
+    # the architecture is the source's (model.dropout applies; a smaller model.block_size crops positions)
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):  # built outside Hydra from a plain dict

@@ -21,6 +21,7 @@ from safetensors.torch import load_model as load_weights
 from data.loader import CausalLMLoader, Seq2SeqLoader, SpanCorruptionLoader
 from data.prepare import load_meta, prepare
 from data.tokenizer import tokenizer_from_spec
+from model.checkpoint import load_model
 from model.registry import build_model
 from sample.generate import complete, resolve_device
 from train import dist
@@ -83,16 +84,21 @@ def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[
     if not info.is_main:
         data_dir = prepare(cfg.data, cache_dir, progress=False)
     meta = load_meta(data_dir)
+    source = load_model(cfg.init_from) if cfg.init_from else None  # (model, tokenizer) to fine-tune, on the CPU
+    kind = source[0].config.kind if source else cfg.model.kind
     tokenizer = tokenizer_from_spec(meta["tokenizer"])
-    if cfg.model.kind == "t5":  # span corruption needs sentinels; seq2seq keeps the same vocabulary for fine-tuning
+    if kind == "t5":  # span corruption needs sentinels; seq2seq keeps the same vocabulary for fine-tuning
         tokenizer = tokenizer.with_sentinels(T5_SENTINELS)
-    _check_objective(cfg.model.kind, cfg.task.objective, meta.get("layout", "documents"), cfg.data.name)
-    model_cfg = _fit_to_tokenizer(cfg.model, tokenizer)
+    _check_objective(kind, cfg.task.objective, meta.get("layout", "documents"), cfg.data.name)
+    model_cfg = _init_config(cfg, source, tokenizer) if source else _fit_to_tokenizer(cfg.model, tokenizer)
     T = model_cfg.block_size
 
     # model and optimizer: the same init on every rank, then per-rank dropout streams
     torch.manual_seed(tcfg.seed)
-    raw_model = build_model(model_cfg).to(device)
+    raw_model = build_model(model_cfg)
+    if source is not None:
+        _load_source_weights(raw_model, source[0], cfg.init_from)
+    raw_model.to(device)
     optimizer = build_optimizer(raw_model, cfg.optim, device.type)
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     torch.manual_seed(tcfg.seed + info.rank)
@@ -248,6 +254,30 @@ def _restore(
     if info.world_size == 1:  # per-rank dropout streams are not saved; one process resumes bit-exactly
         set_rng_state(saved["rng"])
     return TrainState(**saved["state"])
+
+
+def _init_config(cfg: TrainConfig, source: tuple[nn.Module, Any], tokenizer: Any) -> Any:
+    """The architecture of init_from's model; model.dropout applies, and a smaller model.block_size crops it."""
+    model, source_tokenizer = source
+    if source_tokenizer.spec() != tokenizer.spec():
+        raise ValueError(
+            f"init_from={cfg.init_from} uses the {source_tokenizer.name!r} tokenizer but data={cfg.data.name} is "
+            f"tokenized with {tokenizer.name!r}; prepare the data with the same tokenizer (data.tokenizer=...)"
+        )
+    changes: dict[str, Any] = {"dropout": cfg.model.dropout}
+    if cfg.model.block_size < model.config.block_size:
+        changes["block_size"] = cfg.model.block_size  # fine-tune on shorter windows (learned positions cropped)
+    return replace(model.config, **changes)
+
+
+def _load_source_weights(model: nn.Module, source: nn.Module, name: str) -> None:
+    """Copy init_from's weights; learned position embeddings are cropped to a smaller block_size."""
+    state = source.state_dict()
+    for key, value in model.state_dict().items():
+        if key.endswith("wpe.weight") and state[key].shape != value.shape:
+            state[key] = state[key][: value.shape[0]]  # (block_size, C): the first positions
+    model.load_state_dict(state)
+    print(f"init_from={name}: {model.num_params() / 1e6:.2f}M parameters loaded", flush=True)
 
 
 def _fit_to_tokenizer(model_cfg: Any, tokenizer: Any) -> Any:
