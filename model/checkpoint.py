@@ -3,6 +3,7 @@
 model.json holds the model kind, its config and the tokenizer spec, so a checkpoint is loadable with nothing else
 (sampling never needs the dataset). Weights are safetensors: loading never unpickles. Directories are written
 atomically (temp dir + rename), so a crash mid-save leaves the previous checkpoint intact.
+"hf:<hub name or folder>" loads a Hugging Face GPT-2 or T5 checkpoint instead (model/hf.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import torch.nn as nn
 from safetensors.torch import load_model as load_safetensors_model
 from safetensors.torch import save_model as save_safetensors_model
 
+from model.hf import PREFIX as HF_PREFIX
+from model.hf import hf_model_info, load_hf_model
 from model.registry import build_model, config_from_dict
 
 FORMAT = "nanoloom-model"
@@ -125,8 +128,18 @@ def resolve_checkpoint(path: str | Path) -> Path:
     )
 
 
+def is_hf_source(path: str | Path) -> bool:
+    """True for "hf:<hub name or folder>": a Hugging Face checkpoint rather than a nanoloom one."""
+    return isinstance(path, str) and path.startswith(HF_PREFIX)
+
+
 def read_model_json(path: str | Path) -> dict[str, Any]:
-    """The parsed model.json of a checkpoint (path resolved as in resolve_checkpoint)."""
+    """The parsed model.json of a checkpoint (path resolved as in resolve_checkpoint).
+
+    For "hf:..." sources: the same keys (kind, config, tokenizer, meta with the source), from its config.json.
+    """
+    if is_hf_source(path):
+        return hf_model_info(path)
     directory = resolve_checkpoint(path)
     for name in (MODEL_JSON, WEIGHTS):
         if not (directory / name).is_file():
@@ -143,7 +156,12 @@ def read_model_json(path: str | Path) -> dict[str, Any]:
 def load_model(
     path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
 ) -> tuple[nn.Module, Any]:
-    """Load (model in eval mode, tokenizer) from a checkpoint or run directory. Never unpickles."""
+    """Load (model in eval mode, tokenizer) from a checkpoint, a run directory or "hf:<hub name or folder>".
+
+    Never unpickles. "hf:" loads a Hugging Face GPT-2 or T5 checkpoint with its tokenizer (model/hf.py).
+    """
+    if is_hf_source(path):
+        return load_hf_model(path[len(HF_PREFIX) :], device=device, dtype=dtype)
     # The tokenizer is data's; this one import is the allowed model -> data.tokenizer edge (see DESIGN.md).
     from data.tokenizer import tokenizer_from_spec
 

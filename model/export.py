@@ -1,0 +1,670 @@
+"""Export a nanoloom checkpoint to a directory that Hugging Face transformers loads with from_pretrained / pipeline.
+
+GPT-2-style GPTs become GPT2LMHeadModel, rotary + RMSNorm + SwiGLU GPTs LlamaForCausalLM, T5s
+T5ForConditionalGeneration: weights are renamed (the reverse of model/hf.py), the rows of the padded vocabulary are cut
+off, and config.json, generation_config.json, the tokenizer files and a README.md model card are written as plain
+JSON/text, so exporting needs neither transformers nor tokenizers.
+CLI: python -m model.export checkpoint=<run or checkpoint dir> out=<dir> [dtype=bfloat16] [overwrite=true]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from model.checkpoint import WEIGHTS, atomic_directory, read_model_json, resolve_checkpoint
+from model.config import GPTConfig, T5Config
+from model.registry import build_model, config_from_dict
+
+EOT_TEXT = "<|endoftext|>"
+SENTINEL_PATTERN = re.compile(r"<extra_id_(0|[1-9][0-9]*)>")  # T5 sentinel text, as data/tokenizer.py spells it
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# What a GPT must be for each transformers architecture to compute exactly what it computes. GPT-2 also needs
+# n_kv_head == n_head; Llama takes any n_kv_head, and bias=true maps to attention_bias/mlp_bias.
+GPT2_OPTIONS: dict[str, Any] = {"pos": "learned", "norm": "layernorm", "mlp": "gelu", "bias": True, "qk_norm": False}
+LLAMA_OPTIONS: dict[str, Any] = {"pos": "rope", "norm": "rmsnorm", "mlp": "swiglu", "qk_norm": False}
+_OPTIONS_HINT = (
+    "transformers' GPT-2 needs pos=learned norm=layernorm mlp=gelu bias=true n_kv_head=n_head qk_norm=false; "
+    "Llama needs pos=rope norm=rmsnorm mlp=swiglu qk_norm=false"
+)
+
+# GPT-2 stores these as Conv1D (in_features, out_features); ours are nn.Linear (out_features, in_features)
+_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+# ours -> HF Llama, per block (after "transformer.h.{i}."); c_attn is split into q/k/v_proj separately
+_LLAMA_BLOCK = {
+    "ln_1": "input_layernorm",
+    "ln_2": "post_attention_layernorm",
+    "attn.c_proj": "self_attn.o_proj",
+    "mlp.c_fc": "mlp.gate_proj",  # SwiGLU: c_proj(silu(c_fc(x)) * c_gate(x)) = down(silu(gate(x)) * up(x))
+    "mlp.c_gate": "mlp.up_proj",
+    "mlp.c_proj": "mlp.down_proj",
+}
+
+# ours -> HF T5 (the reverse of model/hf.py's renames; \1 = stack, \2 = block index), first match wins
+_T5_RENAMES = [
+    (r"^(encoder|decoder)\.rel_bias\.relative_attention_bias\.",
+     r"\1.block.0.layer.0.SelfAttention.relative_attention_bias."),
+    (r"^(encoder|decoder)\.block\.(\d+)\.attn\.", r"\1.block.\2.layer.0.SelfAttention."),
+    (r"^(encoder|decoder)\.block\.(\d+)\.ln_1\.", r"\1.block.\2.layer.0.layer_norm."),
+    (r"^decoder\.block\.(\d+)\.cross_attn\.", r"decoder.block.\1.layer.1.EncDecAttention."),
+    (r"^decoder\.block\.(\d+)\.ln_cross\.", r"decoder.block.\1.layer.1.layer_norm."),
+    (r"^encoder\.block\.(\d+)\.mlp\.", r"encoder.block.\1.layer.1.DenseReluDense."),
+    (r"^encoder\.block\.(\d+)\.ln_2\.", r"encoder.block.\1.layer.1.layer_norm."),
+    (r"^decoder\.block\.(\d+)\.mlp\.", r"decoder.block.\1.layer.2.DenseReluDense."),
+    (r"^decoder\.block\.(\d+)\.ln_2\.", r"decoder.block.\1.layer.2.layer_norm."),
+    (r"^(encoder|decoder)\.ln_f\.", r"\1.final_layer_norm."),
+]  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# which architecture
+
+
+def _fmt(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def hf_architecture(config: GPTConfig | T5Config) -> str:
+    """The transformers architecture that computes exactly what this model computes: gpt2 | llama | t5.
+
+    Raises a one-line ValueError naming the options that have no GPT-2 or Llama equivalent.
+    """
+    if isinstance(config, T5Config):
+        return "t5"
+    gpt2_bad = [f"{k}={_fmt(getattr(config, k))}" for k, v in GPT2_OPTIONS.items() if getattr(config, k) != v]
+    if config.n_kv_head != config.n_head:
+        gpt2_bad.append(f"n_kv_head={config.n_kv_head}")
+    llama_bad = [f"{k}={_fmt(getattr(config, k))}" for k, v in LLAMA_OPTIONS.items() if getattr(config, k) != v]
+    if not gpt2_bad:
+        return "gpt2"
+    if not llama_bad:
+        return "llama"
+    # learned positions exist only in GPT-2, rotary ones only in Llama: name what keeps the model from that one
+    target, bad = ("GPT-2", gpt2_bad) if config.pos == "learned" else ("Llama", llama_bad)
+    options = ", ".join(f"model.{b}" for b in bad)
+    raise ValueError(
+        f"cannot export this GPT to transformers: {options} {'has' if len(bad) == 1 else 'have'} no {target} "
+        f"equivalent ({_OPTIONS_HINT})"
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# weights
+
+
+def read_state_dict(directory: Path, config: GPTConfig | T5Config) -> dict[str, torch.Tensor]:
+    """All of a checkpoint's tensors under our names, tied weights under both names, checked against the config."""
+    state = load_file(str(directory / WEIGHTS))
+    tied = {"gpt": ("transformer.wte.weight", "lm_head.weight"), "t5": ("shared.weight", "lm_head.weight")}[config.kind]
+    if config.tie_embeddings:  # safetensors stores a tied matrix once, under either name
+        for a, b in (tied, tied[::-1]):
+            if a in state and b not in state:
+                state[b] = state[a]
+    with torch.device("meta"):  # shapes only: no memory, no init
+        expected = {k: v.shape for k, v in build_model(config).state_dict().items()}
+    missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
+    wrong = sorted(k for k in expected.keys() & state.keys() if state[k].shape != expected[k])
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"weights in {directory / WEIGHTS} do not match model.json (missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]}, wrong shape {wrong[:5]}); the checkpoint is damaged or from another version"
+        )
+    return state
+
+
+def gpt2_state_dict(state: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
+    """Our GPT (GPT-2 options) -> GPT2LMHeadModel keys: Conv1D weights transposed, vocabulary unpadded."""
+    out = {}
+    for key, value in state.items():
+        if key == "lm_head.weight" and config.tie_embeddings:
+            continue  # transformers ties it to transformer.wte.weight (and saves it the same way)
+        if key in ("transformer.wte.weight", "lm_head.weight"):
+            value = value[: config.vocab_size]  # padded rows are never predicted nor fed in
+        out[key] = value.t() if key.endswith(_CONV1D) else value
+    return out
+
+
+def llama_state_dict(state: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
+    """Our GPT (rope, rmsnorm, swiglu) -> LlamaForCausalLM keys: c_attn split into q/k/v_proj, vocabulary unpadded.
+
+    Our rotary embedding rotates halves (x[:hs/2], x[hs/2:]) like HF Llama, so q and k need no permutation.
+    """
+    q_rows, kv_rows = config.n_head * config.head_size, config.n_kv_head * config.head_size
+    out = {"model.embed_tokens.weight": state["transformer.wte.weight"][: config.vocab_size]}
+    if not config.tie_embeddings:
+        out["lm_head.weight"] = state["lm_head.weight"][: config.vocab_size]
+    out["model.norm.weight"] = state["transformer.ln_f.weight"]
+    for key, value in state.items():
+        m = re.match(r"transformer\.h\.(\d+)\.(.+)$", key)
+        if m is None:
+            continue
+        prefix, name = f"model.layers.{m.group(1)}.", m.group(2)
+        if name.startswith("attn.c_attn."):  # rows: q (nh*hs), then k (nkv*hs), then v (nkv*hs)
+            param = name.rsplit(".", 1)[1]
+            for proj, part in zip(("q_proj", "k_proj", "v_proj"), value.split([q_rows, kv_rows, kv_rows])):
+                out[f"{prefix}self_attn.{proj}.{param}"] = part
+            continue
+        module, param = name.rsplit(".", 1)
+        out[f"{prefix}{_LLAMA_BLOCK[module]}.{param}"] = value
+    return out
+
+
+def t5_state_dict(state: dict[str, torch.Tensor], config: T5Config) -> dict[str, torch.Tensor]:
+    """Our T5 -> T5ForConditionalGeneration keys (same tensors), vocabulary unpadded."""
+    out = {"shared.weight": state["shared.weight"][: config.vocab_size]}
+    if not config.tie_embeddings:  # v1.1's separate output head
+        out["lm_head.weight"] = state["lm_head.weight"][: config.vocab_size]
+    for key, value in state.items():
+        if key in ("shared.weight", "lm_head.weight"):
+            continue
+        for pattern, repl in _T5_RENAMES:
+            name, n = re.subn(pattern, repl, key)
+            if n:
+                out[name] = value
+                break
+        else:
+            raise AssertionError(f"no Hugging Face T5 name for {key}")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# config.json and generation_config.json
+
+
+def gpt2_config(config: GPTConfig, eot_id: int | None, dtype: torch.dtype) -> dict[str, Any]:
+    """config.json of a GPT2LMHeadModel equal to our GPT."""
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": config.vocab_size,
+        "n_positions": config.block_size,
+        "n_embd": config.n_embd,
+        "n_layer": config.n_layer,
+        "n_head": config.n_head,
+        "n_inner": config.intermediate_size,
+        "activation_function": "gelu_new",  # GELU, tanh approximation
+        "layer_norm_epsilon": config.norm_eps,
+        "resid_pdrop": config.dropout,
+        "embd_pdrop": config.dropout,
+        "attn_pdrop": config.dropout,
+        "initializer_range": config.init_std,
+        "scale_attn_weights": True,
+        "tie_word_embeddings": config.tie_embeddings,
+        "bos_token_id": eot_id,
+        "eos_token_id": eot_id,
+        "pad_token_id": eot_id,
+        "use_cache": True,
+        "dtype": str(dtype).removeprefix("torch."),
+    }
+
+
+def llama_config(config: GPTConfig, eot_id: int | None, dtype: torch.dtype) -> dict[str, Any]:
+    """config.json of a LlamaForCausalLM equal to our GPT."""
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": config.vocab_size,
+        "max_position_embeddings": config.block_size,
+        "hidden_size": config.n_embd,
+        "intermediate_size": config.intermediate_size,
+        "num_hidden_layers": config.n_layer,
+        "num_attention_heads": config.n_head,
+        "num_key_value_heads": config.n_kv_head,
+        "head_dim": config.head_size,
+        "hidden_act": "silu",
+        "rms_norm_eps": config.norm_eps,
+        "rope_theta": config.rope_base,  # read by transformers 4; 5 reads rope_parameters
+        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_base},
+        "attention_bias": config.bias,  # q, k, v and o projections
+        "mlp_bias": config.bias,
+        "attention_dropout": config.dropout,
+        "initializer_range": config.init_std,
+        "tie_word_embeddings": config.tie_embeddings,
+        "bos_token_id": eot_id,
+        "eos_token_id": eot_id,
+        "pad_token_id": eot_id,
+        "use_cache": True,
+        "dtype": str(dtype).removeprefix("torch."),
+    }
+
+
+def t5_config(config: T5Config, eot_id: int | None, dtype: torch.dtype) -> dict[str, Any]:
+    """config.json of a T5ForConditionalGeneration equal to our T5."""
+    start = config.decoder_start_id if config.decoder_start_id is not None else eot_id
+    return {
+        "architectures": ["T5ForConditionalGeneration"],
+        "model_type": "t5",
+        "is_encoder_decoder": True,
+        "vocab_size": config.vocab_size,
+        "d_model": config.n_embd,
+        "d_kv": config.head_size,
+        "d_ff": config.intermediate_size,
+        "num_layers": config.n_encoder_layer,
+        "num_decoder_layers": config.n_decoder_layer,
+        "num_heads": config.n_head,
+        "relative_attention_num_buckets": config.rel_pos_buckets,
+        "relative_attention_max_distance": config.rel_pos_max_distance,
+        "dropout_rate": config.dropout,
+        "layer_norm_epsilon": config.norm_eps,
+        "initializer_factor": config.init_factor,
+        "feed_forward_proj": config.mlp,
+        # v1.0 ties the head and rescales its input by d_model^-0.5, v1.1 does neither. transformers 4 reads
+        # tie_word_embeddings; 5 always ties the parameters it can and reads the rescaling from this flag.
+        "tie_word_embeddings": config.tie_embeddings,
+        "scale_decoder_outputs": config.tie_embeddings,
+        "decoder_start_token_id": start,
+        "pad_token_id": config.pad_id if config.pad_id is not None else eot_id,
+        "eos_token_id": eot_id,
+        "use_cache": True,
+        "dtype": str(dtype).removeprefix("torch."),
+    }
+
+
+def generation_config(hf_config: dict[str, Any]) -> dict[str, Any]:
+    """generation_config.json: generate() stops at our end-of-text and starts T5's decoder where we do."""
+    keys = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
+    return {k: hf_config[k] for k in keys if hf_config.get(k) is not None}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# tokenizer files
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map from bytes to printable characters (printable Latin-1 bytes map to themselves)."""
+    printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    extra = iter(range(256, 512))  # the other 68 bytes get the code points after Latin-1, in order
+    return {b: chr(b) if b in printable else chr(next(extra)) for b in range(256)}
+
+
+def _added_token(token_id: int, content: str, special: bool) -> dict[str, Any]:
+    return {"id": token_id, "content": content, "single_word": False, "lstrip": False, "rstrip": False,
+            "normalized": False, "special": special}  # fmt: skip
+
+
+def _bpe(vocab: dict[str, int], merges: list[str]) -> dict[str, Any]:
+    return {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+            "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+            "vocab": vocab, "merges": merges}  # fmt: skip
+
+
+def _eos_template(eot_id: int, eot_text: str = EOT_TEXT) -> dict[str, Any]:
+    """Post-processor appending end-of-text to every input, as nanoloom ends every T5 encoder input."""
+    eot = {"SpecialToken": {"id": eot_text, "type_id": 0}}
+    return {
+        "type": "TemplateProcessing",
+        "single": [{"Sequence": {"id": "A", "type_id": 0}}, eot],
+        "pair": [{"Sequence": {"id": "A", "type_id": 0}}, eot, {"Sequence": {"id": "B", "type_id": 0}}, eot],
+        "special_tokens": {eot_text: {"id": eot_text, "ids": [eot_id], "tokens": [eot_text]}},
+    }
+
+
+def tokenizer_json(tokenizer: Any, encoder_input: bool) -> dict[str, Any]:
+    """A `tokenizers` library tokenizer.json that encodes and decodes exactly like a gpt2/byte/char tokenizer.
+
+    encoder_input: append end-of-text to every input (T5 encoders). End-of-text is an added special token,
+    sentinel i ("<extra_id_i>") an added non-special one, so decode(skip_special_tokens=True) keeps sentinels.
+    """
+    byte_level_pre = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    byte_level_dec = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    if tokenizer.name == "gpt2":
+        from data.tokenizer import gpt2_files
+
+        vocab_bpe, encoder_json = gpt2_files()
+        vocab = json.loads(encoder_json.read_text(encoding="utf-8"))
+        lines = vocab_bpe.read_text(encoding="utf-8").splitlines()
+        merges = [ln for ln in lines if ln and not ln.startswith("#version")]
+        model, pre, dec = _bpe(vocab, merges), byte_level_pre, byte_level_dec
+    elif tokenizer.name == "byte":  # every byte one symbol: a BPE without merges over GPT-2's byte characters
+        vocab = {ch: b for b, ch in bytes_to_unicode().items()}
+        model, pre, dec = _bpe(vocab, []), {**byte_level_pre, "use_regex": False}, byte_level_dec
+    elif tokenizer.name == "char":  # no pre-tokenizer: the whole text is one word, split into its characters
+        model, pre, dec = _bpe({c: i for i, c in enumerate(tokenizer.chars)}, []), None, {"type": "Fuse"}
+    else:
+        raise ValueError(f"no tokenizer.json for the {tokenizer.name!r} tokenizer")
+    added = [_added_token(tokenizer.eot_id, EOT_TEXT, special=True)]
+    base = tokenizer.vocab_size - tokenizer.num_sentinels
+    added += [_added_token(base + i, f"<extra_id_{i}>", special=False) for i in range(tokenizer.num_sentinels)]
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": added,
+        "normalizer": None,
+        "pre_tokenizer": pre,
+        "post_processor": _eos_template(tokenizer.eot_id) if encoder_input else None,
+        "decoder": dec,
+        "model": model,
+    }
+
+
+def _tokenizer_config(
+    tokenizer_class: str, eos: str | None, max_length: int, encoder_input: bool, added: list[dict] | None = None
+) -> dict[str, Any]:
+    config: dict[str, Any] = {"tokenizer_class": tokenizer_class}
+    if eos is not None:
+        config.update(bos_token=eos, eos_token=eos, pad_token=eos)
+    config.update(
+        add_bos_token=False,
+        add_eos_token=encoder_input,  # T5 encoder inputs end with end-of-text
+        model_max_length=max_length,
+        clean_up_tokenization_spaces=False,  # decode returns exactly the text of the ids
+        model_input_names=["input_ids", "attention_mask"],  # no token_type_ids: GPT-2 would embed them
+    )
+    if added is not None:
+        config["added_tokens_decoder"] = {str(t["id"]): {k: v for k, v in t.items() if k != "id"} for t in added}
+    return config
+
+
+def _json_vocab(data: dict[str, Any]) -> dict[str, int]:
+    """Token text -> id of a tokenizer.json: its model's vocabulary and its added tokens."""
+    vocab = (data.get("model") or {}).get("vocab")
+    if isinstance(vocab, dict):  # BPE, WordPiece, WordLevel
+        ids = dict(vocab)
+    elif isinstance(vocab, list):  # Unigram (SentencePiece): [piece, score] pairs, the id is the position
+        ids = {piece[0]: i for i, piece in enumerate(vocab)}
+    else:
+        ids = {}
+    ids.update({t["content"]: t["id"] for t in data.get("added_tokens") or []})
+    return ids
+
+
+def _adds_tokens(processor: dict[str, Any] | None) -> bool:
+    """Whether a tokenizer.json post-processor inserts tokens (bos/eos/cls/sep) rather than only fixing offsets."""
+    if not processor:
+        return False
+    if processor.get("type") == "Sequence":
+        return any(_adds_tokens(p) for p in processor.get("processors", []))
+    return processor.get("type") in ("TemplateProcessing", "BertProcessing", "RobertaProcessing")
+
+
+def embedded_tokenizer_json(spec: dict[str, Any], encoder_input: bool) -> tuple[str, str | None]:
+    """A spec's embedded tokenizer.json made to encode as nanoloom does, and the text of its end-of-text token.
+
+    Unchanged where it already does: sentinels become ordinary (non-special) added tokens, the spec's appended
+    sentinels are added after the vocabulary, and the post-processor appends end-of-text for T5 encoders and
+    adds nothing for GPTs.
+    """
+    text = spec["tokenizer_json"]
+    try:
+        original = json.loads(text) if isinstance(text, str) else text
+        data = json.loads(text) if isinstance(text, str) else json.loads(json.dumps(text))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"the checkpoint's embedded tokenizer.json is not valid JSON: {e}") from None
+    added = data.get("added_tokens") or []
+    for token in added:  # sentinel text is matched while other special text is read as text (split_special_tokens)
+        if SENTINEL_PATTERN.fullmatch(token.get("content", "")):
+            token["special"] = False
+    vocab = _json_vocab(data)
+    base, native = max(vocab.values(), default=-1) + 1, 0
+    while f"<extra_id_{native}>" in vocab:
+        native += 1
+    for i in range(native, int(spec.get("sentinels", 0))):
+        added.append(_added_token(base + i - native, f"<extra_id_{i}>", special=False))
+    if added:
+        data["added_tokens"] = added
+    eot_id = spec.get("eot_id")
+    eos = next((t for t, i in vocab.items() if i == eot_id), None) if eot_id is not None else None
+    if encoder_input and eos is not None:
+        data["post_processor"] = _eos_template(eot_id, eos)
+    elif not encoder_input and _adds_tokens(data.get("post_processor")):
+        data["post_processor"] = None
+    if data == original:
+        return (text if isinstance(text, str) else json.dumps(text, ensure_ascii=False, indent=2)), eos
+    return json.dumps(data, ensure_ascii=False, indent=2), eos
+
+
+def tokenizer_files(spec: dict[str, Any], kind: str, block_size: int) -> dict[str, str]:
+    """File name -> text of the tokenizer files transformers' AutoTokenizer loads for a tokenizer spec.
+
+    gpt2: vocab.json + merges.txt (GPT-2's own files) and tokenizer.json; byte/char: tokenizer.json. A spec that
+    embeds a tokenizer.json ("tokenizer_json", e.g. the hf tokenizer's) has it written as is, changed only where
+    nanoloom encodes differently (see embedded_tokenizer_json).
+    """
+    encoder_input = kind == "t5"
+    if "tokenizer_json" in spec:
+        text, eos = embedded_tokenizer_json(spec, encoder_input)
+        config = _tokenizer_config("PreTrainedTokenizerFast", eos, block_size, encoder_input)
+        if "<pad>" in _json_vocab(json.loads(text)):  # the hf tokenizer leaves <pad> out of decoded text
+            config["pad_token"] = "<pad>"
+        for key in ("add_bos_token", "add_eos_token"):  # either would make transformers rewrite the post-processor
+            config.pop(key)
+        config["split_special_tokens"] = True
+        return {"tokenizer.json": text, "tokenizer_config.json": _dumps(config)}
+    # The tokenizer is data's; a function-level import, like model/checkpoint.py's load_model.
+    from data.tokenizer import TOKENIZER_NAMES, gpt2_files, tokenizer_from_spec
+
+    if spec.get("name") not in TOKENIZER_NAMES:
+        raise ValueError(
+            f"cannot export the checkpoint's {spec.get('name')!r} tokenizer: it is not one of "
+            f"{', '.join(TOKENIZER_NAMES)} and its spec embeds no tokenizer_json"
+        )
+    tokenizer = tokenizer_from_spec(spec)
+    data = tokenizer_json(tokenizer, encoder_input)
+    files = {"tokenizer.json": json.dumps(data, ensure_ascii=False, indent=2)}
+    if tokenizer.name == "gpt2":
+        vocab_bpe, encoder_json = gpt2_files()
+        files["vocab.json"] = encoder_json.read_text(encoding="utf-8")
+        files["merges.txt"] = vocab_bpe.read_text(encoding="utf-8")
+        config = _tokenizer_config("GPT2Tokenizer", EOT_TEXT, block_size, encoder_input, data["added_tokens"])
+        config.update(unk_token=EOT_TEXT, add_prefix_space=False, errors="replace")
+    else:
+        config = _tokenizer_config("PreTrainedTokenizerFast", EOT_TEXT, block_size, encoder_input, data["added_tokens"])
+    # nanoloom encodes the text "<|endoftext|>" as ordinary text; only the id is end-of-text. Sentinels are
+    # non-special added tokens, so they are still matched.
+    config["split_special_tokens"] = True
+    files["tokenizer_config.json"] = _dumps(config)
+    return files
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# model card
+
+
+def model_card(info: dict[str, Any], hf_config: dict[str, Any], n_params: int, source: str) -> str:
+    """README.md: what the directory holds, how to use it, and the nanoloom config it was made from."""
+    arch, kind = hf_config["architectures"][0], info["kind"]
+    tok = info.get("tokenizer", {})
+    task = "text2text-generation" if kind == "t5" else "text-generation"
+    if kind == "t5":
+        usage = (
+            "from transformers import AutoModelForSeq2SeqLM, AutoTokenizer\n\n"
+            'tokenizer = AutoTokenizer.from_pretrained("<this directory>")\n'
+            'model = AutoModelForSeq2SeqLM.from_pretrained("<this directory>")\n'
+            'ids = model.generate(**tokenizer("your input", return_tensors="pt"), max_new_tokens=50)\n'
+            "print(tokenizer.decode(ids[0], skip_special_tokens=True))"
+        )
+    else:
+        usage = (
+            "from transformers import pipeline\n\n"
+            'generate = pipeline("text-generation", model="<this directory>")\n'
+            'print(generate("Once upon a time", max_new_tokens=50, do_sample=False)[0]["generated_text"])'
+        )
+    rows = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in info["config"].items())
+    meta = ", ".join(f"{k}={v}" for k, v in (info.get("meta") or {}).items() if isinstance(v, (int, float, str)))
+    notes = [
+        f"- Tokenizer: nanoloom's `{tok.get('name')}` tokenizer ({tok.get('vocab_size')} ids, end-of-text id "
+        f"{tok.get('eot_id')}{', ' + str(tok['sentinels']) + ' sentinels' if tok.get('sentinels') else ''}).",
+        "- As in nanoloom, the text `<|endoftext|>` inside a prompt is ordinary text; only the id is end-of-text.",
+    ]
+    if kind == "t5":
+        notes.append("- Encoder inputs end with end-of-text (the tokenizer appends it), as in training.")
+    if tok.get("name") == "char":
+        notes.append(
+            "- Characters outside the training vocabulary are dropped by the tokenizer (nanoloom refuses them)."
+        )
+    return "\n".join(
+        [
+            "---",
+            "library_name: transformers",
+            f"pipeline_tag: {task}",
+            "tags:",
+            "- nanoloom",
+            f"- {hf_config['model_type']}",
+            "---",
+            "",
+            f"# {source}",
+            "",
+            f"A {kind.upper()} language model ({n_params:,} parameters) trained with nanoloom, a from-scratch GPT/T5 "
+            f"framework in plain PyTorch, and exported to the transformers `{arch}` format with "
+            "`python -m model.export`. The exported model computes the same logits as the nanoloom checkpoint.",
+            "",
+            "## Use",
+            "",
+            "```python",
+            usage,
+            "```",
+            "",
+            "## Notes",
+            "",
+            *notes,
+            *([f"- Checkpoint: {meta}."] if meta else []),
+            "",
+            "## nanoloom config",
+            "",
+            "| key | value |",
+            "| --- | --- |",
+            rows,
+            "",
+        ]
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# export
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
+
+
+def _owned(t: torch.Tensor) -> torch.Tensor:
+    """t, or a contiguous copy when it is a view (q/k/v, unpadded rows): older safetensors refuse shared storage."""
+    if t.is_contiguous() and t.untyped_storage().nbytes() == t.numel() * t.element_size():
+        return t
+    return t.clone(memory_format=torch.contiguous_format)
+
+
+def _check_out(out: Path, checkpoint: Path, overwrite: bool) -> None:
+    if out.resolve() == checkpoint.resolve() or out.resolve() in checkpoint.resolve().parents:
+        raise ValueError(f"out={str(out)!r} contains the checkpoint it would replace; choose another directory")
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"out={str(out)!r} is a file; choose a directory path")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"out={str(out)!r} is not empty; pass overwrite=true to replace it")
+
+
+def export_hf(checkpoint: str | Path, out: str | Path, *, dtype: str | None = None, overwrite: bool = False) -> Path:
+    """Write a transformers directory (config.json, model.safetensors, tokenizer, model card) for a checkpoint.
+
+    Args:
+        checkpoint: a checkpoint directory, or a run directory (its latest checkpoint).
+        out: the directory to create; written atomically (nothing appears on failure).
+        dtype: float32 | bfloat16 | float16 for the weights; None keeps the checkpoint's.
+        overwrite: replace a non-empty `out`.
+    Returns:
+        out, as a Path.
+    """
+    directory = resolve_checkpoint(checkpoint)
+    out = Path(out)
+    _check_out(out, directory, overwrite)
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not one of {', '.join(DTYPES)}")
+    info = read_model_json(directory)
+    config = config_from_dict({"kind": info["kind"], **info["config"]})
+    if config.vocab_size is None:
+        raise ValueError(f"{directory / 'model.json'} has no vocab_size; the checkpoint cannot be exported")
+    arch = hf_architecture(config)
+    spec = info.get("tokenizer") or {}
+    tok_vocab = spec.get("vocab_size")
+    if tok_vocab is not None and tok_vocab > config.vocab_size:
+        raise ValueError(f"the tokenizer has {tok_vocab} ids but the model only {config.vocab_size}")
+    files = tokenizer_files(spec, config.kind, config.block_size)
+
+    state = read_state_dict(directory, config)
+    convert = {"gpt2": gpt2_state_dict, "llama": llama_state_dict, "t5": t5_state_dict}[arch]
+    hf_state = convert(state, config)
+    target = DTYPES[dtype] if dtype is not None else next(iter(hf_state.values())).dtype
+    hf_state = {k: _owned(v.to(target) if v.is_floating_point() else v) for k, v in hf_state.items()}
+    eot_id = spec.get("eot_id")
+    hf_config = {"gpt2": gpt2_config, "llama": llama_config, "t5": t5_config}[arch](config, eot_id, target)
+    files["config.json"] = _dumps(hf_config)
+    files["generation_config.json"] = _dumps(generation_config(hf_config))
+    n_params = sum(v.numel() for v in hf_state.values())
+    where = directory.resolve()
+    title = f"{where.parent.parent.name} ({where.name})" if where.parent.name == "checkpoints" else where.name
+    files["README.md"] = model_card(info, hf_config, n_params, title)
+
+    mask = os.umask(0)
+    os.umask(mask)
+    with atomic_directory(out) as tmp:
+        save_file(hf_state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        for name, text in files.items():
+            (tmp / name).write_text(text, encoding="utf-8")
+        # the temporary directory is private (0700); an export is meant to be shared like any other directory
+        for f in tmp.iterdir():
+            f.chmod(0o666 & ~mask)
+        tmp.chmod(0o777 & ~mask)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CLI
+
+USAGE = "usage: python -m model.export checkpoint=<run or checkpoint dir> out=<dir> [dtype=bfloat16] [overwrite=true]"
+ARGS = ("checkpoint", "out", "dtype", "overwrite")
+
+
+def parse_args(argv: list[str]) -> dict[str, str]:
+    """key=value arguments as a dict; an unknown, repeated or malformed one is a one-line ValueError."""
+    args: dict[str, str] = {}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep or not key:
+            raise ValueError(f"cannot parse argument {arg!r}; {USAGE.removeprefix('usage: ')}")
+        if key not in ARGS:
+            raise ValueError(f"unknown argument {key!r}; valid keys: {', '.join(ARGS)}")
+        if key in args:
+            raise ValueError(f"argument {key!r} given twice")
+        args[key] = value
+    for key in ("checkpoint", "out"):
+        if not args.get(key):
+            raise ValueError(f"missing {key}=...; {USAGE.removeprefix('usage: ')}")
+    if args.get("overwrite", "false").lower() not in ("true", "false"):
+        raise ValueError(f"overwrite={args['overwrite']!r} must be true or false")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point: exit status 0 on success, 2 (and one `error:` line) on a user error."""
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(USAGE)
+        return 0
+    try:
+        args = parse_args(argv)
+        out = export_hf(
+            args["checkpoint"],
+            args["out"],
+            dtype=args.get("dtype"),
+            overwrite=args.get("overwrite", "false").lower() == "true",
+        )
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}", file=sys.stderr)
+        return 2
+    arch = json.loads((out / "config.json").read_text())["architectures"][0]
+    print(f"exported {args['checkpoint']} -> {out} ({arch})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
