@@ -12,7 +12,7 @@ from typing import List, Optional
 DOCUMENT_CORPORA = ("shakespeare", "python-code", "text", "tinystories")
 PAIR_CORPORA = ("pairs", "python-docstrings")
 CORPORA = DOCUMENT_CORPORA + PAIR_CORPORA
-TOKENIZERS = ("gpt2", "char", "byte")
+TOKENIZERS = ("gpt2", "char", "byte", "model")  # model: the init_from model's own (python -m train)
 PAIRS_DIRECTIONS = ("code", "docstring", "both")
 
 

@@ -90,7 +90,7 @@ class BatchLoader:
     @property
     def vocab_size(self) -> int:
         """The model's vocabulary: the prepared tokens' plus the given tokenizer's sentinels."""
-        return self.meta["vocab_size"] + (getattr(self._tokenizer, "num_sentinels", 0) if self._tokenizer else 0)
+        return self._tokenizer.vocab_size if self._tokenizer else self.meta["vocab_size"]  # sentinels included
 
     def _rank_rows(self, global_rows: np.ndarray) -> np.ndarray:
         """This rank's slice of an array with one entry per row of the global batch."""

@@ -64,14 +64,17 @@ def content_config(cfg: DataConfig) -> dict[str, Any]:
     return {f: getattr(cfg, f) for f in fields}
 
 
-def fingerprint(cfg: DataConfig, hashes: dict[str, str]) -> str:
-    """sha256 naming a prepared dataset: source contents, parsing and file format versions, content fields."""
+def fingerprint(cfg: DataConfig, hashes: dict[str, str], tokenizer: Tokenizer | None = None) -> str:
+    """sha256 naming a prepared dataset: source contents, parsing and file format versions, content fields (and
+    the given tokenizer's spec for data.tokenizer=model)."""
     key = {
         "format_version": FORMAT_VERSION,
         "corpora_version": CORPORA_VERSION,
         "sources": hashes,
         "config": content_config(cfg),
     }
+    if tokenizer is not None:
+        key["tokenizer"] = tokenizer.spec()
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
@@ -286,16 +289,23 @@ def _publish(tmp: Path, final: Path, key: str) -> None:
             raise
 
 
-def _tokenizer_for(cfg: DataConfig, texts: Iterable[str]) -> Tokenizer:
-    """cfg's tokenizer (without sentinels); a char vocabulary is built from texts, so no split has unknown chars."""
+def _tokenizer_for(cfg: DataConfig, texts: Iterable[str], given: Tokenizer | None = None) -> Tokenizer:
+    """cfg's tokenizer (without sentinels); a char vocabulary is built from texts, so no split has unknown chars.
+
+    data.tokenizer=model: the tokenizer of the model being fine-tuned, given by the trainer.
+    """
+    if cfg.tokenizer == "model":
+        return given
     return CharTokenizer.from_texts(texts) if cfg.tokenizer == "char" else get_tokenizer(cfg.tokenizer)
 
 
-def _write_documents(cfg: DataConfig, tmp: Path, progress: bool, desc: str) -> tuple[Tokenizer, dict[str, Any]]:
+def _write_documents(
+    cfg: DataConfig, tmp: Path, progress: bool, desc: str, given: Tokenizer | None = None
+) -> tuple[Tokenizer, dict[str, Any]]:
     """train.bin and val.bin of a document dataset into tmp; returns the tokenizer and the per-split counts."""
     docs = load_documents(cfg)
     train_docs, val_docs = split_documents(docs, cfg.val_fraction, cfg.split_seed)
-    tokenizer = _tokenizer_for(cfg, (d.text for d in docs))
+    tokenizer = _tokenizer_for(cfg, (d.text for d in docs), given)
     splits = {}
     for split, split_docs in zip(SPLITS, (train_docs, val_docs)):
         tokens = write_tokens(tmp / f"{split}.bin", split_docs, tokenizer, cfg.num_workers, progress, f"{desc} {split}")
@@ -303,11 +313,13 @@ def _write_documents(cfg: DataConfig, tmp: Path, progress: bool, desc: str) -> t
     return tokenizer, splits
 
 
-def _write_pairs(cfg: DataConfig, tmp: Path, progress: bool, desc: str) -> tuple[Tokenizer, dict[str, Any]]:
+def _write_pairs(
+    cfg: DataConfig, tmp: Path, progress: bool, desc: str, given: Tokenizer | None = None
+) -> tuple[Tokenizer, dict[str, Any]]:
     """<split>_pairs.bin/.idx of a pair dataset into tmp; returns the tokenizer and the per-split counts."""
     pairs = load_pairs(cfg)
     train_pairs, val_pairs = split_pairs(pairs, cfg.val_fraction, cfg.split_seed)
-    tokenizer = _tokenizer_for(cfg, (t for p in pairs for t in (p.input, p.target)))
+    tokenizer = _tokenizer_for(cfg, (t for p in pairs for t in (p.input, p.target)), given)
     splits = {}
     for split, split_pairs_ in zip(SPLITS, (train_pairs, val_pairs)):
         files = {"file": f"{split}_pairs.bin", "index": f"{split}_pairs.idx"}
@@ -317,7 +329,7 @@ def _write_pairs(cfg: DataConfig, tmp: Path, progress: bool, desc: str) -> tuple
     return tokenizer, splits
 
 
-def prepare(cfg: DataConfig, cache_dir: str | Path, progress: bool = True) -> Path:
+def prepare(cfg: DataConfig, cache_dir: str | Path, progress: bool = True, tokenizer: Tokenizer | None = None) -> Path:
     """Tokenize cfg's corpora into <cache_dir>/<name>-<tokenizer>-<hash12>/ (reused when it exists) and return it.
 
     Documents: train.bin and val.bin (every document followed by eot_id; split by split_documents). Pairs:
@@ -325,9 +337,15 @@ def prepare(cfg: DataConfig, cache_dir: str | Path, progress: bool = True) -> Pa
     is built from all the text, so val holds no unknown characters. The tokenizer never has sentinels: a T5 loader
     adds them (tokenizer.with_sentinels), they never occur in prepared text.
     """
+    if cfg.tokenizer == "model" and tokenizer is None:
+        raise ValueError(
+            "data.tokenizer=model means the tokenizer of the model being fine-tuned: train with init_from=<model>, "
+            "or choose data.tokenizer=gpt2|char|byte"
+        )
+    tokenizer = tokenizer if cfg.tokenizer == "model" else None
     cache_dir = Path(cache_dir).expanduser()
     hashes = source_hashes(cfg)
-    key = fingerprint(cfg, hashes)
+    key = fingerprint(cfg, hashes, tokenizer)
     final = cache_dir / dataset_name(cfg, key)
     if is_complete(final, key):
         return final
@@ -337,7 +355,7 @@ def prepare(cfg: DataConfig, cache_dir: str | Path, progress: bool = True) -> Pa
     tmp.mkdir()  # unlike tempfile.mkdtemp, honours the umask: a shared cache stays readable
     try:
         write = _write_pairs if cfg.is_pairs else _write_documents
-        tokenizer, splits = write(cfg, tmp, progress, final.name)
+        tokenizer, splits = write(cfg, tmp, progress, final.name, tokenizer)
         meta = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,

@@ -149,9 +149,16 @@ class _Decoder:
     """
 
     def __init__(
-        self, model: LM, idx: torch.Tensor, enc_mask: torch.Tensor | None, max_new_tokens: int, eos_id: int | None
+        self,
+        model: LM,
+        idx: torch.Tensor,
+        enc_mask: torch.Tensor | None,
+        max_new_tokens: int,
+        eos_id: int | None,
+        vocab_limit: int | None = None,
     ) -> None:
         self.model, self.dtype = model, _compute_dtype(model)
+        self.vocab_limit = vocab_limit  # ids >= this are never produced (a T5 embedding padded past its tokenizer)
         self.enc_out: torch.Tensor | None = None
         self.enc_mask = enc_mask
         B, device = idx.size(0), idx.device
@@ -181,7 +188,7 @@ class _Decoder:
                 logits, _ = self.model(idx, input_pos=input_pos)  # (B, T, V)
             else:
                 logits = self.model.decode(idx, self.enc_out, self.enc_mask, input_pos=input_pos)  # (B, T, V)
-        return logits[:, -1, :]
+        return logits[:, -1, : self.vocab_limit]  # (B, V') with V' = vocab_limit or V
 
     def prefill(self) -> torch.Tensor:
         """Logits (B, V) of the first new token: the prompt (gpt) or the decoder start token (t5) goes in."""
@@ -202,7 +209,12 @@ class _Decoder:
 
 @contextlib.contextmanager
 def _cached_decoding(
-    model: LM, idx: torch.Tensor, enc_mask: torch.Tensor | None, max_new_tokens: int, eos_id: int | None
+    model: LM,
+    idx: torch.Tensor,
+    enc_mask: torch.Tensor | None,
+    max_new_tokens: int,
+    eos_id: int | None,
+    vocab_limit: int | None = None,
 ) -> Iterator[tuple[_Decoder, torch.Tensor]]:
     """Yield (decoder, logits (B, V) of the first new token) with the model in eval mode and its KV cache set.
 
@@ -211,7 +223,7 @@ def _cached_decoding(
     was_training = model.training
     try:
         model.eval()
-        decoder = _Decoder(model, idx, enc_mask, max_new_tokens, eos_id)
+        decoder = _Decoder(model, idx, enc_mask, max_new_tokens, eos_id, vocab_limit)
         yield decoder, decoder.prefill()
     finally:
         model.clear_kv_cache()
@@ -230,6 +242,7 @@ def generate_tokens(
     eos_id: int | None = None,
     generator: torch.Generator | None = None,
     enc_mask: torch.Tensor | None = None,
+    vocab_limit: int | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every row, one (B,) LongTensor per step, using the model's KV cache.
 
@@ -244,6 +257,7 @@ def generate_tokens(
             caller trims each row at its first eos_id. A t5 model whose decoder_start_id is None starts from it.
         generator: random source on the model's device (None: torch's global RNG).
         enc_mask: t5 only: (B, T) True for real encoder tokens, False for padding (None: no padding).
+        vocab_limit: only ids below it are generated (the tokenizer's size when the model's vocabulary is larger).
     The model is put in eval mode while generating and restored afterwards; the KV cache is always cleared,
     including when the caller stops iterating early.
     """
@@ -251,7 +265,7 @@ def generate_tokens(
     idx, enc_mask, max_new_tokens = _fit_inputs(model, idx, enc_mask, max_new_tokens)
     if max_new_tokens == 0:
         return
-    with _cached_decoding(model, idx, enc_mask, max_new_tokens, eos_id) as (decoder, logits):
+    with _cached_decoding(model, idx, enc_mask, max_new_tokens, eos_id, vocab_limit) as (decoder, logits):
         finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
         for step in range(max_new_tokens):
             token = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
@@ -323,6 +337,7 @@ def beam_search(
     num_return_sequences: int = 1,
     eos_id: int | None = None,
     enc_mask: torch.Tensor | None = None,
+    vocab_limit: int | None = None,
 ) -> list[list[tuple[list[int], float]]]:
     """Beam search with the KV cache; per input row, up to num_return_sequences (tokens, score), best first.
 
@@ -356,7 +371,7 @@ def beam_search(
     scores = torch.full((B, K), NEG_INF, device=idx.device)
     scores[:, 0] = 0.0  # the K beams of a row start identical: only the first may grow at the first step
     pad = eos_id if eos_id is not None else 0  # fed to the beams of finished rows, whose outputs nobody reads
-    with _cached_decoding(model, idx, enc_mask, max_new_tokens, eos_id) as (decoder, logits):
+    with _cached_decoding(model, idx, enc_mask, max_new_tokens, eos_id, vocab_limit) as (decoder, logits):
         # prefill (and encode) each row once, then copy its cache rows and encoder output to its K beams
         decoder.reorder(torch.arange(B, device=idx.device).repeat_interleave(K))  # cache rows: B -> B*K
         logits = logits.repeat_interleave(K, dim=0)  # (B*K, V)
@@ -392,8 +407,10 @@ def beam_search(
 class _TextDecoder:
     """Token ids -> final text pieces for one row: incremental UTF-8 decoding plus stop-string holdback."""
 
-    def __init__(self, tokenizer: Tokenizer, stop: Sequence[str]) -> None:
+    def __init__(self, tokenizer: Tokenizer, stop: Sequence[str], strip_leading_space: bool = False) -> None:
         self.tokenizer = tokenizer
+        # SentencePiece output starts with its word-boundary space; a fresh (T5) output drops it, as decode() does
+        self.strip_leading_space = strip_leading_space
         self.stop = [s for s in stop if s]
         self.eot_id = getattr(tokenizer, "eot_id", None)
         # invalid bytes become U+FFFD; an incomplete trailing sequence waits for its next bytes
@@ -408,6 +425,8 @@ class _TextDecoder:
         if token == self.eot_id:
             return self.finish()
         self.held += self.utf8.decode(self.tokenizer.decode_bytes([token]))
+        if self.strip_leading_space and self.held:
+            self.held, self.strip_leading_space = self.held.removeprefix(" "), False
         hits = [i for i in (self.held.find(s) for s in self.stop) if i >= 0]
         if hits:  # release what precedes the earliest stop string, never the stop itself
             self.done = True
@@ -435,6 +454,17 @@ class _TextDecoder:
                     longest = n
                     break
         return longest
+
+
+def _vocab_limit(model: LM, tokenizer: Tokenizer) -> int | None:
+    """The tokenizer's size when the model predicts more ids than it can decode (T5's padded 32128 vs 32100)."""
+    size = getattr(tokenizer, "vocab_size", None)
+    return size if size is not None and size < model.config.vocab_size else None
+
+
+def _strips_space(model: LM, tokenizer: Tokenizer) -> bool:
+    """A T5 output decoded token by token with a SentencePiece vocabulary loses its leading word-boundary space."""
+    return model_kind(model) == "t5" and bool(getattr(tokenizer, "strips_leading_space", False))
 
 
 def _make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
@@ -487,7 +517,7 @@ def _generate_text(
         raise ValueError(f"num_samples={num_samples} must be >= 1")
     dev = _prompt_device(model, device)
     idx = _prompt_ids(tokenizer, prompt, num_samples, dev, model_kind(model) == "t5")  # (num_samples, T)
-    rows = [_TextDecoder(tokenizer, stop or []) for _ in range(num_samples)]
+    rows = [_TextDecoder(tokenizer, stop or [], _strips_space(model, tokenizer)) for _ in range(num_samples)]
     tokens = generate_tokens(
         model,
         idx,
@@ -497,6 +527,7 @@ def _generate_text(
         top_p=top_p,
         eos_id=getattr(tokenizer, "eot_id", None),
         generator=_make_generator(seed, dev),
+        vocab_limit=_vocab_limit(model, tokenizer),
     )
     try:
         for step in tokens:
@@ -532,10 +563,11 @@ def _beam_texts(
         early_stopping=early_stopping,
         num_return_sequences=num_return_sequences,
         eos_id=getattr(tokenizer, "eot_id", None),
+        vocab_limit=_vocab_limit(model, tokenizer),
     )[0]
     texts = []
     for tokens, _ in hyps:
-        row = _TextDecoder(tokenizer, stop or [])
+        row = _TextDecoder(tokenizer, stop or [], _strips_space(model, tokenizer))
         texts.append("".join(row.push(t) for t in tokens) + row.finish())
     return texts
 

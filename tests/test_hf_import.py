@@ -354,3 +354,49 @@ def test_hub_name_found_in_the_hub_cache_loads_offline(tmp_path, monkeypatch):
     model, tok = load_model("hf:nanoloom-tests/tiny-gpt2")
     assert model.config.vocab_size == 50 and tok.vocab_size == 50
     _download.cache_clear()
+
+
+def test_t5_text_output_matches_transformers_decode(tmp_path):
+    """Our text2text output equals transformers' greedy generate + decode: no id past the tokenizer's 23 (the
+    model has 32 rows), and no leading SentencePiece space."""
+    hf = t5_folder(tmp_path, "v1.0")
+    with torch.no_grad():  # make some padded ids (23..31) the model's favourites: they must never be produced
+        hf.lm_head.weight[23:] *= 4
+    hf.save_pretrained(tmp_path)
+    t2t = pipeline("text2text-generation", model=f"hf:{tmp_path}", device="cpu")
+    tok = t2t.tokenizer
+    text = "hello world"
+    ids = torch.tensor([tok.encode(text) + [tok.eot_id]])
+    with torch.no_grad():
+        logits_processor = transformers.LogitsProcessorList(
+            [transformers.SuppressTokensLogitsProcessor(list(range(23, 32)), device="cpu")]
+        )
+        out = hf.generate(
+            ids, max_new_tokens=8, do_sample=False, logits_processor=logits_processor, decoder_start_token_id=0
+        )[0]
+    assert int(out.max()) < 23
+    expected = tok.decode([t for t in out[1:].tolist() if t not in (tok.eot_id, 0)])
+    got = t2t(text, max_new_tokens=8)[0]["generated_text"]
+    assert got == expected and not got.startswith(" ")
+
+
+def test_t5_fine_tunes_from_an_hf_folder_with_its_own_tokenizer(tmp_path):
+    """python -m train init_from=hf:<folder> data.tokenizer=model: the data is tokenized with the model's
+    SentencePiece vocabulary, and seq2seq training runs from the pretrained weights."""
+    from train_helpers import compose_train, tiny_run_overrides
+
+    from train.loop import run
+
+    t5_folder(tmp_path / "hf", "v1.1")
+    words = ["hello", "world", "a", "b", "the", "cat"]
+    lines = [json.dumps({"input": f"{a} {b}", "target": f"{b} {a}"}) for a in words for b in words]
+    (tmp_path / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+    overrides = tiny_run_overrides(
+        tmp_path, tmp_path / "pairs.jsonl", init_from=f"hf:{tmp_path / 'hf'}", task="seq2seq", data="pairs",
+        **{"data.tokenizer": "model", "model": "t5-tiny", "samples.eval_pairs": 2, "task.max_new_tokens": 4,
+           "samples.prompts": "[]"},
+    )  # fmt: skip
+    result = run(compose_train(overrides))
+    assert result["step"] == 8
+    model, tokenizer = load_model(tmp_path / "run")
+    assert tokenizer.name == "hf" and model.config.vocab_size == 32 and model.config.n_embd == 32

@@ -1,5 +1,6 @@
 """Preparation: shard layout and meta.json, document split, content-keyed cache, atomic writes, and the Hydra CLI."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -183,3 +184,19 @@ def test_cli_user_error_is_one_line_and_exit_2(tmp_path):
     assert out.stderr.strip().splitlines() == [
         f"error: data.paths: '{tmp_path}/missing.txt' matches no file; give a file, directory or glob"
     ]
+
+
+def test_tokenizer_model_needs_the_trainer_s_tokenizer(tmp_path):
+    from data.config import DataConfig
+    from data.prepare import prepare
+    from data.tokenizer import get_tokenizer
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("one document of real text\n" * 20)
+    cfg = DataConfig(name="t", corpora=["text"], paths=[str(corpus)], tokenizer="model")
+    with pytest.raises(ValueError, match="data.tokenizer=model means the tokenizer of the model being fine-tuned"):
+        prepare(cfg, tmp_path / "cache", progress=False)
+    a = prepare(cfg, tmp_path / "cache", progress=False, tokenizer=get_tokenizer("byte"))
+    b = prepare(cfg, tmp_path / "cache", progress=False, tokenizer=get_tokenizer("gpt2"))
+    assert a != b  # the given tokenizer is part of the cache key
+    assert json.loads((b / "meta.json").read_text())["tokenizer"]["name"] == "gpt2"

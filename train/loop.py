@@ -77,17 +77,21 @@ def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
+    source = load_model(cfg.init_from) if cfg.init_from else None  # (model, tokenizer) to fine-tune, on the CPU
+    given = source[1] if source else None  # data.tokenizer=model tokenizes with it
+
     # data: rank 0 prepares (a no-op when cached), the others wait and then find it
     if info.is_main:
-        data_dir = prepare(cfg.data, cache_dir)
+        data_dir = prepare(cfg.data, cache_dir, tokenizer=given)
     dist.barrier(info)
     if not info.is_main:
-        data_dir = prepare(cfg.data, cache_dir, progress=False)
+        data_dir = prepare(cfg.data, cache_dir, progress=False, tokenizer=given)
     meta = load_meta(data_dir)
-    source = load_model(cfg.init_from) if cfg.init_from else None  # (model, tokenizer) to fine-tune, on the CPU
     kind = source[0].config.kind if source else cfg.model.kind
     tokenizer = tokenizer_from_spec(meta["tokenizer"])
-    if kind == "t5":  # span corruption needs sentinels; seq2seq keeps the same vocabulary for fine-tuning
+    if source is not None and getattr(source[1], "num_sentinels", 0):  # fine-tuning keeps the source's vocabulary
+        tokenizer = tokenizer.with_sentinels(source[1].num_sentinels)
+    elif source is None and kind == "t5":  # span corruption needs sentinels; seq2seq keeps the vocabulary alike
         tokenizer = tokenizer.with_sentinels(T5_SENTINELS)
     _check_objective(kind, cfg.task.objective, meta.get("layout", "documents"), cfg.data.name)
     model_cfg = _init_config(cfg, source, tokenizer) if source else _fit_to_tokenizer(cfg.model, tokenizer)
