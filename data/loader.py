@@ -80,6 +80,11 @@ class BatchLoader:
             self._check_tokenizer(tokenizer)
         self._tokenizer = tokenizer
 
+    def _start_id(self) -> int:
+        """First decoder input of a T5 batch: the model's decoder start id (HF T5: pad 0), else end-of-text."""
+        start = getattr(self, "start_id", None)
+        return self.tokenizer.eot_id if start is None else start
+
     @property
     def tokenizer(self) -> Tokenizer:
         """The tokenizer given (T5: with sentinels), else the one that produced these tokens (built on first use)."""
@@ -242,9 +247,11 @@ class SpanCorruptionLoader(DocumentLoader):
         device: str | torch.device = "cpu",
         noise_density: float = NOISE_DENSITY,
         mean_span_length: float = MEAN_SPAN_LENGTH,
+        start_id: int | None = None,
     ) -> None:
         loader_args = dict(seed=seed, rank=rank, world_size=world_size, device=device, tokenizer=tokenizer)
         super().__init__(data_dir, split, batch_size, **loader_args)
+        self.start_id = start_id  # the model's decoder start id; None: the tokenizer's eot
         self.input_length = input_length
         self.noise_density = noise_density
         self.mean_span_length = mean_span_length
@@ -283,7 +290,7 @@ class SpanCorruptionLoader(DocumentLoader):
         inputs, targets = corrupt(windows, masks, self.sentinel_ids, self.tokenizer.eot_id)  # (B, S), (B, T)
         batch = {
             "enc_idx": torch.from_numpy(inputs),
-            "dec_idx": torch.from_numpy(_decoder_inputs(targets, self.tokenizer.eot_id)),
+            "dec_idx": torch.from_numpy(_decoder_inputs(targets, self._start_id())),
             "targets": torch.from_numpy(targets),
         }
         return self._to_device(batch)
@@ -321,11 +328,13 @@ class Seq2SeqLoader(BatchLoader):
         rank: int = 0,
         world_size: int = 1,
         device: str | torch.device = "cpu",
+        start_id: int | None = None,
     ) -> None:
         if input_length < 1 or target_length < 1:
             raise ValueError(f"input_length={input_length} and target_length={target_length} must both be >= 1")
         loader_args = dict(seed=seed, rank=rank, world_size=world_size, device=device, tokenizer=tokenizer)
         super().__init__(data_dir, split, batch_size, **loader_args)
+        self.start_id = start_id  # the model's decoder start id; None: the tokenizer's eot
         self.input_length = input_length
         self.target_length = target_length
         info = self.meta["splits"][split]
@@ -371,7 +380,7 @@ class Seq2SeqLoader(BatchLoader):
         batch = {
             "enc_idx": torch.from_numpy(enc_idx),
             "enc_mask": torch.from_numpy(enc_mask),
-            "dec_idx": torch.from_numpy(_decoder_inputs(targets, eot)),
+            "dec_idx": torch.from_numpy(_decoder_inputs(targets, self._start_id())),
             "targets": torch.from_numpy(targets),
         }
         return self._to_device(batch)

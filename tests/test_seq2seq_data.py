@@ -283,3 +283,11 @@ def test_python_docstrings_from_the_stdlib(tmp_path, monkeypatch):
     texts = {s: [text(i) + text(t) for i, t in loader(data_dir, split=s).pairs()] for s in ("train", "val")}
     hits = [s for s, ts in texts.items() if any(t.startswith("summarize python: def dedent(text):") for t in ts)]
     assert hits == ["val" if "stdlib:textwrap.py" in val_modules else "train"]
+
+
+def test_decoder_start_is_the_model_s(data_dir):
+    """A T5 loaded from Hugging Face starts its decoder from pad (0): training must start from the same id."""
+    default = loader(data_dir).batch_at(0)["dec_idx"]
+    hf_style = loader(data_dir, start_id=0).batch_at(0)["dec_idx"]
+    assert (default[:, 0] == EOT).all() and (hf_style[:, 0] == 0).all()
+    assert torch.equal(default[:, 1:], hf_style[:, 1:])

@@ -106,7 +106,7 @@ def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[
     optimizer = build_optimizer(raw_model, cfg.optim, device.type)
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     torch.manual_seed(tcfg.seed + info.rank)
-    train_loader = build_loader(cfg, data_dir, "train", tokenizer, T, info, device)
+    train_loader = build_loader(cfg, data_dir, "train", tokenizer, model_cfg, info, device)
     state, resume_from = TrainState(), find_resume_checkpoint(cfg.resume, run_dir)
     if resume_from is not None:
         state = _restore(resume_from, raw_model, optimizer, scaler, train_loader, tokenizer.spec(), info)
@@ -115,7 +115,7 @@ def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[
                       resume_step=state.step if resume_from is not None else None)  # fmt: skip
     r = Run(
         cfg, raw_model, dist.wrap(model, info, device), optimizer, scaler, train_loader,
-        build_loader(cfg, data_dir, "val", tokenizer, T, info, device), tokenizer,
+        build_loader(cfg, data_dir, "val", tokenizer, model_cfg, info, device), tokenizer,
         _encodable_prompts(cfg.samples.prompts, tokenizer) if cfg.task.objective != "seq2seq" else [],
         autocast(device, dtype), tracker, info, to_yaml(cfg, model_cfg),
     )  # fmt: skip
@@ -320,19 +320,29 @@ def _check_objective(kind: str, objective: str, layout: str, data_name: str) -> 
 
 
 def build_loader(
-    cfg: TrainConfig, data_dir: Path, split: str, tokenizer: Any, T: int, info: dist.DistInfo, device: torch.device
+    cfg: TrainConfig,
+    data_dir: Path,
+    split: str,
+    tokenizer: Any,
+    model_cfg: Any,
+    info: dist.DistInfo,
+    device: torch.device,
 ) -> Any:
     """The batch source of the task's objective: dicts of the model's forward arguments."""
+    T = model_cfg.block_size
+    start_id = getattr(model_cfg, "decoder_start_id", None)  # T5 trains from the start id it generates from
     common = dict(batch_size=cfg.trainer.batch_size, seed=cfg.trainer.seed, rank=info.rank,
                   world_size=info.world_size, device=device)  # fmt: skip
     objective = cfg.task.objective
     if objective == "span_corruption":
         return SpanCorruptionLoader(
             data_dir, split, input_length=T, tokenizer=tokenizer, noise_density=cfg.task.noise_density,
-            mean_span_length=cfg.task.mean_span_length, **common,
+            mean_span_length=cfg.task.mean_span_length, start_id=start_id, **common,
         )  # fmt: skip
     if objective == "seq2seq":
-        return Seq2SeqLoader(data_dir, split, input_length=T, target_length=T, tokenizer=tokenizer, **common)
+        return Seq2SeqLoader(
+            data_dir, split, input_length=T, target_length=T, tokenizer=tokenizer, start_id=start_id, **common
+        )
     return CausalLMLoader(data_dir, split, block_size=T, **common)
 
 
