@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from model.checkpoint import WEIGHTS, atomic_directory, read_model_json, resolve_checkpoint
 from model.config import GPTConfig, T5Config
+from model.hf import t5_rename
 from model.registry import build_model, config_from_dict
 
 EOT_TEXT = "<|endoftext|>"
@@ -48,21 +49,6 @@ _LLAMA_BLOCK = {
     "mlp.c_gate": "mlp.up_proj",
     "mlp.c_proj": "mlp.down_proj",
 }
-
-# ours -> HF T5 (the reverse of model/hf.py's renames; \1 = stack, \2 = block index), first match wins
-_T5_RENAMES = [
-    (r"^(encoder|decoder)\.rel_bias\.relative_attention_bias\.",
-     r"\1.block.0.layer.0.SelfAttention.relative_attention_bias."),
-    (r"^(encoder|decoder)\.block\.(\d+)\.attn\.", r"\1.block.\2.layer.0.SelfAttention."),
-    (r"^(encoder|decoder)\.block\.(\d+)\.ln_1\.", r"\1.block.\2.layer.0.layer_norm."),
-    (r"^decoder\.block\.(\d+)\.cross_attn\.", r"decoder.block.\1.layer.1.EncDecAttention."),
-    (r"^decoder\.block\.(\d+)\.ln_cross\.", r"decoder.block.\1.layer.1.layer_norm."),
-    (r"^encoder\.block\.(\d+)\.mlp\.", r"encoder.block.\1.layer.1.DenseReluDense."),
-    (r"^encoder\.block\.(\d+)\.ln_2\.", r"encoder.block.\1.layer.1.layer_norm."),
-    (r"^decoder\.block\.(\d+)\.mlp\.", r"decoder.block.\1.layer.2.DenseReluDense."),
-    (r"^decoder\.block\.(\d+)\.ln_2\.", r"decoder.block.\1.layer.2.layer_norm."),
-    (r"^(encoder|decoder)\.ln_f\.", r"\1.final_layer_norm."),
-]  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -166,13 +152,10 @@ def t5_state_dict(state: dict[str, torch.Tensor], config: T5Config) -> dict[str,
     for key, value in state.items():
         if key in ("shared.weight", "lm_head.weight"):
             continue
-        for pattern, repl in _T5_RENAMES:
-            name, n = re.subn(pattern, repl, key)
-            if n:
-                out[name] = value
-                break
-        else:
+        name = t5_rename(key, to_hf=True)
+        if name is None:
             raise AssertionError(f"no Hugging Face T5 name for {key}")
+        out[name] = value
     return out
 
 

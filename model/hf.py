@@ -115,20 +115,39 @@ def t5_config_from_hf(hf_config: dict[str, Any], **overrides: Any) -> T5Config:
     return T5Config(**{**kwargs, **overrides})
 
 
-# HF T5 key patterns -> ours (applied in order; \\1 = stack, \\2 = block index)
-_T5_RENAMES = [
-    (r"^(encoder|decoder)\.block\.0\.layer\.0\.SelfAttention\.relative_attention_bias\.",
-     r"\1.rel_bias.relative_attention_bias."),
-    (r"^(encoder|decoder)\.block\.(\d+)\.layer\.0\.SelfAttention\.", r"\1.block.\2.attn."),
-    (r"^(encoder|decoder)\.block\.(\d+)\.layer\.0\.layer_norm\.", r"\1.block.\2.ln_1."),
-    (r"^(decoder)\.block\.(\d+)\.layer\.1\.EncDecAttention\.", r"\1.block.\2.cross_attn."),
-    (r"^(decoder)\.block\.(\d+)\.layer\.1\.layer_norm\.", r"\1.block.\2.ln_cross."),
-    (r"^(encoder)\.block\.(\d+)\.layer\.1\.DenseReluDense\.", r"\1.block.\2.mlp."),
-    (r"^(encoder)\.block\.(\d+)\.layer\.1\.layer_norm\.", r"\1.block.\2.ln_2."),
-    (r"^(decoder)\.block\.(\d+)\.layer\.2\.DenseReluDense\.", r"\1.block.\2.mlp."),
-    (r"^(decoder)\.block\.(\d+)\.layer\.2\.layer_norm\.", r"\1.block.\2.ln_2."),
-    (r"^(encoder|decoder)\.final_layer_norm\.", r"\1.ln_f."),
-]  # fmt: skip
+# One table for both directions (ours, Hugging Face's), {s} = encoder|decoder, {i} = block index. First match wins,
+# so the relative bias (stored in block 0's self-attention on the Hugging Face side) comes before that layer.
+_T5_NAMES = [
+    ("{s}.rel_bias.relative_attention_bias.", "{s}.block.0.layer.0.SelfAttention.relative_attention_bias."),
+    ("{s}.block.{i}.attn.", "{s}.block.{i}.layer.0.SelfAttention."),
+    ("{s}.block.{i}.ln_1.", "{s}.block.{i}.layer.0.layer_norm."),
+    ("decoder.block.{i}.cross_attn.", "decoder.block.{i}.layer.1.EncDecAttention."),
+    ("decoder.block.{i}.ln_cross.", "decoder.block.{i}.layer.1.layer_norm."),
+    ("encoder.block.{i}.mlp.", "encoder.block.{i}.layer.1.DenseReluDense."),
+    ("encoder.block.{i}.ln_2.", "encoder.block.{i}.layer.1.layer_norm."),
+    ("decoder.block.{i}.mlp.", "decoder.block.{i}.layer.2.DenseReluDense."),
+    ("decoder.block.{i}.ln_2.", "decoder.block.{i}.layer.2.layer_norm."),
+    ("{s}.ln_f.", "{s}.final_layer_norm."),
+]
+
+
+def _rule(source: str, target: str) -> tuple[re.Pattern, str]:
+    """A (regex, replacement) pair that rewrites the source template's prefix into the target's."""
+    pattern = re.escape(source).replace(r"\{s\}", "(?P<s>encoder|decoder)").replace(r"\{i\}", r"(?P<i>\d+)")
+    return re.compile("^" + pattern), target.replace("{s}", r"\g<s>").replace("{i}", r"\g<i>")
+
+
+_T5_TO_HF = [_rule(ours, hf) for ours, hf in _T5_NAMES]
+_T5_FROM_HF = [_rule(hf, ours) for ours, hf in _T5_NAMES]
+
+
+def t5_rename(name: str, to_hf: bool) -> str | None:
+    """Our T5 parameter name as Hugging Face's (to_hf) or the reverse; None when no rule matches."""
+    for pattern, repl in _T5_TO_HF if to_hf else _T5_FROM_HF:
+        new, n = pattern.subn(repl, name)
+        if n:
+            return new
+    return None
 
 
 # The original T5 checkpoints (t5-small ...) carry a relative-position bias for cross-attention that T5 never uses.
@@ -143,12 +162,7 @@ def t5_state_dict_from_hf(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.
             continue  # both are the shared embedding
         if key == _T5_UNUSED:
             continue
-        name = key
-        for pattern, repl in _T5_RENAMES:
-            name, n = re.subn(pattern, repl, name)
-            if n:
-                break
-        out[name] = value
+        out[t5_rename(key, to_hf=False) or key] = value  # shared/lm_head keep their names
     if "lm_head.weight" not in out and "shared.weight" in out:
         out["lm_head.weight"] = out["shared.weight"]  # v1.0, and v1.1 as transformers >= 5 saves it
     return out

@@ -75,19 +75,18 @@ def seq2seq_scores(
     eot = tokenizer.eot_id
     scores: dict[str, list[float]] = {"exact_match": [], "rouge_l": []}
     shown = []
+    pairs = list(loader.pairs(limit=samples.eval_pairs))  # both sides end with eot in the data
+    sources = [tokenizer.decode([t for t in source_ids if t != eot]) for source_ids, _ in pairs]
     with warnings.catch_warnings():  # the loader already reported over-long pairs once; no warning per pair here
         warnings.simplefilter("ignore", UserWarning)
-        pairs = list(loader.pairs(limit=samples.eval_pairs))
         predictions = [
             complete(
-                model, tokenizer, tokenizer.decode([t for t in source_ids if t != eot]),
-                max_new_tokens=task.max_new_tokens, temperature=task.temperature, top_k=task.top_k, top_p=task.top_p,
-                stop=list(task.stop), seed=samples.seed, num_beams=task.num_beams,
+                model, tokenizer, source, max_new_tokens=task.max_new_tokens, temperature=task.temperature,
+                top_k=task.top_k, top_p=task.top_p, stop=list(task.stop), seed=samples.seed, num_beams=task.num_beams,
             )[0]
-            for source_ids, _ in pairs
+            for source in sources
         ]  # fmt: skip
-    for (source_ids, target_ids), prediction in zip(pairs, predictions):
-        source = tokenizer.decode([t for t in source_ids if t != eot])  # both sides end with eot in the data
+    for source, (_, target_ids), prediction in zip(sources, pairs, predictions):
         reference = tokenizer.decode([t for t in target_ids if t != eot])
         scores["exact_match"].append(exact_match(prediction, reference))
         scores["rouge_l"].append(rouge_l(prediction, reference))
