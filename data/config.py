@@ -38,7 +38,10 @@ class DataConfig:
     pairs_direction: str = "both"
     max_documents: Optional[int] = None  # first N documents of each corpus (tinystories: of each file; pairs: pairs)
     val_fraction: float = 0.05  # share held out for validation: of documents, of pairs, of modules (python-docstrings)
-    split_seed: int = 1337  # seed of the document shuffle that decides the split
+    split_seed: int = 1337  # seed of the document shuffle that decides the split (and of fim_rate's choices)
+    # fill-in-the-middle (data/fim.py): share of TRAINING documents rearranged to prefix-suffix-middle, in [0, 1];
+    # documents only. val is never rearranged, so val/loss stays the plain left-to-right loss, comparable across runs
+    fim_rate: float = 0.0
     num_workers: int = 2  # tokenizer threads (gpt2); byte and char are vectorised numpy
 
     def __post_init__(self) -> None:
@@ -71,6 +74,13 @@ class DataConfig:
             )
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"data.val_fraction={self.val_fraction} must be between 0 and 1 (exclusive)")
+        if not 0.0 <= self.fim_rate <= 1.0:
+            raise ValueError(f"data.fim_rate={self.fim_rate} must be between 0 and 1 (inclusive)")
+        if self.fim_rate > 0 and pair_corpora:
+            raise ValueError(
+                f"data.fim_rate={self.fim_rate} rearranges documents, but data.corpora ({', '.join(pair_corpora)}) "
+                "are input/target pairs: set data.fim_rate=0"
+            )
         if self.max_documents is not None and self.max_documents < 1:
             raise ValueError(f"data.max_documents={self.max_documents} must be >= 1 (or null for all)")
         if self.num_workers < 1:

@@ -122,6 +122,16 @@ class BatchLoader:
                 "prepared with; build it with tokenizer_from_spec(load_meta(data_dir)['tokenizer']), "
                 "then .with_sentinels(n) for T5"
             )
+        # Sentinels added after preparation push appended fill-in-the-middle ids up: the prepared ones would then
+        # read as sentinels.
+        if self.meta["tokenizer"].get("fim"):
+            prepared = tokenizer_from_spec(self.meta["tokenizer"]).fim_ids
+            if tokenizer.fim_ids != prepared:
+                raise ValueError(
+                    f"{self.data_dir.name} holds fill-in-the-middle ids {prepared} (data.fim_rate > 0), which "
+                    f"{tokenizer!r} gives to its sentinels: fill-in-the-middle data is for GPT models; "
+                    "prepare T5 data with data.fim_rate=0"
+                )
 
     def batch_at(self, n: int) -> dict[str, torch.Tensor]:
         """This rank's rows of global batch n; pure: the same n always gives the same batch, position is untouched."""

