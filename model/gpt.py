@@ -119,14 +119,22 @@ class GPT(nn.Module):
             nn.init.zeros_(module.bias)
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, input_pos: torch.Tensor | None = None
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        input_pos: torch.Tensor | None = None,
+        left_pad: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits for every position, and the mean cross-entropy when targets are given.
 
         Args:
             idx: (B, T) token ids.
             targets: (B, T) next-token ids; -1 marks positions to ignore.
-            input_pos: (T,) absolute positions of idx; required while a KV cache is set (see set_kv_cache).
+            input_pos: (T,) KV-cache slots of idx; required while a KV cache is set (see set_kv_cache). Without
+                left_pad they are also the positions.
+            left_pad: (B,) cached generation of prompts of different lengths: row b's first left_pad[b] slots are
+                padding, never attended to, and its position at slot s is s - left_pad[b], so a padded row computes
+                what it would alone.
         Returns:
             (logits (B, T, V) over the real vocabulary, loss or None).
         """
@@ -141,10 +149,14 @@ class GPT(nn.Module):
         else:
             pos = input_pos
             mask = self.mask_cache.index_select(0, input_pos) if self.mask_cache is not None else None  # (T, L)
+            if left_pad is not None:
+                pos, mask = self._padded(input_pos, left_pad, mask)  # (B, T), (B, 1, T, L)
         x = self.transformer.wte(idx)  # (B, T, C)
         if self.transformer.wpe is not None:
-            x = x + self.transformer.wpe(pos)  # (T, C) broadcast over B
-        rope = self.rope.index_select(0, pos) if self.rope is not None else None  # (T, hs/2, 2)
+            x = x + self.transformer.wpe(pos)  # (T, C) broadcast over B, or (B, T, C)
+        rope = None
+        if self.rope is not None:  # (T, hs/2, 2), or (B, 1, T, hs/2, 2) for per-row positions
+            rope = self.rope.index_select(0, pos) if pos.dim() == 1 else self.rope[pos].unsqueeze(1)
         x = self.transformer.drop(x)
         for block in self.transformer.h:
             x = block(x, rope, mask, input_pos)
@@ -157,6 +169,20 @@ class GPT(nn.Module):
             # cross_entropy upcasts to fp32 under autocast; mean over the non-ignored tokens
             loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
+
+    def _padded(
+        self, input_pos: torch.Tensor, left_pad: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-row positions (B, T) and attention mask (B, 1, T, L) of left-padded rows under a KV cache."""
+        if mask is None:
+            raise ValueError("left_pad needs a KV cache: call set_kv_cache() first")
+        slots = torch.arange(mask.size(-1), device=mask.device)  # (L,)
+        real = slots[None, :] >= left_pad[:, None]  # (B, L): keys that are not padding
+        # a padding query sees itself only (a softmax over no keys would be NaN); real queries never see padding
+        own = slots[None, None, :] == input_pos[None, :, None]  # (1, T, L)
+        mask = mask[None] & (real[:, None, :] | own)  # (B, T, L)
+        pos = (input_pos[None, :] - left_pad[:, None]).clamp(min=0)  # (B, T)
+        return pos, mask[:, None]
 
     def set_kv_cache(
         self,

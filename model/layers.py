@@ -86,7 +86,8 @@ def rope_cache(seq_len: int, head_size: int, base: float, device: torch.device |
 
 
 def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (x[..., :hs/2], x[..., hs/2:]) of x (B, nh, T, hs) by angles rope (T, hs/2, 2)."""
+    """Rotate pairs (x[..., :hs/2], x[..., hs/2:]) of x (B, nh, T, hs) by angles rope (T, hs/2, 2) or, per row,
+    (B, 1, T, hs/2, 2)."""
     x1, x2 = x.float().chunk(2, dim=-1)  # (B, nh, T, hs/2) each: the "rotate half" layout of GPT-NeoX/Llama
     cos, sin = rope[..., 0], rope[..., 1]  # (T, hs/2)
     out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)  # (B, nh, T, hs)

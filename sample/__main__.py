@@ -17,6 +17,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
@@ -24,25 +25,35 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from model.checkpoint import load_model, read_model_json
 from sample.config import SampleConfig, TaskConfig, config_error_message, register_schema
-from sample.generate import complete, model_kind, resolve_device, stream
+from sample.generate import Completion, generate, infill, model_kind, resolve_device, row_seeds
+from sample.provenance import append_records, check_identity, checkpoint_identity, read_records, sample_record
+from sample.sampling import GenerationConfig
+from sample.stopping import parses
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 SCHEMAS = {"": SampleConfig, "task": TaskConfig}  # where "did you mean ...?" looks for keys
-FREE_TEXT_KEYS = ("checkpoint", "prompt", "prompt_file")  # values taken verbatim, outside Hydra's override grammar
+# values taken verbatim, outside Hydra's override grammar
+FREE_TEXT_KEYS = ("checkpoint", "prompt", "prompt_file", "prefix", "suffix", "out", "replay")
 USAGE = """\
 usage: python -m sample checkpoint=<run or checkpoint dir> (prompt="..." | prompt_file=<path>) [key=value ...]
+       python -m sample checkpoint=<dir> prefix="..." suffix="..."   fill in the middle (a model trained with FIM)
+       python -m sample replay=<samples.jsonl>                         regenerate recorded samples and compare
 
-keys: task=story|code|seq2seq|span_corruption  num_samples=N  max_new_tokens=N  temperature=T  top_k=K  top_p=P
-      seed=S  stream=true  num_beams=N  length_penalty=L  early_stopping=true  device=auto|cpu|cuda|mps
-      task.stop='[...]'  (all keys: configs/sample.yaml, configs/task/*.yaml)
+keys: task=story|code|seq2seq|span_corruption  num_samples=N  seed=S  stream=true  out=<samples.jsonl>
+      max_new_tokens=N  min_new_tokens=N  do_sample=true|false  temperature=T  top_k=K  top_p=P  min_p=P
+      typical_p=P  repetition_penalty=R  presence_penalty=P  frequency_penalty=F  no_repeat_ngram_size=N
+      num_beams=N  length_penalty=L  early_stopping=true  device=auto|cpu|cuda|mps
+      task.stop_strings='[...]'  task.bad_words='[...]'  task.eos_token_id='[...]'  (all keys: configs/sample.yaml,
+      configs/task/*.yaml; the controls and their order: sample/sampling.py)
 a gpt checkpoint prints prompt + completion; a t5 checkpoint (prompt = encoder input) prints the output alone
-checkpoint=, prompt= and prompt_file= take their value verbatim (quote it for the shell only); other values follow
-Hydra's override grammar. options: --cfg  print the composed config and exit;  -h, --help  this message
+checkpoint=, prompt=, prompt_file=, prefix=, suffix=, out= and replay= take their value verbatim (quote it for the
+shell only); other values follow Hydra's override grammar.
+options: --cfg  print the composed config and exit;  -h, --help  this message
 """
 
 
 def split_free_text(args: list[str]) -> tuple[list[str], dict[str, str]]:
-    """Separate checkpoint=, prompt= and prompt_file= (taken verbatim) from the Hydra overrides.
+    """Separate the FREE_TEXT_KEYS (checkpoint=, prompt=, ...: taken verbatim) from the Hydra overrides.
 
     Hydra's override grammar reserves characters prompts are full of ("Once upon a time," is a sweep,
     "def fibonacci(n):" a parse error), so these values skip it. One pair of surrounding quotes is removed, so the
@@ -96,22 +107,45 @@ def read_prompt(cfg: SampleConfig) -> str:
         raise ValueError(f"cannot read prompt_file={cfg.prompt_file!r} ({e}); pass a readable text file") from None
 
 
-def run(cfg: SampleConfig) -> None:
-    """Load the checkpoint and print cfg.num_samples completions of the prompt to stdout."""
-    settings = cfg.settings()
-    prompt = read_prompt(cfg)
-    device = resolve_device(cfg.device)
-    model, tokenizer = load_model(cfg.checkpoint, device=device)
+def _model_dtype(model: object) -> torch.dtype:
+    p = next(model.parameters(), None)
+    return p.dtype if p is not None else torch.float32
+
+
+def _load(checkpoint: str, device: torch.device) -> tuple[object, object, str]:
+    model, tokenizer = load_model(checkpoint, device=device)
     kind = model_kind(model)
     if kind not in ("gpt", "t5"):
-        raise ValueError(f"checkpoint={cfg.checkpoint!r} holds a {kind} model; python -m sample needs gpt or t5")
+        raise ValueError(f"checkpoint={checkpoint!r} holds a {kind} model; python -m sample needs gpt or t5")
+    return model, tokenizer, kind
+
+
+def _syntax_note(code: str) -> tuple[bool, str]:
+    ok, error = parses(code)
+    return ok, "parses as Python" if ok else f"does not parse as Python: {error}"
+
+
+def run(cfg: SampleConfig) -> None:
+    """Load the checkpoint and print cfg.num_samples completions (or infills) to stdout."""
+    if cfg.replay is not None:
+        replay(cfg.replay, cfg.device)
+        return
+    settings = cfg.settings()
+    infilling = cfg.prefix is not None or cfg.suffix is not None
+    prefix, suffix = cfg.prefix or "", cfg.suffix or ""
+    prompt = "" if infilling else read_prompt(cfg)
+    device = resolve_device(cfg.device)
+    model, tokenizer, kind = _load(cfg.checkpoint, device)
+    generation = settings.generation(tokenizer)
+    seed = row_seeds(cfg.seed, 1)[0]  # drawn when null, and printed, so any run can be repeated
     step = read_model_json(cfg.checkpoint).get("meta", {}).get("step")
     beams = settings.num_beams > 1
     print(
         f"sampling {cfg.checkpoint} ({kind}, {model.num_params() / 1e6:.2f}M params"
         + (f", step {step}" if step is not None else "")
         + f") on {device}, task={settings.name}"
-        + (f", beam search with {settings.num_beams} beams" if beams else "")
+        + (", fill in the middle" if infilling else "")
+        + (f", beam search with {settings.num_beams} beams" if beams else f", seed={seed}")
         + ("; t5: the prompt is the encoder input, each output is printed alone" if kind == "t5" else ""),
         file=sys.stderr,
     )
@@ -121,32 +155,97 @@ def run(cfg: SampleConfig) -> None:
             "are not used",
             stacklevel=2,
         )
-    args = dict(
-        max_new_tokens=settings.max_new_tokens,
-        temperature=settings.temperature,
-        top_k=settings.top_k,
-        top_p=settings.top_p,
-        stop=list(settings.stop),
-    )
-    echo = prompt if kind == "gpt" else ""  # gpt: prompt + completion; t5: the output alone
+    echo = prefix if infilling else (prompt if kind == "gpt" else "")  # t5 prints its output alone
     label = "beam" if beams else ("sample" if kind == "gpt" else "output")
     n = cfg.num_samples
-    if cfg.stream:  # one sample after another, each printed as it is generated
+
+    def one_call(config: GenerationConfig, call_seed: int, on_text=None) -> list[Completion]:
+        if infilling:
+            return infill(model, tokenizer, prefix, suffix, config, seed=call_seed, on_text=on_text)
+        return generate(model, tokenizer, prompt, config, seed=call_seed, on_text=on_text)[0]
+
+    if cfg.stream:  # one sample after another, each printed as it is generated (same samples as a batch)
+        completions = []
         for i in range(n):
             sys.stdout.write(f"--- {label} {i + 1}/{n} ---\n{echo}")
             sys.stdout.flush()
-            seed = None if cfg.seed is None else cfg.seed + i
-            for piece in stream(model, tokenizer, prompt, seed=seed, **args):
-                sys.stdout.write(piece)
-                sys.stdout.flush()
-            sys.stdout.write("\n")
+            write = lambda _row, piece: (sys.stdout.write(piece), sys.stdout.flush())  # noqa: E731
+            completions += one_call(generation.replace(num_return_sequences=1), seed + i, write)
+            sys.stdout.write(f"{suffix}\n")
+            _report(settings, completions[-1], prompt, prefix, suffix, infilling)
     else:  # all samples as one batch; with beam search, the num_samples best beams, best first
-        beam_args = dict(
-            num_beams=settings.num_beams, length_penalty=settings.length_penalty, early_stopping=settings.early_stopping
-        )
-        for i, text in enumerate(complete(model, tokenizer, prompt, num_samples=n, seed=cfg.seed, **args, **beam_args)):
-            sys.stdout.write(f"--- {label} {i + 1}/{n} ---\n{echo}{text}\n")
+        completions = one_call(generation, seed)
+        for i, c in enumerate(completions):
+            sys.stdout.write(f"--- {label} {i + 1}/{n} ---\n{echo}{c.text}{suffix}\n")
+            sys.stdout.flush()
+            _report(settings, c, prompt, prefix, suffix, infilling)
+    if settings.check_syntax and n > 1:
+        ok = sum(_full_text(c, prompt, prefix, suffix, infilling) is not None and parses(
+            _full_text(c, prompt, prefix, suffix, infilling))[0] for c in completions)  # fmt: skip
+        print(f"{ok}/{n} samples parse as Python", file=sys.stderr)
+    if cfg.out is not None:
+        identity = checkpoint_identity(cfg.checkpoint)
+        text_input = {"prefix": prefix, "suffix": suffix} if infilling else {"prompt": prompt}
+        records = [
+            sample_record(
+                identity, task=settings.name, mode="infill" if infilling else "complete", text_input=text_input,
+                completion=c, generation=generation.to_dict(), index=i, device=device, dtype=_model_dtype(model),
+                parses=parses(_full_text(c, prompt, prefix, suffix, infilling))[0] if settings.check_syntax else None,
+            )
+            for i, c in enumerate(completions)
+        ]  # fmt: skip
+        append_records(cfg.out, records)
+        print(f"wrote {len(records)} sample record(s) to {cfg.out}", file=sys.stderr)
     sys.stdout.flush()
+
+
+def _full_text(c: Completion, prompt: str, prefix: str, suffix: str, infilling: bool) -> str:
+    """The whole document a completion makes: prompt + completion, or prefix + middle + suffix."""
+    return prefix + c.text + suffix if infilling else prompt + c.text
+
+
+def _report(settings: TaskConfig, c: Completion, prompt: str, prefix: str, suffix: str, infilling: bool) -> None:
+    """After each sample (stderr): why it ended and, for code presets, whether it parses."""
+    note = f"[ended: {c.finish_reason}"
+    if settings.check_syntax:
+        note += "; " + _syntax_note(_full_text(c, prompt, prefix, suffix, infilling))[1]
+    print(note + "]", file=sys.stderr)
+
+
+def replay(path: str, device_name: str = "auto") -> None:
+    """Regenerate every record of a JSONL file written by out= and compare; exit status 1 if any differs."""
+    records = read_records(path)
+    device = resolve_device(device_name)
+    loaded: dict[str, tuple[object, object, str, dict]] = {}
+    same = 0
+    for n, record in enumerate(records, 1):
+        checkpoint = record["checkpoint"]
+        if checkpoint not in loaded:
+            model, tokenizer, kind = _load(checkpoint, device)
+            loaded[checkpoint] = (model, tokenizer, kind, checkpoint_identity(checkpoint))
+        model, tokenizer, kind, identity = loaded[checkpoint]
+        check_identity(record, identity)
+        if record.get("device") not in (None, device.type):
+            warnings.warn(f"record {n} was sampled on {record['device']}, replayed on {device.type}", stacklevel=2)
+        config = GenerationConfig(**record["generation"])
+        beams = config.num_beams > 1
+        index = record.get("index", 0) if beams else 0
+        if not beams:
+            config = config.replace(num_return_sequences=1)  # a row samples alone exactly as in its batch
+        if record["mode"] == "infill":
+            out = infill(model, tokenizer, record["prefix"], record["suffix"], config, seed=record["seed"])
+        else:
+            out = generate(model, tokenizer, record["prompt"], config, seed=record["seed"])[0]
+        c = out[index]
+        match = c.text == record["completion"] and c.token_ids == record["token_ids"]
+        same += match
+        status = "same" if match else "DIFFERENT"
+        print(f"--- record {n}/{len(records)}: {status} (seed {record['seed']}) ---\n{c.text}")
+        if not match:
+            print(f"recorded:\n{record['completion']}", file=sys.stderr)
+    print(f"replayed {len(records)} sample(s) from {path}: {same} reproduced exactly", file=sys.stderr)
+    if same != len(records):
+        sys.exit(1)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,53 +19,36 @@ from hydra.errors import MissingConfigException, OverrideParseException
 from omegaconf import MISSING
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+from sample.sampling import GenerationConfig
+
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 OBJECTIVES = ("causal", "span_corruption", "seq2seq")  # causal trains gpt models; the other two t5 models
-# SampleConfig fields that override the task preset's field of the same name when they are not null
-OVERRIDES = ("max_new_tokens", "temperature", "top_k", "top_p", "num_beams", "length_penalty", "early_stopping")
-
-
-def _check_sampling(prefix: str, temperature: Optional[float], top_k: Optional[int], top_p: Optional[float]) -> None:
-    if temperature is not None and temperature < 0:
-        raise ValueError(f"{prefix}temperature={temperature} must be >= 0 (0 = greedy); e.g. temperature=0.8")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"{prefix}top_k={top_k} must be >= 1; use {prefix}top_k=null to keep every token")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"{prefix}top_p={top_p} must be in (0, 1]; use 1.0 to keep every token")
-
-
-def _check_max_new_tokens(name: str, value: Optional[int]) -> None:
-    if value is not None and value < 1:
-        raise ValueError(f"{name}={value} must be >= 1")
-
-
-def _check_beams(prefix: str, num_beams: Optional[int], length_penalty: Optional[float]) -> None:
-    if num_beams is not None and num_beams < 1:
-        raise ValueError(f"{prefix}num_beams={num_beams} must be >= 1 (1 = sampling or greedy, > 1 = beam search)")
-    if length_penalty is not None and not math.isfinite(length_penalty):
-        raise ValueError(f"{prefix}length_penalty={length_penalty} must be a finite number; e.g. 1.0")
+# SampleConfig fields that override the task preset's control of the same name when they are not null: every
+# decoding control of GenerationConfig except the ones only a preset sets (token-id lists, stop rules)
+OVERRIDES = (
+    "max_new_tokens", "max_length", "min_new_tokens", "do_sample", "temperature", "top_k", "top_p", "min_p",
+    "typical_p", "repetition_penalty", "presence_penalty", "frequency_penalty", "no_repeat_ngram_size", "num_beams",
+    "length_penalty", "early_stopping",
+)  # fmt: skip
 
 
 @dataclass
-class TaskConfig:
+class TaskConfig(GenerationConfig):
+    """A preset of configs/task/: the decoding controls (GenerationConfig's fields) plus what training reads."""
+
     name: str = "default"  # preset label: story | code | seq2seq | span_corruption | configs/task/<yours>.yaml
-    max_new_tokens: int = 200  # tokens generated per sample, at most (the prompt not counted)
-    temperature: float = 1.0  # 0 = greedy argmax; < 1 sharper, > 1 more random
-    top_k: Optional[int] = None  # keep the k most likely tokens (applied first); null = all
-    top_p: Optional[float] = None  # nucleus: smallest set with this probability mass (applied last); null = all
-    stop: List[str] = field(default_factory=list)  # a completion ends before the first of these strings
-    num_beams: int = 1  # 1 = sample (greedy at temperature 0); > 1 = beam search (deterministic, no sampling)
-    length_penalty: float = 1.0  # beam score = sum log p / length**length_penalty; > 0 favours longer outputs
-    early_stopping: bool = False  # beam search: true stops once num_beams outputs are finished
+    bad_words: List[str] = field(default_factory=list)  # text never generated (encoded as is and after a space)
+    check_syntax: bool = False  # code: report whether prompt + completion parses as Python (ast.parse)
     # Training reads these (python -m train task=...); sampling ignores them.
     objective: str = "causal"  # causal (gpt) | span_corruption (t5 pretraining) | seq2seq (t5 on input/target pairs)
     noise_density: float = 0.15  # span_corruption: fraction of input tokens masked, in (0, 1)
     mean_span_length: float = 3.0  # span_corruption: mean length of a masked span in tokens, >= 1
 
     def __post_init__(self) -> None:
-        _check_max_new_tokens("task.max_new_tokens", self.max_new_tokens)
-        _check_sampling("task.", self.temperature, self.top_k, self.top_p)
-        _check_beams("task.", self.num_beams, self.length_penalty)
+        try:
+            super().__post_init__()
+        except ValueError as e:
+            raise ValueError(f"task.{e}") from None
         if self.objective not in OBJECTIVES:
             raise ValueError(f"task.objective={self.objective!r} is not one of {', '.join(OBJECTIVES)}")
         if not 0.0 < self.noise_density < 1.0:
@@ -73,54 +56,97 @@ class TaskConfig:
         if not (math.isfinite(self.mean_span_length) and self.mean_span_length >= 1.0):
             raise ValueError(f"task.mean_span_length={self.mean_span_length} must be >= 1 (tokens); T5 uses 3.0")
 
+    def generation(self, tokenizer: object | None = None, **changes: object) -> GenerationConfig:
+        """The decoding controls alone; bad_words become bad_words_ids with tokenizer (required when set)."""
+        config = self.replace(**changes)
+        if self.bad_words:
+            if tokenizer is None:
+                raise ValueError("task.bad_words needs the tokenizer to turn the words into token ids")
+            words = (config.bad_words_ids or []) + bad_words_ids(tokenizer, self.bad_words)
+            config = config.replace(bad_words_ids=words)
+        return config
+
+
+def bad_words_ids(tokenizer: object, words: List[str]) -> List[List[int]]:
+    """Token sequences of each word as written and after a space (BPE spells " word" differently), deduplicated."""
+    out: List[List[int]] = []
+    for word in words:
+        for variant in (word, " " + word) if not word.startswith(" ") else (word,):
+            ids = tokenizer.encode(variant)
+            if ids and ids not in out:
+                out.append(ids)
+    return out
+
 
 @dataclass
 class SampleConfig:
     checkpoint: str = MISSING  # checkpoint directory, or a run directory (its checkpoints/latest is used)
     prompt: Optional[str] = None  # text to continue (gpt) or the input to map (t5); "" = just end-of-text
     prompt_file: Optional[str] = None  # read the prompt from this file instead (used as is, newlines included)
-    num_samples: int = 1  # independent samples of the same prompt (beam search: the best num_samples beams)
-    seed: Optional[int] = None  # null = a different result every run; an int makes runs reproducible
+    prefix: Optional[str] = None  # infill mode (gpt trained with data.fim_rate > 0): the text before the gap ...
+    suffix: Optional[str] = None  # ... and the text after it; the model writes the middle
+    num_samples: int = 1  # samples of the prompt (num_return_sequences; beam search: the best num_samples beams)
+    seed: Optional[int] = None  # sample i uses seed + i; null draws a seed (printed and recorded, so it replays)
     stream: bool = False  # print tokens as they are generated (samples then run one after another)
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:<n> | mps
+    out: Optional[str] = None  # append every sample to this JSONL file with its provenance (see replay)
+    replay: Optional[str] = None  # regenerate the samples of a JSONL file written by out= and check they match
     task: TaskConfig = field(default_factory=TaskConfig)  # preset: task=story|code|seq2seq|span_corruption
-    # Overrides of the task preset; null = use the task's value.
+    # Overrides of the task preset; null = use the task's value (task.<key>=... edits the preset itself).
     max_new_tokens: Optional[int] = None  # tokens generated per sample
-    temperature: Optional[float] = None  # 0 = greedy
-    top_k: Optional[int] = None  # to switch off a task's top_k use task.top_k=null
+    max_length: Optional[int] = None  # prompt + generated tokens (used when max_new_tokens is null everywhere)
+    min_new_tokens: Optional[int] = None  # no end-of-text before this many tokens
+    do_sample: Optional[bool] = None  # false: greedy (or beam search)
+    temperature: Optional[float] = None  # 0 = greedy; > 0 here also means do_sample=true (unless num_beams > 1)
+    top_k: Optional[int] = None  # 0 switches a task's top_k off
     top_p: Optional[float] = None  # 1.0 switches nucleus filtering off
-    num_beams: Optional[int] = None  # > 1: beam search; num_samples of the beams are printed, best first
+    min_p: Optional[float] = None  # keep tokens with p >= min_p * p(top token); 0 = off
+    typical_p: Optional[float] = None  # locally typical sampling mass; 1.0 = off
+    repetition_penalty: Optional[float] = None  # > 1 discourages repeats of prompt and output tokens
+    presence_penalty: Optional[float] = None  # subtracted from every token already generated
+    frequency_penalty: Optional[float] = None  # subtracted per occurrence of a generated token
+    no_repeat_ngram_size: Optional[int] = None  # no n-gram of this size twice
+    num_beams: Optional[int] = None  # > 1: beam search (do_sample=false); the num_samples best beams are printed
     length_penalty: Optional[float] = None  # beam search: > 0 favours longer outputs, < 0 shorter ones
     early_stopping: Optional[bool] = None  # beam search: stop once num_beams outputs are finished
 
     def __post_init__(self) -> None:
-        if self.prompt is None and self.prompt_file is None:
-            raise ValueError('no prompt: pass prompt="..." or prompt_file=<path> (prompt="" samples unconditionally)')
-        if self.prompt is not None and self.prompt_file is not None:
+        if self.replay is not None:
+            return  # everything else comes from the file
+        infill = self.prefix is not None or self.suffix is not None
+        given = [k for k in ("prompt", "prompt_file") if getattr(self, k) is not None]
+        if infill and given:
+            raise ValueError(f"prefix/suffix (infill) and {given[0]} are both set; pass one or the other")
+        if not infill and not given:
+            raise ValueError(
+                'no prompt: pass prompt="..." or prompt_file=<path> (prompt="" samples unconditionally), '
+                'or prefix="..." suffix="..." to fill in the middle'
+            )
+        if len(given) == 2:
             raise ValueError("both prompt and prompt_file are set; pass only one of them")
         if self.num_samples < 1:
             raise ValueError(f"num_samples={self.num_samples} must be >= 1")
         if not DEVICE_PATTERN.fullmatch(self.device):
             raise ValueError(f"device={self.device!r} is not one of auto, cpu, cuda, cuda:<n>, mps")
-        _check_max_new_tokens("max_new_tokens", self.max_new_tokens)
-        _check_sampling("", self.temperature, self.top_k, self.top_p)
-        _check_beams("", self.num_beams, self.length_penalty)
-        num_beams = self.settings().num_beams
-        if num_beams > 1 and self.num_samples > num_beams:
+        settings = self.settings()  # validates the overrides together with the preset
+        if settings.num_beams > 1 and self.stream:
             raise ValueError(
-                f"num_samples={self.num_samples} > num_beams={num_beams}: beam search returns at most num_beams "
-                "outputs; raise num_beams or lower num_samples"
-            )
-        if num_beams > 1 and self.stream:
-            raise ValueError(
-                f"stream=true cannot show beam search (num_beams={num_beams}): beams are only final at the end; "
-                "use stream=false or num_beams=1"
+                f"stream=true cannot show beam search (num_beams={settings.num_beams}): beams are only final at the "
+                "end; use stream=false or num_beams=1"
             )
 
     def settings(self) -> TaskConfig:
-        """The task preset with this config's overrides (the non-null ones) applied."""
+        """The task preset with this config's overrides (the non-null ones) and num_samples applied."""
         overrides = {name: getattr(self, name) for name in OVERRIDES if getattr(self, name) is not None}
-        return dataclasses.replace(self.task, **overrides)
+        if "do_sample" not in overrides:
+            if overrides.get("num_beams", 1) > 1:
+                overrides["do_sample"] = False  # num_beams=4 on the command line means: beam search
+            elif overrides.get("temperature", 0) > 0:
+                overrides["do_sample"] = True  # temperature=0.8 on the command line means: sample
+        try:
+            return dataclasses.replace(self.task, num_return_sequences=self.num_samples, **overrides)
+        except ValueError as e:  # name the command-line keys, not the preset's
+            raise ValueError(str(e).removeprefix("task.").replace("num_return_sequences", "num_samples")) from None
 
 
 def register_schema() -> None:

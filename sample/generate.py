@@ -1,30 +1,37 @@
-"""Generation as iterators: cached decoding of token ids for GPT and T5, beam search, and text on top of it.
+"""Generation: cached decoding of token ids for GPT and T5 (sampling, greedy, beam search) and text on top of it.
 
-One core serves both model kinds (litgpt `generate_fn`): a decoder-only (gpt) model prefills its KV cache with the
-prompt at input_pos=arange(T); an encoder-decoder (t5) model encodes the prompt once and its decoder starts from the
-decoder start token at position 0. Either then feeds back one token at a time at input_pos=[pos]. generate_tokens()
-samples; beam_search() keeps num_beams hypotheses (transformers' beam search semantics). stream() and complete() turn
-ids into text through _TextDecoder: bytes are decoded incrementally so a multi-byte UTF-8 character is never split,
-and text that could still be the start of a stop string is held back until it cannot be.
+One core serves both model kinds and every caller (the CLI, the pipeline API, the samples shown during training),
+as litgpt's `generate_fn` does: a decoder-only (gpt) model prefills its KV cache with the prompt; an encoder-decoder
+(t5) model encodes the prompt once and its decoder starts from the decoder start token. Either then feeds back one
+token per step. Each step's logits go through sample.sampling (processors, then greedy argmax or the warpers and a
+draw), with every control in a GenerationConfig.
+
+Prompts of different lengths run as one batch: gpt prompts are padded on the left and every row gets its own
+positions and an attention mask that hides the padding (the model's left_pad); t5 inputs are padded on the right
+with an encoder mask. Each row samples with its own generator seeded seed + row, so a prompt gives the same
+completion alone or in a batch. Text comes from sample.stopping.TextRow: UTF-8-safe, with stop strings and the
+end of a code block held back until final. generate() returns Completion records, stream() yields text pieces,
+complete() returns strings, infill() fills the middle between a prefix and a suffix (fill-in-the-middle models).
 """
 
 from __future__ import annotations
 
-import codecs
 import contextlib
-import math
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
 from data.tokenizer import Tokenizer
 from model import GPT, T5
-from sample.sampling import check_sampling_args, sample_next
+from sample.sampling import GenerationConfig, History, choose, process_logits
+from sample.stopping import TextRow
 
 LM = GPT | T5  # what generation accepts; anything with the same methods works (tests use scripted stand-ins)
 NEG_INF = -1e9  # score of a beam that must never be chosen (finite: inf - inf would make NaNs)
+DEFAULT_MAX_LENGTH = 20  # transformers' GenerationConfig default, when neither max_new_tokens nor max_length is set
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -120,53 +127,76 @@ def fit_encoder_input(
     return idx, enc_mask, max_new_tokens
 
 
+def _left_pad(attention_mask: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor | None:
+    """Per-row left padding (B,) of a gpt batch from its attention mask (1 = token, 0 = padding); None if none."""
+    if attention_mask is None:
+        return None
+    if attention_mask.shape != idx.shape:
+        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)} but idx has {tuple(idx.shape)}")
+    real = attention_mask.bool()
+    pad = (~real).sum(dim=1)  # (B,)
+    if not torch.equal(real, torch.arange(idx.size(1), device=idx.device)[None, :] >= pad[:, None]):
+        raise ValueError("a decoder-only (gpt) batch must be padded on the left: attention_mask = 0...0 1...1 per row")
+    if bool((pad == idx.size(1)).any()):
+        raise ValueError("a row of attention_mask is all padding; every prompt needs at least one token")
+    return pad if bool(pad.any()) else None
+
+
 def _fit_inputs(
-    model: LM, idx: torch.Tensor, enc_mask: torch.Tensor | None, max_new_tokens: int
-) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-    """Check the shared arguments of generate_tokens and beam_search, then fit them to the model's context."""
+    model: LM, idx: torch.Tensor, attention_mask: torch.Tensor | None, max_new_tokens: int
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, int]:
+    """Check the shared arguments of generate_tokens and beam_search, then fit them to the model's context.
+
+    Returns (idx, left padding (B,) of a gpt batch or None, encoder mask of a t5 batch or None, max_new_tokens).
+    """
     if idx.dim() != 2 or idx.size(1) == 0:
         raise ValueError(f"idx must be a (B, T) tensor of prompt ids with T >= 1, got shape {tuple(idx.shape)}")
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 0")
     block_size = model.config.block_size
     if model_kind(model) == "t5":
-        if enc_mask is not None and enc_mask.shape != idx.shape:
-            raise ValueError(f"enc_mask has shape {tuple(enc_mask.shape)} but idx has {tuple(idx.shape)}")
-        enc_mask = enc_mask.bool() if enc_mask is not None else None  # True = real token, False = padding
-        return fit_encoder_input(idx, enc_mask, max_new_tokens, block_size)
-    if enc_mask is not None:
-        raise ValueError("enc_mask masks encoder padding; a decoder-only (gpt) model has no encoder, pass None")
+        if attention_mask is not None and attention_mask.shape != idx.shape:
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)} but idx has {tuple(idx.shape)}")
+        enc_mask = attention_mask.bool() if attention_mask is not None else None  # True = real token
+        idx, enc_mask, max_new_tokens = fit_encoder_input(idx, enc_mask, max_new_tokens, block_size)
+        return idx, None, enc_mask, max_new_tokens
+    pad = _left_pad(attention_mask, idx)
+    T = idx.size(1)
     idx, max_new_tokens = fit_context(idx, max_new_tokens, block_size)
-    return idx, None, max_new_tokens
+    if pad is not None:
+        pad = (pad - (T - idx.size(1))).clamp(min=0)  # cropping from the left drops padding first
+    return idx, pad, None, max_new_tokens
 
 
 class _Decoder:
     """Next-token logits (B, V) of one cached generation, alike for both model kinds.
 
-    gpt: the prompt idx is the decoder's first input. t5: idx is encoded once here and the decoder's first input is
-    the decoder start token (model.config.decoder_start_id, or eos_id when that is None). The constructor sets the
-    model's KV cache for the prompt plus max_new_tokens positions; the caller clears it.
+    gpt: the prompt idx (left-padded by `pad` (B,) columns, or None) is the decoder's first input. t5: idx is
+    encoded once here and the decoder's first input is the decoder start token (model.config.decoder_start_id,
+    else `start`). The constructor sets the model's KV cache for the prompt plus max_new_tokens positions; the
+    caller clears it.
     """
 
     def __init__(
         self,
         model: LM,
         idx: torch.Tensor,
+        pad: torch.Tensor | None,
         enc_mask: torch.Tensor | None,
         max_new_tokens: int,
-        eos_id: int | None,
+        start: int | None,
         vocab_limit: int | None = None,
     ) -> None:
         self.model, self.dtype = model, _compute_dtype(model)
         self.vocab_limit = vocab_limit  # ids >= this are never produced (a T5 embedding padded past its tokenizer)
         self.enc_out: torch.Tensor | None = None
-        self.enc_mask = enc_mask
+        self.enc_mask, self.pad = enc_mask, pad
         B, device = idx.size(0), idx.device
         if model_kind(model) == "t5":
-            start = getattr(model.config, "decoder_start_id", None)
-            start = eos_id if start is None else start
+            configured = getattr(model.config, "decoder_start_id", None)
+            start = configured if configured is not None else start
             if start is None:
-                raise ValueError("the model has no decoder_start_id and no eos_id was given to start the decoder from")
+                raise ValueError("the model has no decoder_start_id and no eos_token_id was given to start the decoder")
             with self._autocast():
                 self.enc_out = model.encode(idx, enc_mask)  # (B, S, C): once per input
             idx = torch.full((B, 1), start, dtype=torch.long, device=device)  # (B, 1): the decoder's first input
@@ -184,10 +214,12 @@ class _Decoder:
         input_pos = self.positions[self.pos : self.pos + idx.size(1)]
         self.pos += idx.size(1)
         with self._autocast():
-            if self.enc_out is None:
-                logits, _ = self.model(idx, input_pos=input_pos)  # (B, T, V)
-            else:
+            if self.enc_out is not None:
                 logits = self.model.decode(idx, self.enc_out, self.enc_mask, input_pos=input_pos)  # (B, T, V)
+            elif self.pad is not None:
+                logits, _ = self.model(idx, input_pos=input_pos, left_pad=self.pad)  # (B, T, V)
+            else:
+                logits, _ = self.model(idx, input_pos=input_pos)  # (B, T, V)
         return logits[:, -1, : self.vocab_limit]  # (B, V') with V' = vocab_limit or V
 
     def prefill(self) -> torch.Tensor:
@@ -199,8 +231,10 @@ class _Decoder:
         return self._logits(token[:, None])
 
     def reorder(self, rows: torch.Tensor) -> None:
-        """Keep cache rows `rows` (B,) in that order, together with the encoder output and mask they attend to."""
+        """Keep cache rows `rows` (B,) in that order, with the padding, encoder output and mask they go with."""
         self.model.reorder_cache(rows)
+        if self.pad is not None:
+            self.pad = self.pad.index_select(0, rows)  # (B,)
         if self.enc_out is not None:
             self.enc_out = self.enc_out.index_select(0, rows)  # (B, S, C)
         if self.enc_mask is not None:
@@ -211,9 +245,10 @@ class _Decoder:
 def _cached_decoding(
     model: LM,
     idx: torch.Tensor,
+    pad: torch.Tensor | None,
     enc_mask: torch.Tensor | None,
     max_new_tokens: int,
-    eos_id: int | None,
+    start: int | None,
     vocab_limit: int | None = None,
 ) -> Iterator[tuple[_Decoder, torch.Tensor]]:
     """Yield (decoder, logits (B, V) of the first new token) with the model in eval mode and its KV cache set.
@@ -223,76 +258,114 @@ def _cached_decoding(
     was_training = model.training
     try:
         model.eval()
-        decoder = _Decoder(model, idx, enc_mask, max_new_tokens, eos_id, vocab_limit)
+        decoder = _Decoder(model, idx, pad, enc_mask, max_new_tokens, start, vocab_limit)
         yield decoder, decoder.prefill()
     finally:
         model.clear_kv_cache()
         model.train(was_training)
 
 
+def _config(config: GenerationConfig | None, controls: dict[str, object]) -> GenerationConfig:
+    """config (default: GenerationConfig()) with the keyword controls applied; unknown names are a TypeError."""
+    cfg = config if config is not None else GenerationConfig()
+    unknown = sorted(set(controls) - set(GenerationConfig.__dataclass_fields__))
+    if unknown:
+        raise TypeError(f"unknown generation control(s) {', '.join(unknown)}; see sample.sampling.GenerationConfig")
+    return cfg.replace(**controls) if controls else cfg
+
+
+def _max_new_tokens(cfg: GenerationConfig, prompt_len: int, kind: str) -> int:
+    """New tokens allowed for a prompt of prompt_len tokens: max_new_tokens, else what max_length leaves.
+
+    max_length counts the prompt for gpt and the decoder start token for t5, as in transformers.
+    """
+    if cfg.max_new_tokens is not None:
+        return cfg.max_new_tokens
+    max_length = cfg.max_length if cfg.max_length is not None else DEFAULT_MAX_LENGTH
+    used = 1 if kind == "t5" else prompt_len
+    if max_length <= used:
+        what = "the decoder start token" if kind == "t5" else f"the prompt of {prompt_len} tokens"
+        raise ValueError(f"max_length={max_length} leaves no room after {what}; raise it or set max_new_tokens")
+    return max_length - used
+
+
+def _needs_processing(cfg: GenerationConfig) -> bool:
+    """Whether any of the processors (steps 1-5 of sample.sampling) is on."""
+    return bool(
+        cfg.repetition_penalty != 1.0 or cfg.presence_penalty or cfg.frequency_penalty or cfg.no_repeat_ngram_size
+        or cfg.bad_words_ids or cfg.suppress_tokens or cfg.min_new_tokens
+    )  # fmt: skip
+
+
+def _history(model: LM, idx: torch.Tensor, pad: torch.Tensor | None, max_new: int, V: int, cfg: GenerationConfig):
+    """The processors' token history: a gpt row's prompt and output, a t5 row's output alone."""
+    prompt = idx if model_kind(model) == "gpt" else idx[:, :0]
+    return History.start(prompt, pad, max_new, V, cfg)
+
+
 @torch.inference_mode()
 def generate_tokens(
     model: LM,
     idx: torch.Tensor,
-    max_new_tokens: int,
+    max_new_tokens: int | None = None,
     *,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    eos_id: int | None = None,
-    generator: torch.Generator | None = None,
-    enc_mask: torch.Tensor | None = None,
+    config: GenerationConfig | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    attention_mask: torch.Tensor | None = None,
     vocab_limit: int | None = None,
+    **controls: object,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every row, one (B,) LongTensor per step, using the model's KV cache.
 
     Args:
         model: a GPT (continues idx) or a T5 (encodes idx, then decodes from its decoder start token).
-        idx: (B, T) token ids on the model's device, T >= 1: the prompt (gpt) or the encoder input (t5). A gpt
+        idx: (B, T) token ids on the model's device, T >= 1: the prompts (gpt) or the encoder inputs (t5). A gpt
             prompt is cropped from the left when T + max_new_tokens exceeds model.config.block_size; a t5 input
             longer than block_size keeps its first block_size tokens. Both warn.
-        max_new_tokens: at most this many steps are yielded (t5: capped at block_size, with a warning).
-        temperature, top_k, top_p: see sample.sampling.sample_next.
-        eos_id: stop once every row has produced it; rows that finished earlier keep yielding eos_id, so the
-            caller trims each row at its first eos_id. A t5 model whose decoder_start_id is None starts from it.
-        generator: random source on the model's device (None: torch's global RNG).
-        enc_mask: t5 only: (B, T) True for real encoder tokens, False for padding (None: no padding).
+        max_new_tokens: steps at most (overrides the config's; else max_length - T, see GenerationConfig).
+        config, **controls: the decoding controls (sample.sampling.GenerationConfig); keywords override config.
+            eos_token_id: a row is finished once it produced one of them and then repeats the first one; generation
+            stops when every row is finished. A t5 model without decoder_start_id starts from the first eos id.
+            num_beams must be 1 (see beam_search); num_return_sequences is the caller's business (repeat rows).
+        generator: random source on the model's device: one for all rows, one per row (a row then samples the same
+            whatever the batch), or None (torch's global RNG).
+        attention_mask: (B, T) 1 for tokens, 0 for padding; gpt rows must be padded on the left, t5 inputs anywhere.
         vocab_limit: only ids below it are generated (the tokenizer's size when the model's vocabulary is larger).
     The model is put in eval mode while generating and restored afterwards; the KV cache is always cleared,
     including when the caller stops iterating early.
     """
-    check_sampling_args(temperature, top_k, top_p)
-    idx, enc_mask, max_new_tokens = _fit_inputs(model, idx, enc_mask, max_new_tokens)
+    cfg = _config(config, controls)
+    if cfg.num_beams > 1:
+        raise ValueError(f"generate_tokens samples or decodes greedily; num_beams={cfg.num_beams} needs beam_search")
+    if max_new_tokens is None:
+        max_new_tokens = _max_new_tokens(cfg, idx.size(1), model_kind(model))
+    idx, pad, enc_mask, max_new_tokens = _fit_inputs(model, idx, attention_mask, max_new_tokens)
     if max_new_tokens == 0:
         return
-    with _cached_decoding(model, idx, enc_mask, max_new_tokens, eos_id, vocab_limit) as (decoder, logits):
+    eos = cfg.eos_ids(None)
+    eos_ids = torch.tensor(eos, dtype=torch.long, device=idx.device)
+    process = _needs_processing(cfg)
+    with _cached_decoding(model, idx, pad, enc_mask, max_new_tokens, eos[0] if eos else None, vocab_limit) as (
+        decoder,
+        logits,
+    ):
+        history = _history(model, idx, pad, max_new_tokens, logits.size(-1), cfg) if process else None
         finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
         for step in range(max_new_tokens):
-            token = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
-            if eos_id is not None:
-                token = token.masked_fill(finished, eos_id)  # finished rows repeat eos
-                finished |= token == eos_id
+            if history is not None:
+                logits = process_logits(logits.float(), cfg, history, eos)
+            token = choose(logits, cfg, generator)  # (B,)
+            if eos:
+                token = token.masked_fill(finished, eos[0])  # finished rows repeat eos
+                finished |= torch.isin(token, eos_ids)
+            if history is not None:
+                history.append(token)
             yield token
             if step == max_new_tokens - 1:
                 break  # no forward pass for a token nobody will read
-            if eos_id is not None and bool(finished.all()):  # host-device sync, once per step
+            if eos and bool(finished.all()):  # host-device sync, once per step
                 break
             logits = decoder.step(token)  # (B, V)
-
-
-def check_beam_args(num_beams: int, num_return_sequences: int, length_penalty: float) -> None:
-    """Raise ValueError naming the argument and the fix if a beam search setting is out of range."""
-    if num_beams < 1:
-        raise ValueError(f"num_beams={num_beams} must be >= 1 (1 = greedy)")
-    if num_return_sequences < 1:
-        raise ValueError(f"num_return_sequences={num_return_sequences} must be >= 1")
-    if num_return_sequences > num_beams:
-        raise ValueError(
-            f"num_return_sequences={num_return_sequences} > num_beams={num_beams}: beam search keeps only "
-            "num_beams hypotheses; raise num_beams or lower num_return_sequences"
-        )
-    if not math.isfinite(length_penalty):
-        raise ValueError(f"length_penalty={length_penalty} must be a finite number (1.0 = average log-probability)")
 
 
 class _Finished:
@@ -329,54 +402,61 @@ class _Finished:
 def beam_search(
     model: LM,
     idx: torch.Tensor,
-    max_new_tokens: int,
+    max_new_tokens: int | None = None,
     *,
-    num_beams: int,
-    length_penalty: float = 1.0,
-    early_stopping: bool = False,
-    num_return_sequences: int = 1,
-    eos_id: int | None = None,
-    enc_mask: torch.Tensor | None = None,
+    config: GenerationConfig | None = None,
+    attention_mask: torch.Tensor | None = None,
     vocab_limit: int | None = None,
+    **controls: object,
 ) -> list[list[tuple[list[int], float]]]:
     """Beam search with the KV cache; per input row, up to num_return_sequences (tokens, score), best first.
 
     Follows transformers' beam search: each step keeps the 2 * num_beams best continuations of all beams, those
-    ending in eos (among the num_beams best) become finished hypotheses, the num_beams best others run on. A
+    ending in an eos id (among the num_beams best) become finished hypotheses, the num_beams best others run on. A
     hypothesis scores sum(log p) / len ** length_penalty (len counts new tokens, eos included): length_penalty > 0
     favours longer outputs, < 0 shorter ones. A row stops once num_beams hypotheses are finished and
     early_stopping is True, or (False) once no running beam can beat the worst finished one (transformers'
-    heuristic); at max_new_tokens the num_beams best candidates are finished as they are.
+    heuristic); at max_new_tokens the num_beams best candidates are finished as they are. The processors of
+    sample.sampling (penalties, n-gram and word bans, min_new_tokens) act on each beam's logits before the
+    log-softmax; the sampling warpers do not apply (beam search is deterministic).
 
     Args:
-        model: a GPT (continues idx) or a T5 (encodes idx and decodes from its decoder start token).
-        idx: (B, T) prompt (gpt) or encoder input (t5) ids, fitted to the context as in generate_tokens.
-        max_new_tokens: the longest output (new tokens, eos included).
-        num_beams: hypotheses kept per row; 1 is greedy decoding.
-        num_return_sequences: hypotheses returned per row, <= num_beams.
-        eos_id: the token that finishes a hypothesis (kept as its last token); None: all run to max_new_tokens.
-        enc_mask: t5 only: (B, T) True for real encoder tokens, False for padding.
+        model, idx, max_new_tokens, attention_mask, vocab_limit: as for generate_tokens.
+        config, **controls: num_beams, num_return_sequences (<= num_beams), length_penalty, early_stopping,
+            eos_token_id (None: every hypothesis runs to max_new_tokens) and the processors.
     Returns:
         For each row of idx, a list of (generated token ids, score) sorted by score, best first. With
         max_new_tokens == 0, the one empty hypothesis ([], 0.0).
     """
-    check_beam_args(num_beams, num_return_sequences, length_penalty)
-    idx, enc_mask, max_new_tokens = _fit_inputs(model, idx, enc_mask, max_new_tokens)
-    B, K = idx.size(0), num_beams
+    cfg = _config(config, controls)
+    if max_new_tokens is None:
+        max_new_tokens = _max_new_tokens(cfg, idx.size(1), model_kind(model))
+    idx, pad, enc_mask, max_new_tokens = _fit_inputs(model, idx, attention_mask, max_new_tokens)
+    B, K = idx.size(0), cfg.num_beams
     if max_new_tokens == 0:
         return [[([], 0.0)] for _ in range(B)]
-    finished = [_Finished(K, length_penalty) for _ in range(B)]
+    eos = cfg.eos_ids(None)
+    finished = [_Finished(K, cfg.length_penalty) for _ in range(B)]
     done = [False] * B
     beams: list[list[int]] = [[] for _ in range(B * K)]  # tokens of each running beam; row b owns b*K .. b*K+K-1
     scores = torch.full((B, K), NEG_INF, device=idx.device)
     scores[:, 0] = 0.0  # the K beams of a row start identical: only the first may grow at the first step
-    pad = eos_id if eos_id is not None else 0  # fed to the beams of finished rows, whose outputs nobody reads
-    with _cached_decoding(model, idx, enc_mask, max_new_tokens, eos_id, vocab_limit) as (decoder, logits):
+    idle = eos[0] if eos else 0  # fed to the beams of finished rows, whose outputs nobody reads
+    start = eos[0] if eos else None
+    with _cached_decoding(model, idx, pad, enc_mask, max_new_tokens, start, vocab_limit) as (decoder, logits):
         # prefill (and encode) each row once, then copy its cache rows and encoder output to its K beams
-        decoder.reorder(torch.arange(B, device=idx.device).repeat_interleave(K))  # cache rows: B -> B*K
+        expand = torch.arange(B, device=idx.device).repeat_interleave(K)  # cache rows: B -> B*K
+        decoder.reorder(expand)
         logits = logits.repeat_interleave(K, dim=0)  # (B*K, V)
+        history = None
+        if _needs_processing(cfg):
+            history = _history(model, idx, pad, max_new_tokens, logits.size(-1), cfg)
+            history.reorder(expand)
         for length in range(1, max_new_tokens + 1):
-            logprobs = torch.log_softmax(logits.float(), dim=-1) + scores.view(-1, 1)  # (B*K, V): sums so far
+            logits = logits.float()
+            if history is not None:
+                logits = process_logits(logits, cfg, history, eos)
+            logprobs = torch.log_softmax(logits, dim=-1) + scores.view(-1, 1)  # (B*K, V): sums so far
             V = logprobs.size(-1)
             top, flat = torch.topk(logprobs.view(B, K * V), min(2 * K, K * V), dim=-1)  # (B, 2K) best continuations
             last = length == max_new_tokens
@@ -386,74 +466,43 @@ def beam_search(
                 if not done[b]:
                     for rank, (score, i) in enumerate(zip(cand_scores, cand_idx)):
                         parent, token = b * K + i // V, i % V
-                        if token == eos_id or last:
+                        if score <= NEG_INF / 2:
+                            continue  # a banned token (-inf): never a hypothesis
+                        if token in eos or last:
                             if rank < K:  # a candidate outside the K best never finishes (transformers)
                                 finished[b].add(beams[parent] + [token], score)
                         elif len(live) < K:
                             live.append((score, parent, token))
-                    done[b] = last or finished[b].is_done(live[0][0] if live else NEG_INF, length, early_stopping)
+                    best = live[0][0] if live else NEG_INF
+                    done[b] = last or finished[b].is_done(best, length, cfg.early_stopping)
                 if done[b]:
                     live = []
-                running += live + [(NEG_INF, b * K, pad)] * (K - len(live))  # finished rows idle along
+                running += live + [(NEG_INF, b * K, idle)] * (K - len(live))  # finished rows idle along
             if last or all(done):
                 break
             beams = [beams[parent] + [token] for _, parent, token in running]
             scores = torch.tensor([s for s, _, _ in running], device=idx.device).view(B, K)  # host-to-device, once
-            decoder.reorder(torch.tensor([p for _, p, _ in running], device=idx.device))  # (B*K,) parent rows
-            logits = decoder.step(torch.tensor([t for _, _, t in running], device=idx.device))  # (B*K, V)
-    return [f.hyps[:num_return_sequences] for f in finished]
+            parents = torch.tensor([p for _, p, _ in running], device=idx.device)  # (B*K,) parent rows
+            tokens = torch.tensor([t for _, _, t in running], device=idx.device)  # (B*K,)
+            decoder.reorder(parents)
+            if history is not None:
+                history.reorder(parents)
+                history.append(tokens)
+            logits = decoder.step(tokens)  # (B*K, V)
+    return [f.hyps[: cfg.num_return_sequences] for f in finished]
 
 
-class _TextDecoder:
-    """Token ids -> final text pieces for one row: incremental UTF-8 decoding plus stop-string holdback."""
+@dataclass
+class Completion:
+    """One generated output and how it came about."""
 
-    def __init__(self, tokenizer: Tokenizer, stop: Sequence[str], strip_leading_space: bool = False) -> None:
-        self.tokenizer = tokenizer
-        # SentencePiece output starts with its word-boundary space; a fresh (T5) output drops it, as decode() does
-        self.strip_leading_space = strip_leading_space
-        self.stop = [s for s in stop if s]
-        self.eot_id = getattr(tokenizer, "eot_id", None)
-        # invalid bytes become U+FFFD; an incomplete trailing sequence waits for its next bytes
-        self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self.held = ""  # decoded text not yet released: it may be the start of a stop string
-        self.done = False
-
-    def push(self, token: int) -> str:
-        """Take one generated token; return the text that became final (possibly "")."""
-        if self.done:
-            return ""
-        if token == self.eot_id:
-            return self.finish()
-        self.held += self.utf8.decode(self.tokenizer.decode_bytes([token]))
-        if self.strip_leading_space and self.held:
-            self.held, self.strip_leading_space = self.held.removeprefix(" "), False
-        hits = [i for i in (self.held.find(s) for s in self.stop) if i >= 0]
-        if hits:  # release what precedes the earliest stop string, never the stop itself
-            self.done = True
-            out, self.held = self.held[: min(hits)], ""
-            return out
-        keep = self._holdback()
-        out = self.held[: len(self.held) - keep]
-        self.held = self.held[len(self.held) - keep :]
-        return out
-
-    def finish(self) -> str:
-        """End of generation: release everything held back (an incomplete character becomes U+FFFD)."""
-        if self.done:
-            return ""
-        self.done = True
-        out, self.held = self.held + self.utf8.decode(b"", final=True), ""
-        return out
-
-    def _holdback(self) -> int:
-        """Length of the longest suffix of the held text that is a proper prefix of some stop string."""
-        longest = 0
-        for s in self.stop:
-            for n in range(min(len(s) - 1, len(self.held)), longest, -1):
-                if self.held.endswith(s[:n]):
-                    longest = n
-                    break
-        return longest
+    prompt: str  # the text it continues (gpt) or the encoder input (t5); infill: the prefix
+    text: str  # the generated text, without the stop string or eos that ended it
+    token_ids: list[int]  # every generated id, the one that ended the output (eos, end of a stop string) included
+    finish_reason: str  # eos | stop (a stop string) | top_level (the code block ended) | length (token limit)
+    seed: int | None  # the row's seed: generate(prompt, seed=seed, num_return_sequences=1) gives this output again
+    score: float | None = None  # beam search: the hypothesis score
+    suffix: str | None = None  # infill: the text after the generated middle
 
 
 def _vocab_limit(model: LM, tokenizer: Tokenizer) -> int | None:
@@ -467,8 +516,14 @@ def _strips_space(model: LM, tokenizer: Tokenizer) -> bool:
     return model_kind(model) == "t5" and bool(getattr(tokenizer, "strips_leading_space", False))
 
 
-def _make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
-    return torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+def row_seeds(seed: int | None, n: int) -> list[int]:
+    """Seeds of n rows: seed, seed + 1, ...; seed None draws one from torch's global RNG (so it can be recorded)."""
+    base = int(torch.randint(0, 2**31 - 1, ())) if seed is None else int(seed)
+    return [base + i for i in range(n)]
+
+
+def _generators(seeds: list[int], device: torch.device) -> list[torch.Generator]:
+    return [torch.Generator(device=device).manual_seed(s) for s in seeds]
 
 
 def _prompt_device(model: nn.Module, device: str | torch.device | None) -> torch.device:
@@ -481,130 +536,169 @@ def _prompt_device(model: nn.Module, device: str | torch.device | None) -> torch
     return here
 
 
-def _prompt_ids(
-    tokenizer: Tokenizer, prompt: str, rows: int, device: torch.device, encoder_input: bool = False
-) -> torch.Tensor:
-    """(rows, T) copies of the prompt's ids; an empty prompt is end-of-text alone (GPT-2's unconditional start).
-
-    encoder_input: a T5 encoder input ends with end-of-text, as every input nanoloom trains T5 on does
-    (and as Hugging Face T5 inputs end with </s>).
-    """
+def prompt_ids(tokenizer: Tokenizer, prompt: str, kind: str) -> list[int]:
+    """The ids generation starts from: a gpt prompt (empty: end-of-text alone, GPT-2's unconditional start), or a
+    t5 encoder input ending with end-of-text (as every input nanoloom trains T5 on, and Hugging Face's "</s>")."""
     ids = tokenizer.encode(prompt)
-    eot_id = getattr(tokenizer, "eot_id", None)
-    if not ids or encoder_input:
-        if eot_id is None:
+    if not ids or kind == "t5":
+        if getattr(tokenizer, "eot_id", None) is None:
             raise ValueError("the tokenizer has no end-of-text token to start from or end an input with")
-        ids = ids + [eot_id]
-    return torch.tensor([ids] * rows, dtype=torch.long, device=device)  # (rows, T)
+        ids = ids + [tokenizer.eot_id]
+    return ids
 
 
-def _generate_text(
+def _batch(rows: list[list[int]], kind: str, pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(idx, attention_mask), both (B, T): gpt rows padded on the left, t5 inputs on the right."""
+    T = max(len(r) for r in rows)
+    idx = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), T, dtype=torch.long)
+    for i, r in enumerate(rows):
+        cols = slice(T - len(r), T) if kind == "gpt" else slice(0, len(r))
+        idx[i, cols], mask[i, cols] = torch.tensor(r, dtype=torch.long), 1
+    return idx.to(device), mask.to(device)
+
+
+class _Request:
+    """The rows of one generate()/stream() call: prompts x num_return_sequences, their seeds and text rows."""
+
+    def __init__(
+        self,
+        model: LM,
+        tokenizer: Tokenizer,
+        prompts: list[str],
+        ids: list[list[int]],
+        cfg: GenerationConfig,
+        seed: int | None,
+        device: str | torch.device | None,
+        code_prompts: list[str] | None = None,
+    ) -> None:
+        self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
+        self.kind = model_kind(model)
+        self.device = _prompt_device(model, device)
+        n = cfg.num_return_sequences
+        self.prompts = [p for p in prompts for _ in range(n)]
+        self.ids = [i for i in ids for _ in range(n)]
+        self.seeds = row_seeds(seed, len(self.ids))
+        self.eos = cfg.eos_ids(getattr(tokenizer, "eot_id", None))
+        self.limits = [_max_new_tokens(cfg, len(i), self.kind) for i in self.ids]
+        code = code_prompts if cfg.stop_at_top_level and self.kind == "gpt" else None
+        self.rows = [
+            TextRow(
+                tokenizer, eos_ids=self.eos, stop_strings=cfg.stop_strings, max_tokens=limit,
+                prompt=None if code is None else code[j // n], strip_leading_space=_strips_space(model, tokenizer),
+            )
+            for j, limit in enumerate(self.limits)
+        ]  # fmt: skip
+
+    def steps(self) -> Iterator[list[str]]:
+        """Sample every row as one batch; per step, the newly final text of each row; then the rest."""
+        idx, mask = _batch(self.ids, self.kind, self.eos[0] if self.eos else 0, self.device)
+        tokens = generate_tokens(
+            self.model, idx, max(self.limits), config=self.cfg.replace(num_return_sequences=1),
+            generator=_generators(self.seeds, self.device), attention_mask=mask, eos_token_id=self.eos or None,
+            vocab_limit=_vocab_limit(self.model, self.tokenizer),
+        )  # fmt: skip
+        try:
+            for step in tokens:
+                yield [row.push(t) for row, t in zip(self.rows, step.tolist())]  # .tolist() syncs: text needs ids
+                if all(row.done for row in self.rows):
+                    break
+        finally:
+            tokens.close()  # stops generation early (stop strings) and clears the KV cache
+        yield [row.finish() for row in self.rows]
+
+    def beams(self) -> list[Completion]:
+        """Beam search, prompt by prompt; each of the num_return_sequences best beams cut like a sampled row."""
+        out = []
+        n = self.cfg.num_return_sequences
+        for j in range(0, len(self.ids), n):
+            idx = torch.tensor([self.ids[j]], dtype=torch.long, device=self.device)
+            hyps = beam_search(
+                self.model, idx, self.limits[j], config=self.cfg, eos_token_id=self.eos or None,
+                vocab_limit=_vocab_limit(self.model, self.tokenizer),
+            )[0]  # fmt: skip
+            for r, (tokens, score) in enumerate(hyps):
+                row = self.rows[j + r]
+                text = "".join(row.push(t) for t in tokens) + row.finish()
+                out.append(self._completion(j + r, text, score))
+        return out
+
+    def _completion(self, j: int, text: str, score: float | None = None) -> Completion:
+        row = self.rows[j]
+        seed = None if self.cfg.num_beams > 1 else self.seeds[j]
+        return Completion(self.prompts[j], text, row.token_ids, row.finish_reason or "length", seed, score)
+
+    def run(self, on_text: Callable[[int, str], None] | None = None) -> list[Completion]:
+        """Every row's Completion; on_text(row, piece) sees each piece of text as soon as it is final."""
+        if self.cfg.num_beams > 1:
+            completions = self.beams()
+            for j, c in enumerate(completions):
+                if on_text is not None and c.text:
+                    on_text(j, c.text)
+            return completions
+        texts: list[list[str]] = [[] for _ in self.rows]
+        for pieces in self.steps():
+            for j, (text, piece) in enumerate(zip(texts, pieces)):
+                text.append(piece)
+                if on_text is not None and piece:
+                    on_text(j, piece)
+        return [self._completion(j, "".join(t)) for j, t in enumerate(texts)]
+
+
+def generate(
     model: LM,
     tokenizer: Tokenizer,
-    prompt: str,
+    prompts: str | Sequence[str],
+    config: GenerationConfig | None = None,
     *,
-    num_samples: int,
-    max_new_tokens: int,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    stop: Sequence[str] | None,
-    seed: int | None,
-    device: str | torch.device | None,
-) -> Iterator[list[str]]:
-    """The one text-generation core: yields, per step, the newly final text of each of num_samples rows."""
-    if num_samples < 1:
-        raise ValueError(f"num_samples={num_samples} must be >= 1")
-    dev = _prompt_device(model, device)
-    idx = _prompt_ids(tokenizer, prompt, num_samples, dev, model_kind(model) == "t5")  # (num_samples, T)
-    rows = [_TextDecoder(tokenizer, stop or [], _strips_space(model, tokenizer)) for _ in range(num_samples)]
-    tokens = generate_tokens(
-        model,
-        idx,
-        max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        eos_id=getattr(tokenizer, "eot_id", None),
-        generator=_make_generator(seed, dev),
-        vocab_limit=_vocab_limit(model, tokenizer),
-    )
-    try:
-        for step in tokens:
-            yield [row.push(t) for row, t in zip(rows, step.tolist())]  # .tolist() syncs: text needs the ids
-            if all(row.done for row in rows):
-                break
-    finally:
-        tokens.close()  # stops generation early (stop strings) and clears the KV cache
-    yield [row.finish() for row in rows]
+    seed: int | None = None,
+    device: str | torch.device | None = None,
+    on_text: Callable[[int, str], None] | None = None,
+    **controls: object,
+) -> list[list[Completion]]:
+    """Completions of one or several prompts, generated as one batch; per prompt, num_return_sequences of them.
 
-
-def _beam_texts(
-    model: LM,
-    tokenizer: Tokenizer,
-    prompt: str,
-    *,
-    num_beams: int,
-    num_return_sequences: int,
-    length_penalty: float,
-    early_stopping: bool,
-    max_new_tokens: int,
-    stop: Sequence[str] | None,
-    device: str | torch.device | None,
-) -> list[str]:
-    """The best num_return_sequences beam search outputs as text, each cut at end-of-text and the first stop."""
-    idx = _prompt_ids(tokenizer, prompt, 1, _prompt_device(model, device), model_kind(model) == "t5")  # (1, T)
-    hyps = beam_search(
-        model,
-        idx,
-        max_new_tokens,
-        num_beams=num_beams,
-        length_penalty=length_penalty,
-        early_stopping=early_stopping,
-        num_return_sequences=num_return_sequences,
-        eos_id=getattr(tokenizer, "eot_id", None),
-        vocab_limit=_vocab_limit(model, tokenizer),
-    )[0]
-    texts = []
-    for tokens, _ in hyps:
-        row = _TextDecoder(tokenizer, stop or [], _strips_space(model, tokenizer))
-        texts.append("".join(row.push(t) for t in tokens) + row.finish())
-    return texts
+    gpt: a completion continues its prompt; t5: the prompt is the encoder input and the completion the decoder's
+    output. config and the keyword controls are sample.sampling.GenerationConfig's (keywords win); eos_token_id
+    defaults to the tokenizer's end-of-text. Row j (prompt-major: prompt i, sequence r is row i * n + r) samples
+    with seed + j, so each completion is reproducible on its own (Completion.seed). seed None draws a seed.
+    num_beams > 1 runs beam search (one prompt after another; deterministic). device=None: the model's device.
+    on_text(row, piece) is called with each row's text as soon as it is final (a streamer; beams: at the end).
+    """
+    cfg = _config(config, controls)
+    single = isinstance(prompts, str)
+    texts = [prompts] if single else list(prompts)
+    if not texts or not all(isinstance(p, str) for p in texts):
+        raise TypeError("prompts must be a string or a non-empty list of strings")
+    kind = model_kind(model)
+    ids = [prompt_ids(tokenizer, p, kind) for p in texts]
+    completions = _Request(model, tokenizer, texts, ids, cfg, seed, device, code_prompts=texts).run(on_text)
+    n = cfg.num_return_sequences
+    return [completions[i : i + n] for i in range(0, len(completions), n)]
 
 
 def stream(
     model: LM,
     tokenizer: Tokenizer,
     prompt: str,
+    config: GenerationConfig | None = None,
     *,
-    max_new_tokens: int = 200,
-    temperature: float = 0.8,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    stop: list[str] | None = None,
     seed: int | None = None,
     device: str | torch.device | None = None,
+    **controls: object,
 ) -> Iterator[str]:
     """Yield the completion of one sample piece by piece, as soon as each piece is final.
 
-    gpt: the completion continues the prompt. t5: the prompt is the encoder input and the completion is the
-    decoder's output. Generation ends at the tokenizer's end-of-text token, at the first stop string (which is not
-    yielded) or after max_new_tokens. A piece never ends inside a multi-byte character or inside a possible stop
-    string. An empty prompt is end-of-text alone. device=None means the model's device.
+    The pieces join to exactly generate(...)[0][0].text for the same prompt, controls and seed. A piece never ends
+    inside a multi-byte character or inside a possible stop string; see generate() for the rest.
     """
-    for pieces in _generate_text(
-        model,
-        tokenizer,
-        prompt,
-        num_samples=1,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        stop=stop,
-        seed=seed,
-        device=device,
-    ):
+    cfg = _config(config, controls)
+    if cfg.num_beams > 1:
+        raise ValueError(f"stream cannot show beam search (num_beams={cfg.num_beams}): beams are only final at the end")
+    if cfg.num_return_sequences != 1:
+        raise ValueError("stream yields one sample; call it once per sample (with seed + i) or use generate()")
+    ids = [prompt_ids(tokenizer, prompt, model_kind(model))]
+    for pieces in _Request(model, tokenizer, [prompt], ids, cfg, seed, device, code_prompts=[prompt]).steps():
         if pieces[0]:
             yield pieces[0]
 
@@ -613,61 +707,47 @@ def complete(
     model: LM,
     tokenizer: Tokenizer,
     prompt: str,
+    config: GenerationConfig | None = None,
     *,
-    max_new_tokens: int = 200,
-    temperature: float = 0.8,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    stop: list[str] | None = None,
-    num_samples: int = 1,
     seed: int | None = None,
     device: str | torch.device | None = None,
-    num_beams: int = 1,
-    length_penalty: float = 1.0,
-    early_stopping: bool = False,
+    **controls: object,
 ) -> list[str]:
-    """num_samples completions of prompt (the prompt itself not included), generated as one batch.
+    """The texts of generate(model, tokenizer, prompt, ...): num_return_sequences completions of one prompt."""
+    return [c.text for c in generate(model, tokenizer, prompt, config, seed=seed, device=device, **controls)[0]]
 
-    gpt: completions continue the prompt; t5: the prompt is the encoder input and a completion is the decoder's
-    output. Each completion ends before the tokenizer's end-of-text token and before the first stop string; see
-    stream(). num_beams > 1 switches to beam search (see beam_search): the result is then the num_samples best
-    beams, best first (num_samples <= num_beams), and temperature, top_k, top_p and seed are not used (beam search
-    is deterministic). Stop strings cut the finished beams' text; they do not steer the search.
+
+def infill(
+    model: LM,
+    tokenizer: Tokenizer,
+    prefix: str,
+    suffix: str,
+    config: GenerationConfig | None = None,
+    *,
+    seed: int | None = None,
+    device: str | torch.device | None = None,
+    on_text: Callable[[int, str], None] | None = None,
+    **controls: object,
+) -> list[Completion]:
+    """Fill in the middle between prefix and suffix with a model trained on fill-in-the-middle data.
+
+    The model reads <|fim_prefix|> prefix <|fim_suffix|> suffix <|fim_middle|> and writes the middle up to
+    end-of-text (data.fim); prefix + completion.text + suffix is the filled-in document. Returns
+    num_return_sequences completions (Completion.prompt is the prefix, Completion.suffix the suffix).
     """
-    if num_beams < 1:
-        raise ValueError(f"num_beams={num_beams} must be >= 1 (1 = sampling or greedy, > 1 = beam search)")
-    if num_beams > 1:
-        if num_samples > num_beams:
-            raise ValueError(
-                f"num_samples={num_samples} > num_beams={num_beams}: beam search returns at most num_beams "
-                "sequences; raise num_beams or lower num_samples"
-            )
-        return _beam_texts(
-            model,
-            tokenizer,
-            prompt,
-            num_beams=num_beams,
-            num_return_sequences=num_samples,
-            length_penalty=length_penalty,
-            early_stopping=early_stopping,
-            max_new_tokens=max_new_tokens,
-            stop=stop,
-            device=device,
+    from data.fim import infill_prompt_ids
+
+    cfg = _config(config, controls)
+    if model_kind(model) != "gpt":
+        raise ValueError("infill needs a decoder-only (gpt) model trained with fill-in-the-middle (data.fim_rate > 0)")
+    if getattr(tokenizer, "fim_ids", None) is None:
+        raise ValueError(
+            "this tokenizer has no fill-in-the-middle tokens: the model was not trained for infilling; train it "
+            "with data.fim_rate > 0 (e.g. experiment=gpt-mini_python-code_fim)"
         )
-    texts: list[list[str]] = [[] for _ in range(num_samples)]
-    for pieces in _generate_text(
-        model,
-        tokenizer,
-        prompt,
-        num_samples=num_samples,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        stop=stop,
-        seed=seed,
-        device=device,
-    ):
-        for text, piece in zip(texts, pieces):
-            text.append(piece)
-    return ["".join(t) for t in texts]
+    ids = [infill_prompt_ids(tokenizer, prefix, suffix)]
+    request = _Request(model, tokenizer, [prefix], ids, cfg.replace(stop_at_top_level=False), seed, device)
+    completions = request.run(on_text)
+    for c in completions:
+        c.suffix = suffix
+    return completions

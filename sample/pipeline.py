@@ -1,14 +1,14 @@
 """Hugging Face-shaped sampling API: pipeline("text-generation" | "text2text-generation", model=...)(prompt, ...).
 
 Mirrors transformers' TextGenerationPipeline (decoder-only gpt models) and Text2TextGenerationPipeline
-(encoder-decoder t5 models) for the common arguments (max_length, max_new_tokens, num_return_sequences, do_sample,
-num_beams, length_penalty, early_stopping, temperature, top_k, top_p, return_full_text) and their output shape, so
-code written against transformers ports by changing the import. Generation itself is sample.generate.complete.
+(encoder-decoder t5 models): every generation argument of sample.sampling.GenerationConfig under transformers'
+names, return_full_text, return_tensors and batch_size, and their output shape, so code written against
+transformers ports by changing the import. Generation itself is sample.generate.generate.
 """
 
 from __future__ import annotations
 
-import abc
+import dataclasses
 import warnings
 from pathlib import Path
 
@@ -18,13 +18,15 @@ import torch.nn as nn
 from data.tokenizer import Tokenizer, get_tokenizer
 from model import GPT, T5
 from model.checkpoint import load_model
-from sample.generate import complete, model_device, model_kind, resolve_device
+from sample.generate import Completion, generate, model_device, model_kind, prompt_ids, resolve_device, row_seeds
+from sample.sampling import GenerationConfig
 
+CONTROLS = frozenset(f.name for f in dataclasses.fields(GenerationConfig)) - {"do_sample"}
 KIND_NAMES = {"gpt": "a decoder-only (gpt) model", "t5": "an encoder-decoder (t5) model"}
 TASK_OF_KIND = {"gpt": "text-generation", "t5": "text2text-generation"}
 
 
-class _GenerationPipeline(abc.ABC):
+class _GenerationPipeline:
     """What both pipelines share: model/tokenizer checks and the per-prompt generation loop."""
 
     task = ""
@@ -56,78 +58,54 @@ class _GenerationPipeline(abc.ABC):
     def _generate(
         self,
         text_inputs: str | list[str],
-        max_length: int | None,
-        max_new_tokens: int | None,
         *,
-        num_return_sequences: int,
         do_sample: bool,
-        num_beams: int,
-        length_penalty: float,
-        early_stopping: bool,
-        temperature: float,
-        top_k: int | None,
-        top_p: float | None,
-        stop: list[str] | None,
+        return_full_text: bool,
+        return_tensors: bool,
+        batch_size: int | None,
         seed: int | None,
-        prefix_prompt: bool,
-        ignored: dict[str, object],
-    ) -> list[dict[str, str]] | list[list[dict[str, str]]]:
-        """Validate the transformers-style arguments, then complete() each prompt separately (no padding)."""
+        generate_kwargs: dict[str, object],
+    ) -> list[dict[str, object]] | list[list[dict[str, object]]]:
+        """Validate the transformers-style arguments, then generate every prompt (in batches of batch_size)."""
+        controls = {k: v for k, v in generate_kwargs.items() if k in CONTROLS}
+        ignored = sorted(k for k in generate_kwargs if k not in CONTROLS)
         if ignored:
-            warnings.warn(f"ignoring arguments nanoloom does not use: {', '.join(sorted(ignored))}", stacklevel=3)
-        if num_beams < 1:
-            raise ValueError(f"num_beams={num_beams} must be >= 1 (1 = sampling or greedy, > 1 = beam search)")
-        if num_beams > 1 and do_sample:
-            raise ValueError(
-                f"do_sample=True with num_beams={num_beams} asks for beam sampling, which nanoloom does not do; "
-                "set do_sample=False for beam search or num_beams=1 for sampling"
-            )
-        if num_beams > 1 and num_return_sequences > num_beams:
-            raise ValueError(
-                f"num_return_sequences={num_return_sequences} > num_beams={num_beams}: beam search returns at most "
-                "num_beams sequences; raise num_beams or lower num_return_sequences"
-            )
-        if num_beams == 1 and not do_sample and num_return_sequences > 1:
-            raise ValueError(
-                f"greedy decoding (do_sample=False) gives {num_return_sequences} identical sequences; "
-                "set do_sample=True, num_beams>=num_return_sequences, or num_return_sequences=1"
-            )
-        single = isinstance(text_inputs, str)
-        prompts = [text_inputs] if single else list(text_inputs)
-        if not all(isinstance(p, str) for p in prompts):
-            raise TypeError("text_inputs must be a string or a list of strings")
-        if max_new_tokens is not None and max_length is not None:
+            warnings.warn(f"ignoring arguments nanoloom does not use: {', '.join(ignored)}", stacklevel=3)
+        if controls.get("max_new_tokens") is not None and controls.get("max_length") is not None:
             warnings.warn(
-                f"both max_new_tokens={max_new_tokens} and max_length={max_length} are set; max_new_tokens wins",
+                f"both max_new_tokens={controls['max_new_tokens']} and max_length={controls['max_length']} are set; "
+                "max_new_tokens wins",
                 stacklevel=3,
             )
-        if max_new_tokens is None and max_length is None:
-            max_length = 20  # transformers' GenerationConfig default
+        if controls.get("top_p") is None:
+            controls.pop("top_p", None)  # None means off, as 1.0
+        if controls.get("typical_p") is None:
+            controls.pop("typical_p", None)
+        config = GenerationConfig(do_sample=do_sample, **controls)  # ValueError names a bad or contradictory one
+        single = isinstance(text_inputs, str)
+        prompts = [text_inputs] if single else list(text_inputs)
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise TypeError("text_inputs must be a string or a non-empty list of strings")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be >= 1 (or None: all prompts in one batch)")
+        if seed is None:
+            seed = row_seeds(None, 1)[0]  # one draw; every row then gets seed + row, as with an explicit seed
+        step = batch_size or len(prompts)
+        n = config.num_return_sequences
         outputs = []
-        for i, prompt in enumerate(prompts):
-            n_new = max_new_tokens if max_new_tokens is not None else self._new_tokens(prompt, max_length)
-            completions = complete(
-                self.model,
-                self.tokenizer,
-                prompt,
-                max_new_tokens=n_new,
-                temperature=temperature if do_sample else 0.0,
-                top_k=top_k or None,
-                top_p=top_p,
-                stop=stop,
-                num_samples=num_return_sequences,
-                seed=None if seed is None else seed + i,  # each prompt its own reproducible stream
-                num_beams=num_beams,
-                length_penalty=length_penalty,
-                early_stopping=early_stopping,
-            )
-            prefix = prompt if prefix_prompt else ""
-            outputs.append([{"generated_text": prefix + c} for c in completions])
-        return outputs[0] if single else outputs
+        for start in range(0, len(prompts), step):  # row j of the whole call samples with seed + j in any batch
+            chunk = prompts[start : start + step]
+            outputs += generate(self.model, self.tokenizer, chunk, config, seed=seed + start * n)
+        full, tensors = return_full_text, return_tensors
+        results = [[self._record(p, c, full, tensors) for c in cs] for p, cs in zip(prompts, outputs)]
+        return results[0] if single else results
 
-    @abc.abstractmethod
-    def _new_tokens(self, prompt: str, max_length: int) -> int:
-        """How many new tokens max_length allows for prompt (the two tasks count max_length differently)."""
+    def _record(self, prompt: str, c: Completion, full_text: bool, tensors: bool) -> dict[str, object]:
+        """One output as transformers shapes it: generated_text, or generated_token_ids with return_tensors."""
+        if tensors:
+            ids = prompt_ids(self.tokenizer, prompt, "gpt") if full_text and self.kind == "gpt" else []
+            return {"generated_token_ids": ids + c.token_ids}
+        return {"generated_text": (prompt if full_text else "") + c.text}
 
 
 class TextGenerationPipeline(_GenerationPipeline):
@@ -139,58 +117,40 @@ class TextGenerationPipeline(_GenerationPipeline):
     def __call__(
         self,
         text_inputs: str | list[str],
-        max_length: int | None = None,
-        max_new_tokens: int | None = None,
-        num_return_sequences: int = 1,
+        *,
         do_sample: bool | None = None,
-        temperature: float = 1.0,
-        top_k: int | None = 50,
-        top_p: float | None = 1.0,
-        stop: list[str] | None = None,
-        seed: int | None = None,
         return_full_text: bool = True,
-        num_beams: int = 1,
-        length_penalty: float = 1.0,
-        early_stopping: bool = False,
-        **ignored: object,
-    ) -> list[dict[str, str]] | list[list[dict[str, str]]]:
+        return_tensors: bool = False,
+        batch_size: int | None = None,
+        seed: int | None = None,
+        **generate_kwargs: object,
+    ) -> list[dict[str, object]] | list[list[dict[str, object]]]:
         """Generate continuations; [{"generated_text": ...}] per prompt, a list of those for a list of prompts.
 
         Args:
-            text_inputs: one prompt or a list of prompts (each generated separately: no padding is needed).
-            max_length: prompt tokens + new tokens, as in transformers. Defaults to 20 when neither this nor
-                max_new_tokens is given (transformers' GenerationConfig default).
-            max_new_tokens: new tokens, not counting the prompt; wins over max_length when both are given.
-            num_return_sequences: samples (or best beams) per prompt.
+            text_inputs: one prompt or a list of prompts; a list is generated as padded batches whose results equal
+                generating each prompt alone.
             do_sample: True samples, False is greedy (or beam search). None (the default): True with num_beams=1
                 (nanoloom's default; transformers defaults to False), False with num_beams > 1.
-            num_beams: > 1 runs beam search (deterministic; do_sample=True with it is an error); see
-                sample.generate.beam_search for length_penalty and early_stopping.
-            temperature, top_k, top_p: sampling filters (top-k, then temperature, then top-p). top_k 0 or None
-                and top_p 1.0 or None switch the filter off; temperature 0 is greedy.
-            stop: strings that end a completion; the stop string is not part of the output.
-            seed: makes the samples reproducible; the same seed gives the same outputs.
             return_full_text: prepend the prompt to the generated text (transformers' default).
-            **ignored: other transformers generation arguments (pad_token_id, truncation, ...) are accepted and
-                ignored with a warning, so existing calls run unchanged.
-        Generation also ends at the tokenizer's end-of-text token.
+            return_tensors: return {"generated_token_ids": [...]} instead of text (the prompt's ids first when
+                return_full_text), the ids that ended generation (eos) included.
+            batch_size: prompts per batch (None: all at once).
+            seed: makes the samples reproducible; output j of the call (prompt-major) samples with seed + j.
+            **generate_kwargs: every control of sample.sampling.GenerationConfig, with transformers' names and
+                defaults: max_length (prompt + new tokens; 20 when neither it nor max_new_tokens is given),
+                max_new_tokens (wins over max_length), min_new_tokens, num_return_sequences, temperature, top_k,
+                top_p, min_p, typical_p, repetition_penalty, presence_penalty, frequency_penalty,
+                no_repeat_ngram_size, bad_words_ids, suppress_tokens, eos_token_id, stop_strings, num_beams,
+                length_penalty, early_stopping. Other transformers arguments (pad_token_id, truncation, ...) are
+                accepted and ignored with a warning, so existing calls run unchanged.
         """
+        num_beams = int(generate_kwargs.get("num_beams", 1) or 1)
         return self._generate(
-            text_inputs, max_length, max_new_tokens, num_return_sequences=num_return_sequences,
-            do_sample=num_beams == 1 if do_sample is None else do_sample, num_beams=num_beams,
-            length_penalty=length_penalty, early_stopping=early_stopping, temperature=temperature, top_k=top_k,
-            top_p=top_p, stop=stop, seed=seed, prefix_prompt=return_full_text, ignored=ignored,
+            text_inputs, do_sample=num_beams == 1 if do_sample is None else do_sample,
+            return_full_text=return_full_text, return_tensors=return_tensors, batch_size=batch_size, seed=seed,
+            generate_kwargs=generate_kwargs,
         )  # fmt: skip
-
-    def _new_tokens(self, prompt: str, max_length: int) -> int:
-        """How many tokens max_length leaves after the prompt (an empty prompt counts its end-of-text start)."""
-        n_prompt = max(len(self.tokenizer.encode(prompt)), 1)
-        if n_prompt >= max_length:
-            raise ValueError(
-                f"the prompt is {n_prompt} tokens but max_length={max_length} counts the prompt too; "
-                "raise max_length or, better, set max_new_tokens"
-            )
-        return max_length - n_prompt
 
 
 class Text2TextGenerationPipeline(_GenerationPipeline):
@@ -202,48 +162,27 @@ class Text2TextGenerationPipeline(_GenerationPipeline):
     def __call__(
         self,
         text_inputs: str | list[str],
-        max_length: int | None = None,
-        max_new_tokens: int | None = None,
-        num_return_sequences: int = 1,
+        *,
         do_sample: bool = False,
-        temperature: float = 1.0,
-        top_k: int | None = 50,
-        top_p: float | None = 1.0,
-        stop: list[str] | None = None,
+        return_tensors: bool = False,
+        batch_size: int | None = None,
         seed: int | None = None,
-        num_beams: int = 1,
-        length_penalty: float = 1.0,
-        early_stopping: bool = False,
-        **ignored: object,
-    ) -> list[dict[str, str]] | list[list[dict[str, str]]]:
+        **generate_kwargs: object,
+    ) -> list[dict[str, object]] | list[list[dict[str, object]]]:
         """Generate outputs; [{"generated_text": ...}] per input, a list of those for a list of inputs.
 
         Args:
-            text_inputs: one input or a list of inputs (each encoded and generated separately).
-            max_length: output tokens counting the decoder start token, as in transformers: at most
-                max_length - 1 new tokens; the input is not counted. Defaults to 20 when neither this nor
-                max_new_tokens is given.
-            max_new_tokens: output tokens; wins over max_length when both are given.
-            num_return_sequences: samples (or best beams) per input.
+            text_inputs: one input or a list of inputs (padded batches, each input encoded with its own mask).
             do_sample: False (the default, as in transformers) is greedy or beam search; True samples.
-            num_beams: > 1 runs beam search (do_sample=True with it is an error); see
-                sample.generate.beam_search for length_penalty and early_stopping.
-            temperature, top_k, top_p, stop, seed: as for text-generation.
-            **ignored: other transformers generation arguments are accepted and ignored with a warning.
+            return_tensors, batch_size, seed: as for text-generation.
+            **generate_kwargs: as for text-generation, except that max_length counts output tokens and the decoder
+                start token, as in transformers: at most max_length - 1 new tokens; the input is not counted.
         The generated text is the decoder's output alone; it ends at the tokenizer's end-of-text token.
         """
         return self._generate(
-            text_inputs, max_length, max_new_tokens, num_return_sequences=num_return_sequences,
-            do_sample=do_sample, num_beams=num_beams, length_penalty=length_penalty, early_stopping=early_stopping,
-            temperature=temperature, top_k=top_k, top_p=top_p, stop=stop, seed=seed, prefix_prompt=False,
-            ignored=ignored,
+            text_inputs, do_sample=do_sample, return_full_text=False, return_tensors=return_tensors,
+            batch_size=batch_size, seed=seed, generate_kwargs=generate_kwargs,
         )  # fmt: skip
-
-    def _new_tokens(self, prompt: str, max_length: int) -> int:
-        """max_length counts the decoder start token (transformers), so it leaves max_length - 1 new tokens."""
-        if max_length < 1:
-            raise ValueError(f"max_length={max_length} must be >= 1 (it counts the decoder start token)")
-        return max_length - 1
 
 
 SUPPORTED_TASKS: dict[str, type[_GenerationPipeline]] = {

@@ -1,23 +1,323 @@
-"""Pure functions from next-token logits (B, V) to token ids (B,), with an explicit torch.Generator.
+"""The decoding controls: GenerationConfig, and pure functions from next-token logits (B, V) to token ids (B,).
 
-Filters are applied in a fixed, documented order: top-k, then temperature, then top-p (nucleus, Holtzman et al.
-2019), then a multinomial draw. temperature == 0 means greedy argmax (litgpt `sample`). Filtered-out tokens get
-logit -inf, so they have probability exactly 0.
+Names and defaults follow transformers' GenerationConfig where it has the control (presence_penalty and
+frequency_penalty follow OpenAI's API). One step turns the model's logits into tokens in this fixed order:
+
+  processors (also applied by greedy decoding and beam search)
+    1. repetition_penalty    every token in the prompt or generated so far (CTRL, Keskar et al. 2019)
+    2. presence_penalty,     generated tokens only: - presence * [count > 0] - frequency * count
+       frequency_penalty
+    3. no_repeat_ngram_size  a token that would complete an n-gram already in the prompt or output gets -inf
+    4. bad_words_ids,        a token that would complete a banned sequence, and suppressed tokens, get -inf
+       suppress_tokens
+    5. min_new_tokens        every eos id gets -inf until min_new_tokens tokens have been generated
+  then greedy decoding (do_sample=False or temperature=0) takes the argmax; sampling goes on with the warpers
+    6. temperature           logits / temperature
+    7. top_k                 the k most likely tokens
+    8. top_p                 the smallest set with probability mass >= top_p (nucleus, Holtzman et al. 2019)
+    9. min_p                 tokens with probability >= min_p * the top token's (Nguyen et al. 2024)
+   10. typical_p             locally typical sampling (Meister et al. 2022)
+   11. a multinomial draw from the softmax, with each row's own torch.Generator
+
+Filtered tokens get logit -inf, so their probability is exactly 0; every filter keeps at least one token. This is
+transformers' order (its processors, then temperature, top-k, top-p, min-p, typical-p). Drawing each row with its
+own generator makes a row's sample depend only on its own logits and seed, so a prompt gives the same sample alone
+or in a batch.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
 import torch
 
 
-def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    """Raise ValueError naming the argument and the fix if any sampling setting is out of range."""
-    if temperature < 0:
-        raise ValueError(f"temperature={temperature} must be >= 0 (0 = greedy, 1 = the model's distribution)")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k={top_k} must be >= 1, or None to keep every token")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p={top_p} must be in (0, 1]; use 1.0 (or None) to keep every token")
+@dataclass
+class GenerationConfig:
+    """Every decoding control of nanoloom's generation (transformers' names and defaults where it has them).
+
+    Also the base of the Hydra schema of configs/task/*.yaml (sample.config.TaskConfig), hence typing.Optional and
+    List: the field types OmegaConf reads.
+    """
+
+    max_new_tokens: Optional[int] = None  # generated tokens at most; None: max_length decides (20 if both None)
+    max_length: Optional[int] = None  # prompt + generated tokens (t5: output tokens + the decoder start token)
+    min_new_tokens: int = 0  # eos is impossible before this many tokens
+    do_sample: bool = False  # False: greedy (or beam search); True: sample with the warpers below
+    temperature: float = 1.0  # 0 is greedy even with do_sample (litgpt)
+    top_k: Optional[int] = 50  # None or 0: off
+    top_p: float = 1.0  # 1.0: off
+    min_p: Optional[float] = None  # None or 0: off
+    typical_p: float = 1.0  # 1.0: off
+    repetition_penalty: float = 1.0  # > 1 discourages repeating prompt or output tokens; 1.0: off
+    presence_penalty: float = 0.0  # subtracted once from every token already generated
+    frequency_penalty: float = 0.0  # subtracted per occurrence of a generated token
+    no_repeat_ngram_size: int = 0  # > 0: no n-gram of this size occurs twice in prompt + output
+    bad_words_ids: Optional[List[List[int]]] = None  # token sequences that must never be generated
+    suppress_tokens: Optional[List[int]] = None  # token ids that are never generated
+    eos_token_id: Any = None  # an id or a list of ids that end a row; None: the tokenizer's end-of-text
+    stop_strings: List[str] = field(default_factory=list)  # text that ends a row (not part of the output)
+    stop_at_top_level: bool = False  # code: end before the first new top-level line after an indented body
+    num_beams: int = 1  # > 1: beam search (deterministic)
+    num_return_sequences: int = 1  # outputs per prompt (sampling: independent samples; beams: the best ones)
+    length_penalty: float = 1.0  # beam score = sum log p / length ** length_penalty
+    early_stopping: bool = False  # beam search: stop a row once num_beams hypotheses are finished
+
+    def __post_init__(self) -> None:
+        check_generation_config(self)
+
+    @property
+    def greedy(self) -> bool:
+        """True when a single row picks its argmax (no sampling, no beams)."""
+        return self.num_beams == 1 and (not self.do_sample or self.temperature == 0)
+
+    def eos_ids(self, default: int | None) -> list[int]:
+        """The ids that end a row: eos_token_id (one or several), else the tokenizer's end-of-text default."""
+        eos = self.eos_token_id if self.eos_token_id is not None else default
+        if eos is None:
+            return []
+        return [eos] if isinstance(eos, int) else list(eos)
+
+    def replace(self, **changes: object) -> GenerationConfig:
+        """A GenerationConfig (never a subclass) with this one's controls and some changed (validated again)."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(GenerationConfig)}
+        return GenerationConfig(**{**fields, **changes})
+
+    def to_dict(self) -> dict[str, object]:
+        """Every control, JSON-serialisable (a sample's provenance)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(GenerationConfig)}
+
+
+def _positive_int_or_none(name: str, value: int | None, minimum: int) -> None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < minimum):
+        raise ValueError(f"{name}={value!r} must be >= {minimum} (a whole number)")
+
+
+def _finite(name: str, value: float) -> None:
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name}={value!r} must be a finite number")
+
+
+def check_generation_config(c: GenerationConfig) -> None:
+    """Raise ValueError, naming the control and the fix, for out-of-range or contradictory settings."""
+    _positive_int_or_none("max_new_tokens", c.max_new_tokens, 0)
+    _positive_int_or_none("max_length", c.max_length, 1)
+    _positive_int_or_none("min_new_tokens", c.min_new_tokens, 0)
+    if c.max_new_tokens is not None and c.min_new_tokens > c.max_new_tokens:
+        raise ValueError(f"min_new_tokens={c.min_new_tokens} > max_new_tokens={c.max_new_tokens}; lower min_new_tokens")
+    _finite("temperature", c.temperature)
+    if c.temperature < 0:
+        raise ValueError(f"temperature={c.temperature} must be >= 0 (0 = greedy, 1 = the model's distribution)")
+    _positive_int_or_none("top_k", c.top_k, 0)
+    for name in ("top_p", "typical_p"):
+        value = getattr(c, name)
+        _finite(name, value)
+        if not 0.0 < value <= 1.0:
+            raise ValueError(f"{name}={value} must be in (0, 1]; 1.0 switches it off")
+    if c.min_p is not None:
+        _finite("min_p", c.min_p)
+        if not 0.0 <= c.min_p <= 1.0:
+            raise ValueError(f"min_p={c.min_p} must be in [0, 1]; null (or 0) switches it off, 0.05 is typical")
+    _finite("repetition_penalty", c.repetition_penalty)
+    if c.repetition_penalty <= 0:
+        raise ValueError(f"repetition_penalty={c.repetition_penalty} must be > 0 (1.0 = off, > 1 penalises)")
+    _finite("presence_penalty", c.presence_penalty)
+    _finite("frequency_penalty", c.frequency_penalty)
+    _positive_int_or_none("no_repeat_ngram_size", c.no_repeat_ngram_size, 0)
+    if c.bad_words_ids is not None:
+        if not all(isinstance(w, (list, tuple)) and w and all(_is_id(t) for t in w) for w in c.bad_words_ids):
+            raise ValueError(f"bad_words_ids={c.bad_words_ids!r} must be a list of non-empty lists of token ids")
+    if c.suppress_tokens is not None and not all(_is_id(t) for t in c.suppress_tokens):
+        raise ValueError(f"suppress_tokens={c.suppress_tokens!r} must be a list of token ids (integers >= 0)")
+    eos = c.eos_token_id
+    if eos is not None and not (_is_id(eos) or (isinstance(eos, (list, tuple)) and eos and all(map(_is_id, eos)))):
+        raise ValueError(f"eos_token_id={eos!r} must be a token id or a non-empty list of token ids")
+    if not all(isinstance(s, str) for s in c.stop_strings):
+        raise ValueError(f"stop_strings={c.stop_strings!r} must be a list of strings")
+    _positive_int_or_none("num_beams", c.num_beams, 1)
+    _positive_int_or_none("num_return_sequences", c.num_return_sequences, 1)
+    _finite("length_penalty", c.length_penalty)
+    if c.num_beams > 1 and c.do_sample:
+        raise ValueError(
+            f"do_sample=true with num_beams={c.num_beams} asks for beam sampling, which nanoloom does not do; "
+            "set do_sample=false for beam search or num_beams=1 for sampling"
+        )
+    if c.num_beams > 1 and c.num_return_sequences > c.num_beams:
+        raise ValueError(
+            f"num_return_sequences={c.num_return_sequences} > num_beams={c.num_beams}: beam search returns at most "
+            "num_beams sequences; raise num_beams or lower num_return_sequences"
+        )
+    if c.greedy and c.num_return_sequences > 1:
+        why = "temperature=0" if c.do_sample else "do_sample=false"
+        raise ValueError(
+            f"greedy decoding ({why}) gives {c.num_return_sequences} identical sequences; sample (do_sample=true, "
+            "temperature > 0), use num_beams >= num_return_sequences, or set num_return_sequences=1"
+        )
+
+
+def _is_id(t: object) -> bool:
+    return isinstance(t, int) and not isinstance(t, bool) and t >= 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# processors (1-5): they see what was generated, so they take the token history
+
+
+@dataclass
+class History:
+    """The tokens the processors look at, for B rows: prompt and generated ids, left-padded to one length.
+
+    ids (B, L) holds the prompt (a row with p padding tokens starts at column p) then the generated tokens; only the
+    first `length` columns are filled. counts (B, V) counts each row's generated tokens (presence/frequency
+    penalties) and seen (B, V) marks every token of prompt and output (repetition penalty); each is kept only when
+    its control is on.
+    """
+
+    ids: torch.Tensor  # (B, L)
+    pad: torch.Tensor  # (B,) left-padding columns of each row
+    length: int  # filled columns
+    generated: int = 0  # tokens generated so far (the same for every row)
+    counts: torch.Tensor | None = None  # (B, V) float
+    seen: torch.Tensor | None = None  # (B, V) bool
+
+    @classmethod
+    def start(
+        cls, prompt: torch.Tensor, pad: torch.Tensor | None, max_new_tokens: int, vocab_size: int, cfg: GenerationConfig
+    ) -> History:
+        """History of prompt (B, T) with pad (B,) padding columns on the left (None: no padding)."""
+        B, T = prompt.shape
+        ids = torch.zeros(B, T + max_new_tokens, dtype=torch.long, device=prompt.device)
+        ids[:, :T] = prompt
+        pad = pad if pad is not None else torch.zeros(B, dtype=torch.long, device=prompt.device)
+        h = cls(ids, pad, T)
+        if cfg.presence_penalty or cfg.frequency_penalty:
+            h.counts = torch.zeros(B, vocab_size, device=prompt.device)
+        if cfg.repetition_penalty != 1.0:
+            real = torch.arange(T, device=prompt.device)[None, :] >= pad[:, None]  # (B, T)
+            h.seen = _mark(prompt, real, vocab_size)
+        return h
+
+    def append(self, token: torch.Tensor) -> None:
+        """Record one generated token per row (B,)."""
+        self.ids[:, self.length] = token
+        self.length += 1
+        self.generated += 1
+        if self.counts is not None:
+            self.counts.scatter_add_(1, token[:, None], torch.ones_like(token[:, None], dtype=self.counts.dtype))
+        if self.seen is not None:
+            self.seen.scatter_(1, token[:, None], True)
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Keep rows `rows` (B',) in that order (beam search)."""
+        self.ids, self.pad = self.ids.index_select(0, rows), self.pad.index_select(0, rows)
+        if self.counts is not None:
+            self.counts = self.counts.index_select(0, rows)
+        if self.seen is not None:
+            self.seen = self.seen.index_select(0, rows)
+
+    def filled(self) -> torch.Tensor:
+        """(B, length) the ids so far; padding columns included (see real())."""
+        return self.ids[:, : self.length]
+
+    def real(self) -> torch.Tensor:
+        """(B, length) True where filled() holds a real token, False on padding."""
+        return torch.arange(self.length, device=self.ids.device)[None, :] >= self.pad[:, None]
+
+
+def _mark(ids: torch.Tensor, where: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """(B, V) True for every id in ids (B, N) at a position where `where` (B, N) is True."""
+    marked = torch.zeros(ids.size(0), vocab_size + 1, dtype=torch.bool, device=ids.device)
+    index = torch.where(where, ids.clamp(0, vocab_size - 1), vocab_size)  # unmarked positions go to a spare column
+    return marked.scatter_(1, index, True)[:, :vocab_size]
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Make every seen token less likely: a positive logit is divided by penalty, a negative one multiplied."""
+    if penalty == 1.0:
+        return logits
+    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalised, logits)
+
+
+def apply_presence_frequency(
+    logits: torch.Tensor, counts: torch.Tensor, presence: float, frequency: float
+) -> torch.Tensor:
+    """logits - presence * [count > 0] - frequency * count, per token (OpenAI's definition)."""
+    return logits - presence * (counts > 0).to(logits.dtype) - frequency * counts.to(logits.dtype)
+
+
+def no_repeat_ngram_mask(ids: torch.Tensor, real: torch.Tensor, n: int, vocab_size: int) -> torch.Tensor:
+    """(B, V) True for each token that would complete an n-gram already in the row's real tokens ids (B, L)."""
+    B, L = ids.shape
+    if n < 1 or L < n:
+        return torch.zeros(B, vocab_size, dtype=torch.bool, device=ids.device)
+    windows = ids.unfold(1, n, 1)  # (B, L-n+1, n): every n-gram
+    valid = real.unfold(1, n, 1).all(dim=-1)  # (B, L-n+1): n-grams of real tokens only
+    if n > 1:
+        tail = ids[:, L - n + 1 :]  # (B, n-1): the tokens the next one would extend
+        valid &= real[:, L - n + 1 :].all(dim=-1, keepdim=True)
+        valid &= (windows[:, :, :-1] == tail[:, None, :]).all(dim=-1)
+    return _mark(windows[:, :, -1], valid, vocab_size)
+
+
+def bad_words_mask(
+    ids: torch.Tensor, real: torch.Tensor, bad_words_ids: Sequence[Sequence[int]], vocab_size: int
+) -> torch.Tensor:
+    """(B, V) True for each token that would complete one of bad_words_ids after the row's tokens ids (B, L)."""
+    B, L = ids.shape
+    banned = torch.zeros(B, vocab_size, dtype=torch.bool, device=ids.device)
+    for word in bad_words_ids:
+        *prefix, last = word
+        if last >= vocab_size:
+            continue
+        if not prefix:
+            banned[:, last] = True
+            continue
+        if len(prefix) > L:
+            continue
+        want = torch.tensor(prefix, dtype=ids.dtype, device=ids.device)
+        match = (ids[:, L - len(prefix) :] == want).all(dim=-1) & real[:, L - len(prefix) :].all(dim=-1)  # (B,)
+        banned[:, last] |= match
+    return banned
+
+
+def process_logits(logits: torch.Tensor, cfg: GenerationConfig, history: History, eos_ids: list[int]) -> torch.Tensor:
+    """Steps 1-5 on logits (B, V) (float32): penalties and bans; the result still holds every allowed token."""
+    V = logits.size(-1)
+    if history.seen is not None:
+        logits = apply_repetition_penalty(logits, history.seen, cfg.repetition_penalty)
+    if history.counts is not None:
+        logits = apply_presence_frequency(logits, history.counts, cfg.presence_penalty, cfg.frequency_penalty)
+    banned = None
+    if cfg.no_repeat_ngram_size:
+        banned = no_repeat_ngram_mask(history.filled(), history.real(), cfg.no_repeat_ngram_size, V)
+    if cfg.bad_words_ids:
+        words = bad_words_mask(history.filled(), history.real(), cfg.bad_words_ids, V)
+        banned = words if banned is None else banned | words
+    if banned is not None:
+        logits = logits.masked_fill(banned, float("-inf"))
+    suppressed = [t for t in cfg.suppress_tokens or [] if t < V]
+    if history.generated < cfg.min_new_tokens:
+        suppressed += [t for t in eos_ids if t < V]
+    if suppressed:
+        logits = logits.clone()
+        logits[:, suppressed] = float("-inf")
+    return logits
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# warpers (6-10): pure functions of the logits
+
+
+def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Divide logits by temperature (> 0): below 1 sharpens the distribution, above 1 flattens it."""
+    if temperature <= 0:
+        raise ValueError(f"apply_temperature needs temperature > 0, got {temperature}; 0 means argmax (greedy)")
+    return logits if temperature == 1.0 else logits / temperature
 
 
 def apply_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -26,13 +326,6 @@ def apply_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
         return logits
     values, indices = torch.topk(logits, k, dim=-1)  # (B, k)
     return torch.full_like(logits, float("-inf")).scatter(-1, indices, values)  # (B, V)
-
-
-def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Divide logits by temperature (> 0): below 1 sharpens the distribution, above 1 flattens it."""
-    if temperature <= 0:
-        raise ValueError(f"apply_temperature needs temperature > 0, got {temperature}; 0 means argmax (sample_next)")
-    return logits if temperature == 1.0 else logits / temperature
 
 
 def apply_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
@@ -48,34 +341,80 @@ def apply_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
+def apply_min_p(logits: torch.Tensor, min_p: float) -> torch.Tensor:
+    """Keep the tokens whose probability is at least min_p times the most likely token's; -inf the rest."""
+    if min_p <= 0.0:
+        return logits
+    probs = torch.softmax(logits.float(), dim=-1)  # (B, V)
+    threshold = min_p * probs.max(dim=-1, keepdim=True).values  # (B, 1)
+    return logits.masked_fill(probs < threshold, float("-inf"))  # the top token always passes
+
+
+def apply_typical_p(logits: torch.Tensor, mass: float) -> torch.Tensor:
+    """Locally typical sampling: keep the tokens whose surprisal -log p is closest to the entropy H, in that order,
+    until their probability mass reaches `mass` (the token that crosses it included)."""
+    if mass >= 1.0:
+        return logits
+    logp = torch.log_softmax(logits.float(), dim=-1)  # (B, V)
+    p = logp.exp()
+    entropy = -(p * logp).nan_to_num().sum(dim=-1, keepdim=True)  # (B, 1); 0 * -inf counts as 0
+    distance = (-logp - entropy).abs()  # (B, V): how atypical each token is
+    order = distance.argsort(dim=-1)  # most typical first
+    mass_before = p.gather(-1, order).cumsum(dim=-1) - p.gather(-1, order)  # (B, V) in typical order
+    drop_sorted = mass_before >= mass  # the first (most typical) token is always kept
+    drop = drop_sorted.scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def warp_logits(logits: torch.Tensor, cfg: GenerationConfig) -> torch.Tensor:
+    """Steps 6-10 on logits (B, V): temperature, top-k, top-p, min-p, typical-p (each skipped when off)."""
+    logits = apply_temperature(logits, cfg.temperature)
+    if cfg.top_k:
+        logits = apply_top_k(logits, cfg.top_k)
+    if cfg.top_p < 1.0:
+        logits = apply_top_p(logits, cfg.top_p)
+    if cfg.min_p:
+        logits = apply_min_p(logits, cfg.min_p)
+    if cfg.typical_p < 1.0:
+        logits = apply_typical_p(logits, cfg.typical_p)
+    return logits
+
+
+def draw(probs: torch.Tensor, generators: Sequence[torch.Generator] | torch.Generator | None) -> torch.Tensor:
+    """One token per row of probs (B, V): row i draws with generators[i] (a single generator or None: one draw)."""
+    if generators is None or isinstance(generators, torch.Generator):
+        return torch.multinomial(probs, num_samples=1, generator=generators).squeeze(-1)  # (B,)
+    if len(generators) != probs.size(0):
+        raise ValueError(f"got {len(generators)} generators for {probs.size(0)} rows; pass one per row")
+    rows = [torch.multinomial(row, num_samples=1, generator=g) for row, g in zip(probs, generators)]
+    return torch.cat(rows)  # (B,)
+
+
+def choose(
+    logits: torch.Tensor,
+    cfg: GenerationConfig,
+    generators: Sequence[torch.Generator] | torch.Generator | None = None,
+) -> torch.Tensor:
+    """The next token of each row (B,) from processed logits (B, V): argmax when greedy, else warp and draw."""
+    if not cfg.do_sample or cfg.temperature == 0:
+        return torch.argmax(logits, dim=-1)  # (B,)
+    return draw(torch.softmax(warp_logits(logits.float(), cfg), dim=-1), generators)
+
+
 def sample_next(
     logits: torch.Tensor,
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
     generator: torch.Generator | None = None,
+    min_p: float | None = None,
+    typical_p: float | None = None,
 ) -> torch.Tensor:
-    """Draw one token per row from next-token logits.
-
-    Args:
-        logits: (B, V) unnormalised scores for the next token.
-        temperature: 0 picks the argmax (top_k/top_p are then irrelevant); > 0 samples.
-        top_k: keep only the k most likely tokens (applied first).
-        top_p: keep the smallest set with probability mass >= top_p (applied last, after temperature).
-        generator: the random source; must live on logits' device. None uses torch's global RNG.
-    Returns:
-        (B,) LongTensor of token ids.
-    """
-    check_sampling_args(temperature, top_k, top_p)
+    """Draw one token per row of logits (B, V) with the warpers only (no history); temperature 0 is argmax."""
     if logits.dim() != 2:
         raise ValueError(f"sample_next expects logits of shape (B, V), got {tuple(logits.shape)}")
-    if temperature == 0:
-        return torch.argmax(logits, dim=-1)  # (B,)
-    logits = logits.float()  # sample in fp32 whatever the model's dtype
-    if top_k is not None:
-        logits = apply_top_k(logits, top_k)
-    logits = apply_temperature(logits, temperature)
-    if top_p is not None:
-        logits = apply_top_p(logits, top_p)
-    probs = torch.softmax(logits, dim=-1)  # (B, V)
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)  # (B,)
+    cfg = GenerationConfig(
+        do_sample=True, temperature=temperature, top_k=top_k, top_p=1.0 if top_p is None else top_p, min_p=min_p,
+        typical_p=1.0 if typical_p is None else typical_p,
+    )  # fmt: skip
+    return choose(logits.float(), cfg, generator)

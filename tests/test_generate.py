@@ -85,7 +85,7 @@ def test_gpt_reorder_cache_keeps_the_chosen_rows():
 
 def test_generation_stops_when_every_row_has_produced_eos():
     model = ScriptedLM([[1, EOT, 5, 5, 5, 5], [1, 2, 3, EOT, 9, 9]])
-    steps = list(generate_tokens(model, torch.zeros(2, 3, dtype=torch.long), 10, temperature=0.0, eos_id=EOT))
+    steps = list(generate_tokens(model, torch.zeros(2, 3, dtype=torch.long), 10, temperature=0.0, eos_token_id=EOT))
     assert torch.stack(steps, dim=1).tolist() == [[1, EOT, EOT, EOT], [1, 2, 3, EOT]]  # finished rows repeat eos
     assert not model.cache_set
 
@@ -114,13 +114,13 @@ def test_complete_stops_at_eot_and_excludes_the_prompt():
 
 def test_complete_returns_num_samples_rows():
     model = ScriptedLM([BYTE.encode("one") + [EOT], BYTE.encode("two!") + [EOT]])
-    assert complete(model, BYTE, "x", num_samples=2, max_new_tokens=10) == ["one", "two!"]
+    assert complete(model, BYTE, "x", num_return_sequences=2, max_new_tokens=10, do_sample=True) == ["one", "two!"]
 
 
 def test_stop_string_spanning_tokens_is_held_back_and_never_yielded():
     # "<END>" is five byte tokens; "<EN" is a false start that must come out in full once it cannot match
     model = scripted("once <EN there was <END> after the end")
-    pieces = list(stream(model, BYTE, "Tell:", max_new_tokens=100, temperature=0.0, stop=["<END>"]))
+    pieces = list(stream(model, BYTE, "Tell:", max_new_tokens=100, temperature=0.0, stop_strings=["<END>"]))
     assert "".join(pieces) == "once <EN there was "
     assert not any("<END" in p for p in pieces)
     assert "<EN " in pieces  # held back while it could begin "<END>", released whole once it could not
@@ -132,14 +132,14 @@ def test_stop_string_spanning_tokens_is_held_back_and_never_yielded():
 def test_holdback_with_several_stop_strings_and_overlaps():
     model = scripted("a\n\nb\n\n\nc\ndef f")
     stops = ["\ndef ", "\n\n\n"]
-    assert "".join(stream(model, BYTE, "", max_new_tokens=100, stop=stops)) == "a\n\nb"
+    assert "".join(stream(model, BYTE, "", max_new_tokens=100, stop_strings=stops)) == "a\n\nb"
     model = scripted("x = 1\ndefault = 2\ndef g")  # "\ndef" without the space is not a stop
-    assert complete(model, BYTE, "", max_new_tokens=100, stop=stops) == ["x = 1\ndefault = 2"]
+    assert complete(model, BYTE, "", max_new_tokens=100, stop_strings=stops) == ["x = 1\ndefault = 2"]
 
 
 def test_held_back_text_is_released_at_the_end():
     model = scripted("ends with <EN", end=False)
-    out = complete(model, BYTE, "x", max_new_tokens=len("ends with <EN"), stop=["<END>"])
+    out = complete(model, BYTE, "x", max_new_tokens=len("ends with <EN"), stop_strings=["<END>"])
     assert out == ["ends with <EN"]  # max_new_tokens reached: the partial match is ordinary text
 
 
@@ -185,12 +185,12 @@ def test_max_new_tokens_beyond_context_is_capped():
 
 def test_seeded_completions_are_reproducible():
     model = tiny_gpt()
-    a = complete(model, BYTE, "Once upon a time,", max_new_tokens=10, temperature=1.0, num_samples=3, seed=7)
-    b = complete(model, BYTE, "Once upon a time,", max_new_tokens=10, temperature=1.0, num_samples=3, seed=7)
+    a = complete(model, BYTE, "Once upon a time,", max_new_tokens=10, do_sample=True, num_return_sequences=3, seed=7)
+    b = complete(model, BYTE, "Once upon a time,", max_new_tokens=10, do_sample=True, num_return_sequences=3, seed=7)
     assert a == b
     assert (
-        "".join(stream(model, BYTE, "def fibonacci(n):", max_new_tokens=8, seed=3))
-        == complete(model, BYTE, "def fibonacci(n):", max_new_tokens=8, seed=3)[0]
+        "".join(stream(model, BYTE, "def fibonacci(n):", max_new_tokens=8, do_sample=True, seed=3))
+        == complete(model, BYTE, "def fibonacci(n):", max_new_tokens=8, do_sample=True, seed=3)[0]
     )  # one core: the streamed sample is the completed one
 
 
@@ -203,8 +203,8 @@ def test_argument_errors():
     model = tiny_gpt()
     with pytest.raises(ValueError, match="temperature"):
         complete(model, BYTE, "x", temperature=-1.0)
-    with pytest.raises(ValueError, match="num_samples"):
-        complete(model, BYTE, "x", num_samples=0)
+    with pytest.raises(ValueError, match="num_return_sequences"):
+        complete(model, BYTE, "x", num_return_sequences=0)
     with pytest.raises(ValueError, match="max_new_tokens"):
         list(generate_tokens(model, torch.zeros(1, 2, dtype=torch.long), -1))
     with pytest.raises(ValueError, match="meta"):

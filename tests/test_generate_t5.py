@@ -77,7 +77,7 @@ def test_t5_eos_and_decoder_start_from_eos_when_unset():
     enc = ids(2, 7)
     expected = naive_greedy(model, enc, 10, start=EOT)
     eos = expected[0, 3].item()  # row 0 finishes by its 4th token at the latest
-    steps = torch.stack(list(generate_tokens(model, enc, 10, temperature=0.0, eos_id=eos)), dim=1).tolist()
+    steps = torch.stack(list(generate_tokens(model, enc, 10, temperature=0.0, eos_token_id=eos)), dim=1).tolist()
     for row, want in zip(steps, expected.tolist()):
         kept = trim(want, eos)
         assert row[: len(kept)] == kept and all(t == eos for t in row[len(kept) :])  # finished rows repeat eos
@@ -90,10 +90,10 @@ def test_padded_encoder_batch_equals_each_row_alone():
     short, long = ids(1, 5, seed=2), ids(1, 9, seed=3)
     batch = torch.cat([torch.cat([short, torch.zeros(1, 4, dtype=torch.long)], dim=1), long])  # (2, 9)
     mask = torch.tensor([[1] * 5 + [0] * 4, [1] * 9])  # ints are accepted: nonzero = real token
-    out = torch.stack(list(generate_tokens(model, batch, 8, temperature=0.0, enc_mask=mask)), dim=1)
+    out = torch.stack(list(generate_tokens(model, batch, 8, temperature=0.0, attention_mask=mask)), dim=1)
     torch.testing.assert_close(out[:1], naive_greedy(model, short, 8), rtol=0, atol=0)
     torch.testing.assert_close(out[1:], naive_greedy(model, long, 8), rtol=0, atol=0)
-    beams = beam_search(model, batch, 8, num_beams=1, enc_mask=mask)
+    beams = beam_search(model, batch, 8, num_beams=1, attention_mask=mask)
     assert [b[0][0] for b in beams] == out.tolist()
 
 
@@ -108,9 +108,9 @@ def test_long_input_keeps_its_start_and_max_new_tokens_is_capped():
     assert torch.equal(torch.stack(out, dim=1), naive_greedy(model, enc[:, :32], 32))
 
 
-def test_enc_mask_is_refused_for_gpt():
-    with pytest.raises(ValueError, match="no encoder"):
-        list(generate_tokens(tiny_gpt(), ids(1, 4), 2, enc_mask=torch.ones(1, 4, dtype=torch.bool)))
+def test_right_padding_is_refused_for_gpt():
+    with pytest.raises(ValueError, match="padded on the left"):
+        list(generate_tokens(tiny_gpt(), ids(1, 4), 2, attention_mask=torch.tensor([[1, 1, 0, 0]])))
 
 
 def test_t5_text_layer_prints_the_decoded_output():
@@ -119,7 +119,8 @@ def test_t5_text_layer_prints_the_decoded_output():
     text = BYTE.decode(tokens[: tokens.index(EOT)] if EOT in tokens else tokens)
     assert complete(model, BYTE, "Hello", max_new_tokens=6, temperature=0.0) == [text]
     assert "".join(stream(model, BYTE, "Hello", max_new_tokens=6, temperature=0.0)) == text
-    assert len(complete(model, BYTE, "", max_new_tokens=3, num_samples=2, seed=0)) == 2  # empty input: eot alone
+    empty = complete(model, BYTE, "", max_new_tokens=3, num_return_sequences=2, do_sample=True, seed=0)
+    assert len(empty) == 2  # empty input: eot alone
 
 
 @pytest.mark.parametrize("kind", ["gpt", "t5"])
@@ -129,7 +130,7 @@ def test_one_beam_is_greedy(kind):
     greedy = naive_greedy(model, prompt, 10)
     assert [b[0][0] for b in beam_search(model, prompt, 10, num_beams=1)] == greedy.tolist()
     eos = greedy[0, 4].item()  # a token the greedy path meets: both rows may finish early
-    results = beam_search(model, prompt, 10, num_beams=1, eos_id=eos)
+    results = beam_search(model, prompt, 10, num_beams=1, eos_token_id=eos)
     for row, want, hyps in zip(prompt, greedy.tolist(), results):
         (tokens, score), *rest = hyps
         assert not rest and tokens == trim(want, eos)
@@ -142,7 +143,7 @@ def test_beam_scores_are_sorted_and_equal_recomputed_logprobs(kind, length_penal
     model = tiny_gpt() if kind == "gpt" else tiny_t5()
     prompt = ids(2, 5)
     eos = naive_greedy(model, prompt, 3)[0, 2].item()  # likely on some beam: hypotheses finish at different lengths
-    results = beam_search(model, prompt, 8, num_beams=3, num_return_sequences=3, eos_id=eos,
+    results = beam_search(model, prompt, 8, num_beams=3, num_return_sequences=3, eos_token_id=eos,
                           length_penalty=length_penalty)  # fmt: skip
     for row, hyps in zip(prompt, results):
         assert len(hyps) == 3
@@ -196,7 +197,7 @@ HAND = {X: {A: 0.6, B: 0.4}, A: {EOT: 0.5, A: 0.3, C: 0.2}, B: {C: 0.6, B: 0.4},
 )
 def test_beam_search_by_hand(length_penalty, expected):
     model = BigramLM(HAND)
-    hyps = beam_search(model, torch.tensor([[X]]), 4, num_beams=2, num_return_sequences=2, eos_id=EOT,
+    hyps = beam_search(model, torch.tensor([[X]]), 4, num_beams=2, num_return_sequences=2, eos_token_id=EOT,
                        length_penalty=length_penalty)[0]  # fmt: skip
     assert [t for t, _ in hyps] == [t for t, _ in expected]
     assert [s for _, s in hyps] == pytest.approx([s for _, s in expected], abs=1e-3)
@@ -204,9 +205,11 @@ def test_beam_search_by_hand(length_penalty, expected):
     # and "aa" (parent 0); after step 3 two hypotheses are finished and the best running beam ("aaa", log .054)
     # cannot beat them: no step 4
     assert model.reorders == [[0, 0], [0, 0], [1, 0]]
-    text = complete(model, BYTE, "x", num_beams=2, num_samples=2, length_penalty=length_penalty, max_new_tokens=4)
+    text = complete(
+        model, BYTE, "x", num_beams=2, num_return_sequences=2, length_penalty=length_penalty, max_new_tokens=4
+    )
     assert text == [BYTE.decode(t[:-1]) for t, _ in expected]
-    assert complete(model, BYTE, "x", num_beams=2, stop=["c"], length_penalty=1.0, max_new_tokens=4) == ["b"]
+    assert complete(model, BYTE, "x", num_beams=2, stop_strings=["c"], length_penalty=1.0, max_new_tokens=4) == ["b"]
 
 
 F, G, K = (ord(c) for c in "fgk")
@@ -223,7 +226,7 @@ LATE = {X: {A: 0.6, B: 0.4}, A: {EOT: 0.55, K: 0.45}, B: {C: 0.9, F: 0.1}, C: {E
     ],
 )
 def test_early_stopping(early_stopping, expected):
-    hyps = beam_search(BigramLM(LATE), torch.tensor([[X]]), 5, num_beams=2, num_return_sequences=2, eos_id=EOT,
+    hyps = beam_search(BigramLM(LATE), torch.tensor([[X]]), 5, num_beams=2, num_return_sequences=2, eos_token_id=EOT,
                        early_stopping=early_stopping)[0]  # fmt: skip
     assert [t for t, _ in hyps] == expected
 
@@ -239,8 +242,8 @@ def test_beam_argument_errors():
         beam_search(model, torch.tensor([[X]]), 3, num_beams=2, num_return_sequences=3)
     with pytest.raises(ValueError, match="num_beams=0"):
         beam_search(model, torch.tensor([[X]]), 3, num_beams=0)
-    with pytest.raises(ValueError, match="num_samples=3 > num_beams=2"):
-        complete(model, BYTE, "x", num_beams=2, num_samples=3)
+    with pytest.raises(ValueError, match="num_return_sequences=3 > num_beams=2"):
+        complete(model, BYTE, "x", num_beams=2, num_return_sequences=3)
     assert beam_search(model, torch.tensor([[X]]), 0, num_beams=2) == [[([], 0.0)]]
 
 
@@ -270,7 +273,7 @@ def test_beam_search_matches_transformers(num_beams, length_penalty, early_stopp
     with torch.no_grad():
         out = hf.generate(input_ids=enc, max_new_tokens=10, do_sample=False, output_scores=True,
                           return_dict_in_generate=True, **kwargs)  # fmt: skip
-    results = beam_search(ours, enc, 10, eos_id=1, **kwargs)
+    results = beam_search(ours, enc, 10, eos_token_id=1, **kwargs)
     got = [hyp for hyps in results for hyp in hyps]
     for (tokens, score), hf_tokens, hf_score in zip(got, out.sequences.tolist(), out.sequences_scores.tolist()):
         assert hf_tokens[1 : 1 + len(tokens)] == tokens  # hf: decoder start first, padding after

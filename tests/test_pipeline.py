@@ -85,7 +85,7 @@ def test_greedy_ignores_the_seed(checkpoint):
 def test_stop_strings_in_the_pipeline(ascii_pipeline):
     full = ascii_pipeline("abc", max_new_tokens=12, do_sample=False, return_full_text=False)[0]["generated_text"]
     stop = full[4:6]
-    cut = ascii_pipeline("abc", max_new_tokens=12, do_sample=False, return_full_text=False, stop=[stop])
+    cut = ascii_pipeline("abc", max_new_tokens=12, do_sample=False, return_full_text=False, stop_strings=[stop])
     assert cut[0]["generated_text"] == full[: full.index(stop)]
 
 

@@ -81,9 +81,9 @@ def test_every_task_composes(task):
     assert cfg.task.name == task and cfg.settings() == cfg.task
     assert cfg.task.objective == {"story": "causal", "code": "causal"}.get(task, task)
     if task == "code":
-        assert "\ndef " in cfg.task.stop and cfg.task.temperature == 0.2
+        assert cfg.task.stop_at_top_level and cfg.task.check_syntax and cfg.task.temperature == 0.2
     if task in ("seq2seq", "span_corruption"):
-        assert cfg.task.temperature == 0.0 and cfg.task.num_beams == 1  # greedy
+        assert cfg.task.greedy and not cfg.task.do_sample and cfg.task.num_beams == 1
 
 
 def test_task_config_validates_the_new_fields():
@@ -105,7 +105,8 @@ def test_task_config_validates_the_new_fields():
 def test_top_level_values_override_the_task():
     cfg = load_config(["checkpoint=c", "prompt=x", "task=code", "temperature=0", "max_new_tokens=7", "top_k=5"])
     s = cfg.settings()
-    assert (s.temperature, s.max_new_tokens, s.top_k, s.top_p, s.stop) == (0.0, 7, 5, 0.95, cfg.task.stop)
+    assert (s.temperature, s.max_new_tokens, s.top_k, s.top_p) == (0.0, 7, 5, 0.95) and s.greedy
+    assert s.stop_strings == cfg.task.stop_strings and s.stop_at_top_level
     cfg = load_config(["checkpoint=c", "prompt=x", "num_beams=3", "length_penalty=0.5", "early_stopping=true"])
     s = cfg.settings()
     assert (s.num_beams, s.length_penalty, s.early_stopping) == (3, 0.5, True) and cfg.task.num_beams == 1

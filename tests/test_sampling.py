@@ -81,7 +81,7 @@ def test_argument_validation():
     with pytest.raises(ValueError, match="temperature"):
         sample_next(logits, temperature=-0.1)
     with pytest.raises(ValueError, match="top_k"):
-        sample_next(logits, top_k=0)
+        sample_next(logits, top_k=-1)
     for bad in (0.0, 1.5, -0.2):
         with pytest.raises(ValueError, match="top_p"):
             sample_next(logits, top_p=bad)

@@ -70,7 +70,7 @@ def seq2seq_scores(
     Returns ({"exact_match", "rouge_l"} averaged over the pairs, the first samples.shown_pairs as
     {"prompt", "completion", "reference"} records).
     """
-    from sample.generate import complete  # train may use sample; imported here to keep this module light
+    from sample.generate import generate  # train may use sample; imported here to keep this module light
 
     eot = tokenizer.eot_id
     scores: dict[str, list[float]] = {"exact_match": [], "rouge_l": []}
@@ -79,13 +79,9 @@ def seq2seq_scores(
     sources = [tokenizer.decode([t for t in source_ids if t != eot]) for source_ids, _ in pairs]
     with warnings.catch_warnings():  # the loader already reported over-long pairs once; no warning per pair here
         warnings.simplefilter("ignore", UserWarning)
-        predictions = [
-            complete(
-                model, tokenizer, source, max_new_tokens=task.max_new_tokens, temperature=task.temperature,
-                top_k=task.top_k, top_p=task.top_p, stop=list(task.stop), seed=samples.seed, num_beams=task.num_beams,
-            )[0]
-            for source in sources
-        ]  # fmt: skip
+        config = task.generation(tokenizer, num_return_sequences=1)
+        outputs = generate(model, tokenizer, sources, config, seed=samples.seed) if sources else []
+        predictions = [c[0].text for c in outputs]
     for source, (_, target_ids), prediction in zip(sources, pairs, predictions):
         reference = tokenizer.decode([t for t in target_ids if t != eot])
         scores["exact_match"].append(exact_match(prediction, reference))

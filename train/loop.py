@@ -23,7 +23,7 @@ from data.prepare import load_meta, prepare
 from data.tokenizer import tokenizer_from_spec
 from model.checkpoint import load_model
 from model.registry import build_model
-from sample.generate import complete, resolve_device
+from sample.generate import generate, resolve_device
 from train import dist
 from train.config import TrainConfig, config_dict, to_yaml
 from train.device import autocast, peak_flops, resolve_dtype
@@ -203,12 +203,17 @@ def maybe_eval(r: Run, state: TrainState) -> dict[str, float]:
     r.tracker.print(f"step {state.step:>6}: val loss {val['loss']:.4f} | val ppl {val['ppl']:.2f}")
     if r.info.is_main and r.prompts:
         s = r.cfg.samples
-        completions = [
-            complete(r.raw_model, r.tokenizer, p, max_new_tokens=s.max_new_tokens, temperature=s.temperature,
-                     top_k=s.top_k, seed=s.seed)[0]  # a private generator: the training RNG is untouched
-            for p in r.prompts
-        ]  # fmt: skip
-        r.tracker.log_samples([{"prompt": p, "completion": c} for p, c in zip(r.prompts, completions)], state.step)
+        outputs = generate(
+            r.raw_model,
+            r.tokenizer,
+            r.prompts,
+            max_new_tokens=s.max_new_tokens,
+            do_sample=s.temperature > 0,
+            temperature=s.temperature,
+            top_k=s.top_k,
+            seed=s.seed,
+        )  # one batch; private generators seeded from s.seed: the training RNG is untouched
+        r.tracker.log_samples([{"prompt": p, "completion": c[0].text} for p, c in zip(r.prompts, outputs)], state.step)
     if r.info.is_main and r.cfg.task.objective == "seq2seq" and r.cfg.samples.eval_pairs > 0:
         scores, shown = seq2seq_scores(r.raw_model, r.tokenizer, r.val_loader, r.cfg.samples, r.cfg.task)
         val.update(scores)
