@@ -91,6 +91,8 @@ def compose_config(args: list[str]) -> DictConfig:
 def load_config(args: list[str]) -> SampleConfig:
     """The validated SampleConfig for command-line arguments (key=value ...)."""
     cfg = compose_config(args)
+    if cfg.replay is not None and OmegaConf.is_missing(cfg, "checkpoint"):
+        cfg.checkpoint = ""  # replay reads each record's checkpoint
     try:
         return OmegaConf.to_object(cfg)
     except MissingMandatoryValue as e:

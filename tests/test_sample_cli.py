@@ -1,5 +1,6 @@
 """Tests of `python -m sample`: a subprocess smoke run, config composition, overrides and one-line user errors."""
 
+import json
 import re
 import subprocess
 import sys
@@ -197,3 +198,88 @@ def test_incomplete_checkpoint_is_a_user_error(capsys, checkpoint, tmp_path):
     (tmp_path / "model.json").write_text((Path(checkpoint) / "model.json").read_text())
     code, _, err = run_main(capsys, f"checkpoint={tmp_path}", "prompt=x")
     assert code == 2 and "incomplete checkpoint" in err and err.count("\n") == 1
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# provenance: out= writes JSONL records, replay= regenerates them exactly
+
+
+def test_samples_are_recorded_and_replay_exactly(capsys, checkpoint, tmp_path):
+    out = tmp_path / "samples.jsonl"
+    args = [f"checkpoint={checkpoint}", "prompt=Once", "max_new_tokens=12", "num_samples=3", "temperature=1.2",
+            "repetition_penalty=1.3", "no_repeat_ngram_size=3", f"out={out}"]  # fmt: skip
+    code, printed, err = run_main(capsys, *args)  # no seed: one is drawn, printed and recorded
+    assert code == 0 and "seed=" in err and f"wrote 3 sample record(s) to {out}" in err
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["seed"] for r in records] == [records[0]["seed"] + i for i in range(3)]
+    first = records[0]
+    assert first["checkpoint"] == str(Path(checkpoint).resolve()) and first["step"] == 0
+    assert len(first["weights_sha256"]) == 64 and first["tokenizer"]["name"] == "byte"
+    assert first["generation"]["repetition_penalty"] == 1.3 and first["generation"]["do_sample"] is True
+    assert first["prompt"] == "Once" and first["completion"] in printed and first["finish_reason"] == "length"
+    code, replayed, err = run_main(capsys, f"replay={out}")
+    assert code == 0 and "3 reproduced exactly" in err
+    assert [r["completion"] for r in records] == re.findall(r"---\n(.*?)\n(?=---|\Z)", replayed, re.S)
+
+
+def test_replay_reports_a_sample_that_differs(capsys, checkpoint, tmp_path):
+    out = tmp_path / "samples.jsonl"
+    run_main(capsys, f"checkpoint={checkpoint}", "prompt=ab", "max_new_tokens=6", "seed=1", f"out={out}")
+    record = json.loads(out.read_text())
+    record["completion"] = "not what the model wrote"
+    out.write_text(json.dumps(record) + "\n")
+    code, _, err = run_main(capsys, f"replay={out}")
+    assert code == 1 and "0 reproduced exactly" in err
+
+
+def test_replay_refuses_changed_weights(capsys, tmp_path):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=16, vocab_size=257))
+    path = save_model(model, tmp_path / "ckpt", tokenizer_spec=get_tokenizer("byte").spec())
+    out = tmp_path / "samples.jsonl"
+    run_main(capsys, f"checkpoint={path}", "prompt=ab", "max_new_tokens=4", "seed=1", f"out={out}")
+    with torch.no_grad():
+        model.lm_head.weight.add_(1.0)
+    save_model(model, path, tokenizer_spec=get_tokenizer("byte").spec())
+    code, _, err = run_main(capsys, f"replay={out}")
+    assert code == 2 and "weights" in err and "changed" in err and err.count("\n") == 1
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "x"}\n')
+    code, _, err = run_main(capsys, f"replay={bad}")
+    assert code == 2 and "not a nanoloom sample record" in err
+
+
+def test_code_task_reports_whether_the_sample_parses(capsys, checkpoint):
+    code, out, err = run_main(capsys, f"checkpoint={checkpoint}", "prompt=def f(:", "task=code", "max_new_tokens=3")
+    assert code == 0 and "does not parse as Python: SyntaxError" in err and "[ended: " in err
+
+
+def test_infill_from_the_command_line(capsys, tmp_path):
+    torch.manual_seed(0)
+    fim = get_tokenizer("byte").with_fim()
+    model = GPT(GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=32, vocab_size=fim.vocab_size))
+    path = save_model(model, tmp_path / "fim", tokenizer_spec=fim.spec())
+    code, out, err = run_main(capsys, f"checkpoint={path}", "prefix=def f(x):\n    return ", "suffix=\n", "seed=0",
+                              "max_new_tokens=4")  # fmt: skip
+    assert code == 0 and "fill in the middle" in err
+    assert out.startswith("--- sample 1/1 ---\ndef f(x):\n    return ") and out.endswith("\n\n")
+    code, _, err = run_main(capsys, f"checkpoint={path}", "prefix=a", "prompt=b")
+    assert code == 2 and "prefix/suffix (infill) and prompt are both set" in err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["top_p=1.5"], "top_p=1.5 must be in (0, 1]"),
+        (["temperature=-1"], "temperature=-1.0 must be >= 0"),
+        (["typical_p=0"], "typical_p=0.0 must be in (0, 1]"),
+        (["min_p=2"], "min_p=2.0 must be in [0, 1]"),
+        (["repetition_penalty=0"], "repetition_penalty=0.0 must be > 0"),
+        (["do_sample=false", "num_samples=2"], "greedy decoding (do_sample=false) gives 2 identical sequences"),
+        (["num_beams=2", "do_sample=true"], "beam sampling"),
+        (["min_new_tokens=9", "max_new_tokens=3"], "min_new_tokens=9 > max_new_tokens=3"),
+    ],
+)
+def test_contradictory_or_out_of_range_controls(capsys, checkpoint, args, message):
+    code, _, err = run_main(capsys, f"checkpoint={checkpoint}", "prompt=x", *args)
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and message in err, err
