@@ -315,8 +315,12 @@ def tokenizer_json(tokenizer: Any, encoder_input: bool) -> dict[str, Any]:
     else:
         raise ValueError(f"no tokenizer.json for the {tokenizer.name!r} tokenizer")
     added = [_added_token(tokenizer.eot_id, EOT_TEXT, special=True)]
-    base = tokenizer.vocab_size - tokenizer.num_sentinels
+    base = tokenizer.base_vocab_size
     added += [_added_token(base + i, f"<extra_id_{i}>", special=False) for i in range(tokenizer.num_sentinels)]
+    if tokenizer.fim_ids is not None:  # fill-in-the-middle control tokens: special, so text never produces them
+        from data.tokenizer import FIM_TEXTS
+
+        added += [_added_token(i, text, special=True) for i, text in zip(tokenizer.fim_ids, FIM_TEXTS)]
     return {
         "version": "1.0",
         "truncation": None,
@@ -391,8 +395,13 @@ def embedded_tokenizer_json(spec: dict[str, Any], encoder_input: bool) -> tuple[
     base, native = max(vocab.values(), default=-1) + 1, 0
     while f"<extra_id_{native}>" in vocab:
         native += 1
-    for i in range(native, int(spec.get("sentinels", 0))):
-        added.append(_added_token(base + i - native, f"<extra_id_{i}>", special=False))
+    appended = max(int(spec.get("sentinels", 0)) - native, 0)
+    for i in range(appended):
+        added.append(_added_token(base + i, f"<extra_id_{native + i}>", special=False))
+    if spec.get("fim"):  # appended after the appended sentinels (a vocabulary's own FIM tokens are already in it)
+        from data.tokenizer import FIM_TEXTS
+
+        added += [_added_token(base + appended + k, text, special=True) for k, text in enumerate(FIM_TEXTS)]
     if added:
         data["added_tokens"] = added
     eot_id = spec.get("eot_id")

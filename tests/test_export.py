@@ -241,6 +241,16 @@ def test_exported_tokenizer_encodes_and_decodes_like_ours(tmp_path, tok_name, ki
         assert (tmp_path / "tok" / "merges.txt").read_bytes() == vocab_bpe.read_bytes()
 
 
+@pytest.mark.parametrize("tok_name", ["byte", "gpt2"])
+def test_exported_tokenizer_keeps_fill_in_the_middle_ids(tmp_path, tok_name):
+    tok = get_tokenizer(tok_name).with_sentinels(2).with_fim()  # sentinels first, then the FIM ids
+    hf_tok = _load_tokenizer(tmp_path / "tok", tokenizer_files(tok.spec(), "gpt", block_size=64))
+    assert len(hf_tok) == tok.vocab_size
+    assert hf_tok.convert_ids_to_tokens(list(tok.fim_ids)) == ["<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>"]
+    ids = [tok.fim_ids[0], *tok.encode("a = 1"), tok.fim_ids[2], tok.fim_ids[1], tok.sentinel_id(1)]
+    assert hf_tok.decode(ids) == tok.decode(ids)
+
+
 def test_embedded_tokenizer_json_is_written_as_is(tmp_path):
     embedded = tokenizer_files(get_tokenizer("byte").spec(), "gpt", 64)["tokenizer.json"]
     ours = get_tokenizer("hf", tokenizer_json=embedded)
