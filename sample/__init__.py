@@ -1,4 +1,4 @@
-"""nanoloom sampling: pure sampling functions, token/text generators, and a Hugging Face-shaped pipeline.
+"""nanoloom sampling: the decoding controls, one generation core for GPT and T5, and a Hugging Face-shaped pipeline.
 
 >>> from sample import pipeline
 >>> generator = pipeline("text-generation", model="runs/shakespeare")
@@ -7,16 +7,20 @@
 >>> t5("Once upon a time,", max_new_tokens=50, num_beams=4)
 """
 
-from sample.generate import beam_search, complete, generate_tokens, stream
+from sample.generate import Completion, beam_search, complete, generate, generate_tokens, infill, stream
 from sample.pipeline import Text2TextGenerationPipeline, TextGenerationPipeline, pipeline
-from sample.sampling import sample_next
+from sample.sampling import GenerationConfig, sample_next
 
 __all__ = [
+    "Completion",
+    "GenerationConfig",
     "Text2TextGenerationPipeline",
     "TextGenerationPipeline",
     "beam_search",
     "complete",
+    "generate",
     "generate_tokens",
+    "infill",
     "pipeline",
     "sample_next",
     "stream",
