@@ -229,9 +229,13 @@ class History:
 
 
 def _mark(ids: torch.Tensor, where: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """(B, V) True for every id in ids (B, N) at a position where `where` (B, N) is True."""
+    """(B, V) True for every id in ids (B, N) at a position where `where` (B, N) is True.
+
+    Ids outside [0, V) (a prompt token past generate_tokens' vocab_limit) mark nothing: no logit stands for them.
+    """
     marked = torch.zeros(ids.size(0), vocab_size + 1, dtype=torch.bool, device=ids.device)
-    index = torch.where(where, ids.clamp(0, vocab_size - 1), vocab_size)  # unmarked positions go to a spare column
+    where = where & (ids >= 0) & (ids < vocab_size)
+    index = torch.where(where, ids, vocab_size)  # unmarked positions go to a spare column
     return marked.scatter_(1, index, True)[:, :vocab_size]
 
 
