@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -186,8 +187,10 @@ class _Decoder:
         max_new_tokens: int,
         start: int | None,
         vocab_limit: int | None = None,
+        compile: bool = False,
     ) -> None:
         self.model, self.dtype = model, _compute_dtype(model)
+        self.compiled = _compiled_step(model) if compile else None
         self.vocab_limit = vocab_limit  # ids >= this are never produced (a T5 embedding padded past its tokenizer)
         self.enc_out: torch.Tensor | None = None
         self.enc_mask, self.pad = enc_mask, pad
@@ -228,7 +231,13 @@ class _Decoder:
 
     def step(self, token: torch.Tensor) -> torch.Tensor:
         """Feed one token per row (B,); logits (B, V) of the next one."""
-        return self._logits(token[:, None])
+        if self.compiled is None:
+            return self._logits(token[:, None])
+        input_pos = self.positions[self.pos : self.pos + 1]
+        self.pos += 1
+        with self._autocast():
+            logits = self.compiled(token[:, None], input_pos, self.pad, self.enc_out, self.enc_mask)  # (B, 1, V)
+        return logits[:, -1, : self.vocab_limit]
 
     def reorder(self, rows: torch.Tensor) -> None:
         """Keep cache rows `rows` (B,) in that order, with the padding, encoder output and mask they go with."""
@@ -241,6 +250,25 @@ class _Decoder:
             self.enc_mask = self.enc_mask.index_select(0, rows)  # (B, S)
 
 
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its compiled one-token step
+
+
+def _compiled_step(model: LM) -> Callable[..., torch.Tensor]:
+    """The model's one-token decoding step under torch.compile (static shapes, compiled once per model and batch
+    size; the KV cache buffers are inputs, so a new generation reuses it). Prefill stays eager."""
+    if model not in _COMPILED:
+
+        def step(token, input_pos, pad, enc_out, enc_mask):  # (B, 1) -> (B, 1, V)
+            if enc_out is not None:
+                return model.decode(token, enc_out, enc_mask, input_pos=input_pos)
+            if pad is not None:
+                return model(token, input_pos=input_pos, left_pad=pad)[0]
+            return model(token, input_pos=input_pos)[0]
+
+        _COMPILED[model] = torch.compile(step, dynamic=False)
+    return _COMPILED[model]
+
+
 @contextlib.contextmanager
 def _cached_decoding(
     model: LM,
@@ -250,6 +278,7 @@ def _cached_decoding(
     max_new_tokens: int,
     start: int | None,
     vocab_limit: int | None = None,
+    compile: bool = False,
 ) -> Iterator[tuple[_Decoder, torch.Tensor]]:
     """Yield (decoder, logits (B, V) of the first new token) with the model in eval mode and its KV cache set.
 
@@ -258,7 +287,7 @@ def _cached_decoding(
     was_training = model.training
     try:
         model.eval()
-        decoder = _Decoder(model, idx, pad, enc_mask, max_new_tokens, start, vocab_limit)
+        decoder = _Decoder(model, idx, pad, enc_mask, max_new_tokens, start, vocab_limit, compile)
         yield decoder, decoder.prefill()
     finally:
         model.clear_kv_cache()
@@ -313,6 +342,7 @@ def generate_tokens(
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
     attention_mask: torch.Tensor | None = None,
     vocab_limit: int | None = None,
+    compile: bool = False,
     **controls: object,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every row, one (B,) LongTensor per step, using the model's KV cache.
@@ -331,6 +361,8 @@ def generate_tokens(
             whatever the batch), or None (torch's global RNG).
         attention_mask: (B, T) 1 for tokens, 0 for padding; gpt rows must be padded on the left, t5 inputs anywhere.
         vocab_limit: only ids below it are generated (the tokenizer's size when the model's vocabulary is larger).
+        compile: run the one-token decoding step under torch.compile (compiled on first use per model and batch
+            size: pays off for long or repeated generations; bench/generate.py measures it).
     The model is put in eval mode while generating and restored afterwards; the KV cache is always cleared,
     including when the caller stops iterating early.
     """
@@ -345,10 +377,8 @@ def generate_tokens(
     eos = cfg.eos_ids(None)
     eos_ids = torch.tensor(eos, dtype=torch.long, device=idx.device)
     process = _needs_processing(cfg)
-    with _cached_decoding(model, idx, pad, enc_mask, max_new_tokens, eos[0] if eos else None, vocab_limit) as (
-        decoder,
-        logits,
-    ):
+    start = eos[0] if eos else None
+    with _cached_decoding(model, idx, pad, enc_mask, max_new_tokens, start, vocab_limit, compile) as (decoder, logits):
         history = _history(model, idx, pad, max_new_tokens, logits.size(-1), cfg) if process else None
         finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
         for step in range(max_new_tokens):

@@ -17,7 +17,7 @@ frequency_penalty follow OpenAI's API). One step turns the model's logits into t
     8. top_p                 the smallest set with probability mass >= top_p (nucleus, Holtzman et al. 2019)
     9. min_p                 tokens with probability >= min_p * the top token's (Nguyen et al. 2024)
    10. typical_p             locally typical sampling (Meister et al. 2022)
-   11. a multinomial draw from the softmax, with each row's own torch.Generator
+   11. a draw from the softmax (inverse CDF: one uniform number per row), with each row's own torch.Generator
 
 Filtered tokens get logit -inf, so their probability is exactly 0; every filter keeps at least one token. This is
 transformers' order (its processors, then temperature, top-k, top-p, min-p, typical-p). Drawing each row with its
@@ -325,11 +325,12 @@ def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 def apply_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
-    """Keep exactly the k largest logits of each row (ties broken by topk), set the rest to -inf."""
+    """Keep the logits at least as large as each row's k-th largest (so ties with it too, as transformers), -inf
+    the rest."""
     if k >= logits.size(-1):
         return logits
-    values, indices = torch.topk(logits, k, dim=-1)  # (B, k)
-    return torch.full_like(logits, float("-inf")).scatter(-1, indices, values)  # (B, V)
+    kth = torch.topk(logits, k, dim=-1).values[:, -1:]  # (B, 1)
+    return logits.masked_fill(logits < kth, float("-inf"))  # (B, V)
 
 
 def apply_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
@@ -385,13 +386,20 @@ def warp_logits(logits: torch.Tensor, cfg: GenerationConfig) -> torch.Tensor:
 
 
 def draw(probs: torch.Tensor, generators: Sequence[torch.Generator] | torch.Generator | None) -> torch.Tensor:
-    """One token per row of probs (B, V): row i draws with generators[i] (a single generator or None: one draw)."""
+    """One token per row of probs (B, V) by inverse-CDF sampling: row i takes one uniform number from generators[i]
+    (a single generator, or None for torch's global RNG, serves every row) and picks the first token whose
+    cumulative probability exceeds it. Exact, and one random number per row where torch.multinomial would make
+    V of them (about 1 ms per row for GPT-2's vocabulary on a CPU). A zero-probability token is never picked."""
+    B, V = probs.shape
     if generators is None or isinstance(generators, torch.Generator):
-        return torch.multinomial(probs, num_samples=1, generator=generators).squeeze(-1)  # (B,)
-    if len(generators) != probs.size(0):
-        raise ValueError(f"got {len(generators)} generators for {probs.size(0)} rows; pass one per row")
-    rows = [torch.multinomial(row, num_samples=1, generator=g) for row, g in zip(probs, generators)]
-    return torch.cat(rows)  # (B,)
+        u = torch.rand(B, 1, generator=generators, device=probs.device)
+    else:
+        if len(generators) != B:
+            raise ValueError(f"got {len(generators)} generators for {B} rows; pass one per row")
+        u = torch.cat([torch.rand(1, 1, generator=g, device=probs.device) for g in generators])  # (B, 1)
+    cdf = probs.float().cumsum(dim=-1)  # (B, V)
+    token = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)  # (B, 1): first index with cdf > u * total
+    return token.squeeze(-1).clamp_(max=V - 1)  # (B,)
 
 
 def choose(

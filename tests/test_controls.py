@@ -164,9 +164,8 @@ def test_processors_apply_in_greedy_decoding():
 # 2. parity with transformers (B=3, V=50). Differences, by design or at measure-zero boundaries:
 # - nanoloom's History skips left padding (no penalty for the pad id, no n-grams through it); transformers' input_ids
 #   hold the padding as tokens. Compared here without padding.
-# - top-k keeps exactly k tokens; transformers keeps every token tied with the k-th. Typical-p likewise keeps
-#   the first tokens in typical order, where transformers keeps every token as typical as the crossing one. Random
-#   logits have no ties.
+# - typical-p keeps the first tokens in typical order, where transformers keeps every token as typical as the
+#   crossing one (top-k keeps the ties with the k-th, as transformers). Random logits have no ties.
 # - top-p and typical-p keep a token iff the mass before it is < p (transformers: ascending cumulative mass
 #   > 1 - p): the same set, up to float rounding when a cumulative mass sits on p; assert_off_boundary rules it
 #   out for the single-warper cases (the random logits of the chained case are as unlikely to sit on it).

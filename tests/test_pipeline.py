@@ -193,3 +193,23 @@ def test_text2text_argument_errors(t5_checkpoint):
         t2t("hi", max_new_tokens=2, num_beams=2, do_sample=True)
     with pytest.warns(UserWarning, match="ignoring arguments nanoloom does not use: truncation"):
         t2t("hi", max_new_tokens=2, truncation=True)
+
+
+def test_batches_return_full_text_and_token_ids(checkpoint):
+    generator = pipeline("text-generation", model=checkpoint)
+    prompts = ["Once upon", "a", "The cat sat on the"]
+    kwargs = dict(max_new_tokens=6, num_return_sequences=2, seed=3, top_k=20)
+    together = generator(prompts, **kwargs)
+    assert generator(prompts, batch_size=1, **kwargs) == together  # row j samples with seed + j in any batch
+    assert generator(prompts, batch_size=2, **kwargs) == together
+    assert [len(outs) for outs in together] == [2, 2, 2]
+    assert all(o["generated_text"].startswith(p) for p, outs in zip(prompts, together) for o in outs)
+    new_only = generator(prompts, return_full_text=False, **kwargs)
+    assert [[p + o["generated_text"] for o in outs] for p, outs in zip(prompts, new_only)] == [
+        [o["generated_text"] for o in outs] for outs in together
+    ]
+    ids = generator(prompts, return_tensors=True, **kwargs)
+    assert ids[0][0]["generated_token_ids"][: len("Once upon")] == BYTE.encode("Once upon")
+    assert BYTE.decode(ids[1][1]["generated_token_ids"]) == together[1][1]["generated_text"]
+    new_ids = generator(prompts, return_tensors=True, return_full_text=False, **kwargs)
+    assert BYTE.decode(new_ids[2][0]["generated_token_ids"]) == new_only[2][0]["generated_text"]

@@ -8,11 +8,11 @@ import torch
 from sample.sampling import apply_temperature, apply_top_k, apply_top_p, sample_next
 
 
-def test_top_k_keeps_exactly_k():
-    logits = torch.tensor([[1.0, 5.0, 3.0, 3.0, 3.0, -2.0], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
+def test_top_k_keeps_the_k_best_and_their_ties():
+    logits = torch.tensor([[1.0, 5.0, 3.0, 3.0, 3.0, -2.0], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0], [4, 3, 2, 1, 0, -1]])
     out = apply_top_k(logits, 2)
     kept = torch.isfinite(out)
-    assert kept.sum(dim=-1).tolist() == [2, 2]  # exactly k even with ties
+    assert kept.sum(dim=-1).tolist() == [4, 6, 2]  # ties with the k-th are kept (transformers' TopKLogitsWarper)
     assert kept[0, 1] and out[0, 1] == 5.0  # the largest survives with its value unchanged
     assert torch.equal(apply_top_k(logits, 6), logits)  # k >= V keeps everything
 
