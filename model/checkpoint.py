@@ -2,13 +2,16 @@
 
 model.json holds the model kind, its config and the tokenizer spec, so a checkpoint is loadable with nothing else
 (sampling never needs the dataset). Weights are safetensors: loading never unpickles. Directories are written
-atomically (temp dir + rename), so a crash mid-save leaves the previous checkpoint intact.
+atomically (temp dir + rename), so a crash mid-save leaves the previous checkpoint intact. A run's checkpoints/ holds
+pointer files naming a checkpoint in it: `latest` (the newest complete one) and `best` (the lowest val loss); a
+name that would lead out of checkpoints/ (`../x`, an absolute path) is refused, never followed.
 "hf:<hub name or folder>" loads a Hugging Face GPT-2 or T5 checkpoint instead (model/hf.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -19,6 +22,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from safetensors import SafetensorError
 from safetensors.torch import load_model as load_safetensors_model
 from safetensors.torch import save_model as save_safetensors_model
 
@@ -31,6 +35,7 @@ VERSION = 1
 WEIGHTS = "model.safetensors"
 MODEL_JSON = "model.json"
 LATEST = "latest"  # a file in checkpoints/ holding the name of the newest complete checkpoint
+BEST = "best"  # a file in checkpoints/ holding the name of the checkpoint with the lowest val loss
 
 
 def write_model_files(model: nn.Module, directory: str | Path, tokenizer_spec: dict, meta: dict | None = None) -> None:
@@ -58,13 +63,14 @@ def atomic_directory(final: str | Path) -> Iterator[Path]:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would make checkpoints private to their writer
     try:
         yield tmp
         for f in tmp.iterdir():  # data on disk before the rename makes it visible
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-        if final.exists():  # replacing a directory: move the old one aside first, delete it after
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        if final.exists():  # replacing a directory: move the old one aside first, delete it after (a crash in between
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")  # leaves it there: see restore_replaced)
             os.replace(final, old)
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
@@ -74,6 +80,21 @@ def atomic_directory(final: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def restore_replaced(directory: str | Path) -> None:
+    """Undo a replacement atomic_directory was killed in: move .<name>.old-<pid> back to a missing <name>."""
+    for old in Path(directory).glob(".*.old-*"):
+        original = old.with_name(old.name[1:].rsplit(".old-", 1)[0])
+        if old.is_dir() and not original.exists():
+            os.replace(old, original)
+
+
+@functools.cache
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(path: Path) -> None:
@@ -90,6 +111,7 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make the file private to its writer
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -108,19 +130,38 @@ def save_model(model: nn.Module, directory: str | Path, tokenizer_spec: dict, me
     return Path(directory)
 
 
+def read_pointer(checkpoints_dir: str | Path, pointer: str = LATEST) -> str | None:
+    """The checkpoint name a pointer file (latest, best) in checkpoints_dir holds; None if there is no such file.
+
+    Refused (ValueError) unless it is a plain directory name: a pointer never leads out of checkpoints_dir.
+    """
+    file = Path(checkpoints_dir) / pointer
+    if not file.is_file():
+        return None
+    name = file.read_text().strip()
+    if not name or name in (".", "..") or "/" in name or "\\" in name or Path(name).is_absolute():
+        raise ValueError(
+            f"{file} names {name!r}, which is not a checkpoint directory inside {Path(checkpoints_dir)}; refusing "
+            "to follow it (the file should hold a name like step_0001000)"
+        )
+    return name
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory from a checkpoint dir, a run's checkpoints/ dir, or a run dir (its latest)."""
+    """A checkpoint directory from a checkpoint dir, a run's checkpoints/ dir, a run dir (its latest), or a pointer
+    file (checkpoints/latest, checkpoints/best)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint path {str(path)!r} does not exist; pass a run or checkpoint directory")
     if (path / MODEL_JSON).exists() or (path / WEIGHTS).exists():
         return path
-    for ckpts in (path / "checkpoints", path):
-        latest = ckpts / LATEST
-        if latest.is_file():
-            target = ckpts / latest.read_text().strip()
+    pointers = [(path.parent, path.name)] if path.is_file() and path.name in (LATEST, BEST) else []
+    for ckpts, pointer in [*pointers, (path / "checkpoints", LATEST), (path, LATEST)]:
+        name = read_pointer(ckpts, pointer)
+        if name is not None:
+            target = ckpts / name
             if not (target / MODEL_JSON).exists():
-                raise FileNotFoundError(f"{latest} points to {target.name!r}, which is not a complete checkpoint")
+                raise FileNotFoundError(f"{ckpts / pointer} points to {name!r}, which is not a complete checkpoint")
             return target
     raise FileNotFoundError(
         f"no checkpoint in {str(path)!r}: expected model.json + model.safetensors, or a run directory with "
@@ -143,7 +184,10 @@ def read_model_json(path: str | Path) -> dict[str, Any]:
     directory = resolve_checkpoint(path)
     for name in (MODEL_JSON, WEIGHTS):
         if not (directory / name).is_file():
-            raise FileNotFoundError(f"incomplete checkpoint {str(directory)!r}: {name} is missing")
+            raise FileNotFoundError(
+                f"incomplete checkpoint {str(directory)!r}: {name} is missing; copy the whole checkpoint directory "
+                "or pass another checkpoint"
+            )
     try:
         info = json.loads((directory / MODEL_JSON).read_text())
     except json.JSONDecodeError as e:
@@ -168,7 +212,13 @@ def load_model(
     directory = resolve_checkpoint(path)
     info = read_model_json(directory)
     model = build_model(config_from_dict({"kind": info["kind"], **info["config"]}))
-    missing, unexpected = load_safetensors_model(model, str(directory / WEIGHTS), strict=False)
+    try:
+        missing, unexpected = load_safetensors_model(model, str(directory / WEIGHTS), strict=False)
+    except SafetensorError as e:  # truncated or damaged file
+        raise ValueError(
+            f"cannot read {directory / WEIGHTS} ({e}); the file is truncated or damaged; copy the checkpoint "
+            "again or use another one"
+        ) from None
     if missing or unexpected:
         raise ValueError(
             f"weights in {directory / WEIGHTS} do not match model.json (missing {sorted(missing)[:5]}, "

@@ -72,11 +72,13 @@ class TrainerConfig:
     max_time: Optional[float] = None  # wall-clock budget in seconds: stop (and save) when it runs out
     batch_size: int = 12  # micro-batch rows per process
     grad_accum: int = 1  # micro-batches per optimizer step; tokens/step = batch_size*grad_accum*block_size*world
+    micro_batch_size: Optional[int] = None  # rows per forward/backward, a divisor of batch_size (same data and
+    # tokens/step, less memory); null = batch_size. Halved automatically after a CUDA out-of-memory error
     eval_interval: int = 250  # steps between evaluations (and completion samples); 0 = only at the end
     eval_batches: int = 20  # val batches per evaluation (the same batches every time)
     log_interval: int = 10  # steps between console/metrics lines
     save_interval: int = 1000  # steps between checkpoints; 0 = only at the end
-    keep_last: int = 2  # checkpoints kept besides the newest one's predecessors; older ones are deleted
+    keep_last: int = 2  # newest checkpoints kept, plus the best by val loss (checkpoints/best); older ones deleted
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:1 | mps
     dtype: str = "auto"  # auto (bf16 where fast, else fp32; fp16 + grad scaler on pre-Ampere GPUs) | float32 | ...
     compile: bool = False  # torch.compile the model
@@ -94,6 +96,9 @@ class TrainerConfig:
             raise ValueError(f"trainer.max_time={self.max_time} must be > 0 seconds (or null for no budget)")
         _choice("trainer.dtype", self.dtype, DTYPES)
         _choice("trainer.nonfinite", self.nonfinite, NONFINITE)
+        micro = self.micro_batch_size
+        if micro is not None and (micro < 1 or self.batch_size % micro):
+            raise ValueError(f"trainer.micro_batch_size={micro} must divide trainer.batch_size={self.batch_size}")
 
 
 @dataclass

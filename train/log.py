@@ -1,14 +1,15 @@
 """Where metrics go: the console, metrics.jsonl in the run directory, and optionally wandb.
 
 Only rank 0 logs. wandb is imported lazily and only with logger=wandb; offline mode needs no network and the
-run id is kept in the run directory so a resumed run continues the same wandb run.
+run id is kept in the run directory so a resumed run continues the same wandb run. metrics.jsonl holds metric
+records and event records ({"event": "out_of_memory", ...}); a resumed run first drops the records past its
+checkpoint (and a fresh run all of them), so the file describes one uninterrupted run.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ from typing import Any
 
 import torch
 
+from model.checkpoint import write_text_atomic
 from train.config import LoggerConfig
 
 WANDB_ID_FILE = "wandb_id.txt"
@@ -40,9 +42,10 @@ class Tracker:
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
-        if resume_step is not None:  # records logged after the checkpoint are about to be logged again
-            for name in ("metrics.jsonl", "samples.jsonl"):
-                _truncate_after(run_dir / name, resume_step)
+        # Records logged after the checkpoint are about to be logged again; a fresh run (resume_step None) keeps
+        # none of an earlier attempt that died before its first checkpoint.
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            _truncate_after(run_dir / name, resume_step if resume_step is not None else -1)
         self.metrics_file = open(run_dir / "metrics.jsonl", "a")  # appended: a resumed run continues the file
         if cfg.name == "wandb" and cfg.mode != "disabled":
             self.wandb_run = _init_wandb(cfg, run_dir, config, run_name)
@@ -55,6 +58,17 @@ class Tracker:
         self.metrics_file.flush()
         if self.wandb_run is not None:
             self.wandb_run.log(metrics, step=step)
+
+    def event(self, name: str, step: int, **fields: Any) -> None:
+        """A one-off record in metrics.jsonl: {"step", "time", "event": name, **fields} (wandb gets the numbers)."""
+        if not self.enabled:
+            return
+        record = {"step": step, "time": round(time.time(), 3), "event": name, **fields}
+        self.metrics_file.write(json.dumps(record) + "\n")
+        self.metrics_file.flush()
+        numbers = {k: v for k, v in fields.items() if isinstance(v, (int, float))}
+        if self.wandb_run is not None and numbers:
+            self.wandb_run.log(numbers, step=step)
 
     def print(self, line: str) -> None:
         if self.enabled:
@@ -90,13 +104,18 @@ class Tracker:
 
 
 def _truncate_after(path: Path, step: int) -> None:
-    """Drop the records of a .jsonl log whose step is past `step` (rewritten atomically)."""
+    """Drop the records of a .jsonl log whose step is past `step`, and a line torn by a crash (rewritten atomically)."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # the last line of a process killed while writing it
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            kept.append(line)
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
 def _init_wandb(cfg: LoggerConfig, run_dir: Path, config: dict[str, Any], run_name: str) -> Any:
@@ -105,8 +124,8 @@ def _init_wandb(cfg: LoggerConfig, run_dir: Path, config: dict[str, Any], run_na
     except ImportError:
         raise ValueError("logger=wandb needs the wandb package: pip install wandb") from None
     id_file = run_dir / WANDB_ID_FILE
-    run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
-    id_file.write_text(run_id)
+    run_id = (id_file.read_text().strip() if id_file.exists() else "") or wandb.util.generate_id()
+    write_text_atomic(id_file, run_id)
     return wandb.init(
         project=cfg.project,
         entity=cfg.entity,

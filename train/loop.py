@@ -1,8 +1,10 @@
 """The training loop: run(cfg) sets everything up, then steps in nanoGPT's order.
 
-Order of one step: set lr -> maybe_eval -> micro-steps (autocast forward, loss / grad_accum, backward) ->
-clip -> optimizer step -> zero_grad -> maybe_log -> maybe_save. The same loop trains every model kind: a batch
-is a dict of the model's forward arguments, so `logits, loss = model(**batch)`.
+Order of one step: set lr -> micro-steps (autocast forward, loss / micro-steps, backward) -> clip -> non-finite
+guard -> optimizer step -> zero_grad -> maybe_log -> maybe_eval -> maybe_save (evaluated first, a checkpoint knows
+its val loss). The same loop trains every model kind: a batch is a dict of the model's forward arguments, so
+`logits, loss = model(**batch)`. Reliability: one process per run directory (a lock), checkpoints written
+atomically and never with non-finite weights, an out-of-memory step retried with half the micro-batch.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from safetensors.torch import load_model as load_weights
 from data.loader import CausalLMLoader, Seq2SeqLoader, SpanCorruptionLoader
 from data.prepare import load_meta, prepare
 from data.tokenizer import tokenizer_from_spec
-from model.checkpoint import load_model
+from model.checkpoint import load_model, write_text_atomic
 from model.registry import build_model
 from sample.generate import generate, resolve_device
 from train import dist
@@ -32,9 +34,13 @@ from train.log import Meter, Tracker, format_step, warn
 from train.optim import build_optimizer, get_lr, set_lr
 from train.state import (
     TrainState,
+    changed_settings,
     check_compatible,
     find_resume_checkpoint,
     load_train_state,
+    lock_run_dir,
+    maybe_fault,
+    remove_leftovers,
     save_checkpoint,
     set_rng_state,
 )
@@ -57,16 +63,36 @@ class Run:
     tracker: Tracker
     info: dist.DistInfo
     config_yaml: str
+    settings: dict[str, Any]  # the config as plain containers: saved in checkpoints, compared on resume
 
 
 def run(cfg: TrainConfig) -> dict[str, float]:
     """Train as cfg says; return the final metrics (val/loss, val/ppl, step)."""
+    _check_run_name(cfg.run_name)
     device = resolve_device(cfg.trainer.device)
     info, device = dist.setup(device)
     try:
-        return _train(cfg, info, device)
+        with _run_dir_locked(Path(cfg.paths.run_dir), info, device):
+            return _train(cfg, info, device)
     finally:
         dist.teardown()
+
+
+@contextlib.contextmanager
+def _run_dir_locked(run_dir: Path, info: dist.DistInfo, device: torch.device) -> Any:
+    """Rank 0 holds the run directory's lock for the whole run; every rank stops if it cannot be had."""
+    with contextlib.ExitStack() as stack:
+        error = None
+        if info.is_main:
+            try:
+                stack.enter_context(lock_run_dir(run_dir))
+            except ValueError as e:
+                error = e
+        if dist.any_rank(error is not None, info, device):
+            raise error or ValueError(f"{run_dir} is in use by another training process (see rank 0)")
+        if info.is_main:
+            remove_leftovers(run_dir / "checkpoints")  # of saves a crash interrupted; nobody else writes here
+        yield
 
 
 def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[str, float]:
@@ -107,20 +133,26 @@ def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     torch.manual_seed(tcfg.seed + info.rank)
     train_loader = build_loader(cfg, data_dir, "train", tokenizer, model_cfg, info, device)
-    state, resume_from = TrainState(), find_resume_checkpoint(cfg.resume, run_dir)
+    state, resume_from, saved_settings = TrainState(), find_resume_checkpoint(cfg.resume, run_dir), {}
     if resume_from is not None:
-        state = _restore(resume_from, raw_model, optimizer, scaler, train_loader, tokenizer.spec(), info)
+        state, saved_settings = _restore(
+            resume_from, raw_model, optimizer, scaler, train_loader, tokenizer.spec(), info
+        )
+    micro_batch = tcfg.micro_batch_size or tcfg.batch_size
+    if not (0 < state.micro_batch <= micro_batch and tcfg.batch_size % state.micro_batch == 0):
+        state.micro_batch = micro_batch  # a fresh run, or a checkpoint's micro-batch (halved after OOM) that won't do
     model = torch.compile(raw_model) if tcfg.compile else raw_model
-    tracker = Tracker(cfg.logger, run_dir, info.is_main, config=config_dict(cfg, model_cfg), run_name=cfg.run_name,
+    settings = config_dict(cfg, model_cfg)
+    tracker = Tracker(cfg.logger, run_dir, info.is_main, config=settings, run_name=cfg.run_name,
                       resume_step=state.step if resume_from is not None else None)  # fmt: skip
     r = Run(
         cfg, raw_model, dist.wrap(model, info, device), optimizer, scaler, train_loader,
         build_loader(cfg, data_dir, "val", tokenizer, model_cfg, info, device), tokenizer,
         _encodable_prompts(cfg.samples.prompts, tokenizer) if cfg.task.objective != "seq2seq" else [],
-        autocast(device, dtype), tracker, info, to_yaml(cfg, model_cfg),
+        autocast(device, dtype), tracker, info, to_yaml(cfg, model_cfg), settings,
     )  # fmt: skip
     if info.is_main:
-        (run_dir / "config.yaml").write_text(r.config_yaml)
+        write_text_atomic(run_dir / "config.yaml", r.config_yaml)
     tokens_per_step = tcfg.batch_size * tcfg.grad_accum * _tokens_per_row(train_loader, T) * info.world_size
     peak = peak_flops(device, dtype, cache_dir) if info.is_main else 0.0
     meter = Meter(tokens_per_step, raw_model.flops_per_token(T) * tokens_per_step, peak, device)
@@ -129,26 +161,29 @@ def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[
         f"{str(dtype).removeprefix('torch.')} | world {info.world_size} | run dir {run_dir}"
         + (f" | resumed at step {state.step}" if resume_from is not None else "")
     )
+    if resume_from is not None:
+        _report_changes(r, state, saved_settings)
 
-    start_step, t_start = state.step, time.perf_counter()
+    t_start = time.perf_counter()
     budget_left = tcfg.max_time is None or state.train_time < tcfg.max_time  # a resumed run may have spent it
+    if resume_from is None and _due(0, tcfg.eval_interval):
+        with meter.paused():  # throughput counts training time only
+            maybe_eval(r, state)
     while budget_left and state.step < tcfg.max_steps:
         lr = get_lr(state.step, cfg.optim.lr, tcfg.max_steps, cfg.schedule)
         set_lr(optimizer, lr)
-        if _due(state.step, tcfg.eval_interval) and not (state.step == start_step and resume_from is not None):
-            with meter.paused():  # throughput counts training time only
-                maybe_eval(r, state)
-
-        loss = forward_backward(r.model, train_loader, tcfg.grad_accum, r.ctx, scaler)
+        loss = forward_backward_safely(r, state)
+        maybe_fault("kill_in_step", state.step + 1)  # crash tests: gradients computed, weights not yet updated
         if scaler is not None:
             scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), clip)
-        # The non-finite guard (one host-device sync per step). With fp16, inf gradients are the grad scaler's
-        # business: scaler.step skips the update and scaler.update lowers the scale, so only the loss is checked.
+        # The non-finite guard, before the update (one host-device sync per step). With fp16, inf gradients are the
+        # grad scaler's business: scaler.step skips the update and scaler.update lowers the scale, so only the loss
+        # is checked.
         if not _finite(loss, grad_norm if scaler is None else None, info, device):
             optimizer.zero_grad(set_to_none=True)
-            _nonfinite(state, tcfg.nonfinite)
+            _nonfinite(r, state)
             continue
         if scaler is not None:
             scaler.step(optimizer)
@@ -162,37 +197,109 @@ def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[
 
         elapsed = state.train_time + time.perf_counter() - t_start
         out_of_time = dist.any_rank(tcfg.max_time is not None and elapsed >= tcfg.max_time, info, device)
-        if state.step % tcfg.log_interval == 0 or state.step == tcfg.max_steps or out_of_time:
+        last = state.step == tcfg.max_steps or out_of_time  # the final eval and save follow the loop
+        if state.step % tcfg.log_interval == 0 or last:
             maybe_log(r, state, meter, lr, grad_norm)
-        if _due(state.step, tcfg.save_interval) and state.step < tcfg.max_steps and not out_of_time:
-            with meter.paused():
-                maybe_save(r, state, t_start)
+        with meter.paused():
+            val = maybe_eval(r, state) if _due(state.step, tcfg.eval_interval) and not last else None
+            if _due(state.step, tcfg.save_interval) and not last:
+                maybe_save(r, state, t_start, val)  # after the eval: the checkpoint records its val loss (`best`)
         if out_of_time:
             tracker.print(f"time budget of {tcfg.max_time:.0f}s reached at step {state.step}: stopping")
             break
 
     val = maybe_eval(r, state)
-    maybe_save(r, state, t_start)
+    maybe_save(r, state, t_start, val)
     tracker.close()
     return {"val/loss": val["loss"], "val/ppl": val["ppl"], "step": state.step}
 
 
 def forward_backward(
-    model: nn.Module, loader: CausalLMLoader, grad_accum: int, ctx: Any, scaler: torch.amp.GradScaler | None
+    model: nn.Module,
+    loader: CausalLMLoader,
+    grad_accum: int,
+    ctx: Any,
+    scaler: torch.amp.GradScaler | None,
+    micro_batch: int | None = None,
 ) -> torch.Tensor:
-    """Run grad_accum micro-batches, accumulating gradients; return the step's mean loss (a device tensor)."""
+    """Draw grad_accum batches, run each in micro-batches of micro_batch rows (None: whole), accumulating gradients.
+
+    Returns the step's mean loss (a device tensor). Splitting a drawn batch changes the memory a micro-step needs,
+    not the data: every micro loss is a token mean over the same number of rows, and the step loss is their mean.
+    """
     total = torch.zeros((), device=next(model.parameters()).device)
-    for micro_step in range(grad_accum):
-        batch = loader.next_batch()
-        # DDP: all-reduce gradients only on the last micro-step (no_sync on the others)
-        sync = micro_step == grad_accum - 1 or not hasattr(model, "no_sync")
-        with contextlib.nullcontext() if sync else model.no_sync():
-            with ctx:
-                _, loss = model(**batch)
-            loss = loss / grad_accum  # each micro loss is a token mean; the step loss is their mean
-            (scaler.scale(loss) if scaler is not None else loss).backward()
-        total += loss.detach()
+    for i in range(grad_accum):
+        micro_batches = _split(loader.next_batch(), micro_batch)
+        for j, batch in enumerate(micro_batches):
+            # DDP: all-reduce gradients only on the last micro-step (no_sync on the others)
+            sync = (i == grad_accum - 1 and j == len(micro_batches) - 1) or not hasattr(model, "no_sync")
+            with contextlib.nullcontext() if sync else model.no_sync():
+                with ctx:
+                    _, loss = model(**batch)
+                loss = loss / (grad_accum * len(micro_batches))
+                (scaler.scale(loss) if scaler is not None else loss).backward()
+            total += loss.detach()
     return total
+
+
+def _split(batch: dict[str, torch.Tensor], rows: int | None) -> list[dict[str, torch.Tensor]]:
+    """A batch as micro-batches of `rows` rows each (views along dim 0); the batch itself when rows is None or more."""
+    n = len(next(iter(batch.values())))
+    if rows is None or rows >= n:
+        return [batch]
+    return [{k: v[start : start + rows] for k, v in batch.items()} for start in range(0, n, rows)]
+
+
+def forward_backward_safely(r: Run, state: TrainState) -> torch.Tensor:
+    """forward_backward at state.micro_batch; after an out-of-memory error, the step again with half of it.
+
+    The retry draws the step's batches again from the same loader position, splits them into twice the micro-steps
+    and rewinds the RNG (dropout): it computes what a run started at that trainer.micro_batch_size computes, with
+    the same tokens per optimizer step. One process only: ranks retrying apart would disagree on the step.
+    """
+    tcfg = r.cfg.trainer
+    loader_state, rng = r.train_loader.state_dict(), _rng_snapshot()
+    while True:
+        try:
+            return forward_backward(r.model, r.train_loader, tcfg.grad_accum, r.ctx, r.scaler, state.micro_batch)
+        except torch.OutOfMemoryError:
+            if r.info.enabled:
+                raise
+        # Out of the except block: the traceback, and the activations its frames hold, are released.
+        r.optimizer.zero_grad(set_to_none=True)  # drop the gradients of the micro-steps that did run
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        old, state.micro_batch = state.micro_batch, _smaller_micro_batch(state.micro_batch, tcfg.batch_size, state)
+        r.train_loader.load_state_dict(loader_state)
+        _set_rng_snapshot(rng)
+        micro_steps = tcfg.grad_accum * (tcfg.batch_size // state.micro_batch)
+        warn(
+            f"out of memory at step {state.step + 1} with a micro-batch of {old} rows: retrying the step with "
+            f"{state.micro_batch} rows x {micro_steps} micro-steps (the same tokens per step); "
+            f"trainer.micro_batch_size={state.micro_batch} starts a run there"
+        )
+        r.tracker.event("out_of_memory", state.step + 1, **{"train/micro_batch": state.micro_batch,
+                                                           "train/micro_steps": micro_steps})  # fmt: skip
+
+
+def _smaller_micro_batch(micro_batch: int, batch_size: int, state: TrainState) -> int:
+    """The largest divisor of batch_size that is at most half of micro_batch; refused at one row."""
+    if micro_batch == 1:
+        raise torch.OutOfMemoryError(
+            f"out of memory at step {state.step + 1} with a micro-batch of one row: nothing left to split; use a "
+            "smaller model.block_size or model, or trainer.dtype=bfloat16"
+        )
+    return max(d for d in range(1, micro_batch // 2 + 1) if batch_size % d == 0)
+
+
+def _rng_snapshot() -> tuple[torch.Tensor, torch.Tensor | None]:
+    return torch.get_rng_state(), torch.cuda.get_rng_state() if torch.cuda.is_available() else None
+
+
+def _set_rng_snapshot(snapshot: tuple[torch.Tensor, torch.Tensor | None]) -> None:
+    torch.set_rng_state(snapshot[0])
+    if snapshot[1] is not None:
+        torch.cuda.set_rng_state(snapshot[1])
 
 
 def maybe_eval(r: Run, state: TrainState) -> dict[str, float]:
@@ -226,21 +333,44 @@ def maybe_eval(r: Run, state: TrainState) -> dict[str, float]:
 def maybe_log(r: Run, state: TrainState, meter: Meter, lr: float, grad_norm: torch.Tensor) -> None:
     """Log the mean loss since the last log line (averaged over ranks), the lr, throughput and MFU."""
     metrics = meter.read(lambda t: dist.mean(t, r.info))  # .item() inside: a host-device sync per log interval
-    metrics.update({"train/lr": lr, "train/grad_norm": grad_norm.item(), "train/tokens": state.tokens_seen})
+    metrics.update({"train/lr": lr, "train/grad_norm": grad_norm.item(), "train/tokens": state.tokens_seen,
+                    "train/skipped_steps": state.skipped_steps, "train/micro_batch": state.micro_batch})  # fmt: skip
     r.tracker.log(metrics, state.step)
     r.tracker.print(format_step(metrics, state.step, r.cfg.trainer.max_steps))
 
 
-def maybe_save(r: Run, state: TrainState, t_start: float) -> None:
-    """Checkpoint the unwrapped model and the training state (rank 0 writes; everyone waits)."""
+def maybe_save(r: Run, state: TrainState, t_start: float, val: dict[str, float] | None = None) -> None:
+    """Checkpoint the unwrapped model and the training state (rank 0 writes; everyone waits).
+
+    val: this step's evaluation, if there was one (its loss may make the checkpoint the run's `best`).
+    Non-finite weights are never written: the run stops and the last checkpoint stays the newest.
+    """
+    weights = [p.detach() for p in r.raw_model.parameters()]
+    if not bool(torch.stack([torch.isfinite(w).all() for w in weights]).all()):  # a host-device sync per save
+        raise FloatingPointError(
+            f"the weights hold non-finite values at step {state.step}: not saving them; the last checkpoint is "
+            "intact. Lower optim.lr or enable optim.grad_clip, then continue with resume=auto"
+        )
     if r.info.is_main:
         saved = replace(state, train_time=state.train_time + time.perf_counter() - t_start)
         path = save_checkpoint(
             Path(r.cfg.paths.run_dir) / "checkpoints", r.raw_model, r.optimizer, saved, r.train_loader.state_dict(),
             r.tokenizer.spec(), r.config_yaml, r.cfg.trainer.keep_last, r.scaler,
+            val_loss=val["loss"] if val is not None else None, settings=r.settings,
         )  # fmt: skip
         print(f"saved {path}", flush=True)
     dist.barrier(r.info)
+
+
+def _report_changes(r: Run, state: TrainState, saved: dict[str, Any]) -> None:
+    """A resumed run may change its settings (lr, step budget ...): allowed, and each change is logged."""
+    changes = changed_settings(saved, r.settings) if saved else {}  # checkpoints before settings were saved: none
+    if changes:
+        r.tracker.print(
+            f"resumed at step {state.step} with changed settings: "
+            + ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changes.items())
+        )
+        r.tracker.event("resume_changes", state.step, changes={k: list(v) for k, v in changes.items()})
 
 
 def _restore(
@@ -251,18 +381,21 @@ def _restore(
     loader: CausalLMLoader,
     tokenizer_spec: dict,
     info: dist.DistInfo,
-) -> TrainState:
-    """Load weights, optimizer, scaler, data position and RNG states from a training checkpoint."""
+) -> tuple[TrainState, dict[str, Any]]:
+    """Load weights, optimizer, scaler, data position and RNG states; return the state and the saved settings."""
     check_compatible(path, raw_model.config.to_dict(), tokenizer_spec)
     load_weights(raw_model, str(path / "model.safetensors"), device=str(next(raw_model.parameters()).device))
     saved = load_train_state(path)
+    hyper = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
     optimizer.load_state_dict(saved["optimizer"])
+    for group, values in zip(optimizer.param_groups, hyper):
+        group.update(values)  # this run's optim.* values (weight decay, betas ...), not the checkpoint's
     if scaler is not None and saved.get("scaler"):
         scaler.load_state_dict(saved["scaler"])
     loader.load_state_dict(saved["loader"])
     if info.world_size == 1:  # per-rank dropout streams are not saved; one process resumes bit-exactly
         set_rng_state(saved["rng"])
-    return TrainState(**saved["state"])
+    return TrainState(**saved["state"]), saved.get("settings", {})
 
 
 def _init_config(cfg: TrainConfig, source: tuple[nn.Module, Any], tokenizer: Any) -> Any:
@@ -370,15 +503,25 @@ def _encodable_prompts(prompts: list[str], tokenizer: Any) -> list[str]:
     return kept
 
 
-def _nonfinite(state: TrainState, policy: str) -> None:
-    """Count a dropped step; with policy "stop", end the run (the last checkpoint stays intact)."""
+def _nonfinite(r: Run, state: TrainState) -> None:
+    """Count a dropped step; with trainer.nonfinite=stop, end the run (the last checkpoint stays intact)."""
     state.skipped_steps += 1
-    if policy == "stop":
+    if r.cfg.trainer.nonfinite == "stop":
         raise FloatingPointError(
             f"non-finite loss or gradient at step {state.step}; the last checkpoint is intact. "
             "Lower optim.lr, enable optim.grad_clip, or set trainer.nonfinite=skip"
         )
     warn(f"non-finite loss or gradient at step {state.step}: step skipped")
+    r.tracker.event("nonfinite_skipped", state.step, **{"train/skipped_steps": state.skipped_steps})
+
+
+def _check_run_name(name: str) -> None:
+    """run_name names a directory under paths.runs_dir: it may not lead out of it."""
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        raise ValueError(
+            f"run_name={name!r} would put the run directory outside paths.runs_dir; use a plain name, e.g. "
+            "run_name=myrun (set paths.run_dir to train elsewhere)"
+        )
 
 
 def _finite(loss: torch.Tensor, grad_norm: torch.Tensor | None, info: dist.DistInfo, device: torch.device) -> bool:
