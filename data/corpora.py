@@ -196,8 +196,16 @@ def text_files(cfg: DataConfig, extensions: list[str] | None = None) -> list[tup
 
 
 def read_utf8(path: Path) -> str:
-    """Text of a UTF-8 file (a byte-order mark is dropped); anything else is a one-line error naming the file."""
+    """Text of a UTF-8 file (a byte-order mark is dropped); anything else is a one-line error naming the file.
+
+    A NUL byte never occurs in text: it marks a binary file (an image, an archive) or UTF-16 text.
+    """
     raw = path.read_bytes()
+    if b"\0" in raw:
+        raise ValueError(
+            f"{path} holds NUL bytes (at byte {raw.index(0)}): a binary file or UTF-16 text, not UTF-8 text; "
+            "remove it from data.paths (or narrow data.extensions), or convert it to UTF-8"
+        )
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:

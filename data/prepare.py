@@ -9,7 +9,8 @@ the tokenizer gets its FIM ids (tokenizer.with_fim(), recorded in meta.json); va
 The hash covers the bytes of every source file, the tokenizer and the split parameters: re-running with nothing
 changed returns at once, and any change gives a new directory. Writes are atomic (temp dir + os.replace), so a
 crash never leaves a dataset that looks complete.
-CLI: `python -m data.prepare data=<shakespeare|python-code|tinystories|text|demo|pairs|python-docstrings> [...]`.
+CLI: `python -m data.prepare data=<shakespeare|python-code|tinystories|text|demo|pairs|python-docstrings> [...]`; a
+user error is one `error: ...` line (exit status 2), and NANOLOOM_DEBUG=1 (or HYDRA_FULL_ERROR=1) shows its traceback.
 """
 
 from __future__ import annotations
@@ -450,18 +451,32 @@ def main() -> None:
     register_schema()
     _check_overrides(sys.argv[1:])
 
-    @hydra.main(version_base="1.3", config_path="../configs", config_name="prepare")
+    @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="prepare")  # absolute: runs in-process
     def _main(dict_cfg: DictConfig) -> None:
         try:
             cfg = OmegaConf.to_object(dict_cfg.data)
             data_dir = prepare(cfg, dict_cfg.paths.cache_dir, progress=True)
             meta = load_meta(data_dir)
-        except (ValueError, FileNotFoundError) as e:  # user errors: one line, no traceback
-            print(f"error: {e}", file=sys.stderr)
+        except (ValueError, OSError) as e:  # user errors (bad text, missing or unreadable files): one line
+            if _debug():
+                raise
+            system = isinstance(e, OSError) and e.errno is not None  # raised by the OS, not with a nanoloom message
+            print(f"error: {_os_error_message(e) if system else e}", file=sys.stderr)
             sys.exit(2)
         print(summary(data_dir, meta))
 
     _main()
+
+
+def _os_error_message(e: OSError) -> str:
+    """One line for an OSError of the system ([Errno 13] Permission denied: ...), naming the path and what to check."""
+    where = f": {e.filename}" if e.filename else ""
+    return f"{e.strerror or e}{where}; check that the path exists and is readable (data.paths, paths.cache_dir)"
+
+
+def _debug() -> bool:
+    """NANOLOOM_DEBUG=1 (or HYDRA_FULL_ERROR=1): user errors raise with their traceback (as in every nanoloom CLI)."""
+    return os.environ.get("NANOLOOM_DEBUG", "") not in ("", "0") or os.environ.get("HYDRA_FULL_ERROR") == "1"
 
 
 def _check_overrides(args: list[str]) -> None:
@@ -477,9 +492,29 @@ def _check_overrides(args: list[str]) -> None:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="prepare"):
             OmegaConf.to_object(compose("prepare", overrides=args).data)
     except (HydraException, OmegaConfBaseException, ValueError) as e:
+        if _debug():
+            raise
         first = [str(x).strip().splitlines()[0] for x in (e, e.__cause__) if x is not None and str(x).strip()]
-        print(f"error: {' '.join(first) or type(e).__name__}", file=sys.stderr)
+        print(f"error: {' '.join(first + _override_hint(e.__cause__)) or type(e).__name__}", file=sys.stderr)
         sys.exit(2)
+
+
+def _override_hint(cause: BaseException | None) -> list[str]:
+    """The fix for a mistyped key (a close DataConfig field) or a value of the wrong type, when there is one."""
+    import dataclasses
+    import difflib
+
+    key = getattr(cause, "full_key", None)
+    if not key:
+        return []
+    text = str(cause)
+    if "not in 'DataConfig'" in text:
+        names = [f.name for f in dataclasses.fields(DataConfig)]
+        hint = difflib.get_close_matches(key.rpartition(".")[2], names, n=1)
+        return [f"(did you mean data.{hint[0]}?)" if hint else f"(valid data keys: {', '.join(sorted(names))})"]
+    wanted = {"Integer": "a whole number", "Float": "a number", "bool": "true or false", "ListConfig": "a list"}
+    found = re.search(r"converted to (Integer|Float)|not a valid (bool)|not a (ListConfig)", text)
+    return [f"(set {key} to {wanted[next(g for g in found.groups() if g)]})"] if found else []
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ GPT-2-style GPTs become GPT2LMHeadModel, rotary + RMSNorm + SwiGLU GPTs LlamaFor
 T5ForConditionalGeneration: weights are renamed (the reverse of model/hf.py), the rows of the padded vocabulary are cut
 off, and config.json, generation_config.json, the tokenizer files and a README.md model card are written as plain
 JSON/text, so exporting needs neither transformers nor tokenizers.
-CLI: python -m model.export checkpoint=<run or checkpoint dir> out=<dir> [dtype=bfloat16] [overwrite=true]
+CLI: python -m model.export checkpoint=<run or checkpoint dir> out=<dir> [dtype=bfloat16] [overwrite=true]; a user
+error is one `error: ...` line (exit status 2), and NANOLOOM_DEBUG=1 shows its traceback instead.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from model.checkpoint import WEIGHTS, atomic_directory, read_model_json, resolve_checkpoint
@@ -89,7 +91,13 @@ def hf_architecture(config: GPTConfig | T5Config) -> str:
 
 def read_state_dict(directory: Path, config: GPTConfig | T5Config) -> dict[str, torch.Tensor]:
     """All of a checkpoint's tensors under our names, tied weights under both names, checked against the config."""
-    state = load_file(str(directory / WEIGHTS))
+    try:
+        state = load_file(str(directory / WEIGHTS))
+    except SafetensorError as e:
+        raise ValueError(
+            f"cannot read {directory / WEIGHTS} ({str(e).strip().splitlines()[0]}): the file is truncated or damaged; "
+            "copy the checkpoint again or use another one"
+        ) from e
     tied = {"gpt": ("transformer.wte.weight", "lm_head.weight"), "t5": ("shared.weight", "lm_head.weight")}[config.kind]
     if config.tie_embeddings:  # safetensors stores a tied matrix once, under either name
         for a, b in (tied, tied[::-1]):
@@ -598,14 +606,19 @@ def export_hf(checkpoint: str | Path, out: str | Path, *, dtype: str | None = No
 
     mask = os.umask(0)
     os.umask(mask)
-    with atomic_directory(out) as tmp:
-        save_file(hf_state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        for name, text in files.items():
-            (tmp / name).write_text(text, encoding="utf-8")
-        # the temporary directory is private (0700); an export is meant to be shared like any other directory
-        for f in tmp.iterdir():
-            f.chmod(0o666 & ~mask)
-        tmp.chmod(0o777 & ~mask)
+    try:
+        with atomic_directory(out) as tmp:
+            save_file(hf_state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            for name, text in files.items():
+                (tmp / name).write_text(text, encoding="utf-8")
+            # the temporary directory is private (0700); an export is meant to be shared like any other directory
+            for f in tmp.iterdir():
+                f.chmod(0o666 & ~mask)
+            tmp.chmod(0o777 & ~mask)
+    except OSError as e:  # no such parent, read-only, disk full: the system's message, and where
+        raise ValueError(
+            f"cannot write out={str(out)!r} ({e.strerror or e}: {e.filename}); choose a directory you can write to"
+        ) from e
     return out
 
 
@@ -613,6 +626,7 @@ def export_hf(checkpoint: str | Path, out: str | Path, *, dtype: str | None = No
 # CLI
 
 USAGE = "usage: python -m model.export checkpoint=<run or checkpoint dir> out=<dir> [dtype=bfloat16] [overwrite=true]"
+DEBUG_HELP = "a user error is one `error: ...` line (exit status 2); NANOLOOM_DEBUG=1 shows its traceback instead"
 ARGS = ("checkpoint", "out", "dtype", "overwrite")
 
 
@@ -640,7 +654,7 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry point: exit status 0 on success, 2 (and one `error:` line) on a user error."""
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help", "help") for a in argv):
-        print(USAGE)
+        print(f"{USAGE}\n{DEBUG_HELP}")
         return 0
     try:
         args = parse_args(argv)
@@ -651,11 +665,18 @@ def main(argv: list[str] | None = None) -> int:
             overwrite=args.get("overwrite", "false").lower() == "true",
         )
     except (ValueError, FileNotFoundError, FileExistsError) as e:
+        if _debug():
+            raise
         print(f"error: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}", file=sys.stderr)
         return 2
     arch = json.loads((out / "config.json").read_text())["architectures"][0]
     print(f"exported {args['checkpoint']} -> {out} ({arch})")
     return 0
+
+
+def _debug() -> bool:
+    """NANOLOOM_DEBUG=1 (or HYDRA_FULL_ERROR=1): user errors raise with their traceback (as in every nanoloom CLI)."""
+    return os.environ.get("NANOLOOM_DEBUG", "") not in ("", "0") or os.environ.get("HYDRA_FULL_ERROR") == "1"
 
 
 if __name__ == "__main__":

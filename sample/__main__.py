@@ -5,7 +5,8 @@ its decoder's output alone. num_beams > 1 runs beam search and prints the num_sa
 
 The config (configs/sample.yaml, schema in sample/config.py) is composed with Hydra's Compose API rather than
 @hydra.main, so sampling writes no run directory or log file and every user error (bad override, unknown task,
-missing checkpoint) is one `error: ...` line on stderr with exit status 2. HYDRA_FULL_ERROR=1 shows tracebacks.
+missing checkpoint) is one `error: ...` line on stderr with exit status 2. NANOLOOM_DEBUG=1 (or HYDRA_FULL_ERROR=1)
+shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -24,8 +25,17 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from model.checkpoint import load_model, read_model_json
-from sample.config import SampleConfig, TaskConfig, config_error_message, register_schema
-from sample.generate import Completion, generate, infill, model_kind, resolve_device, row_seeds
+from sample.config import SampleConfig, TaskConfig, config_error_message, debug_enabled, register_schema
+from sample.generate import (
+    Completion,
+    _max_new_tokens,  # the rule generation applies, checked before the header
+    generate,
+    infill,
+    model_kind,
+    prompt_ids,
+    resolve_device,
+    row_seeds,
+)
 from sample.provenance import append_records, check_identity, checkpoint_identity, read_records, sample_record
 from sample.sampling import GenerationConfig
 from sample.stopping import parses
@@ -49,6 +59,7 @@ a gpt checkpoint prints prompt + completion; a t5 checkpoint (prompt = encoder i
 checkpoint=, prompt=, prompt_file=, prefix=, suffix=, out= and replay= take their value verbatim (quote it for the
 shell only); other values follow Hydra's override grammar.
 options: --cfg  print the composed config and exit;  -h, --help  this message
+a user error is one "error: ..." line (exit status 2); NANOLOOM_DEBUG=1 shows its traceback instead
 """
 
 
@@ -109,13 +120,25 @@ def read_prompt(cfg: SampleConfig) -> str:
         raise ValueError(f"cannot read prompt_file={cfg.prompt_file!r} ({e}); pass a readable text file") from None
 
 
+def check_out(out: str) -> None:
+    """Refuse an out= file that cannot be appended to before sampling rather than after."""
+    path = Path(out)
+    if path.is_dir():
+        raise ValueError(f"out={out!r} is a directory; pass a file for the records, e.g. out=samples.jsonl")
+    parent = next(p for p in path.absolute().parents if p.exists())  # the nearest folder that exists
+    if not parent.is_dir():
+        raise ValueError(f"out={out!r} cannot be created: {parent} is a file; choose another path")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"out={out!r} cannot be created: {parent} is not writable; choose another path")
+
+
 def _model_dtype(model: object) -> torch.dtype:
     p = next(model.parameters(), None)
     return p.dtype if p is not None else torch.float32
 
 
 def _load(checkpoint: str, device: torch.device) -> tuple[object, object, str]:
-    model, tokenizer = load_model(checkpoint, device=device)
+    model, tokenizer = load_model(checkpoint, device=device)  # a damaged file is a one-line ValueError
     kind = model_kind(model)
     if kind not in ("gpt", "t5"):
         raise ValueError(f"checkpoint={checkpoint!r} holds a {kind} model; python -m sample needs gpt or t5")
@@ -136,9 +159,13 @@ def run(cfg: SampleConfig) -> None:
     infilling = cfg.prefix is not None or cfg.suffix is not None
     prefix, suffix = cfg.prefix or "", cfg.suffix or ""
     prompt = "" if infilling else read_prompt(cfg)
+    if cfg.out is not None:
+        check_out(cfg.out)
     device = resolve_device(cfg.device)
     model, tokenizer, kind = _load(cfg.checkpoint, device)
     generation = settings.generation(tokenizer)
+    if not infilling:  # a max_length the prompt already fills is refused before anything is printed
+        _max_new_tokens(generation, len(prompt_ids(tokenizer, prompt, kind)), kind)
     seed = row_seeds(cfg.seed, 1)[0]  # drawn when null, and printed, so any run can be repeated
     step = read_model_json(cfg.checkpoint).get("meta", {}).get("step")
     beams = settings.num_beams > 1
@@ -271,17 +298,17 @@ def _main(args: list[str]) -> None:
             sys.stdout.write(OmegaConf.to_yaml(compose_config([a for a in args if a != "--cfg"])))
             return
         run(load_config(args))
-    except (HydraException, OmegaConfBaseException, ValueError, FileNotFoundError) as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    except BrokenPipeError:  # stdout closed early (e.g. piped into head): not an error worth a traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    except (HydraException, OmegaConfBaseException, ValueError, OSError) as e:  # OSError: unwritable out= ...
+        if debug_enabled():
             raise
         print(f"error: {config_error_message(e, SCHEMAS)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         sys.stderr.write("\n")
         sys.exit(130)
-    except BrokenPipeError:  # stdout closed early (e.g. piped into head): not an error worth a traceback
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,306 @@
+"""Bad inputs across the command lines: each is one `error: ...` line naming the problem and a fix, exit status 2.
+
+One table of cases for python -m data.prepare, train, sample and model.export (an evaluate command does not exist
+yet, so it has no cases). Most run in-process through the CLI's main(); a few (subprocess=True) run `python -m ...`
+to prove the same end to end.
+Every case runs against one shared world (corpora, checkpoints, a prepared dataset, a run with a checkpoint, an
+export folder) and must leave each of its files as it was, and no new run or export directory behind.
+NANOLOOM_DEBUG=1 (or HYDRA_FULL_ERROR=1) turns the one line back into the traceback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from hydra.core.global_hydra import GlobalHydra
+from train_helpers import compose_train, zen_of_python
+
+from data.prepare import prepare
+from data.tokenizer import get_tokenizer
+from model import GPT, GPTConfig
+from model.checkpoint import save_model
+
+ROOT = Path(__file__).resolve().parents[1]
+# python -m train on the world's corpus; no case gets as far as a training step
+TRAIN = ("debug=default", "data=text", "data.paths=[{w}/corpus/good.txt]", "data.val_fraction=0.2",
+         "paths.cache_dir={w}/cache", "paths.runs_dir={w}/runs")  # fmt: skip
+SAMPLE = ("checkpoint={w}/ckpt", "prompt=Once", "max_new_tokens=2")
+PREPARE = ("data=text", "paths.cache_dir={w}/cache")
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    cli: str  # prepare | train | sample | export
+    args: tuple[str, ...]  # "{w}" is the world directory
+    message: str  # a fragment of the error line
+    code: int = 2
+    subprocess: bool = False  # run `python -m ...` rather than main() in-process
+
+
+CASES = [
+    # python -m data.prepare
+    Case("prepare-missing-file", "prepare", (*PREPARE, "data.paths=[{w}/corpus/missing.txt]"),
+         "missing.txt' matches no file; give a file, directory or glob"),
+    Case("prepare-missing-dir", "prepare", (*PREPARE, "data.paths=[{w}/no_such_dir/]"),
+         "no_such_dir/' matches no file"),
+    Case("prepare-empty-file", "prepare", (*PREPARE, "data.paths=[{w}/corpus/empty.txt]"),
+         "the text corpus is empty (1 file(s) without text); give files with text"),
+    Case("prepare-dir-without-text-files", "prepare", (*PREPARE, "data.paths=[{w}/images]"),
+         "has no files ending in .jsonl, .md, .py, .txt; set data.extensions=[...]"),
+    Case("prepare-png", "prepare", (*PREPARE, "data.paths=[{w}/images/logo.png]"),
+         "logo.png holds NUL bytes (at byte 8): a binary file", subprocess=True),
+    Case("prepare-null-bytes", "prepare", (*PREPARE, "data.paths=[{w}/corpus/nul.txt]"),
+         "remove it from data.paths (or narrow data.extensions), or convert it to UTF-8"),
+    Case("prepare-invalid-utf8", "prepare", (*PREPARE, "data.paths=[{w}/corpus/latin1.txt]"),
+         "latin1.txt is not valid UTF-8 (2 undecodable bytes, the first at byte 3); convert it to UTF-8"),
+    Case("prepare-pairs-missing-field", "prepare", (*PREPARE, "data=pairs", "data.paths=[{w}/corpus/no_target.jsonl]"),
+         "no_target.jsonl:2: no field 'target' (found: input); set data.target_field=<name>"),
+    Case("prepare-pairs-malformed-line", "prepare", (*PREPARE, "data=pairs", "data.paths=[{w}/corpus/malformed.jsonl]"),
+         "malformed.jsonl:2: not valid JSON"),
+    Case("prepare-pairs-one-pair", "prepare", (*PREPARE, "data=pairs", "data.paths=[{w}/corpus/one_pair.jsonl]"),
+         "a train/val split needs at least 2: give more pairs"),
+    Case("prepare-jsonl-wrong-field", "prepare", (*PREPARE, "data.paths=[{w}/corpus/docs.jsonl]"),
+         "docs.jsonl:1: no field 'text' (found: body); set data.jsonl_field=<name>"),
+    Case("prepare-unknown-key", "prepare", (*PREPARE, "data.tokenzer=byte"), "(did you mean data.tokenizer?)"),
+    Case("prepare-wrong-type", "prepare", (*PREPARE, "data.val_fraction=abc"), "(set data.val_fraction to a number)"),
+    Case("prepare-unknown-tokenizer", "prepare", (*PREPARE, "data.tokenizer=bpe", "data.paths=[{w}/corpus/good.txt]"),
+         "unknown tokenizer 'bpe'; set data.tokenizer to one of"),
+    # python -m train
+    Case("train-unknown-key", "train", (*TRAIN, "model.colour=red"),
+         "Key 'colour' not in 'GPTConfig' (valid model keys: bias, block_size,"),
+    Case("train-appended-unknown-key", "train", (*TRAIN, "+trainer.colour=red"),
+         "unknown key trainer.colour; valid keys: batch_size,"),
+    Case("train-wrong-type", "train", (*TRAIN, "model.n_layer=abc"), "(set model.n_layer to a whole number)"),
+    Case("train-zero-layers", "train", (*TRAIN, "model.n_layer=0"), "model.n_layer=0 must be a positive integer"),
+    Case("train-zero-batch-size", "train", (*TRAIN, "trainer.batch_size=0"), "trainer.batch_size=0 must be >= 1"),
+    Case("train-negative-lr", "train", (*TRAIN, "optim.lr=-0.1"), "optim.lr=-0.1 must be > 0"),
+    Case("train-n-embd-not-divisible", "train", (*TRAIN, "model.n_embd=50", "model.n_head=3"),
+         "model.n_embd=50 is not divisible by model.n_head=3; pick n_embd a multiple of n_head (e.g. n_embd=51)"),
+    Case("train-unknown-model", "train", (*TRAIN, "model=gpt-huge"), "unknown model 'gpt-huge'; choose one of"),
+    Case("train-corpus-shorter-than-window", "train", (*TRAIN, "data.paths=[{w}/corpus/short.txt]"),
+         "not more than block_size=64: one training window needs block_size + 1; use a smaller model.block_size"),
+    Case("train-vocab-mismatch", "train", (*TRAIN, "model.vocab_size=100"),
+         "vocabulary mismatch: model.vocab_size=100 but the data's byte tokenizer has 257 tokens"),
+    Case("train-init-from-larger-block-size", "train", (*TRAIN, "init_from={w}/ckpt", "model.block_size=64"),
+         "model.block_size=64 exceeds block_size=32 of init_from="),
+    Case("train-init-from-missing", "train", (*TRAIN, "init_from={w}/no_such_ckpt"), "no_such_ckpt' does not exist"),
+    Case("train-init-from-missing-weights", "train", (*TRAIN, "init_from={w}/no_weights"),
+         "no_weights': model.safetensors is missing"),
+    Case("train-init-from-truncated-weights", "train", (*TRAIN, "init_from={w}/truncated"),
+         "the file is truncated or damaged; copy the checkpoint again or use another one", subprocess=True),
+    Case("train-resume-other-architecture", "train", (*TRAIN, "run_name=existing", "resume=auto"),
+         "with a different model (block_size: checkpoint 32 vs config 64;"),
+    Case("train-fresh-run-over-checkpoints", "train", (*TRAIN, "run_name=existing"),
+         "already has checkpoints; pass resume=auto to continue it, or choose another run_name"),
+    # python -m sample
+    Case("sample-missing-checkpoint", "sample", ("checkpoint={w}/no_such_ckpt", "prompt=x"),
+         "no_such_ckpt' does not exist; pass a run or checkpoint directory", subprocess=True),
+    Case("sample-truncated-weights", "sample", ("checkpoint={w}/truncated", "prompt=x"),
+         "the file is truncated or damaged; copy the checkpoint again or use another one"),
+    Case("sample-corrupt-model-json", "sample", ("checkpoint={w}/bad_json", "prompt=x"), "corrupt "),
+    Case("sample-missing-weights", "sample", ("checkpoint={w}/no_weights", "prompt=x"), "model.safetensors is missing"),
+    Case("sample-top-p-zero", "sample", (*SAMPLE, "top_p=0"), "top_p=0.0 must be in (0, 1]; 1.0 switches it off"),
+    Case("sample-negative-temperature", "sample", (*SAMPLE, "temperature=-1"), "temperature=-1.0 must be >= 0"),
+    Case("sample-zero-beams", "sample", (*SAMPLE, "num_beams=0"), "num_beams=0 must be >= 1"),
+    Case("sample-min-p-above-one", "sample", (*SAMPLE, "min_p=2"), "min_p=2.0 must be in [0, 1]"),
+    Case("sample-wrong-type", "sample", (*SAMPLE, "num_samples=abc"), "(set num_samples to a whole number)"),
+    Case("sample-max-length-below-prompt", "sample",
+         ("checkpoint={w}/ckpt", "prompt=Once upon a time", "max_length=3", "task.max_new_tokens=null"),
+         "max_length=3 leaves no room after the prompt of 16 tokens; raise it or set max_new_tokens"),
+    Case("sample-no-prompt", "sample", ("checkpoint={w}/ckpt",), 'no prompt: pass prompt="..." or prompt_file=<path>'),
+    Case("sample-prompt-file-missing", "sample", ("checkpoint={w}/ckpt", "prompt_file={w}/no_prompt.txt"),
+         "cannot read prompt_file="),
+    Case("sample-prompt-file-not-utf8", "sample", ("checkpoint={w}/ckpt", "prompt_file={w}/corpus/latin1.txt"),
+         "pass a readable text file"),
+    Case("sample-replay-not-jsonl", "sample", ("replay={w}/corpus/good.txt",),
+         "good.txt:1: not a JSON line (Expecting value); replay needs a file written with out="),
+    Case("sample-replay-binary", "sample", ("replay={w}/images/logo.png",),
+         "logo.png is not UTF-8 text (byte 0); replay needs a JSONL file written with out="),
+    Case("sample-out-is-a-directory", "sample", (*SAMPLE, "out={w}/corpus"),
+         "corpus' is a directory; pass a file for the records, e.g. out=samples.jsonl"),
+    Case("sample-out-under-a-file", "sample", (*SAMPLE, "out={w}/corpus/good.txt/samples.jsonl"),
+         "good.txt is a file; choose another path"),
+    # python -m model.export
+    Case("export-missing-checkpoint", "export", ("checkpoint={w}/no_such_ckpt", "out={w}/hf_new"),
+         "no_such_ckpt' does not exist", subprocess=True),
+    Case("export-out-not-empty", "export", ("checkpoint={w}/ckpt", "out={w}/hf_existing"),
+         "hf_existing' is not empty; pass overwrite=true to replace it"),
+    Case("export-truncated-weights", "export", ("checkpoint={w}/truncated", "out={w}/hf_new"),
+         "truncated/model.safetensors (Error while deserializing header"),
+    Case("export-out-under-a-file", "export", ("checkpoint={w}/ckpt", "out={w}/corpus/good.txt/hf"),
+         "choose a directory you can write to"),
+    Case("export-unknown-argument", "export", ("checkpoint={w}/ckpt", "outt={w}/hf_new"),
+         "unknown argument 'outt'; valid keys: checkpoint, out, dtype, overwrite"),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    """Corpora, checkpoints (good, truncated, without weights, corrupt model.json), a prepared dataset, a run with
+    a checkpoint of another architecture than debug=default's, and a non-empty export folder."""
+    w = tmp_path_factory.mktemp("world")
+    corpus = w / "corpus"
+    corpus.mkdir()
+    zen = zen_of_python(w).read_text()
+    (corpus / "good.txt").write_text(zen * 3)
+    (corpus / "short.txt").write_text("tiny corpus\n")
+    (corpus / "empty.txt").write_text("")
+    (corpus / "nul.txt").write_bytes(b"text\0with\0null bytes\n" * 4)
+    (corpus / "latin1.txt").write_bytes("caf\xe9 cr\xe8me\n".encode("latin-1"))
+    (corpus / "docs.jsonl").write_text('{"body": "a document"}\n')
+    (corpus / "no_target.jsonl").write_text('{"input": "a", "target": "b"}\n{"input": "c"}\n')
+    (corpus / "malformed.jsonl").write_text('{"input": "a", "target": "b"}\n{"input": "c", target\n')
+    (corpus / "one_pair.jsonl").write_text('{"input": "a", "target": "b"}\n')
+    (w / "images").mkdir()
+    (w / "images" / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR" + bytes(range(256)))
+
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=32, vocab_size=257))
+    ckpt = save_model(model, w / "ckpt", tokenizer_spec=get_tokenizer("byte").spec(), meta={"step": 10})
+    for name in ("truncated", "no_weights", "bad_json"):
+        shutil.copytree(ckpt, w / name)
+    weights = (ckpt / "model.safetensors").read_bytes()
+    (w / "truncated" / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    (w / "no_weights" / "model.safetensors").unlink()
+    (w / "bad_json" / "model.json").write_text('{"format": "nanoloom-model", "kind":')
+
+    run = w / "runs" / "existing"
+    shutil.copytree(ckpt, run / "checkpoints" / "step_0000010")
+    (run / "checkpoints" / "latest").write_text("step_0000010\n")
+    (run / "config.yaml").write_text("run_name: existing\n")
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 10, "train/loss": 5.0}) + "\n")
+
+    prepare(compose_train([a.format(w=w) for a in TRAIN]).data, w / "cache", progress=False)  # the one train uses
+    (w / "hf_existing").mkdir()
+    (w / "hf_existing" / "notes.txt").write_text("keep me\n")
+    return w
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """relative path -> sha256 (or "dir") of everything under root, except Hydra's per-launch .hydra folders."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root)
+        if ".hydra" not in rel.parts:
+            out[rel.as_posix()] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def run_cli(cli: str, args: list[str], monkeypatch, capsys, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """(exit status, stderr) of one command line, in-process through the CLI's main()."""
+    for key, value in (env or {}).items():
+        monkeypatch.setenv(key, value)
+    code = 0
+    try:
+        if cli == "sample":
+            from sample.__main__ import main
+
+            main(args)
+        elif cli == "export":
+            from model.export import main
+
+            code = main(args)
+        else:
+            from data.prepare import main as prepare_main
+            from train.__main__ import main as train_main
+
+            monkeypatch.setattr(sys, "argv", [cli, *args])
+            {"prepare": prepare_main, "train": train_main}[cli]()
+    except SystemExit as e:
+        code = e.code
+    finally:
+        GlobalHydra.instance().clear()  # @hydra.main leaves it set up when a run exits early
+    return code, capsys.readouterr().err
+
+
+MODULES = {"prepare": "data.prepare", "train": "train", "sample": "sample", "export": "model.export"}
+
+
+def run_subprocess(cli: str, args: list[str], env: dict[str, str] | None = None) -> tuple[int, str]:
+    """(exit status, stderr) of `python -m <cli> args` from the repository root."""
+    env = {**os.environ, "NANOLOOM_DEBUG": "0", "HYDRA_FULL_ERROR": "0", **(env or {})}
+    cmd = [sys.executable, "-m", MODULES[cli], *args]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    return proc.returncode, proc.stderr
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_bad_input_is_one_error_line(case: Case, world: Path, monkeypatch, capsys):
+    monkeypatch.delenv("NANOLOOM_DEBUG", raising=False)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    args = [a.format(w=world) for a in case.args]
+    before = snapshot(world)
+    code, err = run_subprocess(case.cli, args) if case.subprocess else run_cli(case.cli, args, monkeypatch, capsys)
+    assert code == case.code, err
+    assert "Traceback" not in err, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert case.message in lines[0], lines[0]
+    after = snapshot(world)
+    changed = sorted(p for p in before if after.get(p) != before[p])
+    assert not changed, f"changed or removed: {changed}"
+    added = sorted(p for p in after.keys() - before.keys() if not p.startswith("cache/"))  # cache: data prepared
+    assert not added, f"left behind: {added}"
+
+
+def test_the_table_covers_every_command_line():
+    assert len(CASES) >= 25 and len({c.id for c in CASES}) == len(CASES)
+    assert {c.cli for c in CASES} == set(MODULES) and {c.cli for c in CASES if c.subprocess} == set(MODULES)
+
+
+@pytest.mark.parametrize(
+    "cli, args, env",
+    [
+        ("sample", ("checkpoint={w}/truncated", "prompt=x"), {"NANOLOOM_DEBUG": "1"}),
+        ("train", (*TRAIN, "init_from={w}/truncated", "run_name=debugged"), {"NANOLOOM_DEBUG": "1"}),
+        ("train", (*TRAIN, "model.n_layer=0", "run_name=debugged"), {"HYDRA_FULL_ERROR": "1"}),
+    ],
+    ids=["sample", "train-run-time", "train-hydra-full-error"],
+)
+def test_debug_switch_shows_the_traceback(world: Path, cli: str, args: tuple[str, ...], env: dict[str, str]):
+    code, err = run_subprocess(cli, [a.format(w=world) for a in args], env)
+    assert code not in (0, 2) and "Traceback (most recent call last)" in err, err
+    assert not (world / "runs" / "debugged").exists()  # the failed run's directory is removed all the same
+
+
+@pytest.mark.parametrize(
+    "cli, args",
+    [
+        ("prepare", (*PREPARE, "data.paths=[{w}/corpus/nul.txt]")),
+        ("export", ("checkpoint={w}/truncated", "out={w}/hf_new")),
+        ("sample", (*SAMPLE, "top_p=0")),
+        ("train", (*TRAIN, "model.n_layer=abc")),
+    ],
+    ids=["prepare", "export", "sample", "train-compose"],
+)
+def test_debug_switch_raises_in_process(world: Path, cli: str, args: tuple[str, ...], monkeypatch, capsys):
+    """The error propagates; inside @hydra.main (prepare's run), Hydra prints its traceback and exits with 1."""
+    try:
+        code, err = run_cli(cli, [a.format(w=world) for a in args], monkeypatch, capsys, env={"NANOLOOM_DEBUG": "1"})
+    except Exception:
+        code, err = None, capsys.readouterr().err
+    assert code is None or (code == 1 and "Traceback (most recent call last)" in err), err
+    assert "error: " not in err
+
+
+def test_long_prompt_is_cropped_not_refused(world: Path, monkeypatch, capsys):
+    """Kept as it was (tests/test_sample_cli.py): a GPT prompt longer than the context keeps its last tokens."""
+    code, err = run_cli("sample", [f"checkpoint={world}/ckpt", f"prompt={'a' * 40}", "max_new_tokens=2"],
+                        monkeypatch, capsys)  # fmt: skip
+    assert code == 0 and "warning: prompt of 40 tokens" in err and "error" not in err
+
+
+def test_the_world_checkpoint_is_valid(world: Path):
+    """The cases' damaged checkpoints are copies of this one, which loads."""
+    from model.checkpoint import load_model
+
+    model, tokenizer = load_model(world / "ckpt")
+    assert isinstance(model, GPT) and model.config.block_size == 32 and tokenizer.vocab_size == 257
