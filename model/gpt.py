@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from model.config import GPTConfig
 from model.kv_cache import KVCache
-from model.layers import RMSNorm, apply_rope, build_mlp, build_norm, rope_cache
+from model.layers import RMSNorm, apply_rope, build_mlp, build_norm, linear_cross_entropy, rope_cache
 
 
 class CausalSelfAttention(nn.Module):
@@ -124,7 +124,8 @@ class GPT(nn.Module):
         targets: torch.Tensor | None = None,
         input_pos: torch.Tensor | None = None,
         left_pad: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return_logits: bool = True,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Logits for every position, and the mean cross-entropy when targets are given.
 
         Args:
@@ -135,8 +136,10 @@ class GPT(nn.Module):
             left_pad: (B,) cached generation of prompts of different lengths: row b's first left_pad[b] slots are
                 padding, never attended to, and its position at slot s is s - left_pad[b], so a padded row computes
                 what it would alone.
+            return_logits: False (with targets): the loss is computed chunk by chunk without the (B, T, V) logits
+                (model.layers.linear_cross_entropy; training does this) and logits is None.
         Returns:
-            (logits (B, T, V) over the real vocabulary, loss or None).
+            (logits (B, T, V) over the real vocabulary or None, loss or None).
         """
         B, T = idx.shape
         if input_pos is None:
@@ -161,6 +164,8 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             x = block(x, rope, mask, input_pos)
         x = self.transformer.ln_f(x)
+        if targets is not None and not return_logits:
+            return None, linear_cross_entropy(x, self.lm_head.weight, targets, self.config.vocab_size)
         logits = self.lm_head(x)  # (B, T, padded V)
         if self.config.padded_vocab_size != self.config.vocab_size:
             logits = logits[..., : self.config.vocab_size]  # (B, T, V): padded ids are never predicted

@@ -92,3 +92,57 @@ def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
     cos, sin = rope[..., 0], rope[..., 1]  # (T, hs/2)
     out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)  # (B, nh, T, hs)
     return out.type_as(x)
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of logits = h @ weight[:V].T against targets, without the (N, V) logits ever existing.
+
+    The rows go through in chunks: each chunk's logits give its loss and, at once, its gradients (softmax - onehot
+    for the logits, then for h and for the weight), so only one chunk of logits lives at a time and backward has
+    nothing left to compute but a scale. The same three matmuls as the plain head + F.cross_entropy (the
+    "fused linear cross-entropy" of Liger-Kernel/Cut Cross-Entropy, in plain PyTorch). Targets -1 are ignored.
+    """
+
+    @staticmethod
+    def forward(ctx, h, weight, targets, vocab_size: int, chunk_rows: int):  # h (N, C), weight (V', C), targets (N,)
+        W = weight[:vocab_size]  # (V, C): a padded embedding's extra rows are never predicted
+        valid = targets != -1
+        count = valid.sum().clamp(min=1)
+        loss = torch.zeros((), dtype=torch.float32, device=h.device)
+        grad_h = torch.empty_like(h)
+        grad_w = torch.zeros_like(weight, dtype=torch.float32)
+        for start in range(0, h.size(0), chunk_rows):
+            rows = slice(start, start + chunk_rows)
+            hc, tc, ok = h[rows], targets[rows].clamp(min=0), valid[rows]
+            logits = (hc @ W.t()).float()  # (n, V)
+            lse = torch.logsumexp(logits, dim=-1)  # (n,)
+            picked = logits.gather(1, tc[:, None]).squeeze(1)  # (n,)
+            loss += ((lse - picked) * ok).sum()
+            grad = torch.exp_(logits.sub_(lse[:, None]))  # softmax, in place of the logits
+            grad[torch.arange(grad.size(0), device=grad.device), tc] -= 1.0
+            grad = (grad * ok[:, None]).to(h.dtype)  # (n, V): d(sum of losses)/d logits
+            grad_h[rows] = grad @ W.to(h.dtype)
+            grad_w[:vocab_size] += (grad.t() @ hc).float()
+        ctx.save_for_backward(grad_h, grad_w, count)
+        ctx.weight_dtype = weight.dtype
+        return loss / count
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_h, grad_w, count = ctx.saved_tensors
+        scale = grad_loss / count
+        return grad_h * scale.to(grad_h.dtype), (grad_w * scale).to(ctx.weight_dtype), None, None, None
+
+
+def linear_cross_entropy(
+    h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab_size: int, chunk_rows: int = 512
+) -> torch.Tensor:
+    """F.cross_entropy(h @ weight[:vocab_size].T, targets, ignore_index=-1) in chunks of chunk_rows rows of h."""
+    h, targets = h.reshape(-1, h.size(-1)), targets.reshape(-1)
+    if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+        return LinearCrossEntropy.apply(h, weight, targets, vocab_size, chunk_rows)
+    total = torch.zeros((), dtype=torch.float32, device=h.device)  # evaluation: the losses alone
+    for start in range(0, h.size(0), chunk_rows):
+        logits = (h[start : start + chunk_rows] @ weight[:vocab_size].t()).float()  # (n, V)
+        total += F.cross_entropy(logits, targets[start : start + chunk_rows], ignore_index=-1, reduction="sum")
+    return total / (targets != -1).sum().clamp(min=1)

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from model import GPT, GPTConfig, build_model
 from model.config import GPT_PRESETS
@@ -173,3 +174,36 @@ def test_presets_and_registry():
     assert isinstance(model, GPT)
     with pytest.raises(ValueError, match="unknown model kind"):
         build_model({"kind": "rnn"})
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_chunked_linear_cross_entropy_equals_the_plain_loss_and_gradients(grad):
+    from model.layers import linear_cross_entropy
+
+    torch.manual_seed(0)
+    h = torch.randn(3, 41, 16, requires_grad=True)
+    weight = torch.randn(72, 16, requires_grad=True)  # 72 rows: a vocabulary of 64 padded, as GPT pads it
+    targets = torch.randint(0, 64, (3, 41))
+    targets[0, :7] = -1  # ignored positions
+    plain = F.cross_entropy((h @ weight[:64].t()).reshape(-1, 64), targets.reshape(-1), ignore_index=-1)
+    with torch.set_grad_enabled(grad):
+        chunked = linear_cross_entropy(h, weight, targets, vocab_size=64, chunk_rows=10)  # 13 chunks, one partial
+    torch.testing.assert_close(chunked, plain.detach() if not grad else plain)
+    if grad:
+        expected = torch.autograd.grad(plain * 3.0, (h, weight))
+        for got, want in zip(torch.autograd.grad(chunked * 3.0, (h, weight)), expected):
+            torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+
+
+def test_gpt_loss_without_logits_equals_the_plain_loss():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=16, vocab_size=100))  # padded to 128
+    idx, targets = torch.randint(0, 100, (2, 16)), torch.randint(0, 100, (2, 16))
+    logits, plain = model(idx, targets)
+    none, chunked = model(idx, targets, return_logits=False)
+    assert none is None and logits.shape == (2, 16, 100)
+    torch.testing.assert_close(chunked, plain)
+    plain_grads = torch.autograd.grad(plain, list(model.parameters()))
+    chunked_grads = torch.autograd.grad(chunked, list(model.parameters()))
+    for a, b in zip(plain_grads, chunked_grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)

@@ -29,7 +29,7 @@ from sample.generate import generate, resolve_device
 from train import dist
 from train.config import TrainConfig, config_dict, to_yaml
 from train.device import autocast, peak_flops, resolve_dtype
-from train.evaluate import estimate_loss, seq2seq_scores
+from train.evaluate import estimate_loss, loss_only, seq2seq_scores
 from train.log import Meter, Tracker, format_step, warn
 from train.optim import build_optimizer, get_lr, set_lr
 from train.state import (
@@ -235,7 +235,7 @@ def forward_backward(
             sync = (i == grad_accum - 1 and j == len(micro_batches) - 1) or not hasattr(model, "no_sync")
             with contextlib.nullcontext() if sync else model.no_sync():
                 with ctx:
-                    _, loss = model(**batch)
+                    _, loss = model(**batch, **loss_only(model))  # GPT: no (B, T, V) logits in memory
                 loss = loss / (grad_accum * len(micro_batches))
                 (scaler.scale(loss) if scaler is not None else loss).backward()
             total += loss.detach()
