@@ -114,6 +114,8 @@ def hydra_main(dict_cfg: DictConfig) -> float:
         from train.loop import run
 
         metrics = run(cfg)
+        if cfg.dry_run:
+            _remove_if_unused(Path(HydraConfig.get().runtime.output_dir))  # a dry run leaves no run directory
     except (*USER_ERRORS, CheckpointWriteError, torch.OutOfMemoryError) as e:
         _remove_if_unused(Path(HydraConfig.get().runtime.output_dir))
         if debug_enabled():

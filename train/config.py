@@ -148,6 +148,7 @@ class TrainConfig:
     resume: Optional[str] = None  # null: fresh run (refused if the run dir has checkpoints) | auto | <checkpoint dir>
     init_from: Optional[str] = None  # fine-tune: start from these weights (a nanoloom checkpoint or hf:<name|dir>);
     # the architecture is the source's (model.dropout applies; a smaller model.block_size crops positions)
+    dry_run: bool = False  # print params, FLOPs, a memory estimate, measured step time and the ETA; write no run
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):  # built outside Hydra from a plain dict

@@ -70,6 +70,10 @@ def run(cfg: TrainConfig) -> dict[str, float]:
     """Train as cfg says; return the final metrics (val/loss, val/ppl, step)."""
     _check_run_name(cfg.run_name)
     device = resolve_device(cfg.trainer.device)
+    if cfg.dry_run:
+        from train.dry_run import dry_run
+
+        return dry_run(cfg, device)
     info, device = dist.setup(device)
     try:
         with _run_dir_locked(Path(cfg.paths.run_dir), info, device):
@@ -95,9 +99,24 @@ def _run_dir_locked(run_dir: Path, info: dist.DistInfo, device: torch.device) ->
         yield
 
 
-def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[str, float]:
+@dataclass
+class Parts:
+    """What a run is built from before any state is restored: data, tokenizer, model, optimizer, loader."""
+
+    data_dir: Path
+    tokenizer: Any
+    model_cfg: Any
+    raw_model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    train_loader: Any
+    dtype: torch.dtype
+
+
+def build_parts(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> Parts:
+    """Prepare the data (rank 0; a no-op when cached), then build the tokenizer, model, optimizer and train loader."""
     tcfg = cfg.trainer
-    run_dir, cache_dir = Path(cfg.paths.run_dir), Path(cfg.paths.cache_dir)
+    cache_dir = Path(cfg.paths.cache_dir)
     dtype = resolve_dtype(tcfg.dtype, device)
     if device.type == "cuda":  # TF32 matmuls for any fp32 work left outside autocast (numerics: ~1e-3 rel.)
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -121,7 +140,6 @@ def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[
         tokenizer = tokenizer.with_sentinels(T5_SENTINELS)
     _check_objective(kind, cfg.task.objective, meta.get("layout", "documents"), cfg.data.name)
     model_cfg = _init_config(cfg, source, tokenizer) if source else _fit_to_tokenizer(cfg.model, tokenizer)
-    T = model_cfg.block_size
 
     # model and optimizer: the same init on every rank, then per-rank dropout streams
     torch.manual_seed(tcfg.seed)
@@ -133,6 +151,16 @@ def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     torch.manual_seed(tcfg.seed + info.rank)
     train_loader = build_loader(cfg, data_dir, "train", tokenizer, model_cfg, info, device)
+    return Parts(data_dir, tokenizer, model_cfg, raw_model, optimizer, scaler, train_loader, dtype)
+
+
+def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[str, float]:
+    tcfg = cfg.trainer
+    run_dir, cache_dir = Path(cfg.paths.run_dir), Path(cfg.paths.cache_dir)
+    parts = build_parts(cfg, info, device)
+    data_dir, tokenizer, model_cfg, raw_model = parts.data_dir, parts.tokenizer, parts.model_cfg, parts.raw_model
+    optimizer, scaler, train_loader, dtype = parts.optimizer, parts.scaler, parts.train_loader, parts.dtype
+    T = model_cfg.block_size
     state, resume_from, saved_settings = TrainState(), find_resume_checkpoint(cfg.resume, run_dir), {}
     if resume_from is not None:
         state, saved_settings = _restore(

@@ -1,0 +1,123 @@
+"""`python -m train ... dry_run=true`: what a run will cost, measured, before it is started.
+
+Builds exactly what the run would (data prepared into the cache as usual, model, optimizer, loader), then prints
+the parameters, the training FLOPs per token, a memory estimate (weights, gradients, optimizer state, activations
+at the batch), the step time measured over a few real steps (forward, backward, optimizer step) and the ETA of
+trainer.max_steps (or how far trainer.max_time gets). Nothing is saved: no run directory, checkpoint or metrics.
+
+The activation estimate is Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer
+Models", eq. 2 with flash attention: no T^2 term): 34 * T * B * C bytes per layer at 16 bits, twice that in fp32,
+plus one chunk of the output head's logits; measured peak memory is printed beside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import statistics
+import sys
+import time
+from typing import Any
+
+import torch
+
+from train import dist
+from train.config import TrainConfig
+from train.device import autocast
+from train.loop import build_parts, forward_backward
+from train.optim import set_lr
+
+MEASURED_STEPS = 3  # timed steps, after one warm-up step
+
+
+def _gb(n_bytes: float) -> str:
+    return f"{n_bytes / 1e9:.2f} GB"
+
+
+def memory_estimate(model: torch.nn.Module, optimizer_name: str, dtype: torch.dtype, rows: int, T: int) -> dict:
+    """Bytes of weights, gradients, optimizer state and activations for one micro-batch of `rows` sequences."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    states = {"adamw": 2}.get(optimizer_name, 2)  # AdamW keeps two fp32 moments per parameter
+    cfg = model.config
+    layers = getattr(cfg, "n_layer", 0) or (cfg.n_encoder_layer + cfg.n_decoder_layer)
+    act_bytes = 2 if dtype in (torch.bfloat16, torch.float16) else 4
+    activations = 34 * T * rows * cfg.n_embd * layers * act_bytes / 2
+    activations += 512 * cfg.vocab_size * 4 * 2  # one chunk of head logits and their gradient (fp32)
+    return {
+        "weights": weights,
+        "gradients": weights,
+        "optimizer": states * sum(p.numel() * 4 for p in model.parameters()),
+        "activations": activations,
+    }
+
+
+def _peak_memory(device: torch.device) -> float:
+    """Peak memory so far: CUDA's allocator peak, else the process's peak resident set (Linux: KiB)."""
+    if device.type == "cuda":
+        return float(torch.cuda.max_memory_allocated(device))
+    scale = 1 if sys.platform == "darwin" else 1024
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale)
+
+
+def dry_run(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
+    """Build the run, time a few steps, print the estimate; return its numbers (nothing is written)."""
+    info = dist.DistInfo()  # one process: the estimate is per device
+    parts = build_parts(cfg, info, device)
+    tcfg, model = cfg.trainer, parts.raw_model
+    T = parts.model_cfg.block_size
+    rows = tcfg.micro_batch_size or tcfg.batch_size
+    tokens_per_step = tcfg.batch_size * tcfg.grad_accum * T
+    flops_per_token = model.flops_per_token(T)
+    compiled = torch.compile(model) if tcfg.compile else model
+    ctx = autocast(device, parts.dtype)
+    set_lr(parts.optimizer, 0.0)  # the measured steps must not matter: nothing is saved anyway
+    times = []
+    for _ in range(1 + MEASURED_STEPS):
+        t0 = time.perf_counter()
+        loss = forward_backward(compiled, parts.train_loader, tcfg.grad_accum, ctx, parts.scaler, rows)
+        parts.optimizer.step()
+        parts.optimizer.zero_grad(set_to_none=True)
+        loss.item()  # wait for the device
+        times.append(time.perf_counter() - t0)
+    step = statistics.median(times[1:])
+    memory = memory_estimate(model, cfg.optim.name, parts.dtype, rows, T)
+    budget_steps = tcfg.max_steps if tcfg.max_time is None else min(tcfg.max_steps, int(tcfg.max_time / step))
+    result = {
+        "params": model.num_params(),
+        "flops_per_token": flops_per_token,
+        "tokens_per_step": tokens_per_step,
+        "step_seconds": step,
+        "tokens_per_s": tokens_per_step / step,
+        "memory_estimate": memory,
+        "peak_memory": _peak_memory(device),
+        "steps": budget_steps,
+        "eta_seconds": budget_steps * step,
+        "first_step_seconds": times[0],
+    }
+    dtype = str(parts.dtype).removeprefix("torch.")
+    lines = [
+        f"dry run: {cfg.run_name} on {device} {dtype}" + (" compiled" if tcfg.compile else "") + " (nothing is saved)",
+        f"  parameters        {result['params'] / 1e6:.2f}M",
+        f"  FLOPs per token   {flops_per_token / 1e6:.1f} MFLOP (training: forward + backward)",
+        f"  tokens per step   {tokens_per_step:,} ({tcfg.batch_size} x {tcfg.grad_accum} x {T}; micro-batch {rows})",
+        "  memory estimate   "
+        + ", ".join(f"{k} {_gb(v)}" for k, v in memory.items())
+        + f"; total {_gb(sum(memory.values()))}",
+        f"  measured peak     {_gb(result['peak_memory'])} "
+        + ("(CUDA allocator)" if device.type == "cuda" else "(process RSS, Python and libraries included)"),
+        f"  step time         {step * 1e3:.0f} ms (median of {MEASURED_STEPS} after a {times[0]:.1f} s first step)"
+        f" = {result['tokens_per_s']:,.0f} tokens/s",
+        f"  ETA               {budget_steps:,} steps in {_duration(result['eta_seconds'])}"
+        + (" (trainer.max_time)" if budget_steps < tcfg.max_steps else " (trainer.max_steps)")
+        + ", evaluations and checkpoints not included",
+    ]
+    print("\n".join(lines), flush=True)
+    with contextlib.suppress(AttributeError):
+        model.clear_kv_cache()
+    return {"val/loss": float("nan"), **result}
+
+
+def _duration(seconds: float) -> str:
+    h, rest = divmod(int(seconds), 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h {m:02d}m {s:02d}s" if h else f"{m}m {s:02d}s"
