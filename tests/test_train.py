@@ -348,3 +348,11 @@ def test_init_from_refuses_another_tokenizer(trained, tmp_path):
     )
     with pytest.raises(ValueError, match="uses the 'byte' tokenizer but data=text is tokenized with 'char'"):
         run(compose_train(overrides))
+
+
+def test_keep_freed_memory_sets_glibcs_allocator_where_there_is_one():
+    import platform
+
+    from train.device import keep_freed_memory
+
+    assert keep_freed_memory() is (platform.libc_ver()[0] == "glibc")

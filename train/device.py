@@ -18,6 +18,30 @@ import torch
 GPU_PEAK_BF16 = {"A100": 312e12, "H100": 989e12, "H200": 989e12, "A10": 125e12, "L4": 121e12, "4090": 165e12}
 
 
+def keep_freed_memory() -> bool:
+    """Make glibc keep freed memory in the process; True if it was set (glibc), False elsewhere (macOS, musl).
+
+    By default glibc serves allocations above a threshold (128 KiB, growing adaptively) with mmap and returns them
+    to the OS on free, and trims the heap top. A training step frees and reallocates the same large activation
+    buffers every time, so every step page-faults them back in: on CPU a large share of the step was system time.
+    A 1 GiB mmap threshold and no trimming keep those pages mapped and reused (the "keep freed memory" setting of
+    jemalloc or tcmalloc, through glibc's own mallopt). Peak RSS grows a little, step time drops (README).
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        mallopt = getattr(libc, "mallopt", None)
+    except OSError:
+        mallopt = None
+    if mallopt is None:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    return bool(mallopt(m_mmap_threshold, 1 << 30)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
+
+
 def cpu_has_fast_bf16() -> bool:
     """True on x86 CPUs whose flags include AVX512-BF16 or AMX-BF16 (native bf16 dot products)."""
     try:

@@ -28,7 +28,7 @@ from model.registry import build_model
 from sample.generate import generate, resolve_device
 from train import dist
 from train.config import TrainConfig, config_dict, to_yaml
-from train.device import autocast, peak_flops, resolve_dtype
+from train.device import autocast, keep_freed_memory, peak_flops, resolve_dtype
 from train.evaluate import estimate_loss, loss_only, seq2seq_scores
 from train.log import Meter, Tracker, format_step, warn
 from train.optim import build_optimizer, get_lr, set_lr
@@ -69,6 +69,8 @@ class Run:
 def run(cfg: TrainConfig) -> dict[str, float]:
     """Train as cfg says; return the final metrics (val/loss, val/ppl, step)."""
     _check_run_name(cfg.run_name)
+    if cfg.trainer.keep_freed_memory:
+        keep_freed_memory()  # before the model and its buffers are allocated
     device = resolve_device(cfg.trainer.device)
     if cfg.dry_run:
         from train.dry_run import dry_run
