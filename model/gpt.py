@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from model.config import GPTConfig
 from model.kv_cache import KVCache
-from model.layers import RMSNorm, apply_rope, build_mlp, build_norm, linear_cross_entropy, rope_cache
+from model.layers import RMSNorm, apply_rope, build_mlp, build_norm, linear_cross_entropy, rope_cache, run_block
 
 
 class CausalSelfAttention(nn.Module):
@@ -106,6 +106,7 @@ class GPT(nn.Module):
         else:
             self.rope = None
         self.mask_cache: torch.Tensor | None = None  # (L, L) causal mask, only while a KV cache is set
+        self.activation_checkpointing = False  # training: recompute each block's activations in backward
         self.apply(self._init_weights)
         # GPT-2 scales the init of the projections that write into the residual stream by 1/sqrt(2 * n_layer)
         for name, p in self.named_parameters():
@@ -162,7 +163,7 @@ class GPT(nn.Module):
             rope = self.rope.index_select(0, pos) if pos.dim() == 1 else self.rope[pos].unsqueeze(1)
         x = self.transformer.drop(x)
         for block in self.transformer.h:
-            x = block(x, rope, mask, input_pos)
+            x = run_block(block, self.activation_checkpointing, x, rope, mask, input_pos)
         x = self.transformer.ln_f(x)
         if targets is not None and not return_logits:
             return None, linear_cross_entropy(x, self.lm_head.weight, targets, self.config.vocab_size)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 
 class LayerNorm(nn.Module):
@@ -146,3 +147,11 @@ def linear_cross_entropy(
         logits = (h[start : start + chunk_rows] @ weight[:vocab_size].t()).float()  # (n, V)
         total += F.cross_entropy(logits, targets[start : start + chunk_rows], ignore_index=-1, reduction="sum")
     return total / (targets != -1).sum().clamp(min=1)
+
+
+def run_block(block: nn.Module, checkpointed: bool, *args: object) -> torch.Tensor:
+    """block(*args), or under activation checkpointing: its activations are recomputed in backward instead of
+    kept (less memory, about one more forward pass of compute); the RNG is replayed, so dropout is identical."""
+    if checkpointed and block.training and torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
+    return block(*args)

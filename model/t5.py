@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from model.config import T5Config
 from model.kv_cache import KVCache
-from model.layers import RMSNorm
+from model.layers import RMSNorm, run_block
 
 
 def relative_position_bucket(rel_pos: torch.Tensor, bidirectional: bool, num_buckets: int, max_distance: int):
@@ -187,6 +187,7 @@ class T5(nn.Module):
         if config.tie_embeddings:  # T5 v1.0: one matrix for input embeddings and the output head
             self.lm_head.weight = self.shared.weight
         self.mask_cache: torch.Tensor | None = None  # (L, L) causal mask while a KV cache is set
+        self.activation_checkpointing = False  # training: recompute each block's activations in backward
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -212,7 +213,7 @@ class T5(nn.Module):
         bias = self.encoder.rel_bias(torch.arange(S, device=enc_idx.device), S)  # (1, nh, S, S), both directions
         bias = bias + key_padding_bias(enc_mask, bias.dtype)  # (B, nh, S, S)
         for block in self.encoder.block:
-            x = block(x, bias)
+            x = run_block(block, self.activation_checkpointing, x, bias)
         return self.encoder.dropout(self.encoder.ln_f(x))
 
     def decode(
@@ -241,7 +242,7 @@ class T5(nn.Module):
         if not torch.is_tensor(cross_bias):
             cross_bias = torch.zeros(1, 1, 1, enc_out.size(1), dtype=x.dtype, device=x.device)
         for block in self.decoder.block:
-            x = block(x, bias, enc_out, cross_bias, input_pos)
+            x = run_block(block, self.activation_checkpointing, x, bias, enc_out, cross_bias, input_pos)
         x = self.decoder.dropout(self.decoder.ln_f(x))
         if self.config.tie_embeddings:
             x = x * self.config.n_embd**-0.5  # the tied head sees rescaled states (Mesh TensorFlow)

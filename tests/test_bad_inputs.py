@@ -78,7 +78,7 @@ CASES = [
     Case("train-unknown-key", "train", (*TRAIN, "model.colour=red"),
          "Key 'colour' not in 'GPTConfig' (valid model keys: bias, block_size,"),
     Case("train-appended-unknown-key", "train", (*TRAIN, "+trainer.colour=red"),
-         "unknown key trainer.colour; valid keys: batch_size,"),
+         "unknown key trainer.colour; valid keys: activation_checkpointing, batch_size,"),
     Case("train-wrong-type", "train", (*TRAIN, "model.n_layer=abc"), "(set model.n_layer to a whole number)"),
     Case("train-zero-layers", "train", (*TRAIN, "model.n_layer=0"), "model.n_layer=0 must be a positive integer"),
     Case("train-zero-batch-size", "train", (*TRAIN, "trainer.batch_size=0"), "trainer.batch_size=0 must be >= 1"),

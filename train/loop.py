@@ -148,6 +148,7 @@ def build_parts(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> 
     raw_model = build_model(model_cfg)
     if source is not None:
         _load_source_weights(raw_model, source[0], cfg.init_from)
+    raw_model.activation_checkpointing = tcfg.activation_checkpointing
     raw_model.to(device)
     optimizer = build_optimizer(raw_model, cfg.optim, device.type)
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
