@@ -93,6 +93,7 @@ def dry_run(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
         "steps": budget_steps,
         "eta_seconds": budget_steps * step,
         "first_step_seconds": times[0],
+        "dtype": str(parts.dtype).removeprefix("torch."),
     }
     dtype = str(parts.dtype).removeprefix("torch.")
     lines = [

@@ -1,0 +1,151 @@
+"""Training speed: a nanoloom training step against nanoGPT's CPU recipe, same architecture and batch, same run.
+
+For each of gpt-nano, gpt-mini and gpt2 (124M), GPT-2's 50257-token vocabulary, --batch rows of --block tokens:
+  nanoloom   train.loop.run with dry_run=true, as `python -m train model=<m> ... dry_run=true` runs it: its
+             defaults (dtype=auto, the loss without the full logits, glibc keeping freed memory, all applied by
+             nanoloom itself) on shakespeare tokenized with GPT-2's BPE; the dry run times real steps
+  reference  nanoGPT's recipe: fp32 eager, the full (B, T, V) logits and F.cross_entropy, torch.optim.AdamW, in a
+             fresh Python process that nanoloom's entry points never touched
+Each measurement is its own process: one warm-up step, then the median of 3 steps (forward, backward, optimizer
+step); peak RSS is the process's (ru_maxrss). MFU = training FLOPs per token (6N + attention) x tokens/s / the
+measured matmul peak of the step's dtype (train.device.peak_flops). Run from the repo root on an idle machine:
+    python bench/train.py [--models gpt-nano gpt-mini gpt2] [--batch 8] [--block 256] [--out bench/train.json]
+The last stdout line is one JSON object: speedup_vs_reference, mfu and rss_ratio_vs_reference (of gpt-mini, or
+the first model), and `results` with every row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # bench/ is not an installed package: make `bench`, `model`, `train` importable
+
+from bench.common import emit_json, machine_info  # noqa: E402
+
+STEPS = 3  # timed steps after one warm-up, as the dry run does
+
+
+def reference_worker(model_name: str, batch: int, block: int) -> dict[str, Any]:
+    """nanoGPT's CPU training step on this model, timed in this (unmodified) process."""
+    import torch
+
+    from model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_name(model_name, vocab_size=50257, block_size=block))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    data = torch.randint(0, 50257, (batch, block + 1), generator=torch.Generator().manual_seed(0))
+    times = []
+    for _ in range(1 + STEPS):
+        t0 = time.perf_counter()
+        _, loss = model(data[:, :-1], data[:, 1:])  # the full logits and F.cross_entropy, as nanoGPT
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t0)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"step_seconds": statistics.median(times[1:]), "peak_rss": rss, "dtype": "float32",
+            "flops_per_token": model.flops_per_token(block), "params": model.num_params()}  # fmt: skip
+
+
+def nanoloom_worker(model_name: str, batch: int, block: int, cache_dir: str, run_dir: str) -> dict[str, Any]:
+    """nanoloom's training step through its own entry point (train.loop.run) in dry-run mode."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from train.config import register_schema
+    from train.loop import run
+
+    overrides = [
+        f"model={model_name}", "data=shakespeare", "data.tokenizer=gpt2", f"model.block_size={block}",
+        f"trainer.batch_size={batch}", f"paths.cache_dir={cache_dir}", f"paths.run_dir={run_dir}", "dry_run=true",
+    ]  # fmt: skip
+    register_schema()
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = OmegaConf.to_object(compose("train", overrides=overrides))
+    result = run(cfg)
+    return {"step_seconds": result["step_seconds"], "peak_rss": result["peak_memory"], "dtype": result["dtype"],
+            "flops_per_token": result["flops_per_token"], "params": result["params"]}  # fmt: skip
+
+
+def in_subprocess(call: str) -> dict[str, Any]:
+    """Run `bench.train.<call>` in a fresh Python process; its last stdout line is the JSON result."""
+    code = f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); import bench.train as b; print(json.dumps(b.{call}))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    if out.returncode != 0:
+        raise SystemExit(f"error: the worker {call} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def peak(dtype: str) -> float:
+    """The measured matmul peak FLOP/s of this CPU in dtype (cached in .cache/nanoloom, as training does)."""
+    import torch
+
+    from train.device import peak_flops
+
+    return peak_flops(torch.device("cpu"), getattr(torch, dtype), ROOT / ".cache" / "nanoloom")
+
+
+def row(impl: str, model: str, r: dict[str, Any], tokens_per_step: int) -> dict[str, Any]:
+    tokens_per_s = tokens_per_step / r["step_seconds"]
+    mfu = r["flops_per_token"] * tokens_per_s / peak(r["dtype"])
+    return {"impl": impl, "model": model, "dtype": r["dtype"], "params": r["params"], "ms_per_step":
+            round(r["step_seconds"] * 1e3, 1), "tokens_per_s": round(tokens_per_s, 1), "mfu": round(mfu, 4),
+            "peak_rss_gb": round(r["peak_rss"] / 1e9, 3)}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=["gpt-nano", "gpt-mini", "gpt2"])
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--block", type=int, default=256)
+    p.add_argument("--out", default=None, help="also write the JSON to this file")
+    args = p.parse_args(argv)
+    start = time.perf_counter()
+    tokens_per_step = args.batch * args.block
+    results, summary = [], {}
+    fmt = "{:<9} {:<10} {:<9} {:>9} {:>10} {:>6} {:>8}"
+    print(f"batch {args.batch} x {args.block} tokens, GPT-2 vocabulary; median of {STEPS} steps after a warm-up")
+    print(fmt.format("model", "impl", "dtype", "ms/step", "tokens/s", "MFU", "RSS GB"))
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = str(ROOT / ".cache" / "nanoloom")  # the prepared corpus is reused across runs
+        for model in args.models:
+            ref = row("reference", model, in_subprocess(f"reference_worker({model!r}, {args.batch}, {args.block})"),
+                      tokens_per_step)  # fmt: skip
+            call = f"nanoloom_worker({model!r}, {args.batch}, {args.block}, {cache!r}, {str(Path(tmp) / 'run')!r})"
+            ours = row("nanoloom", model, in_subprocess(call), tokens_per_step)
+            for r in (ref, ours):
+                print(fmt.format(model, r["impl"], r["dtype"], r["ms_per_step"], r["tokens_per_s"],
+                                 f"{r['mfu']:.0%}", r["peak_rss_gb"]), flush=True)  # fmt: skip
+            speedup = round(ours["tokens_per_s"] / ref["tokens_per_s"], 3)
+            ratio = round(ours["peak_rss_gb"] / ref["peak_rss_gb"], 3)
+            results += [ref, {**ours, "speedup_vs_reference": speedup, "rss_ratio_vs_reference": ratio}]
+            summary.setdefault(model, (speedup, ours["mfu"], ratio))
+    headline = summary.get("gpt-mini") or next(iter(summary.values()))
+    result = {
+        "benchmark": "train",
+        "speedup_vs_reference": headline[0],
+        "mfu": headline[1],
+        "rss_ratio_vs_reference": headline[2],
+        "headline_model": "gpt-mini" if "gpt-mini" in summary else args.models[0],
+        "settings": {"batch": args.batch, "block": args.block, "steps": STEPS, "vocab_size": 50257},
+        "machine": machine_info(),
+        "wall_seconds": round(time.perf_counter() - start, 1),
+        "results": results,
+    }
+    emit_json(result, args.out)
+    return result
+
+
+if __name__ == "__main__":
+    main()
