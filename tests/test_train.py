@@ -356,3 +356,12 @@ def test_keep_freed_memory_sets_glibcs_allocator_where_there_is_one():
     from train.device import keep_freed_memory
 
     assert keep_freed_memory() is (platform.libc_ver()[0] == "glibc")
+
+
+def test_compile_auto_is_on_for_cuda_and_long_cpu_runs():
+    from train.device import COMPILE_MIN_STEPS, use_compile
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert use_compile(None, cuda, 10) and not use_compile(None, cpu, COMPILE_MIN_STEPS - 1)
+    assert use_compile(None, cpu, COMPILE_MIN_STEPS) and use_compile(True, cpu, 1)
+    assert not use_compile(False, cuda, 10**6)

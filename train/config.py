@@ -81,7 +81,7 @@ class TrainerConfig:
     keep_last: int = 2  # newest checkpoints kept, plus the best by val loss (checkpoints/best); older ones deleted
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:1 | mps
     dtype: str = "auto"  # auto (bf16 where fast, else fp32; fp16 + grad scaler on pre-Ampere GPUs) | float32 | ...
-    compile: bool = False  # torch.compile the model
+    compile: Optional[bool] = None  # torch.compile the model; null = auto: on CUDA, and on CPU for >= 200 steps
     activation_checkpointing: bool = False  # recompute block activations in backward: less memory, ~1/3 more compute
     keep_freed_memory: bool = True  # glibc keeps freed buffers mapped instead of page-faulting them back every step
     seed: int = 1337  # seeds init, dropout and the data order

@@ -23,7 +23,7 @@ import torch
 
 from train import dist
 from train.config import TrainConfig
-from train.device import autocast
+from train.device import autocast, use_compile
 from train.loop import build_parts, forward_backward
 from train.optim import set_lr
 
@@ -68,7 +68,8 @@ def dry_run(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
     rows = tcfg.micro_batch_size or tcfg.batch_size
     tokens_per_step = tcfg.batch_size * tcfg.grad_accum * T
     flops_per_token = model.flops_per_token(T)
-    compiled = torch.compile(model) if tcfg.compile else model
+    compile = use_compile(tcfg.compile, device, tcfg.max_steps)
+    compiled = torch.compile(model) if compile else model
     ctx = autocast(device, parts.dtype)
     set_lr(parts.optimizer, 0.0)  # the measured steps must not matter: nothing is saved anyway
     times = []
@@ -97,7 +98,7 @@ def dry_run(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
     }
     dtype = str(parts.dtype).removeprefix("torch.")
     lines = [
-        f"dry run: {cfg.run_name} on {device} {dtype}" + (" compiled" if tcfg.compile else "") + " (nothing is saved)",
+        f"dry run: {cfg.run_name} on {device} {dtype}" + (" compiled" if compile else "") + " (nothing is saved)",
         f"  parameters        {result['params'] / 1e6:.2f}M",
         f"  FLOPs per token   {flops_per_token / 1e6:.1f} MFLOP (training: forward + backward)",
         f"  tokens per step   {tokens_per_step:,} ({tcfg.batch_size} x {tcfg.grad_accum} x {T}; micro-batch {rows})",

@@ -28,7 +28,7 @@ from model.registry import build_model
 from sample.generate import generate, resolve_device
 from train import dist
 from train.config import TrainConfig, config_dict, to_yaml
-from train.device import autocast, keep_freed_memory, peak_flops, resolve_dtype
+from train.device import autocast, keep_freed_memory, peak_flops, resolve_dtype, use_compile
 from train.evaluate import estimate_loss, loss_only, seq2seq_scores
 from train.log import Meter, Tracker, format_step, warn
 from train.optim import build_optimizer, get_lr, set_lr
@@ -172,7 +172,7 @@ def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[
     micro_batch = tcfg.micro_batch_size or tcfg.batch_size
     if not (0 < state.micro_batch <= micro_batch and tcfg.batch_size % state.micro_batch == 0):
         state.micro_batch = micro_batch  # a fresh run, or a checkpoint's micro-batch (halved after OOM) that won't do
-    model = torch.compile(raw_model) if tcfg.compile else raw_model
+    model = torch.compile(raw_model) if use_compile(tcfg.compile, device, tcfg.max_steps) else raw_model
     settings = config_dict(cfg, model_cfg)
     tracker = Tracker(cfg.logger, run_dir, info.is_main, config=settings, run_name=cfg.run_name,
                       resume_step=state.step if resume_from is not None else None)  # fmt: skip
