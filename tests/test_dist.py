@@ -22,6 +22,7 @@ def test_ddp_two_ranks_match_one_process(tmp_path):
     # 2 ranks x 4 rows: each rank takes its half of the same global batch; DDP averages the gradients
     overrides = tiny_run_overrides(tmp_path, corpus, "ddp", **{"trainer.batch_size": 4})
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", "-m", "train"]
+    overrides.append(f"hydra.run.dir={tmp_path / 'ddp'}")  # Hydra's own files too, not under runs/ of the repo
     proc = subprocess.run(cmd + overrides, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     single, ddp = list(losses(tmp_path / "single").values()), list(losses(tmp_path / "ddp").values())
