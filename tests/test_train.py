@@ -12,6 +12,7 @@ import pytest
 import torch
 from train_helpers import compose_train, losses, tiny_run_overrides, train_killed_then_resumed, zen_of_python
 
+from model import GPT, GPTConfig
 from model.checkpoint import load_model
 from train import loop
 from train.config import ScheduleConfig
@@ -365,3 +366,24 @@ def test_compile_auto_is_on_for_cuda_and_long_cpu_runs():
     assert use_compile(None, cuda, 10) and not use_compile(None, cpu, COMPILE_MIN_STEPS - 1)
     assert use_compile(None, cpu, COMPILE_MIN_STEPS) and use_compile(True, cpu, 1)
     assert not use_compile(False, cuda, 10**6)
+
+
+def test_muon_takes_the_hidden_matrices_and_trains_and_resumes(tmp_path, monkeypatch):
+    from train.optim import Optimizers, build_optimizer, muon_params
+
+    cfg = compose_train(["debug=default", "optim=muon"])
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=16, vocab_size=64, tie_embeddings=False))
+    hidden, rest = muon_params(model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[id(p)] for p in hidden} == {n for n, p in model.named_parameters() if p.dim() == 2 and ".h." in n}
+    assert "lm_head.weight" in {names[id(p)] for p in rest} and "transformer.wte.weight" in {names[id(p)] for p in rest}
+    optimizer = build_optimizer(model, cfg.optim, "cpu")
+    assert isinstance(optimizer, Optimizers) and isinstance(optimizer.optimizers["muon"], torch.optim.Muon)
+    corpus = zen_of_python(tmp_path)
+    muon = {"optim": "muon", "samples.prompts": "[]"}
+    run(compose_train(tiny_run_overrides(tmp_path, corpus, "straight", **muon)))
+    straight = losses(tmp_path / "straight")
+    assert straight[8] < straight[1]  # it learns
+    train_killed_then_resumed(monkeypatch, tiny_run_overrides(tmp_path, corpus, "resumed", **muon))
+    resumed = losses(tmp_path / "resumed")
+    assert [resumed[s] for s in range(5, 9)] == [straight[s] for s in range(5, 9)]  # Muon's state resumes too

@@ -32,7 +32,7 @@ def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"  # AdamW with decoupled weight decay (Loshchilov & Hutter 2019)
+    name: str = "adamw"  # adamw (Loshchilov & Hutter 2019) | muon (hidden matrices; AdamW for the rest)
     lr: float = 6e-4  # peak learning rate
     weight_decay: float = 0.1  # applied to matrices and embeddings only; never to biases and norm gains
     beta1: float = 0.9
@@ -40,9 +40,10 @@ class OptimConfig:
     eps: float = 1e-8
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
     fused: Optional[bool] = None  # None: fused kernel on CUDA, foreach elsewhere
+    momentum: float = 0.95  # muon: Nesterov momentum of the hidden matrices' updates
 
     def __post_init__(self) -> None:
-        _choice("optim.name", self.name, ("adamw",))
+        _choice("optim.name", self.name, ("adamw", "muon"))
         if self.lr <= 0:
             raise ValueError(f"optim.lr={self.lr} must be > 0")
         if self.grad_clip < 0:

@@ -152,6 +152,8 @@ def build_parts(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> 
     raw_model.to(device)
     optimizer = build_optimizer(raw_model, cfg.optim, device.type)
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    if scaler is not None and cfg.optim.name == "muon":
+        raise ValueError("optim=muon with fp16 (a grad scaler) is not supported; use trainer.dtype=bfloat16 or float32")
     torch.manual_seed(tcfg.seed + info.rank)
     train_loader = build_loader(cfg, data_dir, "train", tokenizer, model_cfg, info, device)
     return Parts(data_dir, tokenizer, model_cfg, raw_model, optimizer, scaler, train_loader, dtype)

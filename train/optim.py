@@ -1,6 +1,7 @@
 """Optimizer and learning-rate schedules.
 
-AdamW with two parameter groups (nanoGPT): matrices and embeddings decay, biases and norm gains do not.
+AdamW with two parameter groups (nanoGPT): matrices and embeddings decay, biases and norm gains do not;
+optim=muon adds torch.optim.Muon for the hidden matrices (modded-nanogpt's split).
 Schedules are pure functions of the step: linear warmup, then cosine, constant, or warmup-stable-decay
 (Hu et al. 2024, MiniCPM).
 """
@@ -15,9 +16,66 @@ import torch.nn as nn
 from train.config import OptimConfig, ScheduleConfig
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, device_type: str) -> torch.optim.Optimizer:
-    """AdamW over decay (dim >= 2) and no-decay (dim < 2) groups; fused on CUDA unless cfg.fused says otherwise."""
+class Optimizers:
+    """Several optimizers stepped as one (Muon + AdamW): the loop's step, zero_grad, param_groups (set_lr) and
+    state_dict/load_state_dict see them together."""
+
+    def __init__(self, **optimizers: torch.optim.Optimizer) -> None:
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for opt in self.optimizers.values() for g in opt.param_groups]
+
+    def step(self) -> None:
+        for opt in self.optimizers.values():
+            opt.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {name: opt.state_dict() for name, opt in self.optimizers.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if set(state) != set(self.optimizers):
+            raise ValueError(
+                f"the checkpoint's optimizer state holds {sorted(state)}, this run uses {sorted(self.optimizers)}: "
+                "optim.name changed; resume with the same optimizer"
+            )
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state[name])
+
+
+def muon_params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(hidden weight matrices for Muon, everything else): embeddings and the output head stay with AdamW."""
+    embedding_like = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    head = getattr(model, "lm_head", None)
+    if head is not None:
+        embedding_like.add(id(head.weight))
+    params = [p for p in model.parameters() if p.requires_grad]
+    hidden = [p for p in params if p.dim() == 2 and id(p) not in embedding_like]
+    return hidden, [p for p in params if id(p) not in {id(h) for h in hidden}]
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig, device_type: str) -> torch.optim.Optimizer | Optimizers:
+    """AdamW over decay (dim >= 2) and no-decay (dim < 2) groups; fused on CUDA unless cfg.fused says otherwise.
+
+    optim.name=muon: torch.optim.Muon for the hidden weight matrices, its update scaled to AdamW's RMS
+    (adjust_lr_fn="match_rms_adamw", Liu et al. 2025) so both share the lr schedule and weight decay, and AdamW
+    as above for embeddings, the output head, norm gains and biases.
+    """
+    if cfg.name == "muon":
+        hidden, rest = muon_params(model)
+        muon = torch.optim.Muon(hidden, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+                                adjust_lr_fn="match_rms_adamw")  # fmt: skip
+        return Optimizers(muon=muon, adamw=_adamw(rest, cfg, device_type))
     params = [p for p in model.parameters() if p.requires_grad]  # parameters() yields tied weights once
+    return _adamw(params, cfg, device_type)
+
+
+def _adamw(params: list[nn.Parameter], cfg: OptimConfig, device_type: str) -> torch.optim.AdamW:
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [
