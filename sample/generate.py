@@ -17,6 +17,7 @@ complete() returns strings, infill() fills the middle between a prefix and a suf
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -190,7 +191,7 @@ class _Decoder:
         compile: bool = False,
     ) -> None:
         self.model, self.dtype = model, _compute_dtype(model)
-        self.compiled = _compiled_step(model) if compile else None
+        self.step_forward = _compiled_step(model) if compile else functools.partial(_forward, model)
         self.vocab_limit = vocab_limit  # ids >= this are never produced (a T5 embedding padded past its tokenizer)
         self.enc_out: torch.Tensor | None = None
         self.enc_mask, self.pad = enc_mask, pad
@@ -212,32 +213,21 @@ class _Decoder:
     def _autocast(self) -> contextlib.AbstractContextManager:
         return torch.autocast("cuda", dtype=self.dtype) if self.dtype is not None else contextlib.nullcontext()
 
-    def _logits(self, idx: torch.Tensor) -> torch.Tensor:
-        """Last-position logits (B, V) for idx (B, T) written at the next T cache positions."""
+    def _logits(self, idx: torch.Tensor, forward: Callable[..., torch.Tensor]) -> torch.Tensor:
+        """Last-position logits (B, V) for idx (B, T) written at the next T cache positions, through forward."""
         input_pos = self.positions[self.pos : self.pos + idx.size(1)]
         self.pos += idx.size(1)
         with self._autocast():
-            if self.enc_out is not None:
-                logits = self.model.decode(idx, self.enc_out, self.enc_mask, input_pos=input_pos)  # (B, T, V)
-            elif self.pad is not None:
-                logits, _ = self.model(idx, input_pos=input_pos, left_pad=self.pad)  # (B, T, V)
-            else:
-                logits, _ = self.model(idx, input_pos=input_pos)  # (B, T, V)
+            logits = forward(idx, input_pos, self.pad, self.enc_out, self.enc_mask)  # (B, T, V)
         return logits[:, -1, : self.vocab_limit]  # (B, V') with V' = vocab_limit or V
 
     def prefill(self) -> torch.Tensor:
         """Logits (B, V) of the first new token: the prompt (gpt) or the decoder start token (t5) goes in."""
-        return self._logits(self.first)
+        return self._logits(self.first, functools.partial(_forward, self.model))  # eager: one shape, once
 
     def step(self, token: torch.Tensor) -> torch.Tensor:
         """Feed one token per row (B,); logits (B, V) of the next one."""
-        if self.compiled is None:
-            return self._logits(token[:, None])
-        input_pos = self.positions[self.pos : self.pos + 1]
-        self.pos += 1
-        with self._autocast():
-            logits = self.compiled(token[:, None], input_pos, self.pad, self.enc_out, self.enc_mask)  # (B, 1, V)
-        return logits[:, -1, : self.vocab_limit]
+        return self._logits(token[:, None], self.step_forward)
 
     def reorder(self, rows: torch.Tensor) -> None:
         """Keep cache rows `rows` (B,) in that order, with the padding, encoder output and mask they go with."""
@@ -253,19 +243,27 @@ class _Decoder:
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its compiled one-token step
 
 
+def _forward(
+    model: LM,
+    idx: torch.Tensor,
+    input_pos: torch.Tensor,
+    pad: torch.Tensor | None,
+    enc_out: torch.Tensor | None,
+    enc_mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """Logits (B, T, V) of idx (B, T) at cache slots input_pos: the t5 decoder, or the gpt (left-padded or not)."""
+    if enc_out is not None:
+        return model.decode(idx, enc_out, enc_mask, input_pos=input_pos)
+    if pad is not None:
+        return model(idx, input_pos=input_pos, left_pad=pad)[0]
+    return model(idx, input_pos=input_pos)[0]
+
+
 def _compiled_step(model: LM) -> Callable[..., torch.Tensor]:
-    """The model's one-token decoding step under torch.compile (static shapes, compiled once per model and batch
-    size; the KV cache buffers are inputs, so a new generation reuses it). Prefill stays eager."""
+    """_forward for one token under torch.compile (static shapes, compiled once per model and batch size; the KV
+    cache buffers are inputs, so a new generation reuses it). Prefill stays eager."""
     if model not in _COMPILED:
-
-        def step(token, input_pos, pad, enc_out, enc_mask):  # (B, 1) -> (B, 1, V)
-            if enc_out is not None:
-                return model.decode(token, enc_out, enc_mask, input_pos=input_pos)
-            if pad is not None:
-                return model(token, input_pos=input_pos, left_pad=pad)[0]
-            return model(token, input_pos=input_pos)[0]
-
-        _COMPILED[model] = torch.compile(step, dynamic=False)
+        _COMPILED[model] = torch.compile(functools.partial(_forward, model), dynamic=False)
     return _COMPILED[model]
 
 
