@@ -145,11 +145,6 @@ def _load(checkpoint: str, device: torch.device) -> tuple[object, object, str]:
     return model, tokenizer, kind
 
 
-def _syntax_note(code: str) -> tuple[bool, str]:
-    ok, error = parses(code)
-    return ok, "parses as Python" if ok else f"does not parse as Python: {error}"
-
-
 def run(cfg: SampleConfig) -> None:
     """Load the checkpoint and print cfg.num_samples completions (or infills) to stdout."""
     if cfg.replay is not None:
@@ -193,6 +188,7 @@ def run(cfg: SampleConfig) -> None:
             return infill(model, tokenizer, prefix, suffix, config, seed=call_seed, on_text=on_text)
         return generate(model, tokenizer, prompt, config, seed=call_seed, on_text=on_text)[0]
 
+    parsed: list[bool | None] = []  # per sample, with check_syntax: whether prompt + completion parses
     if cfg.stream:  # one sample after another, each printed as it is generated (same samples as a batch)
         completions = []
         for i in range(n):
@@ -201,17 +197,16 @@ def run(cfg: SampleConfig) -> None:
             write = lambda _row, piece: (sys.stdout.write(piece), sys.stdout.flush())  # noqa: E731
             completions += one_call(generation.replace(num_return_sequences=1), seed + i, write)
             sys.stdout.write(f"{suffix}\n")
-            _report(settings, completions[-1], prompt, prefix, suffix, infilling)
+            c = completions[-1]
+            parsed.append(_report(settings, _full_text(c, prompt, prefix, suffix, infilling), c.finish_reason))
     else:  # all samples as one batch; with beam search, the num_samples best beams, best first
         completions = one_call(generation, seed)
         for i, c in enumerate(completions):
             sys.stdout.write(f"--- {label} {i + 1}/{n} ---\n{echo}{c.text}{suffix}\n")
             sys.stdout.flush()
-            _report(settings, c, prompt, prefix, suffix, infilling)
+            parsed.append(_report(settings, _full_text(c, prompt, prefix, suffix, infilling), c.finish_reason))
     if settings.check_syntax and n > 1:
-        ok = sum(_full_text(c, prompt, prefix, suffix, infilling) is not None and parses(
-            _full_text(c, prompt, prefix, suffix, infilling))[0] for c in completions)  # fmt: skip
-        print(f"{ok}/{n} samples parse as Python", file=sys.stderr)
+        print(f"{sum(parsed)}/{n} samples parse as Python", file=sys.stderr)
     if cfg.out is not None:
         identity = checkpoint_identity(cfg.checkpoint)
         text_input = {"prefix": prefix, "suffix": suffix} if infilling else {"prompt": prompt}
@@ -219,7 +214,7 @@ def run(cfg: SampleConfig) -> None:
             sample_record(
                 identity, task=settings.name, mode="infill" if infilling else "complete", text_input=text_input,
                 completion=c, generation=generation.to_dict(), index=i, device=device, dtype=_model_dtype(model),
-                parses=parses(_full_text(c, prompt, prefix, suffix, infilling))[0] if settings.check_syntax else None,
+                parses=parsed[i],
             )
             for i, c in enumerate(completions)
         ]  # fmt: skip
@@ -233,12 +228,15 @@ def _full_text(c: Completion, prompt: str, prefix: str, suffix: str, infilling: 
     return prefix + c.text + suffix if infilling else prompt + c.text
 
 
-def _report(settings: TaskConfig, c: Completion, prompt: str, prefix: str, suffix: str, infilling: bool) -> None:
-    """After each sample (stderr): why it ended and, for code presets, whether it parses."""
-    note = f"[ended: {c.finish_reason}"
+def _report(settings: TaskConfig, document: str, finish_reason: str) -> bool | None:
+    """After each sample (stderr): why it ended and, for code presets, whether the whole document parses (returned;
+    None without check_syntax)."""
+    note, ok = f"[ended: {finish_reason}", None
     if settings.check_syntax:
-        note += "; " + _syntax_note(_full_text(c, prompt, prefix, suffix, infilling))[1]
+        ok, error = parses(document)
+        note += "; parses as Python" if ok else f"; does not parse as Python: {error}"
     print(note + "]", file=sys.stderr)
+    return ok
 
 
 def replay(path: str, device_name: str = "auto") -> None:
