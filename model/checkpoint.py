@@ -147,6 +147,14 @@ def read_pointer(checkpoints_dir: str | Path, pointer: str = LATEST) -> str | No
     return name
 
 
+def damaged_weights(path: Path, error: Exception) -> ValueError:
+    """The one-line error for a weights file safetensors cannot read (truncated or damaged)."""
+    why = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return ValueError(
+        f"cannot read {path} ({why}); the file is truncated or damaged; copy the checkpoint again or use another one"
+    )
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint directory from a checkpoint dir, a run's checkpoints/ dir, a run dir (its latest), or a pointer
     file (checkpoints/latest, checkpoints/best)."""
@@ -214,11 +222,8 @@ def load_model(
     model = build_model(config_from_dict({"kind": info["kind"], **info["config"]}))
     try:
         missing, unexpected = load_safetensors_model(model, str(directory / WEIGHTS), strict=False)
-    except SafetensorError as e:  # truncated or damaged file
-        raise ValueError(
-            f"cannot read {directory / WEIGHTS} ({e}); the file is truncated or damaged; copy the checkpoint "
-            "again or use another one"
-        ) from None
+    except SafetensorError as e:
+        raise damaged_weights(directory / WEIGHTS, e) from None
     if missing or unexpected:
         raise ValueError(
             f"weights in {directory / WEIGHTS} do not match model.json (missing {sorted(missing)[:5]}, "

@@ -21,7 +21,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from model.checkpoint import WEIGHTS, atomic_directory, read_model_json, resolve_checkpoint
+from model.checkpoint import WEIGHTS, atomic_directory, damaged_weights, read_model_json, resolve_checkpoint
 from model.config import GPTConfig, T5Config
 from model.hf import t5_rename
 from model.registry import build_model, config_from_dict
@@ -94,10 +94,7 @@ def read_state_dict(directory: Path, config: GPTConfig | T5Config) -> dict[str, 
     try:
         state = load_file(str(directory / WEIGHTS))
     except SafetensorError as e:
-        raise ValueError(
-            f"cannot read {directory / WEIGHTS} ({str(e).strip().splitlines()[0]}): the file is truncated or damaged; "
-            "copy the checkpoint again or use another one"
-        ) from e
+        raise damaged_weights(directory / WEIGHTS, e) from e
     tied = {"gpt": ("transformer.wte.weight", "lm_head.weight"), "t5": ("shared.weight", "lm_head.weight")}[config.kind]
     if config.tie_embeddings:  # safetensors stores a tied matrix once, under either name
         for a, b in (tied, tied[::-1]):
