@@ -24,7 +24,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from model.checkpoint import load_model, read_model_json
+from model.checkpoint import is_hf_source, load_model, read_model_json, resolve_checkpoint
 from sample.config import SampleConfig, TaskConfig, config_error_message, debug_enabled, register_schema
 from sample.generate import (
     Completion,
@@ -157,12 +157,14 @@ def run(cfg: SampleConfig) -> None:
     if cfg.out is not None:
         check_out(cfg.out)
     device = resolve_device(cfg.device)
-    model, tokenizer, kind = _load(cfg.checkpoint, device)
+    # a run directory's `latest` is read once: a run still training cannot swap the checkpoint mid-way
+    source = cfg.checkpoint if is_hf_source(cfg.checkpoint) else str(resolve_checkpoint(cfg.checkpoint))
+    model, tokenizer, kind = _load(source, device)
     generation = settings.generation(tokenizer)
     if not infilling:  # a max_length the prompt already fills is refused before anything is printed
         _max_new_tokens(generation, len(prompt_ids(tokenizer, prompt, kind)), kind)
     seed = row_seeds(cfg.seed, 1)[0]  # drawn when null, and printed, so any run can be repeated
-    step = read_model_json(cfg.checkpoint).get("meta", {}).get("step")
+    step = read_model_json(source).get("meta", {}).get("step")
     beams = settings.num_beams > 1
     print(
         f"sampling {cfg.checkpoint} ({kind}, {model.num_params() / 1e6:.2f}M params"
@@ -208,7 +210,7 @@ def run(cfg: SampleConfig) -> None:
     if settings.check_syntax and n > 1:
         print(f"{sum(parsed)}/{n} samples parse as Python", file=sys.stderr)
     if cfg.out is not None:
-        identity = checkpoint_identity(cfg.checkpoint)
+        identity = checkpoint_identity(source)
         text_input = {"prefix": prefix, "suffix": suffix} if infilling else {"prompt": prompt}
         records = [
             sample_record(

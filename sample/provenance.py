@@ -39,15 +39,14 @@ def _sha256_file(path: Path) -> str:
 def checkpoint_identity(checkpoint: str) -> dict[str, Any]:
     """Where the weights come from: the resolved checkpoint directory (a run dir's latest is pinned), its step, and
     sha256 of its config + tokenizer and of its weights file ("hf:" sources: the source and its config)."""
-    info = read_model_json(checkpoint)
+    directory = None if is_hf_source(checkpoint) else resolve_checkpoint(checkpoint).resolve()
+    info = read_model_json(directory or checkpoint)
     identity: dict[str, Any] = {
-        "checkpoint": checkpoint if is_hf_source(checkpoint) else str(resolve_checkpoint(checkpoint).resolve()),
+        "checkpoint": str(directory or checkpoint),
         "step": info.get("meta", {}).get("step"),
         "config_sha256": _sha256_json({"kind": info["kind"], "config": info["config"], "tokenizer": info["tokenizer"]}),
-        "weights_sha256": None,
+        "weights_sha256": _sha256_file(directory / WEIGHTS) if directory is not None else None,
     }
-    if not is_hf_source(checkpoint):
-        identity["weights_sha256"] = _sha256_file(resolve_checkpoint(checkpoint) / WEIGHTS)
     spec = info["tokenizer"]
     identity["tokenizer"] = {
         "name": spec.get("name"),
