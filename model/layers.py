@@ -34,7 +34,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        return F.rms_norm(x, self.weight.shape, self.weight.to(x.dtype), self.eps)  # bf16 q, k (qk_norm): fused
 
 
 def build_norm(kind: str, ndim: int, bias: bool, eps: float) -> nn.Module:

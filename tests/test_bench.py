@@ -36,3 +36,29 @@ def test_train_bench_compares_with_the_reference_and_prints_json(capsys, tmp_pat
     assert [(r["impl"], r["model"]) for r in result["results"]] == [("reference", "gpt-nano"), ("nanoloom", "gpt-nano")]
     assert result["results"][0]["dtype"] == "float32"  # nanoGPT's CPU recipe
     assert result["speedup_vs_reference"] > 0 and 0 < result["mfu"] < 1 and result["rss_ratio_vs_reference"] > 0
+
+
+def test_speedrun_races_both_recipes_on_whole_val_curves(capsys, tmp_path):
+    from bench.speedrun import best_within, time_to
+    from bench.speedrun import main as speedrun_main
+
+    text = tmp_path / "plays.txt"
+    text.write_text(
+        "".join(f"ROMEO {i}:\nWhat light through yonder window breaks? It is the east.\n" for i in range(400))
+    )
+    argv = ["--text", str(text), "--repeats", "1", "--reference-iters", "4", "--eval-every", "2", "--target", "100",
+            "--plot", str(tmp_path / "race.png"), "trainer.max_steps=4", "trainer.eval_interval=2"]  # fmt: skip
+    result = speedrun_main(argv)
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
+    for name in ("reference", "nanoloom"):
+        curve = result["curves"][name][0]
+        assert [p["step"] for p in curve] == [0, 2, 4]  # both evaluated at the same steps, the whole val split
+        assert curve[0]["time"] == 0.0 < curve[-1]["time"]  # the clock counts training steps only
+        assert result["recipes"][name]["reached_target"] == [True]  # any loss is below 100: at the first eval
+    assert result["time_ratio_vs_reference"] is None  # both at 0 s: no ratio to give
+    assert (tmp_path / "race.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "n_layer: 3" in result["nanoloom_config"]  # the shipped recipe ran, with the overrides on top
+
+    curve = [{"time": 0.0, "val_loss": 4.0}, {"time": 5.0, "val_loss": 2.0}, {"time": 9.0, "val_loss": 1.8}]
+    assert time_to(curve, 1.9) == 9.0 and time_to(curve, 1.0) is None
+    assert best_within(curve, 6.0) == 2.0

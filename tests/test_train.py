@@ -387,3 +387,20 @@ def test_muon_takes_the_hidden_matrices_and_trains_and_resumes(tmp_path, monkeyp
     train_killed_then_resumed(monkeypatch, tiny_run_overrides(tmp_path, corpus, "resumed", **muon))
     resumed = losses(tmp_path / "resumed")
     assert [resumed[s] for s in range(5, 9)] == [straight[s] for s in range(5, 9)]  # Muon's state resumes too
+
+
+def test_whole_split_val_loss_is_score_tokens_over_the_val_split(tmp_path):
+    import numpy as np
+
+    from data.prepare import load_meta
+    from train.evaluate import score_tokens
+
+    overrides = tiny_run_overrides(tmp_path, zen_of_python(tmp_path), **{"trainer.eval_batches": "null"})
+    result = run(compose_train(overrides))
+    data_dir = next(p for p in (tmp_path / "cache").iterdir() if (p / "meta.json").is_file())
+    val = np.memmap(data_dir / "val.bin", dtype=np.dtype(load_meta(data_dir)["dtype"]), mode="r")
+    model, _ = load_model(tmp_path / "run")
+    assert result["val/loss"] == pytest.approx(score_tokens(model, val, 32, batch_size=4)["loss"], rel=1e-6)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    times = [r["train/time"] for r in records if "train/loss" in r]
+    assert len(times) == 8 and times == sorted(times) and times[0] > 0  # training seconds, growing each step

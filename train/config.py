@@ -76,7 +76,9 @@ class TrainerConfig:
     micro_batch_size: Optional[int] = None  # rows per forward/backward, a divisor of batch_size (same data and
     # tokens/step, less memory); null = batch_size. Halved automatically after a CUDA out-of-memory error
     eval_interval: int = 250  # steps between evaluations (and completion samples); 0 = only at the end
-    eval_batches: int = 20  # val batches per evaluation (the same batches every time)
+    eval_batches: Optional[int] = 20  # val batches per evaluation (the same batches every time); null = the whole
+    # val split, every token scored once (causal models: windows of block_size tokens, eval_stride apart)
+    eval_stride: Optional[int] = None  # whole-split evaluation: tokens between window starts; null = block_size
     log_interval: int = 10  # steps between console/metrics lines
     save_interval: int = 1000  # steps between checkpoints; 0 = only at the end
     keep_last: int = 2  # newest checkpoints kept, plus the best by val loss (checkpoints/best); older ones deleted
@@ -89,8 +91,16 @@ class TrainerConfig:
     nonfinite: str = "stop"  # a non-finite loss or gradient: stop (and keep the last good checkpoint) | skip the step
 
     def __post_init__(self) -> None:
-        for key in ("max_steps", "batch_size", "grad_accum", "eval_batches", "log_interval", "keep_last"):
-            if getattr(self, key) < 1:
+        for key in (
+            "max_steps",
+            "batch_size",
+            "grad_accum",
+            "eval_batches",
+            "eval_stride",
+            "log_interval",
+            "keep_last",
+        ):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ValueError(f"trainer.{key}={getattr(self, key)} must be >= 1")
         for key in ("eval_interval", "save_interval"):
             if getattr(self, key) < 0:
@@ -158,6 +168,11 @@ class TrainConfig:
             from model.registry import config_from_dict
 
             self.model = config_from_dict(self.model)
+        if self.trainer.eval_batches is None and self.task.objective != "causal":
+            raise ValueError(
+                f"trainer.eval_batches=null scores the whole val split of a causal model; the {self.task.objective} "
+                "objective evaluates on batches: give trainer.eval_batches a number"
+            )
 
 
 def config_dict(cfg: TrainConfig, model_cfg: Any = None) -> dict[str, Any]:

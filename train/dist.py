@@ -59,6 +59,14 @@ def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
     return bool(t.item())
 
 
+def all_true(flag: torch.Tensor, info: DistInfo) -> bool:
+    """True if the boolean tensor flag is true on every rank (a collective for several processes; one host sync)."""
+    flag = flag.float().reshape(1)
+    if info.enabled:
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
 def mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """The mean of a scalar tensor over ranks (a collective: call it on all ranks); itself for one process."""
     if not info.enabled:
@@ -66,6 +74,15 @@ def mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
     value = value.detach().clone()
     dist.all_reduce(value, op=dist.ReduceOp.AVG if value.device.type == "cuda" else dist.ReduceOp.SUM)
     return value if value.device.type == "cuda" else value / info.world_size  # gloo has no AVG
+
+
+def total(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """The sum of a tensor over ranks (a collective: call it on all ranks); itself for one process."""
+    if not info.enabled:
+        return value
+    value = value.detach().clone()
+    dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value
 
 
 def barrier(info: DistInfo) -> None:

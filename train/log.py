@@ -145,6 +145,7 @@ class Meter:
     def __init__(self, tokens_per_step: int, flops_per_step: float, peak_flops: float, device: torch.device):
         self.tokens_per_step, self.flops_per_step, self.peak_flops = tokens_per_step, flops_per_step, peak_flops
         self.device = device
+        self.spent = 0.0  # training seconds before the last read()
         self._reset()
 
     def _reset(self) -> None:
@@ -163,9 +164,14 @@ class Meter:
         yield
         self.t_last += time.perf_counter() - t0
 
+    def seconds(self) -> float:
+        """Training seconds since this meter started, pauses excluded (call it outside paused())."""
+        return self.spent + time.perf_counter() - self.t_last
+
     def read(self, reduce: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, float]:
         """train/loss (mean over steps, reduced over ranks), step time, tokens/s and MFU; then start over."""
         steps = max(self.steps, 1)
+        self.spent += time.perf_counter() - self.t_last
         dt = (time.perf_counter() - self.t_last) / steps
         metrics = {
             "train/loss": reduce(self.loss_sum / steps).item(),

@@ -197,7 +197,7 @@ def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[
     if resume_from is not None:
         _report_changes(r, state, saved_settings)
 
-    t_start = time.perf_counter()
+    t_start, step_time_before = time.perf_counter(), state.step_time
     budget_left = tcfg.max_time is None or state.train_time < tcfg.max_time  # a resumed run may have spent it
     if resume_from is None and _due(0, tcfg.eval_interval):
         with meter.paused():  # throughput counts training time only
@@ -227,9 +227,11 @@ def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[
         state.step += 1
         state.tokens_seen += tokens_per_step
         meter.add(loss)  # stays on the device: no sync until logged
+        state.step_time = step_time_before + meter.seconds()
 
         elapsed = state.train_time + time.perf_counter() - t_start
-        out_of_time = dist.any_rank(tcfg.max_time is not None and elapsed >= tcfg.max_time, info, device)
+        # a collective (and a host sync) per step only when there is a time budget to agree on
+        out_of_time = tcfg.max_time is not None and dist.any_rank(elapsed >= tcfg.max_time, info, device)
         last = state.step == tcfg.max_steps or out_of_time  # the final eval and save follow the loop
         if state.step % tcfg.log_interval == 0 or last:
             maybe_log(r, state, meter, lr, grad_norm)
@@ -337,9 +339,12 @@ def _set_rng_snapshot(snapshot: tuple[torch.Tensor, torch.Tensor | None]) -> Non
 
 def maybe_eval(r: Run, state: TrainState) -> dict[str, float]:
     """Val loss and perplexity on fixed batches; completions of the sample prompts (rank 0)."""
-    val = estimate_loss(r.model, r.val_loader, r.cfg.trainer.eval_batches, r.ctx, reduce=lambda t: dist.mean(t, r.info))
+    tcfg = r.cfg.trainer
+    reduce = lambda t: dist.total(t, r.info)  # noqa: E731
+    val = estimate_loss(r.model, r.val_loader, tcfg.eval_batches, r.ctx, reduce, tcfg.eval_stride)
     state.best_val_loss = min(state.best_val_loss, val["loss"])
-    r.tracker.log({"val/loss": val["loss"], "val/ppl": val["ppl"], "train/tokens": state.tokens_seen}, state.step)
+    r.tracker.log({"val/loss": val["loss"], "val/ppl": val["ppl"], "train/tokens": state.tokens_seen,
+                   "train/time": round(state.step_time, 3)}, state.step)  # fmt: skip
     r.tracker.print(f"step {state.step:>6}: val loss {val['loss']:.4f} | val ppl {val['ppl']:.2f}")
     if r.info.is_main and r.prompts:
         s = r.cfg.samples
@@ -367,7 +372,8 @@ def maybe_log(r: Run, state: TrainState, meter: Meter, lr: float, grad_norm: tor
     """Log the mean loss since the last log line (averaged over ranks), the lr, throughput and MFU."""
     metrics = meter.read(lambda t: dist.mean(t, r.info))  # .item() inside: a host-device sync per log interval
     metrics.update({"train/lr": lr, "train/grad_norm": grad_norm.item(), "train/tokens": state.tokens_seen,
-                    "train/skipped_steps": state.skipped_steps, "train/micro_batch": state.micro_batch})  # fmt: skip
+                    "train/skipped_steps": state.skipped_steps, "train/micro_batch": state.micro_batch,
+                    "train/time": round(state.step_time, 3)})  # fmt: skip
     r.tracker.log(metrics, state.step)
     r.tracker.print(format_step(metrics, state.step, r.cfg.trainer.max_steps))
 
@@ -558,8 +564,11 @@ def _check_run_name(name: str) -> None:
 
 
 def _finite(loss: torch.Tensor, grad_norm: torch.Tensor | None, info: dist.DistInfo, device: torch.device) -> bool:
-    ok = bool(torch.isfinite(loss)) and (grad_norm is None or bool(torch.isfinite(grad_norm)))
-    return not dist.any_rank(not ok, info, device)
+    """True when the loss (and the gradient norm, if given) are finite on every rank: the step's one host sync."""
+    ok = torch.isfinite(loss.detach())
+    if grad_norm is not None:
+        ok = ok & torch.isfinite(grad_norm)
+    return dist.all_true(ok, info)
 
 
 def _due(step: int, interval: int) -> bool:

@@ -61,6 +61,7 @@ class TrainState:
     train_time: float = 0.0  # seconds spent training before this process started (time budgets span resumes)
     skipped_steps: int = 0  # steps dropped for a non-finite loss or gradient
     micro_batch: int = 0  # rows per forward/backward (halved after an out-of-memory error); 0: not set yet
+    step_time: float = 0.0  # seconds spent in training steps, evaluation and saving excluded (logged as train/time)
 
 
 class CheckpointWriteError(OSError):
