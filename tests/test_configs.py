@@ -16,7 +16,8 @@ from train.config import TrainConfig, register_schema
 CONFIGS = Path(CONFIG_DIR)
 GROUPS = ["model", "data", "optim", "schedule", "trainer", "logger", "paths", "debug", "experiment"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONFIGS / g).glob("*.yaml"))]
-NEEDS = {("data", "text"): ["data.paths=[README.md]"], ("data", "pairs"): ["data.paths=[pairs.jsonl]"]}
+NEEDS = {("data", "text"): ["data.paths=[README.md]"], ("data", "pairs"): ["data.paths=[pairs.jsonl]"],
+         ("experiment", "shakespeare_char_speedrun"): ["data.paths=[input.txt]"]}  # fmt: skip
 
 
 @pytest.mark.parametrize("group, option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
