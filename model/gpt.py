@@ -58,6 +58,7 @@ class CausalSelfAttention(nn.Module):
         slow_bf16 = q.device.type == "cpu" and self.head_size < 64 and (q.dtype == torch.bfloat16 or (
             torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16))  # fmt: skip
         with torch.autocast("cpu", enabled=False) if slow_bf16 else contextlib.nullcontext():
+            dtype = q.dtype  # the output goes back to it (bf16 weights without autocast need bf16 inputs)
             if slow_bf16:
                 q, k, v = q.float(), k.float(), v.float()
             y = F.scaled_dot_product_attention(
@@ -69,6 +70,7 @@ class CausalSelfAttention(nn.Module):
                 is_causal=mask is None,
                 enable_gqa=self.n_kv_head != self.n_head,
             )  # (B, nh, T, hs)
+            y = y.to(dtype) if slow_bf16 else y
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): re-assemble the heads side by side
         return self.resid_dropout(self.c_proj(y))
 

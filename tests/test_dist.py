@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from train_helpers import compose_train, losses, tiny_run_overrides, zen_of_python
 
 from train.loop import run
@@ -28,3 +30,103 @@ def test_ddp_two_ranks_match_one_process(tmp_path):
     single, ddp = list(losses(tmp_path / "single").values()), list(losses(tmp_path / "ddp").values())
     assert len(single) == len(ddp) == 8
     assert ddp == pytest.approx(single, rel=1e-5)  # fp32 sums in a different order: equal to rounding
+
+
+def _torchrun(tmp_path: Path, overrides: list[str], port: int, env: dict | None = None, timeout: int = 300):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "-m", "train"]
+    return subprocess.run(cmd + overrides, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})  # fmt: skip
+
+
+@pytest.mark.slow
+def test_fsdp_two_ranks_match_one_process_then_resume_on_one(tmp_path):
+    # FSDP2 (fully_shard per block) on gloo: the same trajectory as one process with the same global batch; its
+    # checkpoint is the full state, so one process resumes it, continues identically, and samples from it
+    corpus = zen_of_python(tmp_path)
+    common = {"schedule": "constant", "schedule.warmup_steps": 2}  # lr must not depend on max_steps: two runs
+    run(compose_train(tiny_run_overrides(tmp_path, corpus, "single", **common, **{"trainer.batch_size": 8})))
+    first = tiny_run_overrides(tmp_path, corpus, "fsdp", **common, **{"trainer.batch_size": 4,
+                               "trainer.max_steps": 4, "trainer.parallel": "fsdp"})  # fmt: skip
+    proc = _torchrun(tmp_path, [*first, f"hydra.run.dir={tmp_path / 'fsdp'}"], 29518)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    single = losses(tmp_path / "single")
+    assert list(losses(tmp_path / "fsdp").values()) == pytest.approx([single[s] for s in range(1, 5)], rel=1e-5)
+
+    second = tiny_run_overrides(tmp_path, corpus, "fsdp", **common, **{"trainer.batch_size": 8, "resume": "auto"})
+    run(compose_train(second))  # one process, the same global batch of 8 rows
+    resumed = losses(tmp_path / "fsdp")
+    assert [resumed[s] for s in range(5, 9)] == pytest.approx([single[s] for s in range(5, 9)], rel=1e-5)
+
+    from model.checkpoint import load_model
+    from sample import generate
+
+    model, tokenizer = load_model(tmp_path / "fsdp")
+    assert len(generate(model, tokenizer, ["Beautiful"], max_new_tokens=4, do_sample=False)[0][0].token_ids) == 4
+
+
+@pytest.mark.slow
+def test_a_failing_rank_stops_the_job_with_its_message(tmp_path):
+    overrides = tiny_run_overrides(tmp_path, zen_of_python(tmp_path), "fails", **{"trainer.batch_size": 4})
+    proc = _torchrun(tmp_path, [*overrides, f"hydra.run.dir={tmp_path / 'fails'}"], 29519,
+                     env={"NANOLOOM_FAULT": "error:3:1", "NANOLOOM_DIST_TIMEOUT": "60"}, timeout=120)  # fmt: skip
+    assert proc.returncode != 0  # rank 0 does not wait forever in the next all-reduce: torchrun stops it
+    assert "injected failure on rank 1 at step 3" in proc.stderr
+    assert max(losses(tmp_path / "fails"), default=0) < 3  # rank 0 logged no step past the failure
+
+
+def test_slurm_launcher_config_composes_with_the_usual_fields():
+    from hydra import compose, initialize_config_dir
+
+    from train.config import register_schema
+
+    register_schema()
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
+                      return_hydra_config=True)  # fmt: skip
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert launcher.partition == "gpu" and launcher.tasks_per_node == launcher.gpus_per_node == 8
+    assert {"nodes", "timeout_min", "cpus_per_task", "mem_gb", "account", "max_num_timeout"} <= set(launcher)
+
+
+def test_a_slurm_task_joins_as_its_rank(monkeypatch):
+    # one SLURM task per device: the ranks come from SLURM (as submitit reads them), no torchrun needed
+    from train import dist
+
+    torchrun = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    env = {k: v for k, v in os.environ.items() if k not in torchrun}  # setup writes these: keep them in this test
+    env.update({"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "42", "SLURM_PROCID": "3", "SLURM_LOCALID": "1",
+                "SLURM_NTASKS": "4", "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "gpu[07-08]",
+                "SLURM_NODEID": "1"})  # fmt: skip
+    monkeypatch.setattr(os, "environ", env)
+    joined = []
+    monkeypatch.setattr(dist.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist.dist, "init_process_group", lambda **kw: joined.append(kw["backend"]))
+    info, _ = dist.setup(torch.device("cpu"))
+    assert (info.rank, info.local_rank, info.world_size) == (3, 1, 4) and joined == ["gloo"]
+    assert os.environ["MASTER_ADDR"] == "gpu07"  # the job's first node
+
+
+@pytest.mark.slow
+def test_local_multirun_sweeps_the_values(tmp_path):
+    overrides = tiny_run_overrides(tmp_path, zen_of_python(tmp_path), **{"trainer.max_steps": 2})
+    overrides = [o for o in overrides if not o.startswith(("paths.run_dir=", "run_name="))]
+    cmd = [
+        sys.executable,
+        "-m",
+        "train",
+        "-m",
+        *overrides,
+        "optim.lr=1e-3,3e-3",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lrs = sorted(yaml_value(tmp_path / "sweep" / str(i) / "config.yaml", "lr") for i in (0, 1))
+    assert lrs == [0.001, 0.003]
+
+
+def yaml_value(path: Path, key: str) -> float:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.load(path).optim[key]

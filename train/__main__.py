@@ -114,8 +114,9 @@ def hydra_main(dict_cfg: DictConfig) -> float:
         from train.loop import run
 
         metrics = run(cfg)
-        if cfg.dry_run:
-            _remove_if_unused(Path(HydraConfig.get().runtime.output_dir))  # a dry run leaves no run directory
+        if cfg.dry_run or Path(cfg.paths.run_dir) != Path(HydraConfig.get().runtime.output_dir):
+            # a dry run leaves no run directory; nor does a torchrun rank whose Hydra resolved another run name
+            _remove_if_unused(Path(HydraConfig.get().runtime.output_dir))
     except (*USER_ERRORS, CheckpointWriteError, torch.OutOfMemoryError) as e:
         _remove_if_unused(Path(HydraConfig.get().runtime.output_dir))
         if debug_enabled():

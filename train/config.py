@@ -85,6 +85,7 @@ class TrainerConfig:
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:1 | mps
     dtype: str = "auto"  # auto (bf16 where fast, else fp32; fp16 + grad scaler on pre-Ampere GPUs) | float32 | ...
     compile: Optional[bool] = None  # torch.compile the model; null = auto: on CUDA, and on CPU for >= 200 steps
+    parallel: str = "ddp"  # with torchrun: ddp (replicas) | fsdp (FSDP2 fully_shard per block: sharded state)
     activation_checkpointing: bool = False  # recompute block activations in backward: less memory, ~1/3 more compute
     keep_freed_memory: bool = True  # glibc keeps freed buffers mapped instead of page-faulting them back every step
     seed: int = 1337  # seeds init, dropout and the data order
@@ -109,6 +110,7 @@ class TrainerConfig:
             raise ValueError(f"trainer.max_time={self.max_time} must be > 0 seconds (or null for no budget)")
         _choice("trainer.dtype", self.dtype, DTYPES)
         _choice("trainer.nonfinite", self.nonfinite, NONFINITE)
+        _choice("trainer.parallel", self.parallel, ("ddp", "fsdp"))
         micro = self.micro_batch_size
         if micro is not None and (micro < 1 or self.batch_size % micro):
             raise ValueError(f"trainer.micro_batch_size={micro} must divide trainer.batch_size={self.batch_size}")

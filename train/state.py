@@ -69,9 +69,19 @@ class CheckpointWriteError(OSError):
 
 
 def maybe_fault(point: str, step: int) -> None:
-    """SIGKILL this process when NANOLOOM_FAULT=<point>:<step> (crash tests of resume); inert when unset."""
-    if os.environ.get(FAULT_ENV) == f"{point}:{step}":
+    """SIGKILL this process when NANOLOOM_FAULT=<point>:<step> (crash tests of resume); inert when unset.
+
+    NANOLOOM_FAULT=<point>:<step>:<rank> strikes only that torchrun rank, and with the point `error` (at
+    kill_in_step's place) it raises an ordinary error instead: how tests make one rank of a job fail.
+    """
+    fault = os.environ.get(FAULT_ENV)
+    if not fault:
+        return
+    rank = os.environ.get("RANK", "0")
+    if fault in (f"{point}:{step}", f"{point}:{step}:{rank}"):
         os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
+    if point == "kill_in_step" and fault == f"error:{step}:{rank}":
+        raise RuntimeError(f"injected failure on rank {rank} at step {step} ({FAULT_ENV}={fault})")
 
 
 @contextlib.contextmanager
@@ -130,7 +140,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save_checkpoint(
     checkpoints_dir: Path,
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | dict[str, Any],
     state: TrainState,
     loader_state: dict[str, Any],
     tokenizer_spec: dict,
@@ -142,6 +152,7 @@ def save_checkpoint(
 ) -> Path:
     """Write checkpoints/step_XXXXXXX atomically, point `latest` (and `best`, for a new lowest val_loss) at it, prune.
 
+    optimizer: the optimizer, or its state_dict() (FSDP: gathered from the shards).
     val_loss: the val loss of these weights, if they were just evaluated. settings: the run's config as plain
     containers, compared on resume (changed_settings). A write error (disk full ...) raises CheckpointWriteError
     and leaves no partial directory; the previous checkpoint and `latest` stay as they were.
@@ -160,7 +171,7 @@ def save_checkpoint(
                 torch.save(
                     {
                         "state": asdict(state),
-                        "optimizer": optimizer.state_dict(),
+                        "optimizer": optimizer if isinstance(optimizer, dict) else optimizer.state_dict(),
                         "scaler": scaler.state_dict() if scaler is not None else None,
                         "rng": rng_state(),
                         "loader": loader_state,
