@@ -1,8 +1,7 @@
 """Bad inputs across the command lines: each is one `error: ...` line naming the problem and a fix, exit status 2.
 
-One table of cases for python -m data.prepare, train, sample and model.export (an evaluate command does not exist
-yet, so it has no cases). Most run in-process through the CLI's main(); a few (subprocess=True) run `python -m ...`
-to prove the same end to end.
+One table of cases for python -m data.prepare, train, sample, train.evaluate and model.export. Most run in-process
+through the CLI's main(); a few (subprocess=True) run `python -m ...` to prove the same end to end.
 Every case runs against one shared world (corpora, checkpoints, a prepared dataset, a run with a checkpoint, an
 export folder) and must leave each of its files as it was, and no new run or export directory behind.
 NANOLOOM_DEBUG=1 (or HYDRA_FULL_ERROR=1) turns the one line back into the traceback.
@@ -34,12 +33,13 @@ TRAIN = ("debug=default", "data=text", "data.paths=[{w}/corpus/good.txt]", "data
          "paths.cache_dir={w}/cache", "paths.runs_dir={w}/runs")  # fmt: skip
 SAMPLE = ("checkpoint={w}/ckpt", "prompt=Once", "max_new_tokens=2")
 PREPARE = ("data=text", "paths.cache_dir={w}/cache")
+EVALUATE = ("checkpoint={w}/ckpt", "file={w}/corpus/good.txt")
 
 
 @dataclass(frozen=True)
 class Case:
     id: str
-    cli: str  # prepare | train | sample | export
+    cli: str  # prepare | train | sample | evaluate | export
     args: tuple[str, ...]  # "{w}" is the world directory
     message: str  # a fragment of the error line
     code: int = 2
@@ -129,6 +129,24 @@ CASES = [
          "corpus' is a directory; pass a file for the records, e.g. out=samples.jsonl"),
     Case("sample-out-under-a-file", "sample", (*SAMPLE, "out={w}/corpus/good.txt/samples.jsonl"),
          "good.txt is a file; choose another path"),
+    # python -m train.evaluate
+    Case("evaluate-missing-checkpoint", "evaluate", ("checkpoint={w}/no_such_ckpt", "file={w}/corpus/good.txt"),
+         "no_such_ckpt' does not exist; pass a run or checkpoint directory", subprocess=True),
+    Case("evaluate-truncated-weights", "evaluate", ("checkpoint={w}/truncated", "file={w}/corpus/good.txt"),
+         "the file is truncated or damaged; copy the checkpoint again or use another one"),
+    Case("evaluate-missing-file", "evaluate", ("checkpoint={w}/ckpt", "file={w}/corpus/missing.txt"),
+         "missing.txt' does not exist; pass a text file to score"),
+    Case("evaluate-empty-file", "evaluate", ("checkpoint={w}/ckpt", "file={w}/corpus/empty.txt"),
+         "empty.txt' is empty; pass a file with text to score"),
+    Case("evaluate-not-prepared-data", "evaluate", ("checkpoint={w}/ckpt", "data={w}/corpus"),
+         "corpus is not a prepared dataset (no meta.json); run python -m data.prepare data=<name>"),
+    Case("evaluate-data-and-file", "evaluate", (*EVALUATE, "data={w}/cache"),
+         "both data= and file= given: pass either data=<prepared dataset dir> or file=<text file>"),
+    Case("evaluate-nothing-to-score", "evaluate", ("checkpoint={w}/ckpt",),
+         "nothing to score: pass either data=<prepared dataset dir> or file=<text file>"),
+    Case("evaluate-stride-too-large", "evaluate", (*EVALUATE, "stride=64"),
+         "stride=64 must be in [1, block_size=32] (the checkpoint's context)"),
+    Case("evaluate-unknown-key", "evaluate", (*EVALUATE, "strid=4"), "unknown argument 'strid'; did you mean stride?"),
     # python -m model.export
     Case("export-missing-checkpoint", "export", ("checkpoint={w}/no_such_ckpt", "out={w}/hf_new"),
          "no_such_ckpt' does not exist", subprocess=True),
@@ -204,6 +222,10 @@ def run_cli(cli: str, args: list[str], monkeypatch, capsys, env: dict[str, str] 
             from sample.__main__ import main
 
             main(args)
+        elif cli == "evaluate":
+            from train.evaluate import main
+
+            main(args)
         elif cli == "export":
             from model.export import main
 
@@ -221,7 +243,8 @@ def run_cli(cli: str, args: list[str], monkeypatch, capsys, env: dict[str, str] 
     return code, capsys.readouterr().err
 
 
-MODULES = {"prepare": "data.prepare", "train": "train", "sample": "sample", "export": "model.export"}
+MODULES = {"prepare": "data.prepare", "train": "train", "sample": "sample", "evaluate": "train.evaluate",
+           "export": "model.export"}  # fmt: skip
 
 
 def run_subprocess(cli: str, args: list[str], env: dict[str, str] | None = None) -> tuple[int, str]:
@@ -277,9 +300,10 @@ def test_debug_switch_shows_the_traceback(world: Path, cli: str, args: tuple[str
         ("prepare", (*PREPARE, "data.paths=[{w}/corpus/nul.txt]")),
         ("export", ("checkpoint={w}/truncated", "out={w}/hf_new")),
         ("sample", (*SAMPLE, "top_p=0")),
+        ("evaluate", (*EVALUATE, "stride=64")),
         ("train", (*TRAIN, "model.n_layer=abc")),
     ],
-    ids=["prepare", "export", "sample", "train-compose"],
+    ids=["prepare", "export", "sample", "evaluate", "train-compose"],
 )
 def test_debug_switch_raises_in_process(world: Path, cli: str, args: tuple[str, ...], monkeypatch, capsys):
     """The error propagates; inside @hydra.main (prepare's run), Hydra prints its traceback and exits with 1."""

@@ -21,12 +21,13 @@ THIRD_PARTY = {
     "model": {"torch", "safetensors"},
     "data": {"numpy", "torch", "tiktoken", "tqdm", "huggingface_hub"},
     "sample": {"torch"},
-    "train": {"torch", "safetensors", "numpy"},
+    "train": {"torch", "safetensors", "numpy", "matplotlib", "scipy", "yaml", "submitit"},  # plots, compare, SLURM
 }
 OURS_ALLOWED = {"model": {"model"}, "data": {"data"}, "sample": {"sample", "model", "data"}, "train": set(PACKAGES)}
 HYDRA_FILES = {"train/__main__.py", "train/config.py", "sample/__main__.py", "sample/config.py", "data/prepare.py"}
 LAZY_ONLY = {
     "wandb": {"train/log.py"},
+    "submitit": {"train/dist.py"},  # optional: SLURM jobs of hydra/launcher=slurm
     "huggingface_hub": {"data/corpora.py", "model/hf.py"},
     "tokenizers": {"data/tokenizer.py"},  # the hf tokenizer (tokenizer.json files)
     "transformers": {"data/tokenizer.py"},  # optional: converts spiece.model to tokenizer.json when a folder lacks it

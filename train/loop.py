@@ -26,12 +26,14 @@ from data.tokenizer import tokenizer_from_spec
 from model.checkpoint import load_model, write_text_atomic
 from model.registry import build_model
 from sample.generate import generate, resolve_device
+from sample.quality import sample_quality
 from train import dist
 from train.config import TrainConfig, config_dict, to_yaml
 from train.device import autocast, keep_freed_memory, peak_flops, resolve_dtype, use_compile
 from train.evaluate import estimate_loss, loss_only, seq2seq_scores
 from train.log import Meter, Tracker, format_step, warn
 from train.optim import build_optimizer, get_lr, set_lr
+from train.plots import plot_run
 from train.state import (
     TrainState,
     changed_settings,
@@ -78,6 +80,8 @@ def run(cfg: TrainConfig) -> dict[str, float]:
         return dry_run(cfg, device)
     info, device = dist.setup(device)
     try:
+        # one run directory for all ranks: rank 0's (Hydra resolves ${now:...} run names per process)
+        cfg.paths.run_dir, cfg.run_name = dist.shared((cfg.paths.run_dir, cfg.run_name), info)
         with _run_dir_locked(Path(cfg.paths.run_dir), info, device):
             return _train(cfg, info, device)
     finally:
@@ -150,6 +154,11 @@ def build_parts(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> 
         _load_source_weights(raw_model, source[0], cfg.init_from)
     raw_model.activation_checkpointing = tcfg.activation_checkpointing
     raw_model.to(device)
+    if info.enabled and tcfg.parallel == "fsdp":
+        if cfg.optim.name == "muon" or dtype == torch.float16:
+            what = "optim=muon (it orthogonalises whole matrices)" if cfg.optim.name == "muon" else "fp16"
+            raise ValueError(f"trainer.parallel=fsdp does not support {what}; use trainer.parallel=ddp")
+        dist.shard(raw_model, dtype)  # before the optimizer: it must hold the sharded parameters
     optimizer = build_optimizer(raw_model, cfg.optim, device.type)
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     if scaler is not None and cfg.optim.name == "muon":
@@ -211,6 +220,8 @@ def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[
             scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), clip)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor norm of the sharded gradients
+            grad_norm = grad_norm.full_tensor()
         # The non-finite guard, before the update (one host-device sync per step). With fp16, inf gradients are the
         # grad scaler's business: scaler.step skips the update and scaler.update lowers the scale, so only the loss
         # is checked.
@@ -267,8 +278,8 @@ def forward_backward(
         micro_batches = _split(loader.next_batch(), micro_batch)
         for j, batch in enumerate(micro_batches):
             # DDP: all-reduce gradients only on the last micro-step (no_sync on the others)
-            sync = (i == grad_accum - 1 and j == len(micro_batches) - 1) or not hasattr(model, "no_sync")
-            with contextlib.nullcontext() if sync else model.no_sync():
+            last = i == grad_accum - 1 and j == len(micro_batches) - 1
+            with dist.gradient_sync(model, last):  # DDP/FSDP: reduce gradients on the last micro-step only
                 with ctx:
                     _, loss = model(**batch, **loss_only(model))  # GPT: no (B, T, V) logits in memory
                 loss = loss / (grad_accum * len(micro_batches))
@@ -346,7 +357,8 @@ def maybe_eval(r: Run, state: TrainState) -> dict[str, float]:
     r.tracker.log({"val/loss": val["loss"], "val/ppl": val["ppl"], "train/tokens": state.tokens_seen,
                    "train/time": round(state.step_time, 3)}, state.step)  # fmt: skip
     r.tracker.print(f"step {state.step:>6}: val loss {val['loss']:.4f} | val ppl {val['ppl']:.2f}")
-    if r.info.is_main and r.prompts:
+    everyone = dist.is_sharded(r.raw_model)  # FSDP: a forward is a collective, so every rank generates alike
+    if (r.info.is_main or everyone) and r.prompts:
         s = r.cfg.samples
         outputs = generate(
             r.raw_model,
@@ -358,13 +370,18 @@ def maybe_eval(r: Run, state: TrainState) -> dict[str, float]:
             top_k=s.top_k,
             seed=s.seed,
         )  # one batch; private generators seeded from s.seed: the training RNG is untouched
-        r.tracker.log_samples([{"prompt": p, "completion": c[0].text} for p, c in zip(r.prompts, outputs)], state.step)
-    if r.info.is_main and r.cfg.task.objective == "seq2seq" and r.cfg.samples.eval_pairs > 0:
+        texts = [c[0].text for c in outputs]
+        r.tracker.log_samples([{"prompt": p, "completion": t} for p, t in zip(r.prompts, texts)], state.step)
+        quality = sample_quality(r.prompts, texts, code=r.cfg.task.check_syntax)  # distinct-n, repetition, parses
+        r.tracker.log({f"val/{k}": v for k, v in quality.items()}, state.step)
+    if (r.info.is_main or everyone) and r.cfg.task.objective == "seq2seq" and r.cfg.samples.eval_pairs > 0:
         scores, shown = seq2seq_scores(r.raw_model, r.tokenizer, r.val_loader, r.cfg.samples, r.cfg.task)
         val.update(scores)
         r.tracker.log({f"val/{k}": v for k, v in scores.items()}, state.step)
         r.tracker.print(f"step {state.step:>6}: " + " | ".join(f"{k} {v:.3f}" for k, v in scores.items()))
         r.tracker.log_samples(shown, state.step)
+    if r.info.is_main:
+        plot_run(Path(r.cfg.paths.run_dir))  # loss_vs_tokens.png, loss_vs_time.png in the run directory
     return val
 
 
@@ -384,16 +401,25 @@ def maybe_save(r: Run, state: TrainState, t_start: float, val: dict[str, float] 
     val: this step's evaluation, if there was one (its loss may make the checkpoint the run's `best`).
     Non-finite weights are never written: the run stops and the last checkpoint stays the newest.
     """
-    weights = [p.detach() for p in r.raw_model.parameters()]
-    if not bool(torch.stack([torch.isfinite(w).all() for w in weights]).all()):  # a host-device sync per save
+    full = dist.full_state(r.raw_model, r.optimizer) if dist.is_sharded(r.raw_model) else None  # all ranks
+    if full is None:
+        finite = bool(torch.stack([torch.isfinite(p.detach()).all() for p in r.raw_model.parameters()]).all())
+    else:  # FSDP: rank 0 holds the gathered weights and tells the others
+        finite = dist.shared(r.info.is_main and all(bool(torch.isfinite(w).all()) for w in full[0].values()), r.info)
+    if not finite:  # a host-device sync per save
         raise FloatingPointError(
             f"the weights hold non-finite values at step {state.step}: not saving them; the last checkpoint is "
             "intact. Lower optim.lr or enable optim.grad_clip, then continue with resume=auto"
         )
     if r.info.is_main:
+        model, optimizer = r.raw_model, r.optimizer
+        if full:  # FSDP: rank 0 writes the gathered state through an unsharded copy, as one process would
+            model = build_model(r.raw_model.config)
+            model.load_state_dict(full[0])
+            optimizer = full[1]
         saved = replace(state, train_time=state.train_time + time.perf_counter() - t_start)
         path = save_checkpoint(
-            Path(r.cfg.paths.run_dir) / "checkpoints", r.raw_model, r.optimizer, saved, r.train_loader.state_dict(),
+            Path(r.cfg.paths.run_dir) / "checkpoints", model, optimizer, saved, r.train_loader.state_dict(),
             r.tokenizer.spec(), r.config_yaml, r.cfg.trainer.keep_last, r.scaler,
             val_loss=val["loss"] if val is not None else None, settings=r.settings,
         )  # fmt: skip
@@ -423,10 +449,15 @@ def _restore(
 ) -> tuple[TrainState, dict[str, Any]]:
     """Load weights, optimizer, scaler, data position and RNG states; return the state and the saved settings."""
     check_compatible(path, raw_model.config.to_dict(), tokenizer_spec)
-    load_weights(raw_model, str(path / "model.safetensors"), device=str(next(raw_model.parameters()).device))
     saved = load_train_state(path)
     hyper = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
-    optimizer.load_state_dict(saved["optimizer"])
+    if dist.is_sharded(raw_model):  # every rank reads the whole checkpoint and keeps its shards
+        plain = build_model(raw_model.config)  # safetensors stores tied weights once: read through a plain model
+        load_weights(plain, str(path / "model.safetensors"))
+        dist.load_full_state(raw_model, optimizer, plain.state_dict(), saved["optimizer"])
+    else:
+        load_weights(raw_model, str(path / "model.safetensors"), device=str(next(raw_model.parameters()).device))
+        optimizer.load_state_dict(saved["optimizer"])
     for group, values in zip(optimizer.param_groups, hyper):
         group.update(values)  # this run's optim.* values (weight decay, betas ...), not the checkpoint's
     if scaler is not None and saved.get("scaler"):

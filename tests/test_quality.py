@@ -1,0 +1,50 @@
+"""Sample quality without references: distinct-n, repetition rate, parse rate (hand-computed values)."""
+
+from __future__ import annotations
+
+import pytest
+
+from sample.quality import distinct_n, ngrams, parse_rate, repetition_rate, sample_quality
+
+
+def test_distinct_n_hand_computed():
+    texts = ["the cat sat", "the cat ran"]
+    assert distinct_n(texts, 1) == pytest.approx(4 / 6)  # the, cat, sat, ran of 6 words
+    assert distinct_n(texts, 2) == pytest.approx(3 / 4)  # (the cat) twice, (cat sat), (cat ran)
+    assert distinct_n(["a b", "c"], 2) == 1.0  # n-grams never cross texts: "b c" is not one
+    assert distinct_n(["x  y\n\tz"], 1) == 1.0  # any whitespace separates words
+
+
+def test_distinct_n_empty_cases_are_zero():
+    assert distinct_n([], 1) == 0.0
+    assert distinct_n(["", "   "], 1) == 0.0
+    assert distinct_n(["one two"], 3) == 0.0  # shorter than n: no n-gram
+    with pytest.raises(ValueError, match="n=0 must be >= 1"):
+        distinct_n(["a"], 0)
+
+
+def test_repetition_rate_hand_computed():
+    loop = "a b c d a b c d a b c d"  # 9 four-grams, 4 unique: 5 repeat an earlier one
+    assert repetition_rate([loop]) == pytest.approx(5 / 9)
+    assert repetition_rate(["one two three four five"]) == 0.0
+    assert repetition_rate([loop, "one two three four five"]) == pytest.approx((5 / 9 + 0) / 2)
+    assert repetition_rate([loop, "too short"]) == pytest.approx(5 / 9)  # no 4-gram: left out of the mean
+    assert repetition_rate([]) == 0.0 and repetition_rate(["a b"]) == 0.0
+    assert repetition_rate(["x x x"], n=1) == pytest.approx(2 / 3)
+
+
+def test_parse_rate_uses_prompt_and_completion():
+    prompts = ["def f(x):\n", "def g(x):\n", "x = ("]
+    completions = ["    return x\n", "return x\n", "1, 2)\n"]  # the second is not indented: a syntax error
+    assert parse_rate(prompts, completions) == pytest.approx(2 / 3)
+    assert parse_rate([], []) == 0.0
+    with pytest.raises(ValueError, match="2 prompts but 1 completions"):
+        parse_rate(["a", "b"], ["c"])
+
+
+def test_sample_quality_keys():
+    story = sample_quality(["Once"], [" upon a time upon a time"], code=False)
+    assert set(story) == {"distinct_1", "distinct_2", "repetition_4"}
+    assert story["distinct_1"] == pytest.approx(3 / 6) and story["distinct_2"] == pytest.approx(3 / 5)
+    code = sample_quality(["def f():\n"], ["    pass\n"], code=True)
+    assert code["parse_rate"] == 1.0 and ngrams("a b c", 2) == [("a", "b"), ("b", "c")]
