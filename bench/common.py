@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -82,3 +83,14 @@ def emit_json(result: dict[str, Any], out: str | Path | None = None) -> None:
         Path(out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
     sys.stdout.flush()
+
+
+def in_subprocess(module: str, call: str) -> dict[str, Any]:
+    """Evaluate `<module>.<call>` in a fresh Python process (one the caller's settings never touched); its last
+    stdout line is the JSON result."""
+    root = Path(__file__).resolve().parents[1]
+    code = f"import json, sys; sys.path.insert(0, {str(root)!r}); import {module} as b; print(json.dumps(b.{call}))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
+    if out.returncode != 0:
+        raise SystemExit(f"error: the worker {call} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])

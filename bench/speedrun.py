@@ -36,7 +36,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # bench/ is not an installed package: make `bench`, `model`, `train` importable
 
-from bench.common import emit_json, machine_info  # noqa: E402
+from bench.common import emit_json, in_subprocess, machine_info  # noqa: E402
 
 TARGET = 1.886  # nanoGPT's README command ends at val 1.8857 (its 20-batch estimate) at step 2000
 REFERENCE = dict(
@@ -162,17 +162,6 @@ def nanoloom_run(text_path: str, seed: int, cache_dir: str, run_dir: str, extra:
     return {"curve": curve, "config": config}
 
 
-def in_subprocess(call: str) -> dict[str, Any]:
-    """Run `bench.speedrun.<call>` in a fresh Python process; its last stdout line is the JSON result."""
-    code = (
-        f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); import bench.speedrun as b; print(json.dumps(b.{call}))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-    if out.returncode != 0:
-        raise SystemExit(f"error: the worker {call} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def time_to(curve: list[dict[str, float]], target: float) -> float | None:
     """Training seconds at the first evaluation at or below target; None if the run never got there."""
     return next((p["time"] for p in curve if p["val_loss"] <= target), None)
@@ -236,7 +225,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(args.repeats):  # interleaved: a burst of other work slows both recipes alike
             if args.only != "nanoloom":
-                ref = in_subprocess(f"reference_worker({text!r}, {seed}, {args.eval_every}, {args.reference_iters})")
+                ref = in_subprocess(
+                    "bench.speedrun", f"reference_worker({text!r}, {seed}, {args.eval_every}, {args.reference_iters})"
+                )
                 runs["reference"].append(ref["curve"])
                 print(
                     f"reference seed {seed}: time to {args.target}: {time_to(ref['curve'], args.target)} s, "

@@ -17,10 +17,8 @@ the first model), and `results` with every row.
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +28,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # bench/ is not an installed package: make `bench`, `model`, `train` importable
 
-from bench.common import emit_json, machine_info  # noqa: E402
+from bench.common import emit_json, in_subprocess, machine_info  # noqa: E402
 
 STEPS = 3  # timed steps after one warm-up, as the dry run does
 
@@ -78,15 +76,6 @@ def nanoloom_worker(model_name: str, batch: int, block: int, cache_dir: str, run
             "flops_per_token": result["flops_per_token"], "params": result["params"]}  # fmt: skip
 
 
-def in_subprocess(call: str) -> dict[str, Any]:
-    """Run `bench.train.<call>` in a fresh Python process; its last stdout line is the JSON result."""
-    code = f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); import bench.train as b; print(json.dumps(b.{call}))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-    if out.returncode != 0:
-        raise SystemExit(f"error: the worker {call} failed:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def peak(dtype: str) -> float:
     """The measured matmul peak FLOP/s of this CPU in dtype (cached in .cache/nanoloom, as training does)."""
     import torch
@@ -120,10 +109,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         cache = str(ROOT / ".cache" / "nanoloom")  # the prepared corpus is reused across runs
         for model in args.models:
-            ref = row("reference", model, in_subprocess(f"reference_worker({model!r}, {args.batch}, {args.block})"),
-                      tokens_per_step)  # fmt: skip
+            worker = f"reference_worker({model!r}, {args.batch}, {args.block})"
+            ref = row("reference", model, in_subprocess("bench.train", worker), tokens_per_step)
             call = f"nanoloom_worker({model!r}, {args.batch}, {args.block}, {cache!r}, {str(Path(tmp) / 'run')!r})"
-            ours = row("nanoloom", model, in_subprocess(call), tokens_per_step)
+            ours = row("nanoloom", model, in_subprocess("bench.train", call), tokens_per_step)
             for r in (ref, ours):
                 print(fmt.format(model, r["impl"], r["dtype"], r["ms_per_step"], r["tokens_per_s"],
                                  f"{r['mfu']:.0%}", r["peak_rss_gb"]), flush=True)  # fmt: skip
