@@ -35,4 +35,5 @@ def test_dry_run_from_the_command_line_leaves_no_run_directory(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "dry run: dry" in result.stdout and "ETA" in result.stdout
+    assert "sweep summary" not in result.stdout  # train/sweep.py's callback reports multiruns (-m) only
     assert not (tmp_path / "dry").exists()

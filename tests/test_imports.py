@@ -2,8 +2,9 @@
 
 model, data -> sample -> train: model/ and data/ import nothing of ours (allowed edges, EXTRA_EDGES: model/ files
 that build tokenizers import data.tokenizer inside functions), sample never imports train, hydra and
-omegaconf stop at the entry points, wandb is imported lazily and only by train/log.py; huggingface_hub, tokenizers
-and transformers only lazily where the hub and Hugging Face files are read.
+omegaconf stop at the entry points (and train/sweep.py, the callback Hydra calls when a multirun ends), wandb is
+imported lazily and only by train/log.py; huggingface_hub, tokenizers and transformers only lazily where the hub
+and Hugging Face files are read.
 """
 
 from __future__ import annotations
@@ -24,7 +25,15 @@ THIRD_PARTY = {
     "train": {"torch", "safetensors", "numpy", "matplotlib", "scipy", "yaml", "submitit"},  # plots, compare, SLURM
 }
 OURS_ALLOWED = {"model": {"model"}, "data": {"data"}, "sample": {"sample", "model", "data"}, "train": set(PACKAGES)}
-HYDRA_FILES = {"train/__main__.py", "train/config.py", "sample/__main__.py", "sample/config.py", "data/prepare.py"}
+# the entry points, and train/sweep.py: the callback Hydra itself calls when a multirun ends
+HYDRA_FILES = {
+    "train/__main__.py",
+    "train/config.py",
+    "train/sweep.py",
+    "sample/__main__.py",
+    "sample/config.py",
+    "data/prepare.py",
+}
 LAZY_ONLY = {
     "wandb": {"train/log.py"},
     "submitit": {"train/dist.py"},  # optional: SLURM jobs of hydra/launcher=slurm

@@ -86,21 +86,31 @@ def load_run(path: Path) -> Run:
     except yaml.YAMLError as e:
         raise ValueError(f"cannot read {path / 'config.yaml'} ({str(e).splitlines()[0]}); is it a run's?") from None
     records = read_metrics(path / "metrics.jsonl")
-    val = [r for r in records if all(is_number(r.get(k)) for k in ("val/loss", "train/tokens", "train/time"))]
+    val = val_records(records)
     if not val:
         raise ValueError(
             f"{path} has no val record in metrics.jsonl; compare runs that evaluated (trainer.eval_interval > 0)"
         )
-    val.sort(key=lambda r: r["train/tokens"])
-    speeds = [r["perf/tokens_per_sec"] for r in records if is_number(r.get("perf/tokens_per_sec"))]
     return Run(
         path=path,
         config=flatten(config if isinstance(config, dict) else {}),
         tokens=np.array([r["train/tokens"] for r in val], dtype=np.float64),
         time=np.array([r["train/time"] for r in val], dtype=np.float64),
         loss=np.array([r["val/loss"] for r in val], dtype=np.float64),
-        tokens_per_sec=float(np.median(speeds)) if speeds else None,
+        tokens_per_sec=median_tokens_per_sec(records),
     )
+
+
+def val_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The val records of a metrics.jsonl (val/loss, train/tokens and train/time all numbers), in token order."""
+    val = [r for r in records if all(is_number(r.get(k)) for k in ("val/loss", "train/tokens", "train/time"))]
+    return sorted(val, key=lambda r: r["train/tokens"])
+
+
+def median_tokens_per_sec(records: list[dict[str, Any]]) -> float | None:
+    """Median perf/tokens_per_sec of the train records; None when there is none."""
+    speeds = [r["perf/tokens_per_sec"] for r in records if is_number(r.get("perf/tokens_per_sec"))]
+    return float(np.median(speeds)) if speeds else None
 
 
 def find_runs(patterns: list[str]) -> list[Path]:
