@@ -51,6 +51,9 @@ def test_fsdp_two_ranks_match_one_process_then_resume_on_one(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     single = losses(tmp_path / "single")
     assert list(losses(tmp_path / "fsdp").values()) == pytest.approx([single[s] for s in range(1, 5)], rel=1e-5)
+    for key in ("train/update_ratio", "train/update_ratio_max", "train/param_norm"):  # summed over the shards
+        one, two = losses(tmp_path / "single", key), losses(tmp_path / "fsdp", key)
+        assert list(two.values()) == pytest.approx([one[s] for s in range(1, 5)], rel=1e-4), key
 
     second = tiny_run_overrides(tmp_path, corpus, "fsdp", **common, **{"trainer.batch_size": 8, "resume": "auto"})
     run(compose_train(second))  # one process, the same global batch of 8 rows

@@ -175,6 +175,28 @@ def test_t5_on_pairs_scores_every_target_once(world, capsys):
     assert result["bpb"] == pytest.approx(total / math.log(2) / target_bytes, rel=1e-5)
 
 
+def test_training_bits_per_byte_is_the_commands(world, capsys):
+    """val/bpb in training is val/loss / ln 2 / bytes_per_token(val split): on a whole split, the command's bpb."""
+    from data.loader import CausalLMLoader, Seq2SeqLoader, SpanCorruptionLoader
+    from model.checkpoint import load_model
+    from train.evaluate import bytes_per_token
+
+    _, char = load_model(world["gpt"])
+    loader = CausalLMLoader(world["data"], "val", batch_size=2, block_size=BLOCK)
+    per_token = bytes_per_token(char, loader)
+    result, _ = evaluate(capsys, f"checkpoint={world['gpt']}", f"data={world['data']}")
+    assert per_token == pytest.approx(result["bytes"] / result["tokens"], rel=1e-12)
+    assert result["loss"] / math.log(2) / per_token == pytest.approx(result["bpb"], rel=1e-9)
+
+    _, byte = load_model(world["t5"])
+    pairs = Seq2SeqLoader(world["pairs"], "val", 2, 24, 24, byte)
+    t5, _ = evaluate(capsys, f"checkpoint={world['t5']}", f"data={world['pairs']}")
+    assert bytes_per_token(byte, pairs) == pytest.approx(t5["bytes"] / t5["tokens"], rel=1e-12)
+    assert bytes_per_token(byte, pairs) < 1  # a byte per target token, and an eot that holds none
+    span = SpanCorruptionLoader(world["data"], "val", 2, input_length=16, tokenizer=char.with_sentinels(10))
+    assert bytes_per_token(char, span) is None  # span targets are no text of their own
+
+
 def test_pairs_are_cut_as_the_loader_cuts_them():
     from train.evaluate import fit_pair
 

@@ -40,6 +40,12 @@ def test_smoke_run_writes_checkpoint_metrics_and_samples(trained):
     records = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
     assert any("val/loss" in r and "val/ppl" in r for r in records)
     assert any("perf/tokens_per_sec" in r and "perf/mfu" in r for r in records)
+    logged = [r for r in records if "train/loss" in r]
+    assert all(0 < r["train/update_ratio"] <= r["train/update_ratio_max"] < 1 for r in logged)  # AdamW at 1e-3
+    assert all(r["train/grad_norm"] > 0 and r["train/param_norm"] > 0 for r in logged)
+    evals = [r for r in records if "val/loss" in r]
+    # byte tokenizer: a byte per token but for the document separators, which hold none (bpb a little higher)
+    assert evals and all(1 < r["val/bpb"] * math.log(2) / r["val/loss"] < 1.01 for r in evals)
     samples = [json.loads(line) for line in (trained / "samples.jsonl").read_text().splitlines()]
     assert {s["prompt"] for s in samples} == {"Once upon a time,", "def fibonacci(n):"}
     assert (trained / "config.yaml").is_file()
@@ -172,6 +178,28 @@ def test_optimizer_decays_only_matrices():
     assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
     assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == model.num_params()
     assert not math.isnan(sum(p.sum().item() for p in model.parameters()))
+
+
+def test_update_ratio_is_the_update_norm_over_the_weight_norm():
+    from train.optim import UpdateRatio
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(6, 4)  # a matrix and a bias
+    tracked = UpdateRatio(list(layer.parameters()))
+    w, b = layer.weight.detach().clone(), layer.bias.detach().clone()
+    dw, db = 0.01 * torch.randn_like(w), 0.5 * torch.randn_like(b)
+    with torch.no_grad():
+        layer.weight += dw
+        layer.bias += db
+    got = {k: v.item() for k, v in tracked.read().items()}
+    weights = math.sqrt(w.square().sum() + b.square().sum())
+    assert got["param_norm"] == pytest.approx(weights, rel=1e-6)  # the norm before the update
+    assert got["update_ratio"] == pytest.approx(math.sqrt(dw.square().sum() + db.square().sum()) / weights, rel=1e-6)
+    assert got["update_ratio_max"] == pytest.approx((dw.norm() / w.norm()).item(), rel=1e-6)  # the bias's is left out
+    # reduce sums the per-tensor squares over ranks: two equal shards of the same update give the same ratios
+    doubled = {k: v.item() for k, v in tracked.read(lambda t: 2 * t).items()}
+    assert doubled["update_ratio"] == pytest.approx(got["update_ratio"], rel=1e-6)
+    assert doubled["param_norm"] == pytest.approx(math.sqrt(2) * weights, rel=1e-6)
 
 
 def test_grad_accumulation_matches_one_big_batch():

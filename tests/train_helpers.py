@@ -54,12 +54,12 @@ def tiny_run_overrides(tmp_path: Path, corpus: Path, run_name: str = "run", **ex
     return [f"{k}={v}" for k, v in base.items()]
 
 
-def losses(run_dir: Path) -> dict[int, float]:
-    """step -> train/loss from a run's metrics.jsonl."""
+def losses(run_dir: Path, key: str = "train/loss") -> dict[int, float]:
+    """step -> train/loss (or another metric) from a run's metrics.jsonl."""
     import json
 
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["train/loss"] for r in records if "train/loss" in r}
+    return {r["step"]: r[key] for r in records if key in r}
 
 
 def train_killed_then_resumed(monkeypatch, overrides: list[str], kill_at: int = 6) -> None:

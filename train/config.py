@@ -80,6 +80,7 @@ class TrainerConfig:
     # val split, every token scored once (causal models: windows of block_size tokens, eval_stride apart)
     eval_stride: Optional[int] = None  # whole-split evaluation: tokens between window starts; null = block_size
     log_interval: int = 10  # steps between console/metrics lines
+    log_update_ratio: bool = True  # log ||w_new - w||/||w|| on log steps (a transient copy of the weights then)
     save_interval: int = 1000  # steps between checkpoints; 0 = only at the end
     keep_last: int = 2  # newest checkpoints kept, plus the best by val loss (checkpoints/best); older ones deleted
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:1 | mps

@@ -224,6 +224,21 @@ def text_bytes(tokenizer: Any, tokens: Any, chunk: int = 1 << 20) -> int:
     return n
 
 
+def bytes_per_token(tokenizer: Any, loader: Any) -> float | None:
+    """UTF-8 bytes per scored token of a val split, which turns a loss per token into bits per byte (val/bpb in
+    training): a causal split's text bytes over its tokens; a pair split's target bytes over its target tokens
+    (cut as the loader cuts them). None for span corruption, whose targets are not text of their own."""
+    if isinstance(loader, Seq2SeqLoader):
+        T = loader.target_length
+        targets = [fit_pair(i, t, T, T, tokenizer.eot_id)[1] for i, t in loader.pairs()]
+        tokens, num_bytes = sum(len(t) for t in targets), sum(text_bytes(tokenizer, t) for t in targets)
+    elif hasattr(loader, "block_size"):
+        tokens, num_bytes = len(loader.data), text_bytes(tokenizer, loader.data)
+    else:
+        return None
+    return num_bytes / tokens if tokens and num_bytes else None
+
+
 def fit_pair(
     input_ids: list[int], target_ids: list[int], input_length: int, target_length: int, eot_id: int
 ) -> tuple[list[int], list[int]]:

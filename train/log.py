@@ -185,8 +185,11 @@ class Meter:
 
 
 def format_step(metrics: dict[str, Any], step: int, max_steps: int) -> str:
-    """One console line: step, loss, lr, throughput, MFU, step time."""
+    """One console line: step, loss, lr, gradient norm, update/weight ratio, throughput, MFU, step time."""
     parts = [f"step {step:>6}/{max_steps}", f"loss {metrics['train/loss']:.4f}", f"lr {metrics['train/lr']:.2e}"]
+    parts.append(f"grad norm {metrics['train/grad_norm']:.2f}")
+    if "train/update_ratio" in metrics:
+        parts.append(f"update/weight {metrics['train/update_ratio']:.1e}")
     parts.append(f"{metrics['perf/tokens_per_sec']:,.0f} tok/s")
     if "perf/mfu" in metrics:
         parts.append(f"mfu {100 * metrics['perf/mfu']:.1f}%")

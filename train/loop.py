@@ -30,9 +30,9 @@ from sample.quality import sample_quality
 from train import dist
 from train.config import TrainConfig, config_dict, to_yaml
 from train.device import autocast, keep_freed_memory, peak_flops, resolve_dtype, use_compile
-from train.evaluate import estimate_loss, loss_only, seq2seq_scores
+from train.evaluate import bytes_per_token, estimate_loss, loss_only, seq2seq_scores
 from train.log import Meter, Tracker, format_step, warn
-from train.optim import build_optimizer, get_lr, set_lr
+from train.optim import UpdateRatio, build_optimizer, get_lr, set_lr
 from train.plots import plot_run
 from train.state import (
     TrainState,
@@ -66,6 +66,7 @@ class Run:
     info: dist.DistInfo
     config_yaml: str
     settings: dict[str, Any]  # the config as plain containers: saved in checkpoints, compared on resume
+    bytes_per_token: float | None = None  # of the val split: val/bpb = val/loss / ln 2 / bytes_per_token
 
 
 def run(cfg: TrainConfig) -> dict[str, float]:
@@ -187,11 +188,12 @@ def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[
     settings = config_dict(cfg, model_cfg)
     tracker = Tracker(cfg.logger, run_dir, info.is_main, config=settings, run_name=cfg.run_name,
                       resume_step=state.step if resume_from is not None else None)  # fmt: skip
+    val_loader = build_loader(cfg, data_dir, "val", tokenizer, model_cfg, info, device)
     r = Run(
-        cfg, raw_model, dist.wrap(model, info, device), optimizer, scaler, train_loader,
-        build_loader(cfg, data_dir, "val", tokenizer, model_cfg, info, device), tokenizer,
+        cfg, raw_model, dist.wrap(model, info, device), optimizer, scaler, train_loader, val_loader, tokenizer,
         _encodable_prompts(cfg.samples.prompts, tokenizer) if cfg.task.objective != "seq2seq" else [],
         autocast(device, dtype), tracker, info, to_yaml(cfg, model_cfg), settings,
+        bytes_per_token(tokenizer, val_loader),
     )  # fmt: skip
     if info.is_main:
         write_text_atomic(run_dir / "config.yaml", r.config_yaml)
@@ -229,6 +231,8 @@ def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[
             optimizer.zero_grad(set_to_none=True)
             _nonfinite(r, state)
             continue
+        logs = (state.step + 1) % tcfg.log_interval == 0 or state.step + 1 == tcfg.max_steps
+        ratio = UpdateRatio(list(raw_model.parameters())) if logs and tcfg.log_update_ratio else None
         if scaler is not None:
             scaler.step(optimizer)
             scaler.update()
@@ -245,7 +249,9 @@ def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[
         out_of_time = tcfg.max_time is not None and dist.any_rank(elapsed >= tcfg.max_time, info, device)
         last = state.step == tcfg.max_steps or out_of_time  # the final eval and save follow the loop
         if state.step % tcfg.log_interval == 0 or last:
-            maybe_log(r, state, meter, lr, grad_norm)
+            sharded = dist.is_sharded(raw_model)
+            health = ratio.read((lambda t: dist.total(t, info)) if sharded else None) if ratio is not None else {}
+            maybe_log(r, state, meter, lr, grad_norm, health)
         with meter.paused():
             val = maybe_eval(r, state) if _due(state.step, tcfg.eval_interval) and not last else None
             if _due(state.step, tcfg.save_interval) and not last:
@@ -354,9 +360,12 @@ def maybe_eval(r: Run, state: TrainState) -> dict[str, float]:
     reduce = lambda t: dist.total(t, r.info)  # noqa: E731
     val = estimate_loss(r.model, r.val_loader, tcfg.eval_batches, r.ctx, reduce, tcfg.eval_stride)
     state.best_val_loss = min(state.best_val_loss, val["loss"])
-    r.tracker.log({"val/loss": val["loss"], "val/ppl": val["ppl"], "train/tokens": state.tokens_seen,
-                   "train/time": round(state.step_time, 3)}, state.step)  # fmt: skip
-    r.tracker.print(f"step {state.step:>6}: val loss {val['loss']:.4f} | val ppl {val['ppl']:.2f}")
+    scores = {"val/loss": val["loss"], "val/ppl": val["ppl"]}
+    if r.bytes_per_token:  # bits per byte: comparable across tokenizers (char vs BPE)
+        scores["val/bpb"] = val["bpb"] = val["loss"] / math.log(2) / r.bytes_per_token
+    r.tracker.log({**scores, "train/tokens": state.tokens_seen, "train/time": round(state.step_time, 3)}, state.step)
+    bpb = f" | val bpb {val['bpb']:.4f}" if "bpb" in val else ""
+    r.tracker.print(f"step {state.step:>6}: val loss {val['loss']:.4f} | val ppl {val['ppl']:.2f}{bpb}")
     everyone = dist.is_sharded(r.raw_model)  # FSDP: a forward is a collective, so every rank generates alike
     if (r.info.is_main or everyone) and r.prompts:
         s = r.cfg.samples
@@ -385,10 +394,15 @@ def maybe_eval(r: Run, state: TrainState) -> dict[str, float]:
     return val
 
 
-def maybe_log(r: Run, state: TrainState, meter: Meter, lr: float, grad_norm: torch.Tensor) -> None:
-    """Log the mean loss since the last log line (averaged over ranks), the lr, throughput and MFU."""
+def maybe_log(
+    r: Run, state: TrainState, meter: Meter, lr: float, grad_norm: torch.Tensor, health: dict[str, torch.Tensor]
+) -> None:
+    """Log the mean loss since the last log line (averaged over ranks), the lr, throughput and MFU, the gradient
+    norm and, in health, this step's update/weight ratios and weight norm (UpdateRatio.read)."""
     metrics = meter.read(lambda t: dist.mean(t, r.info))  # .item() inside: a host-device sync per log interval
-    metrics.update({"train/lr": lr, "train/grad_norm": grad_norm.item(), "train/tokens": state.tokens_seen,
+    values = torch.stack([grad_norm.float(), *(v.float() for v in health.values())]).tolist()  # one more sync
+    metrics.update({f"train/{k}": v for k, v in zip(health, values[1:])})
+    metrics.update({"train/lr": lr, "train/grad_norm": values[0], "train/tokens": state.tokens_seen,
                     "train/skipped_steps": state.skipped_steps, "train/micro_batch": state.micro_batch,
                     "train/time": round(state.step_time, 3)})  # fmt: skip
     r.tracker.log(metrics, state.step)

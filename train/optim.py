@@ -9,6 +9,7 @@ Schedules are pure functions of the step: linear warmup, then cosine, constant, 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -116,3 +117,40 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Write lr into every param group."""
     for group in optimizer.param_groups:
         group["lr"] = lr
+
+
+class UpdateRatio:
+    """The update/weight ratio of one optimizer step, ||w_after - w_before|| / ||w_before|| over all parameters
+    (a health metric: a healthy run keeps it steady, near 1e-3 for AdamW at nanoGPT's learning rates; one that
+    grows by orders of magnitude is diverging). update_ratio_max is the largest ratio of any one weight matrix (biases
+    and norm gains left out: they start at zero or one and their ratios say little).
+
+    Costs a copy of the weights, so the loop takes it on log steps only. reduce sums per-tensor squares over ranks
+    when the weights are sharded (FSDP); replicas (DDP) need none.
+    """
+
+    def __init__(self, params: list[nn.Parameter]) -> None:
+        self.params = params
+        self.before = [_local(p).detach().clone() for p in params]
+
+    def read(self, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """{"update_ratio", "update_ratio_max", "param_norm"} as device tensors (no host sync here)."""
+        with torch.no_grad():
+            sq = torch.stack(
+                [
+                    torch.stack([(_local(p).float() - b.float()).square().sum(), b.float().square().sum()])
+                    for p, b in zip(self.params, self.before)
+                ]
+            )  # (tensors, 2): squared update and squared weight norm per tensor
+        if reduce is not None:
+            sq = reduce(sq)
+        delta, weight = sq.sum(0).sqrt()
+        matrices = torch.tensor([p.ndim >= 2 for p in self.params], device=sq.device)
+        per_tensor = torch.where(matrices, (sq[:, 0] / sq[:, 1].clamp_min(1e-30)).sqrt(), 0.0)
+        return {"update_ratio": delta / weight.clamp_min(1e-30), "update_ratio_max": per_tensor.max(),
+                "param_norm": weight}  # fmt: skip
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor (FSDP); the tensor itself otherwise."""
+    return t.to_local() if hasattr(t, "to_local") else t
