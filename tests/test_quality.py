@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sample.quality import distinct_n, ngrams, parse_rate, repetition_rate, sample_quality
+from sample.quality import distinct_n, is_code_prompt, ngrams, parse_rate, repetition_rate, sample_quality
 
 
 def test_distinct_n_hand_computed():
@@ -48,3 +48,19 @@ def test_sample_quality_keys():
     assert story["distinct_1"] == pytest.approx(3 / 6) and story["distinct_2"] == pytest.approx(3 / 5)
     code = sample_quality(["def f():\n"], ["    pass\n"], code=True)
     assert code["parse_rate"] == 1.0 and ngrams("a b c", 2) == [("a", "b"), ("b", "c")]
+
+
+def test_parse_rate_counts_the_code_prompts_cut_where_the_code_task_ends():
+    prompts = ["Once upon a time,", "def fibonacci(n):", "class Stack:\n    def push(self, item):"]
+    completions = [
+        " there was a fox",
+        "\n    return n\n\nprint(fibonacci(3)) ) (",  # the function, then a new top-level line: cut there
+        "\n        self.items.append(item\n",  # an open bracket: no parse
+    ]
+    scores = sample_quality(prompts, completions)  # the story prompt is not code
+    assert scores["parse_rate"] == pytest.approx(1 / 2)
+    assert sample_quality(prompts[:1], completions[:1]).keys() == {"distinct_1", "distinct_2", "repetition_4"}
+    assert sample_quality(prompts, completions, code=True)["parse_rate"] == pytest.approx(1 / 3)  # prose parses not
+    assert [is_code_prompt(p) for p in ("@dataclass\nclass A:", "  import os", "from x import y", "define it")] == [
+        True, True, True, False,
+    ]  # fmt: skip
