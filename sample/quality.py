@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from sample.stopping import code_block_end, parses
 
-CODE_START = re.compile(r"\s*(async\s+def|def|class|import|from)\s|\s*@\w")
+CODE_START = re.compile(r"""\s*((async\s+)?def\s|class\s|import\s|from\s+[\w.]+\s+import\s|@\w|#|"{3}|'{3})""")
 
 
 def ngrams(text: str, n: int) -> list[tuple[str, ...]]:
@@ -54,23 +54,24 @@ def parse_rate(prompts: Sequence[str], completions: Sequence[str]) -> float:
 
 
 def is_code_prompt(prompt: str) -> bool:
-    """Whether a prompt starts Python code: its first non-blank line opens a def, class, decorator or import."""
+    """Whether a prompt starts Python code: its first non-blank line opens a def, class, decorator, import,
+    comment or docstring (a function head, or a description of the code to write)."""
     return CODE_START.match(prompt) is not None
 
 
-def sample_quality(prompts: Sequence[str], completions: Sequence[str], code: bool = False) -> dict[str, float]:
-    """{"distinct_1", "distinct_2", "repetition_4"} of all completions, and "parse_rate" of the code ones.
+def sample_quality(prompts: Sequence[str], completions: Sequence[str]) -> dict[str, float]:
+    """{"distinct_1", "distinct_2", "repetition_4"} of all completions, and "parse_rate" of the code prompts' ones.
 
-    code=True: every prompt is code (task=code); otherwise the code prompts are those is_code_prompt finds (the
-    default prompts are a story and a function head). A code completion is cut where the code task's sampler ends
-    it (the first new top-level line after the body, sample.stopping.code_block_end) before it is parsed.
+    The code prompts are those is_code_prompt finds (the default prompts are a story and a function head). A code
+    completion is cut where the code task's sampler ends it (the first new top-level line after the body,
+    sample.stopping.code_block_end) before prompt + completion is parsed.
     """
     scores = {
         "distinct_1": distinct_n(completions, 1),
         "distinct_2": distinct_n(completions, 2),
         "repetition_4": repetition_rate(completions, 4),
     }
-    pairs = [(p, c) for p, c in zip(prompts, completions, strict=True) if code or is_code_prompt(p)]
+    pairs = [(p, c) for p, c in zip(prompts, completions, strict=True) if is_code_prompt(p)]
     if pairs:
         cut = [c[: code_block_end(p, c)[0]] for p, c in pairs]  # None: no end found, the whole completion
         scores["parse_rate"] = parse_rate([p for p, _ in pairs], cut)

@@ -43,10 +43,10 @@ def test_parse_rate_uses_prompt_and_completion():
 
 
 def test_sample_quality_keys():
-    story = sample_quality(["Once"], [" upon a time upon a time"], code=False)
+    story = sample_quality(["Once"], [" upon a time upon a time"])
     assert set(story) == {"distinct_1", "distinct_2", "repetition_4"}
     assert story["distinct_1"] == pytest.approx(3 / 6) and story["distinct_2"] == pytest.approx(3 / 5)
-    code = sample_quality(["def f():\n"], ["    pass\n"], code=True)
+    code = sample_quality(["def f():\n"], ["    pass\n"])
     assert code["parse_rate"] == 1.0 and ngrams("a b c", 2) == [("a", "b"), ("b", "c")]
 
 
@@ -60,7 +60,6 @@ def test_parse_rate_counts_the_code_prompts_cut_where_the_code_task_ends():
     scores = sample_quality(prompts, completions)  # the story prompt is not code
     assert scores["parse_rate"] == pytest.approx(1 / 2)
     assert sample_quality(prompts[:1], completions[:1]).keys() == {"distinct_1", "distinct_2", "repetition_4"}
-    assert sample_quality(prompts, completions, code=True)["parse_rate"] == pytest.approx(1 / 3)  # prose parses not
-    assert [is_code_prompt(p) for p in ("@dataclass\nclass A:", "  import os", "from x import y", "define it")] == [
-        True, True, True, False,
-    ]  # fmt: skip
+    code = ("@dataclass\nclass A:", "  import os", "from x.y import z", "# the mean of a list\n", '"""Sort."""\n')
+    prose = ("define it", "from here on", "Imports rose", "Once upon a time,", "")
+    assert [is_code_prompt(p) for p in code + prose] == [True] * len(code) + [False] * len(prose)

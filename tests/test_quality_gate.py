@@ -11,7 +11,6 @@ installed with nanoloom, so the test needs no network and no files of its own.
 
 from __future__ import annotations
 
-import math
 import string
 
 import pytest
@@ -25,7 +24,7 @@ STEPS = 200
 SEED = 1337  # the default trainer.seed
 # Where the band comes from: `python -m train experiment=demo trainer.max_steps=200 trainer.max_time=null
 # trainer.eval_interval=0 trainer.save_interval=0 trainer.compile=false trainer.seed=<s>` on 2 AMD Zen 4 cores with
-# torch 2.13 (CPU, bf16 autocast, the demo's default dtype here), 2026-11-25. Val loss (nats/byte, the demo's 20
+# torch 2.13 (CPU, bf16 autocast, the demo's default dtype here), 2026-11-25. Val loss (nats/token, the demo's 20
 # fixed val batches) at step 200:
 #   seed 1337: 1.975 | seeds 0-4: 1.982, 1.944, 1.999, 2.024, 2.011 (mean of the six 1.989, sd 0.029)
 # The untrained model scores about ln(257) = 5.55; the full 2,800-step demo reaches 1.33.
@@ -70,8 +69,6 @@ def test_demo_config_reaches_its_val_loss_then_writes_text(tmp_path):
     assert FLOOR < result["val/loss"] < CEILING, f"val loss {result['val/loss']:.4f} outside ({FLOOR}, {CEILING})"
 
     generator = pipeline("text-generation", model=tmp_path / "demo", device="cpu")
-    untrained = math.log(generator.tokenizer.vocab_size)
-    assert result["val/loss"] < 0.5 * untrained
     for prompt in ("Once upon a time,", "def fibonacci(n):"):
         texts = completions(generator, prompt)
         assert len(texts) == 3 and len(set(texts)) == 3
@@ -82,7 +79,7 @@ def test_demo_config_reaches_its_val_loss_then_writes_text(tmp_path):
     common = {"the", "and", "to", "of", "i", "a", "you", "my", "that", "in", "is", "not", "with", "me"}
     assert sum(w.strip(string.punctuation).lower() in common for w in story.split()) >= 3, story  # English words
 
-    # the same checks fail for the same model untrained: they tell a model that learned from one that did not
+    # the printable-text check fails for the same model untrained: it tells a model that learned from one that did not
     model = build_model(generator.model.config)
     noise = pipeline("text-generation", model=model, tokenizer="byte", device="cpu")
     texts = completions(noise, "Once upon a time,")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -71,7 +73,7 @@ def test_a_multirun_ends_with_the_table_of_its_jobs(tmp_path):
 
 def write_job(sweep: Path, num: int, overrides: list[str], lines: list[str] | None, config: dict | None) -> None:
     job = sweep / str(num)
-    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra").mkdir(parents=True, exist_ok=True)
     (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
     if config is not None:
         (job / "config.yaml").write_text(json.dumps(config))  # JSON is YAML
@@ -102,13 +104,13 @@ def test_summary_of_a_sweep_dir_marks_the_best_and_a_job_without_metrics(tmp_pat
     assert rows[0]["overrides"] == {"trainer.max_steps": 4, "optim.lr": 0.001}
     assert rows[10]["overrides"] == {"trainer.max_steps": "4", "optim.lr": "1e-2"}  # no config.yaml: as given
     assert rows[0] | {"overrides": None} == {
-        "job": 0, "dir": str(sweep / "0"), "overrides": None, "steps": 4, "best_val_loss": 2.0,
+        "job": 0, "dir": str((sweep / "0").absolute()), "overrides": None, "steps": 4, "best_val_loss": 2.0,
         "final_val_loss": 2.5, "tokens_per_sec": 350.0, "train_time": 3.0, "status": "done", "best": False,
     }  # fmt: skip
     assert (rows[2]["best_val_loss"], rows[2]["final_val_loss"], rows[2]["tokens_per_sec"]) == (1.75, 1.75, 200.0)
     assert (rows[2]["steps"], rows[2]["status"], rows[2]["best"]) == (3, "incomplete", True)
     assert rows[10] | {"overrides": None} == {
-        "job": 10, "dir": str(sweep / "10"), "overrides": None, "steps": None, "best_val_loss": None,
+        "job": 10, "dir": str((sweep / "10").absolute()), "overrides": None, "steps": None, "best_val_loss": None,
         "final_val_loss": None, "tokens_per_sec": None, "train_time": None, "status": "no metrics", "best": False,
     }  # fmt: skip
     json.dumps(summary.rows, allow_nan=False)  # summary.json's rows are plain JSON
@@ -124,6 +126,15 @@ def test_summary_of_a_sweep_dir_marks_the_best_and_a_job_without_metrics(tmp_pat
     assert job0.index("2.0000") == job2.index("1.7500") and job0.index("350") == job2.index("200")  # right-aligned
     assert header.index("status") == job0.index("done") == job2.index("incomplete") == job10.index("no metrics")
     assert "| 2 | 3e-3 | 3 | **1.7500** | 1.7500 | 200 | 1.50s | incomplete |" in markdown(summary)
+
+    # the sweep runs again into the same directory, job 2 alone: job 0 and 10 are leftovers of the first one
+    for path in [p for p in sweep.rglob("*")] + [sweep / "0", sweep / "10"]:
+        os.utime(path, (time.time() - 3600, time.time() - 3600))
+    started = time.time() - 1
+    write_job(sweep, 2, ["trainer.max_steps=4", "optim.lr=3e-3"], [val.format(4, 1.5, 128, 2.0)],
+              {**config, "optim": {"lr": 0.003}, "trainer": {"max_steps": 5, "max_time": 2.0}})  # fmt: skip
+    again = summarize(sweep, since=started)
+    assert [(r["job"], r["best_val_loss"], r["status"]) for r in again.rows] == [(2, 1.5, "time budget")]
 
 
 def test_without_hydra_override_files_the_differing_config_values_are_shown(tmp_path):

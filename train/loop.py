@@ -232,13 +232,7 @@ def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[
             _nonfinite(r, state)
             continue
         logs = (state.step + 1) % tcfg.log_interval == 0 or state.step + 1 == tcfg.max_steps
-        ratio = UpdateRatio(list(raw_model.parameters())) if logs and tcfg.log_update_ratio else None
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        health = optimizer_step(r, track=logs and tcfg.log_update_ratio)
         state.step += 1
         state.tokens_seen += tokens_per_step
         meter.add(loss)  # stays on the device: no sync until logged
@@ -249,8 +243,6 @@ def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[
         out_of_time = tcfg.max_time is not None and dist.any_rank(elapsed >= tcfg.max_time, info, device)
         last = state.step == tcfg.max_steps or out_of_time  # the final eval and save follow the loop
         if state.step % tcfg.log_interval == 0 or last:
-            sharded = dist.is_sharded(raw_model)
-            health = ratio.read((lambda t: dist.total(t, info)) if sharded else None) if ratio is not None else {}
             maybe_log(r, state, meter, lr, grad_norm, health)
         with meter.paused():
             val = maybe_eval(r, state) if _due(state.step, tcfg.eval_interval) and not last else None
@@ -264,6 +256,22 @@ def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[
     maybe_save(r, state, t_start, val)
     tracker.close()
     return {"val/loss": val["loss"], "val/ppl": val["ppl"], "step": state.step}
+
+
+def optimizer_step(r: Run, track: bool) -> dict[str, torch.Tensor]:
+    """The optimizer step (through the grad scaler with fp16) and zero_grad. track: also this step's update/weight
+    ratios (UpdateRatio; its copy of the weights is freed on return), as device tensors; else {}."""
+    ratio = UpdateRatio(list(r.raw_model.parameters())) if track else None
+    if r.scaler is not None:
+        r.scaler.step(r.optimizer)
+        r.scaler.update()
+    else:
+        r.optimizer.step()
+    r.optimizer.zero_grad(set_to_none=True)
+    if ratio is None:
+        return {}
+    sharded = dist.is_sharded(r.raw_model)  # FSDP: each rank holds a shard of every tensor; sum their squares
+    return ratio.read((lambda t: dist.total(t, r.info)) if sharded else None)
 
 
 def forward_backward(
@@ -381,7 +389,7 @@ def maybe_eval(r: Run, state: TrainState) -> dict[str, float]:
         )  # one batch; private generators seeded from s.seed: the training RNG is untouched
         texts = [c[0].text for c in outputs]
         r.tracker.log_samples([{"prompt": p, "completion": t} for p, t in zip(r.prompts, texts)], state.step)
-        quality = sample_quality(r.prompts, texts, code=r.cfg.task.check_syntax)  # distinct-n, repetition, parses
+        quality = sample_quality(r.prompts, texts)  # distinct-n, repetition, parses
         r.tracker.log({f"val/{k}": v for k, v in quality.items()}, state.step)
     if (r.info.is_main or everyone) and r.cfg.task.objective == "seq2seq" and r.cfg.samples.eval_pairs > 0:
         scores, shown = seq2seq_scores(r.raw_model, r.tokenizer, r.val_loader, r.cfg.samples, r.cfg.task)

@@ -121,9 +121,9 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 class UpdateRatio:
     """The update/weight ratio of one optimizer step, ||w_after - w_before|| / ||w_before|| over all parameters
-    (a health metric: a healthy run keeps it steady, near 1e-3 for AdamW at nanoGPT's learning rates; one that
-    grows by orders of magnitude is diverging). update_ratio_max is the largest ratio of any one weight matrix (biases
-    and norm gains left out: they start at zero or one and their ratios say little).
+    (a health metric: it follows the learning-rate schedule, e.g. about 1e-2 at the demo's peak lr and 1e-3 late in
+    its decay; a jump by orders of magnitude at a steady lr means trouble). update_ratio_max is the largest ratio of
+    any one weight matrix (biases and norm gains left out: they start at zero or one and their ratios say little).
 
     Costs a copy of the weights, so the loop takes it on log steps only. reduce sums per-tensor squares over ranks
     when the weights are sharded (FSDP); replicas (DDP) need none.

@@ -10,6 +10,7 @@ sweep: a job without metrics is a "no metrics" row, and any other error one `war
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,9 +43,22 @@ class Summary:
 # reading the sweep
 
 
-def job_dirs(sweep_dir: Path) -> list[Path]:
-    """The sweep's job directories (<sweep dir>/<job num>, configs/hydra/default.yaml), by job number."""
-    return sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+def job_dirs(sweep_dir: Path, since: float | None = None) -> list[Path]:
+    """The sweep's job directories (<sweep dir>/<job num>, configs/hydra/default.yaml), by job number.
+
+    since: a time.time() when the sweep started; job directories no file of which was written since are left out
+    (a sweep run again into the same hydra.sweep.dir with fewer jobs leaves the old ones there).
+    """
+    jobs = [p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+    if since is not None:
+        jobs = [p for p in jobs if _last_written(p) >= since]
+    return sorted(jobs, key=lambda p: int(p.name))
+
+
+def _last_written(job_dir: Path) -> float:
+    """The newest modification time of a job directory, its Hydra files and its run files."""
+    files = (job_dir, job_dir / ".hydra" / "overrides.yaml", job_dir / "config.yaml", job_dir / "metrics.jsonl")
+    return max(f.stat().st_mtime for f in files if f.exists())
 
 
 def read_yaml(path: Path) -> Any:
@@ -67,13 +81,13 @@ def job_row(job_dir: Path, config: dict[str, Any], overrides: dict[str, Any]) ->
     max_steps = config.get("trainer.max_steps")
     if not records:
         status = "no metrics"
-    elif steps and is_number(max_steps) and max(steps) < max_steps:
-        status = "incomplete"  # stopped before trainer.max_steps: its time budget, or cut short
+    elif steps and is_number(max_steps) and max(steps) < max_steps:  # stopped before trainer.max_steps
+        status = "time budget" if config.get("trainer.max_time") is not None else "incomplete"
     else:
         status = "done"
     return {
         "job": int(job_dir.name),
-        "dir": str(job_dir),
+        "dir": str(job_dir.absolute()),
         "overrides": overrides,
         "steps": max(steps) if steps else None,
         "best_val_loss": min(r["val/loss"] for r in val) if val else None,
@@ -97,13 +111,13 @@ def typed(key: str, text: str, config: dict[str, Any]) -> Any:
     return config.get(key.lstrip("+~"), text)
 
 
-def summarize(sweep_dir: Path) -> Summary:
+def summarize(sweep_dir: Path, since: float | None = None) -> Summary:
     """Read every job directory of a sweep into its row; mark the lowest best val loss (row "best": true).
 
     A job without .hydra/overrides.yaml (hydra.output_subdir=null) shows the config values that differ between the
     jobs' config.yaml files instead.
     """
-    dirs = job_dirs(sweep_dir)
+    dirs = job_dirs(sweep_dir, since)
     configs = [flatten(c) if isinstance(c := read_yaml(d / "config.yaml"), dict) else {} for d in dirs]
     shown = [job_overrides(d) for d in dirs]
     if any(s is None for s in shown):
@@ -189,9 +203,10 @@ def markdown(summary: Summary) -> str:
     return "\n".join(lines) + "\n"
 
 
-def report(sweep_dir: Path) -> Summary | None:
-    """Print the sweep's table and write summary.md and summary.json into sweep_dir; nothing without job dirs."""
-    summary = summarize(sweep_dir)
+def report(sweep_dir: Path, since: float | None = None) -> Summary | None:
+    """Print the sweep's table and write summary.md and summary.json into sweep_dir; nothing without job dirs.
+    since: when the sweep started (job_dirs)."""
+    summary = summarize(sweep_dir, since)
     if not summary.rows:  # e.g. a dry-run sweep, which leaves no run directory
         return None
     print(table(summary), flush=True)
@@ -202,11 +217,19 @@ def report(sweep_dir: Path) -> Summary | None:
 
 
 class SweepSummary(Callback):
-    """Hydra callback: when a multirun ends, report() on its sweep directory. A single run shows nothing."""
+    """Hydra callback: when a multirun ends, report() on its sweep directory. A single run shows nothing.
+
+    Hydra calls on_multirun_end only when every job returned: a failing job ends the sweep without a summary.
+    """
+
+    started: float | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.started = time.time() - 1.0  # file times can lag the clock by a tick; the old jobs are minutes older
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         try:
-            report(Path(config.hydra.sweep.dir))
+            report(Path(config.hydra.sweep.dir), self.started)
         except Exception as e:  # the sweep's runs are done and saved: a failed summary must not look like a failure
             message = str(e).strip().splitlines()[0] if str(e).strip() else ""
             warn(f"no sweep summary ({type(e).__name__}: {message})")
