@@ -78,6 +78,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     """
     run_dir = Path(run_dir)
     records = read_metrics(run_dir / "metrics.jsonl")
+    title = f"{run_dir.parent.name}/{run_dir.name}" if run_dir.name.isdigit() else run_dir.name  # a sweep's job
     written = []
     for name, (x_key, label) in X_AXES.items():
         train, val = curve(records, x_key, "train/loss"), curve(records, x_key, "val/loss")
@@ -88,7 +89,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
             ax.plot(*train, lw=1, alpha=0.7, label="train")
         if val[0]:
             ax.plot(*val, "o-", ms=3, label="val")
-        ax.set(xlabel=label, ylabel="loss (nats/token)", title=f"{run_dir.name}: loss vs {label}")
+        ax.set(xlabel=label, ylabel="loss (nats/token)", title=f"{title}: loss vs {label}")
         ax.grid(alpha=0.3)
         ax.legend()
         try:
