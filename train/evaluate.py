@@ -229,14 +229,18 @@ def bytes_per_token(tokenizer: Any, loader: Any) -> float | None:
     training): a causal split's text bytes over its tokens; a pair split's target bytes over its target tokens
     (cut as the loader cuts them). None for span corruption, whose targets are not text of their own."""
     if isinstance(loader, Seq2SeqLoader):
-        T = loader.target_length
-        targets = [fit_pair(i, t, T, T, tokenizer.eot_id)[1] for i, t in loader.pairs()]
+        targets = [t for _, t in cut_pairs(loader, tokenizer.eot_id)]
         tokens, num_bytes = sum(len(t) for t in targets), sum(text_bytes(tokenizer, t) for t in targets)
     elif hasattr(loader, "block_size"):
         tokens, num_bytes = len(loader.data), text_bytes(tokenizer, loader.data)
     else:
         return None
     return num_bytes / tokens if tokens and num_bytes else None
+
+
+def cut_pairs(loader: Seq2SeqLoader, eot_id: int) -> list[tuple[list[int], list[int]]]:
+    """Every pair of the loader's split, cut as its batches cut them (fit_pair to its input and target lengths)."""
+    return [fit_pair(i, t, loader.input_length, loader.target_length, eot_id) for i, t in loader.pairs()]
 
 
 def fit_pair(
@@ -486,7 +490,7 @@ def score_pair_split(
     """A T5 on every target of a pair split, teacher-forced, pairs cut to block_size as in training."""
     T = model.config.block_size
     loader = Seq2SeqLoader(data, split, batch_size, T, T, tokenizer)  # reads the split's pairs and checks tokenizer
-    pairs = [fit_pair(i, t, T, T, tokenizer.eot_id) for i, t in loader.pairs()]
+    pairs = cut_pairs(loader, tokenizer.eot_id)
     if not pairs:
         raise ValueError(f"the {split} split of data={data!r} holds no pairs; prepare more pairs")
     scores = score_pairs(model, pairs, tokenizer.eot_id, _start_id(model, tokenizer), batch_size, ctx)

@@ -231,7 +231,7 @@ def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[
             optimizer.zero_grad(set_to_none=True)
             _nonfinite(r, state)
             continue
-        logs = (state.step + 1) % tcfg.log_interval == 0 or state.step + 1 == tcfg.max_steps
+        logs = _due(state.step + 1, tcfg.log_interval) or state.step + 1 == tcfg.max_steps  # as maybe_log's test
         health = optimizer_step(r, track=logs and tcfg.log_update_ratio)
         state.step += 1
         state.tokens_seen += tokens_per_step
@@ -242,7 +242,7 @@ def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[
         # a collective (and a host sync) per step only when there is a time budget to agree on
         out_of_time = tcfg.max_time is not None and dist.any_rank(elapsed >= tcfg.max_time, info, device)
         last = state.step == tcfg.max_steps or out_of_time  # the final eval and save follow the loop
-        if state.step % tcfg.log_interval == 0 or last:
+        if _due(state.step, tcfg.log_interval) or last:
             maybe_log(r, state, meter, lr, grad_norm, health)
         with meter.paused():
             val = maybe_eval(r, state) if _due(state.step, tcfg.eval_interval) and not last else None
