@@ -12,7 +12,10 @@ from typing import List, Optional
 DOCUMENT_CORPORA = ("shakespeare", "python-code", "text", "tinystories")
 PAIR_CORPORA = ("pairs", "python-docstrings")
 CORPORA = DOCUMENT_CORPORA + PAIR_CORPORA
-TOKENIZERS = ("gpt2", "char", "byte", "model")  # model: the init_from model's own (python -m train)
+TOKENIZERS = ("gpt2", "char", "byte", "bpe", "model")  # model: the init_from model's own (python -m train)
+TINYSTORIES_SOURCES = ("shipped", "hub")
+MIN_BPE_VOCAB = 257  # a bpe vocabulary without a single merge: the 256 byte tokens plus end-of-text
+MAX_VOCAB = 1 << 32  # token files are uint16 up to 65,536 ids, else uint32
 PAIRS_DIRECTIONS = ("code", "docstring", "both")
 
 
@@ -22,15 +25,20 @@ class DataConfig:
     # concatenated, in order. documents: shakespeare | python-code | text | tinystories;
     # input/target pairs: pairs | python-docstrings (the two kinds do not mix)
     corpora: List[str] = field(default_factory=lambda: ["shakespeare"])
-    tokenizer: str = "char"  # gpt2 (tiktoken BPE, offline) | char (vocabulary from the corpus) | byte
+    # gpt2 (tiktoken BPE, offline) | char (vocabulary from the corpus) | byte | bpe (byte-level BPE trained on the
+    # train split at preparation, data.vocab_size ids)
+    tokenizer: str = "char"
+    vocab_size: int = 4096  # bpe: ids of the trained vocabulary, end-of-text included (sentinels, FIM ids come after)
     paths: List[str] = field(default_factory=list)  # corpus=text or pairs: files, directories or globs
     extensions: List[str] = field(default_factory=lambda: [".txt", ".md", ".py", ".jsonl"])  # corpus=text, dirs
     jsonl_field: str = "text"  # field holding the document in .jsonl files
     include_tests: bool = False  # python-code: also take the stdlib's test files
-    hub_dataset: str = "roneneldan/TinyStories"  # tinystories: Hugging Face dataset name ...
+    # tinystories: shipped (the subset inside nanoloom, offline) | hub (the whole dataset from the Hugging Face hub)
+    source: str = "shipped"
+    hub_dataset: str = "roneneldan/TinyStories"  # tinystories, source=hub: Hugging Face dataset name ...
     # ... and its files; a file named *valid* / *val* is the val split
     hub_files: List[str] = field(default_factory=lambda: ["TinyStories-train.txt", "TinyStories-valid.txt"])
-    hub_local_dir: Optional[str] = None  # tinystories: read these files from here instead of the hub
+    hub_local_dir: Optional[str] = None  # tinystories, source=hub: read these files from here instead of the hub
     input_field: str = "input"  # corpus=pairs: field of each .jsonl line holding the input text ...
     target_field: str = "target"  # ... and the one holding the target text
     prefix: str = ""  # corpus=pairs: prepended to every input, a T5 task prefix such as "question: "
@@ -60,6 +68,19 @@ class DataConfig:
         if self.tokenizer not in TOKENIZERS:
             choices = ", ".join(TOKENIZERS)
             raise ValueError(f"unknown tokenizer {self.tokenizer!r}; set data.tokenizer to one of {choices}")
+        if self.tokenizer == "bpe" and not MIN_BPE_VOCAB <= self.vocab_size < MAX_VOCAB:
+            raise ValueError(
+                f"data.vocab_size={self.vocab_size} cannot hold a bpe vocabulary: it needs the 256 byte tokens plus "
+                f"end-of-text ({MIN_BPE_VOCAB}) and must fit uint32 token files (< {MAX_VOCAB:,}); "
+                f"set data.vocab_size between {MIN_BPE_VOCAB} and {MAX_VOCAB - 1:,} (4096 suits small models)"
+            )
+        if self.source not in TINYSTORIES_SOURCES:
+            raise ValueError(f"data.source={self.source!r}; choose from {', '.join(TINYSTORIES_SOURCES)}")
+        if self.hub_local_dir and self.source != "hub":
+            raise ValueError(
+                "data.hub_local_dir names hub files, but data.source=shipped reads the TinyStories subset inside "
+                "nanoloom: add data.source=hub"
+            )
         if "text" in self.corpora and not self.paths:
             raise ValueError("corpus 'text' needs data.paths=[<file, directory or glob>, ...]")
         # corpus=pairs without data.paths is refused when the corpus is read, so configs/data/pairs.yaml composes.

@@ -4,18 +4,20 @@
 input/target Pairs of the seq2seq corpora (the user's .jsonl pairs; python-docstrings, code <-> docstring from the
 stdlib). `source_hashes(cfg)` hashes the raw files behind them without parsing, so data preparation can key its
 cache by content. Everything is real text already on the machine (an installed package, the interpreter's stdlib,
-the user's files), except TinyStories, which is downloaded from the Hugging Face hub only when asked for (or read
-from `data.hub_local_dir`).
+the user's files, the TinyStories subset shipped in data/assets/tinystories/); the whole TinyStories dataset is
+downloaded from the Hugging Face hub only when asked for (`data.source=hub`, or read from `data.hub_local_dir`).
 """
 
 from __future__ import annotations
 
 import ast
 import glob
+import gzip
 import hashlib
 import importlib.util
 import json
 import logging
+import lzma
 import os
 import re
 import socket
@@ -32,6 +34,9 @@ logger = logging.getLogger(__name__)
 # Bump when the way files are turned into documents changes: it is part of the prepared-data cache key.
 CORPORA_VERSION = 1
 EOT_LINE = "<|endoftext|>"  # TinyStories' story separator, alone on its line
+# TinyStories stories shipped with nanoloom (xz-compressed; provenance and license in PROVENANCE.md there)
+TINYSTORIES_DIR = Path(__file__).resolve().parent / "assets" / "tinystories"
+TINYSTORIES_SHIPPED = ("train.txt.xz", "valid.txt.xz")
 
 
 @dataclass(frozen=True)
@@ -412,12 +417,26 @@ def load_python_docstrings(cfg: DataConfig) -> list[Pair]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# tinystories: the TinyStories-*.txt files of a Hugging Face dataset
+# tinystories: the subset shipped with nanoloom, or the TinyStories-*.txt files of a Hugging Face dataset
 
 
 def hub_split(filename: str) -> str:
     """train or val, from a hub file name ("TinyStories-valid.txt" -> val)."""
     return "val" if re.search(r"(^|[-_.])(valid|validation|val)([-_.]|$)", filename.lower()) else "train"
+
+
+def tinystories_files(cfg: DataConfig) -> list[tuple[str, Path]]:
+    """(name, path) of the story files: the shipped subset (data.source=shipped), else the hub's (hub_files)."""
+    if cfg.source == "hub":
+        return hub_files(cfg)
+    files = [(name, TINYSTORIES_DIR / name) for name in TINYSTORIES_SHIPPED]
+    for _, path in files:
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} is missing from this nanoloom installation; reinstall nanoloom, or read the dataset from the "
+                "hub with data.source=hub"
+            )
+    return files
 
 
 def hub_files(cfg: DataConfig) -> list[tuple[str, Path]]:
@@ -466,11 +485,15 @@ def _first_sentence(e: Exception) -> str:
 
 
 def read_stories(path: Path, limit: int | None = None) -> list[str]:
-    """Stories of a file in the TinyStories layout: each story is followed by a line holding only <|endoftext|>."""
+    """Stories of a file in the TinyStories layout: each story is followed by a line holding only <|endoftext|>.
+
+    A file named *.xz or *.gz is decompressed as it is read.
+    """
     stories: list[str] = []
     lines: list[str] = []
+    opener = {".xz": lzma.open, ".gz": gzip.open}.get(Path(path).suffix, open)
     try:
-        with open(path, encoding="utf-8") as f:
+        with opener(path, "rt", encoding="utf-8") as f:
             for line in f:
                 if line.strip() != EOT_LINE:
                     lines.append(line)
@@ -483,6 +506,8 @@ def read_stories(path: Path, limit: int | None = None) -> list[str]:
                         return stories
     except UnicodeDecodeError as e:
         raise ValueError(f"{path} is not valid UTF-8 ({e.reason} at byte {e.start}); download it again") from None
+    except (lzma.LZMAError, gzip.BadGzipFile, EOFError) as e:
+        raise ValueError(f"{path} is not a readable compressed file ({e}); download it again") from None
     story = "".join(lines).strip()
     if story and (limit is None or len(stories) < limit):
         stories.append(story)
@@ -490,16 +515,17 @@ def read_stories(path: Path, limit: int | None = None) -> list[str]:
 
 
 def load_tinystories(cfg: DataConfig) -> list[Document]:
-    """One document per story. The hub's own train/valid files fix the split (max_documents applies per file)."""
-    files = hub_files(cfg)
+    """One document per story. The train/valid files fix the split (max_documents applies per file)."""
+    files = tinystories_files(cfg)
     fixed = any(hub_split(name) == "val" for name, _ in files)  # without a valid file, the document split decides
+    where = cfg.hub_dataset if cfg.source == "hub" else "nanoloom:tinystories"
     docs = []
     for name, path in files:
         split = hub_split(name) if fixed else None
         stories = read_stories(path, cfg.max_documents)
-        docs += [Document(text, f"{cfg.hub_dataset}/{name}#{i}", split) for i, text in enumerate(stories)]
+        docs += [Document(text, f"{where}/{name}#{i}", split) for i, text in enumerate(stories)]
     if not docs:
-        raise ValueError(f"tinystories: no stories in {', '.join(cfg.hub_files)}; check the files' format")
+        raise ValueError(f"tinystories: no stories in {', '.join(n for n, _ in files)}; check the files' format")
     return docs
 
 
@@ -527,7 +553,7 @@ def source_files(cfg: DataConfig) -> dict[str, list[tuple[str, Path]]]:
         "shakespeare": shakespeare_files,
         "python-code": lambda: python_files(cfg.include_tests),
         "text": lambda: text_files(cfg),
-        "tinystories": lambda: hub_files(cfg),
+        "tinystories": lambda: tinystories_files(cfg),
         "pairs": lambda: pairs_files(cfg),
         "python-docstrings": lambda: python_files(include_tests=False),
     }

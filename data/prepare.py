@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import re
 import shutil
 import sys
+import time
 import uuid
-from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,7 +35,9 @@ from tqdm import tqdm
 from data.config import DataConfig
 from data.corpora import CORPORA_VERSION, Document, Pair, load_documents, load_pairs, source_hashes
 from data.fim import fim_arrays, fim_plan
-from data.tokenizer import CharTokenizer, Tokenizer, get_tokenizer
+from data.tokenizer import BPETokenizer, CharTokenizer, Tokenizer, get_tokenizer
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "nanoloom-data"
 FORMAT_VERSION = 1
@@ -49,6 +52,9 @@ CONTENT_FIELDS = (
 PAIR_FIELDS = ("input_field", "target_field", "prefix", "pairs_direction")
 # ... and fim_rate only when > 0 (so datasets without fill-in-the-middle keep their keys).
 FIM_FIELDS = ("fim_rate",)
+# ... and these only where they apply: the bpe vocabulary's size, where tinystories comes from.
+BPE_FIELDS = ("vocab_size",)
+TINYSTORIES_FIELDS = ("source",)
 FIM_STREAM = 2  # tags the fill-in-the-middle plan's seed apart from the split shuffle's (split_seed alone)
 PAIRS_INDEX_COLUMNS = ("input_start", "input_length", "target_start", "target_length")
 CHUNK_CHARS = 1 << 22  # characters tokenized per batch: bounds memory, paces the progress bar
@@ -68,6 +74,8 @@ def token_dtype(vocab_size: int) -> np.dtype:
 def content_config(cfg: DataConfig) -> dict[str, Any]:
     """The DataConfig fields that decide the prepared tokens, by name."""
     fields = CONTENT_FIELDS + (PAIR_FIELDS if cfg.is_pairs else ()) + (FIM_FIELDS if cfg.fim_rate > 0 else ())
+    fields += BPE_FIELDS if cfg.tokenizer == "bpe" else ()
+    fields += TINYSTORIES_FIELDS if "tinystories" in cfg.corpora else ()
     return {f: getattr(cfg, f) for f in fields}
 
 
@@ -311,27 +319,47 @@ def _publish(tmp: Path, final: Path, key: str) -> None:
             raise
 
 
-def _tokenizer_for(cfg: DataConfig, texts: Iterable[str], given: Tokenizer | None = None) -> Tokenizer:
-    """cfg's tokenizer (without sentinels); a char vocabulary is built from texts, so no split has unknown chars.
+def _tokenizer_for(
+    cfg: DataConfig, texts: list[str], train_texts: list[str], progress: bool, given: Tokenizer | None = None
+) -> tuple[Tokenizer, float | None]:
+    """cfg's tokenizer (without sentinels), and the seconds it took to train (None: nothing was trained).
 
-    data.tokenizer=model: the tokenizer of the model being fine-tuned, given by the trainer.
+    char: the vocabulary is every character of texts, so no split has unknown characters. bpe: trained on the train
+    split alone, so val stays held out. data.tokenizer=model: the tokenizer of the model being fine-tuned, given by
+    the trainer.
     """
     if cfg.tokenizer == "model":
-        return given
-    return CharTokenizer.from_texts(texts) if cfg.tokenizer == "char" else get_tokenizer(cfg.tokenizer)
+        return given, None
+    if cfg.tokenizer == "char":
+        return CharTokenizer.from_texts(texts), None
+    if cfg.tokenizer != "bpe":
+        return get_tokenizer(cfg.tokenizer), None
+    start = time.perf_counter()
+    tokenizer = BPETokenizer.train(train_texts, cfg.vocab_size, progress=progress)
+    seconds = time.perf_counter() - start
+    if tokenizer.vocab_size < cfg.vocab_size:
+        logger.warning(
+            "warning: the train split has too few distinct byte pairs for data.vocab_size=%d: the bpe vocabulary "
+            "stops at %d ids (give more text or a smaller data.vocab_size)",
+            cfg.vocab_size,
+            tokenizer.vocab_size,
+        )
+    return tokenizer, seconds
 
 
 def _write_documents(
     cfg: DataConfig, tmp: Path, progress: bool, desc: str, given: Tokenizer | None = None
-) -> tuple[Tokenizer, dict[str, Any]]:
-    """train.bin and val.bin of a document dataset into tmp; returns the tokenizer and the per-split counts.
+) -> tuple[Tokenizer, dict[str, Any], float | None]:
+    """train.bin and val.bin of a document dataset into tmp; returns the tokenizer, the per-split counts and the
+    seconds the tokenizer took to train (None when none was trained).
 
     With cfg.fim_rate > 0 the tokenizer has FIM ids and train document i is rearranged as fim_plan() decides from
     (split_seed, FIM_STREAM) and i; val documents never are.
     """
     docs = load_documents(cfg)
     train_docs, val_docs = split_documents(docs, cfg.val_fraction, cfg.split_seed)
-    tokenizer = _tokenizer_for(cfg, (d.text for d in docs), given)
+    texts = [d.text for d in docs]
+    tokenizer, seconds = _tokenizer_for(cfg, texts, [d.text for d in train_docs], progress, given)
     if cfg.fim_rate > 0:
         tokenizer = tokenizer.with_fim()
     splits = {}
@@ -344,23 +372,25 @@ def _write_documents(
         splits[split] = {"file": f"{split}.bin", "tokens": tokens, "documents": len(split_docs)}
         if cuts is not None:
             splits[split]["fim_documents"] = int((cuts[:, 0] >= 0).sum())
-    return tokenizer, splits
+    return tokenizer, splits, seconds
 
 
 def _write_pairs(
     cfg: DataConfig, tmp: Path, progress: bool, desc: str, given: Tokenizer | None = None
-) -> tuple[Tokenizer, dict[str, Any]]:
-    """<split>_pairs.bin/.idx of a pair dataset into tmp; returns the tokenizer and the per-split counts."""
+) -> tuple[Tokenizer, dict[str, Any], float | None]:
+    """<split>_pairs.bin/.idx of a pair dataset into tmp; returns what _write_documents returns."""
     pairs = load_pairs(cfg)
     train_pairs, val_pairs = split_pairs(pairs, cfg.val_fraction, cfg.split_seed)
-    tokenizer = _tokenizer_for(cfg, (t for p in pairs for t in (p.input, p.target)), given)
+    texts = [t for p in pairs for t in (p.input, p.target)]
+    train_texts = [t for p in train_pairs for t in (p.input, p.target)]
+    tokenizer, seconds = _tokenizer_for(cfg, texts, train_texts, progress, given)
     splits = {}
     for split, split_pairs_ in zip(SPLITS, (train_pairs, val_pairs)):
         files = {"file": f"{split}_pairs.bin", "index": f"{split}_pairs.idx"}
         args = (tokenizer, cfg.num_workers, progress, f"{desc} {split}")
         counts = write_pairs(tmp / files["file"], tmp / files["index"], split_pairs_, *args)
         splits[split] = {**files, **counts, "groups": len({p.group for p in split_pairs_})}
-    return tokenizer, splits
+    return tokenizer, splits, seconds
 
 
 def prepare(cfg: DataConfig, cache_dir: str | Path, progress: bool = True, tokenizer: Tokenizer | None = None) -> Path:
@@ -394,7 +424,7 @@ def prepare(cfg: DataConfig, cache_dir: str | Path, progress: bool = True, token
     tmp.mkdir()  # unlike tempfile.mkdtemp, honours the umask: a shared cache stays readable
     try:
         write = _write_pairs if cfg.is_pairs else _write_documents
-        tokenizer, splits = write(cfg, tmp, progress, final.name, tokenizer)
+        tokenizer, splits, tokenizer_seconds = write(cfg, tmp, progress, final.name, tokenizer)
         meta = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -403,6 +433,7 @@ def prepare(cfg: DataConfig, cache_dir: str | Path, progress: bool = True, token
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "layout": "pairs" if cfg.is_pairs else "documents",
             "tokenizer": tokenizer.spec(),
+            **({"tokenizer_train_seconds": round(tokenizer_seconds, 3)} if tokenizer_seconds is not None else {}),
             "vocab_size": tokenizer.vocab_size,
             "eot_id": tokenizer.eot_id,
             "dtype": token_dtype(tokenizer.vocab_size).name,
@@ -439,7 +470,8 @@ def summary(data_dir: Path, meta: dict[str, Any]) -> str:
         else:
             fim = f"  ({info['fim_documents']:,} fill-in-the-middle)" if "fim_documents" in info else ""
             lines.append(f"{split:<9} {info['tokens']:>13,} tokens  {info['documents']:>9,} documents{fim}")
-    lines.append(f"tokenizer {meta['tokenizer']['name']} (vocab_size {meta['vocab_size']}, {meta['dtype']})")
+    trained = f", trained in {meta['tokenizer_train_seconds']:.1f}s" if "tokenizer_train_seconds" in meta else ""
+    lines.append(f"tokenizer {meta['tokenizer']['name']} (vocab_size {meta['vocab_size']}, {meta['dtype']}{trained})")
     return "\n".join(lines)
 
 

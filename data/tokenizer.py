@@ -29,6 +29,8 @@ import numpy as np
 import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 
+from data.config import MIN_BPE_VOCAB
+
 EOT_TEXT = "<|endoftext|>"
 EOT_BYTES = EOT_TEXT.encode("utf-8")
 # T5's sentinel text; decimal without leading zeros, as Hugging Face T5 tokenizers spell it.
@@ -480,6 +482,105 @@ class CharTokenizer(SentinelVocab):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# bpe: a byte-level BPE trained on the user's corpus
+
+
+def _load_backend(tokenizer_json: str) -> Any:
+    """The `tokenizers` library's Tokenizer of a tokenizer.json text (imported here: only bpe and hf need it)."""
+    try:
+        from tokenizers import Tokenizer as BackendTokenizer
+    except ImportError:
+        raise ImportError("the bpe and hf tokenizers need the tokenizers library: pip install tokenizers") from None
+    try:
+        return BackendTokenizer.from_str(tokenizer_json)
+    except Exception as e:  # the library raises its own exception type for malformed files
+        raise ValueError(f"cannot read this tokenizer.json: {e}") from None
+
+
+class BPETokenizer(SentinelVocab):
+    """A byte-level BPE with GPT-2's pre-tokenization, trained on a corpus (`BPETokenizer.train`); runs in `tokenizers`.
+
+    Ids 0..255 are the single bytes, then the merges in the order they were learned, then "<|endoftext|>" as the
+    last id of the base vocabulary (GPT-2's layout, so sentinels and FIM ids follow as for every other tokenizer).
+    Any UTF-8 text round-trips exactly: there is no normalizer and no unknown token. spec() embeds the tokenizer.json.
+    """
+
+    name = "bpe"
+
+    def __init__(self, tokenizer_json: str) -> None:
+        backend = _load_backend(tokenizer_json)
+        backend.encode_special_tokens = True  # "<|endoftext|>" in text is text; only the id is end-of-text
+        backend.no_truncation()
+        backend.no_padding()
+        self.vocab_size = backend.get_vocab_size(with_added_tokens=True)
+        self.eot_id = backend.token_to_id(EOT_TEXT)
+        if self.eot_id != self.vocab_size - 1:
+            raise ValueError(
+                f"this tokenizer.json is not a nanoloom bpe vocabulary: {EOT_TEXT} is id {self.eot_id}, not the last "
+                f"id ({self.vocab_size - 1}); train one with BPETokenizer.train"
+            )
+        chars = _byte_level_chars()
+        tokens = [backend.id_to_token(i) for i in range(self.eot_id)]
+        self._token_bytes = [bytes(chars[c] for c in t) for t in tokens] + [EOT_BYTES]
+        self.tokenizer_json = tokenizer_json
+        self._backend = backend
+
+    @classmethod
+    def train(cls, texts: Sequence[str], vocab_size: int, progress: bool = False) -> BPETokenizer:
+        """Learn vocab_size - 1 byte-level BPE tokens (and end-of-text) from texts; deterministic.
+
+        A corpus with fewer distinct pairs than that ends with a smaller vocabulary (see vocab_size of the result).
+        """
+        from tokenizers import Tokenizer as BackendTokenizer
+        from tokenizers import decoders, models, pre_tokenizers, trainers
+
+        if not isinstance(vocab_size, int) or vocab_size < MIN_BPE_VOCAB:
+            raise ValueError(
+                f"a bpe vocab_size of {vocab_size} cannot hold the 256 byte tokens plus end-of-text; "
+                f"set data.vocab_size >= {MIN_BPE_VOCAB}"
+            )
+        backend = BackendTokenizer(models.BPE())
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)  # GPT-2's regex
+        backend.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size - 1,  # the last id is end-of-text, added below
+            min_frequency=2,  # a pair seen once is no merge
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte, seen or not: nothing is unknown
+            show_progress=progress,
+        )
+        backend.train_from_iterator(texts, trainer, length=len(texts))
+        backend.add_special_tokens([EOT_TEXT])
+        return cls(backend.to_str())
+
+    def merges(self) -> tuple[dict[str, int], list[str]]:
+        """The model's vocabulary (byte-level token text -> id, end-of-text excluded) and its merges, in order."""
+        model = json.loads(self.tokenizer_json)["model"]
+        merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+        return dict(model["vocab"]), merges
+
+    def _encode(self, text: str) -> list[int]:
+        return self._backend.encode(text, add_special_tokens=False).ids
+
+    def _encode_batch(self, texts: list[str], num_threads: int = 2) -> list[list[int]]:
+        # The library encodes a batch on all cores itself; num_threads is accepted for the protocol.
+        return [e.ids for e in self._backend.encode_batch(texts, add_special_tokens=False)]
+
+    def _encode_arrays(self, texts: list[str], num_threads: int = 2) -> list[np.ndarray]:
+        return [np.array(ids, dtype=np.uint32) for ids in self._encode_batch(texts, num_threads)]
+
+    def _decode_bytes(self, ids: list[int]) -> bytes:
+        table = self._token_bytes
+        return b"".join(table[t] for t in ids)
+
+    def _spec(self) -> dict[str, Any]:
+        return {"name": self.name, "vocab_size": self.vocab_size, "eot_id": self.eot_id,
+                "tokenizer_json": self.tokenizer_json}  # fmt: skip
+
+    def __repr__(self) -> str:
+        return f"BPETokenizer(vocab_size={self.vocab_size}{self._sentinel_repr()})"
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # hf: a Hugging Face tokenizer.json
 
 
@@ -754,15 +855,16 @@ def _convert_to_tokenizer_json(directory: Path) -> str:
 # construction
 
 
-TOKENIZER_NAMES = ("gpt2", "byte", "char", "hf")
+TOKENIZER_NAMES = ("gpt2", "byte", "char", "bpe", "hf")
 
 
 def get_tokenizer(name: str, sentinels: int = 0, fim: bool = False, **kwargs: Any) -> Tokenizer:
-    """Tokenizer by name: "gpt2", "byte", "char" or "hf".
+    """Tokenizer by name: "gpt2", "byte", "char", "bpe" or "hf".
 
-    gpt2 takes optional vocab_bpe=, encoder_json= paths; char needs chars=; hf needs tokenizer_json= (the text of a
-    Hugging Face tokenizer.json) and takes an optional eot_id=. sentinels=n gives the tokenizer n T5 sentinel ids
-    and fim=True the fill-in-the-middle ids after them (see SentinelVocab and HFTokenizer).
+    gpt2 takes optional vocab_bpe=, encoder_json= paths; char needs chars=; bpe needs tokenizer_json= (its trained
+    vocabulary); hf needs tokenizer_json= (the text of a Hugging Face tokenizer.json) and takes an optional eot_id=.
+    sentinels=n gives the tokenizer n T5 sentinel ids and fim=True the fill-in-the-middle ids after them (see
+    SentinelVocab and HFTokenizer).
     """
     if name == "gpt2":
         tokenizer: Tokenizer = GPT2Tokenizer(**kwargs)
@@ -775,6 +877,13 @@ def get_tokenizer(name: str, sentinels: int = 0, fim: bool = False, **kwargs: An
                 "or CharTokenizer.from_texts(texts)"
             )
         tokenizer = CharTokenizer(**kwargs)
+    elif name == "bpe":
+        if "tokenizer_json" not in kwargs:
+            raise ValueError(
+                "the bpe tokenizer needs its vocabulary: get_tokenizer('bpe', tokenizer_json=<its text>) "
+                "or BPETokenizer.train(texts, vocab_size)"
+            )
+        tokenizer = BPETokenizer(**kwargs)
     elif name == "hf":
         if "tokenizer_json" not in kwargs:
             raise ValueError(
@@ -796,6 +905,8 @@ def tokenizer_from_spec(spec: dict[str, Any]) -> Tokenizer:
     kwargs: dict[str, Any] = {}
     if name == "char":
         kwargs = {"chars": spec.get("chars", "")}
+    elif name == "bpe":
+        kwargs = {"tokenizer_json": spec.get("tokenizer_json", "")}
     elif name == "hf":
         kwargs = {"tokenizer_json": spec.get("tokenizer_json", ""), "eot_id": spec.get("eot_id")}
     tokenizer = get_tokenizer(name, sentinels=int(spec.get("sentinels", 0)), fim=bool(spec.get("fim", False)), **kwargs)

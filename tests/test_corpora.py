@@ -86,7 +86,7 @@ def test_tinystories_from_a_local_dir(tmp_path):
     train = ["Once upon a time, there was a cat.\nThe cat was happy.", "Tom had a red ball.", "Lily saw a bird."]
     write_stories(tmp_path / "TinyStories-train.txt", train)
     write_stories(tmp_path / "TinyStories-valid.txt", ["Spot ran fast.\nHe won."])
-    cfg = DataConfig(name="ts", corpora=["tinystories"], tokenizer="gpt2", hub_local_dir=str(tmp_path))
+    cfg = DataConfig(name="ts", corpora=["tinystories"], tokenizer="gpt2", source="hub", hub_local_dir=str(tmp_path))
     docs = load_documents(cfg)
     assert [d.text for d in docs] == train + ["Spot ran fast.\nHe won."]
     assert [d.split for d in docs] == ["train"] * 3 + ["val"]
@@ -101,7 +101,7 @@ def test_read_stories_tolerates_a_missing_last_separator(tmp_path):
 
 
 def test_tinystories_missing_file_names_the_fix(tmp_path):
-    cfg = DataConfig(name="ts", corpora=["tinystories"], tokenizer="gpt2", hub_local_dir=str(tmp_path))
+    cfg = DataConfig(name="ts", corpora=["tinystories"], tokenizer="gpt2", source="hub", hub_local_dir=str(tmp_path))
     with pytest.raises(
         FileNotFoundError, match=r"TinyStories-train\.txt not found; download .* roneneldan/TinyStories"
     ):
@@ -115,3 +115,34 @@ def test_source_hashes_follow_content(tmp_path):
     assert before == source_hashes(cfg)
     (tmp_path / "a.txt").write_text("alpha!\n")
     assert source_hashes(cfg) != before
+
+
+def test_tinystories_ships_with_nanoloom_and_keeps_its_split():
+    cfg = DataConfig(name="ts", corpora=["tinystories"], tokenizer="bpe")  # data.source=shipped: no network
+    docs = load_documents(cfg)
+    train = [d for d in docs if d.split == "train"]
+    val = [d for d in docs if d.split == "val"]
+    assert (len(train), len(val)) == (3357, 649)  # the counts PROVENANCE.md gives
+    assert train[1].text.startswith("Once upon a time, there was a little car named Beep.")
+    assert not {d.text[:120] for d in train} & {d.text[:120] for d in val}  # held out: not even a shared opening
+    assert all("<|endoftext|>" not in d.text and d.text == d.text.strip() for d in docs)
+
+
+def test_hub_local_dir_without_source_hub_names_the_fix(tmp_path):
+    with pytest.raises(ValueError, match="add data.source=hub"):
+        DataConfig(name="ts", corpora=["tinystories"], hub_local_dir=str(tmp_path))
+
+
+def test_compressed_story_files_are_read(tmp_path):
+    import gzip
+    import lzma
+
+    text = "Once upon a time.\n<|endoftext|>\nThe end.\n<|endoftext|>\n"
+    with lzma.open(tmp_path / "s.txt.xz", "wt", encoding="utf-8") as f:
+        f.write(text)
+    with gzip.open(tmp_path / "s.txt.gz", "wt", encoding="utf-8") as f:
+        f.write(text)
+    assert read_stories(tmp_path / "s.txt.xz") == read_stories(tmp_path / "s.txt.gz") == ["Once upon a time.", "The end."]
+    (tmp_path / "bad.txt.xz").write_bytes(b"not xz at all")
+    with pytest.raises(ValueError, match="not a readable compressed file"):
+        read_stories(tmp_path / "bad.txt.xz")

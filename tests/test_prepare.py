@@ -138,7 +138,7 @@ def test_tinystories_keeps_the_hub_split(tmp_path):
         (tmp_path / name).write_text(
             "".join(f"Once upon a time, story {i}.\nThe end.\n<|endoftext|>\n" for i in range(n))
         )
-    cfg = DataConfig(name="ts", corpora=["tinystories"], tokenizer="gpt2", hub_local_dir=str(tmp_path))
+    cfg = DataConfig(name="ts", corpora=["tinystories"], tokenizer="gpt2", source="hub", hub_local_dir=str(tmp_path))
     data_dir = prepare(cfg, tmp_path / "cache", progress=False)
     splits = load_meta(data_dir)["splits"]
     assert (splits["train"]["documents"], splits["val"]["documents"]) == (5, 2)
@@ -297,3 +297,70 @@ def test_t5_sentinels_cannot_read_fim_data(tmp_path):
         SpanCorruptionLoader(
             data_dir, "train", batch_size=2, input_length=32, tokenizer=ByteTokenizer().with_sentinels()
         )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# bpe: a vocabulary trained on the train split
+
+
+def make_prose_corpus(root: Path, n: int = 40) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    animals = ["cat", "dog", "bird", "fish", "frog", "bear"]
+    for i in range(n):
+        a, b = animals[i % 6], animals[(i * 5 + 1) % 6]
+        (root / f"s{i:02d}.txt").write_text(
+            f"Once upon a time, a little {a} met a {b}. The {a} said, \"Hello, {b}!\" They played all day.\n"
+            f"def play_{i}(x):\n    return x + {i}\n"
+        )
+    return root
+
+
+def test_bpe_is_trained_on_the_train_split_only_and_cached(tmp_path, monkeypatch):
+    corpus = make_prose_corpus(tmp_path / "corpus")
+    (corpus / "zz_val_only.txt").write_text("Xylophonequartzjukebox " * 40)  # a word no train document holds
+    cfg = text_cfg(corpus, tokenizer="bpe", vocab_size=400, val_fraction=0.1, split_seed=3)
+    trained = []
+    original = prep.BPETokenizer.train
+    monkeypatch.setattr(prep.BPETokenizer, "train", lambda *a, **k: trained.append(a[0]) or original(*a, **k))
+    data_dir = prepare(cfg, tmp_path / "cache", progress=False)
+    meta = load_meta(data_dir)
+    tokenizer = tokenizer_from_spec(meta["tokenizer"])
+    assert tokenizer.name == "bpe" and meta["vocab_size"] == tokenizer.vocab_size <= 400
+    assert meta["tokenizer_train_seconds"] >= 0 and data_dir.name.startswith("t-bpe-")
+    (texts,) = trained
+    val_docs = documents_of_tokens(read_split(data_dir, "val"), tokenizer)
+    assert val_docs and not set(val_docs) & set(texts)  # val documents were never seen by the trainer
+    for split in ("train", "val"):  # the token files decode back to the documents exactly
+        docs = documents_of_tokens(read_split(data_dir, split), tokenizer)
+        assert len(docs) == meta["splits"][split]["documents"]
+    assert prepare(cfg, tmp_path / "cache", progress=False) == data_dir and len(trained) == 1  # cached: not retrained
+    other = prepare(text_cfg(corpus, tokenizer="bpe", vocab_size=300, val_fraction=0.1, split_seed=3),
+                    tmp_path / "cache", progress=False)  # fmt: skip
+    assert other != data_dir and len(trained) == 2  # the vocabulary size is part of the key
+
+
+def documents_of_tokens(tokens: np.ndarray, tokenizer) -> list[str]:
+    ends = np.flatnonzero(tokens == tokenizer.eot_id)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    return [tokenizer.decode(tokens[s:e]) for s, e in zip(starts, ends)]
+
+
+def test_bpe_on_a_small_corpus_warns_with_the_size_reached(tmp_path, caplog):
+    corpus = make_prose_corpus(tmp_path / "corpus", n=4)
+    data_dir = prepare(text_cfg(corpus, tokenizer="bpe", vocab_size=60000), tmp_path / "cache", progress=False)
+    reached = load_meta(data_dir)["vocab_size"]
+    assert 257 < reached < 60000
+    assert f"stops at {reached} ids" in caplog.text and "data.vocab_size=60000" in caplog.text
+
+
+@pytest.mark.parametrize("size", [256, 0, 1 << 32])
+def test_bpe_vocab_size_out_of_range_is_a_one_line_error(size):
+    with pytest.raises(ValueError, match=r"data.vocab_size=\d+ cannot hold a bpe vocabulary.*set data.vocab_size"):
+        DataConfig(tokenizer="bpe", vocab_size=size)
+    DataConfig(tokenizer="byte", vocab_size=size)  # only bpe reads it
+
+
+def test_cli_bpe_bad_vocab_size_is_one_line(tmp_path):
+    out = run_cli("data=tinystories", "data.vocab_size=100", f"paths.cache_dir={tmp_path / 'cache'}")
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+    assert "error: " in out.stderr and "data.vocab_size=100 cannot hold a bpe vocabulary" in out.stderr
