@@ -6,7 +6,9 @@ as litgpt's `generate_fn` does: a decoder-only (gpt) model prefills its KV cache
 token per step. Each step's logits go through sample.sampling (processors, then greedy argmax or the warpers and a
 draw), with every control in a GenerationConfig.
 
-Prompts of different lengths run as one batch: gpt prompts are padded on the left and every row gets its own
+Generation is not capped by the context: a gpt whose window would pass block_size re-prefills its most recent
+tokens (positions from 0) and goes on (_Decoder.step); a t5 decoder has no absolute positions and runs as long as
+asked. Prompts of different lengths run as one batch: gpt prompts are padded on the left and every row gets its own
 positions and an attention mask that hides the padding (the model's left_pad); t5 inputs are padded on the right
 with an encoder mask. Each row samples with its own generator seeded seed + row, so a prompt gives the same
 completion alone or in a batch. Text comes from sample.stopping.TextRow: UTF-8-safe, with stop strings and the
@@ -74,41 +76,50 @@ def _compute_dtype(model: nn.Module) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
 
 
-def fit_context(idx: torch.Tensor, max_new_tokens: int, block_size: int) -> tuple[torch.Tensor, int]:
-    """Make prompt + new tokens fit in block_size (learned positions cannot go past it), with a warning.
+def _keep_last(seq: torch.Tensor, pad: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The last keep[b] real tokens of each left-padded row of seq (B, N), left-padded again to one length.
 
-    A prompt that fits is never cropped: max_new_tokens shrinks to the room left after it. A prompt that does not
-    fit (T >= block_size) keeps its most recent tokens, leaving room for min(max_new_tokens, block_size // 2) new
-    ones. Returns (idx (B, T') with T' <= T, max_new_tokens').
+    Returns (window (B, M) with M = max(keep), its left padding (B,) or None when no row is padded).
+    """
+    M = int(keep.max())  # host-device sync: the new width
+    new_pad = M - keep  # (B,)
+    return seq[:, seq.size(1) - M :], (new_pad if bool(new_pad.any()) else None)  # (B, M): rows stay right-aligned
+
+
+def fit_context(
+    idx: torch.Tensor, pad: torch.Tensor | None, max_new_tokens: int, block_size: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Crop each gpt prompt longer than block_size to its most recent tokens, with a warning.
+
+    A prompt that fits (at most block_size real tokens) is never cropped, whatever max_new_tokens is: generation
+    slides its window past the context (see _Decoder). A longer prompt keeps its last
+    block_size - min(max_new_tokens, block_size // 2) tokens, leaving room for new tokens before the first slide.
+    Rows are cropped one by one (a left-padded row loses the same tokens as it would alone).
+    Returns (idx (B, T') with T' <= T, its left padding (B,) or None).
     """
     T = idx.size(1)
-    if T + max_new_tokens <= block_size:
-        return idx, max_new_tokens
-    if T < block_size:
-        warnings.warn(
-            f"prompt of {T} tokens + max_new_tokens={max_new_tokens} exceeds the model's context of {block_size} "
-            f"tokens; generating at most {block_size - T} new tokens",
-            stacklevel=4,
-        )
-        return idx, block_size - T
-    new = min(max_new_tokens, block_size // 2)
-    keep = block_size - new
+    pad = pad if pad is not None else torch.zeros(idx.size(0), dtype=torch.long, device=idx.device)
+    lengths = T - pad  # (B,) real tokens per row
+    longest = int(lengths.max())
+    if longest <= block_size:
+        return _keep_last(idx, pad, lengths)  # drops only columns that are padding in every row
+    kept = block_size - min(max_new_tokens, block_size // 2)
     warnings.warn(
-        f"prompt of {T} tokens is longer than the model's context of {block_size} tokens; dropped the first "
-        f"{T - keep} prompt tokens (kept the last {keep}) to generate up to {new} new tokens",
-        stacklevel=4,
+        f"prompt of {longest} tokens is longer than the model's context of {block_size} tokens; dropped the first "
+        f"{longest - kept} prompt tokens (kept the last {kept})",
+        stacklevel=5,
     )
-    return idx[:, T - keep :], new  # (B, keep): the most recent tokens
+    return _keep_last(idx, pad, torch.where(lengths > block_size, kept, lengths))
 
 
 def fit_encoder_input(
-    idx: torch.Tensor, enc_mask: torch.Tensor | None, max_new_tokens: int, block_size: int
-) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-    """Fit an encoder-decoder's input and output to block_size, with a warning for each change.
+    idx: torch.Tensor, enc_mask: torch.Tensor | None, block_size: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Fit an encoder-decoder's input to block_size, with a warning.
 
     An encoder input longer than block_size keeps its first block_size tokens (the start of a document carries the
-    instruction, as T5's preprocessing truncates); max_new_tokens is capped at block_size.
-    Returns (idx (B, S'), enc_mask (B, S') or None, max_new_tokens').
+    instruction, as T5's preprocessing truncates). The output is not capped: the decoder has no absolute positions
+    (relative bias), so it decodes as many tokens as asked. Returns (idx (B, S'), enc_mask (B, S') or None).
     """
     S = idx.size(1)
     if S > block_size:
@@ -119,14 +130,7 @@ def fit_encoder_input(
         )
         idx = idx[:, :block_size]  # (B, block_size)
         enc_mask = enc_mask[:, :block_size] if enc_mask is not None else None
-    if max_new_tokens > block_size:
-        warnings.warn(
-            f"max_new_tokens={max_new_tokens} exceeds the model's context of {block_size} tokens; generating at "
-            f"most {block_size} new tokens",
-            stacklevel=4,
-        )
-        max_new_tokens = block_size
-    return idx, enc_mask, max_new_tokens
+    return idx, enc_mask
 
 
 def _left_pad(attention_mask: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor | None:
@@ -146,37 +150,33 @@ def _left_pad(attention_mask: torch.Tensor | None, idx: torch.Tensor) -> torch.T
 
 def _fit_inputs(
     model: LM, idx: torch.Tensor, attention_mask: torch.Tensor | None, max_new_tokens: int
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, int]:
-    """Check the shared arguments of generate_tokens and beam_search, then fit them to the model's context.
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Check the shared arguments of generate_tokens and beam_search; fit a t5 encoder input to the context.
 
-    Returns (idx, left padding (B,) of a gpt batch or None, encoder mask of a t5 batch or None, max_new_tokens).
+    Returns (idx, left padding (B,) of a gpt batch or None, encoder mask of a t5 batch or None). A gpt prompt is
+    returned whole: the processors see all of it, and _Decoder crops what the model reads (fit_context).
     """
     if idx.dim() != 2 or idx.size(1) == 0:
         raise ValueError(f"idx must be a (B, T) tensor of prompt ids with T >= 1, got shape {tuple(idx.shape)}")
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 0")
-    block_size = model.config.block_size
     if model_kind(model) == "t5":
         if attention_mask is not None and attention_mask.shape != idx.shape:
             raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)} but idx has {tuple(idx.shape)}")
         enc_mask = attention_mask.bool() if attention_mask is not None else None  # True = real token
-        idx, enc_mask, max_new_tokens = fit_encoder_input(idx, enc_mask, max_new_tokens, block_size)
-        return idx, None, enc_mask, max_new_tokens
-    pad = _left_pad(attention_mask, idx)
-    T = idx.size(1)
-    idx, max_new_tokens = fit_context(idx, max_new_tokens, block_size)
-    if pad is not None:
-        pad = (pad - (T - idx.size(1))).clamp(min=0)  # cropping from the left drops padding first
-    return idx, pad, None, max_new_tokens
+        idx, enc_mask = fit_encoder_input(idx, enc_mask, model.config.block_size)
+        return idx, None, enc_mask
+    return idx, _left_pad(attention_mask, idx), None
 
 
 class _Decoder:
-    """Next-token logits (B, V) of one cached generation, alike for both model kinds.
+    """Next-token logits (B, V) of one cached generation, alike for both model kinds, at any output length.
 
-    gpt: the prompt idx (left-padded by `pad` (B,) columns, or None) is the decoder's first input. t5: idx is
-    encoded once here and the decoder's first input is the decoder start token (model.config.decoder_start_id,
-    else `start`). The constructor sets the model's KV cache for the prompt plus max_new_tokens positions; the
-    caller clears it.
+    gpt: the prompt idx (left-padded by `pad` (B,) columns, or None) is the decoder's first input, cropped by
+    fit_context when a row is longer than block_size. t5: idx is encoded once here and the decoder's first input is
+    the decoder start token (model.config.decoder_start_id, else `start`). The constructor sets the model's KV cache
+    (the caller clears it): t5 for the whole output (relative positions have no limit); gpt for at most block_size
+    slots, and when a row's window would grow past block_size, the window slides (see step).
     """
 
     def __init__(
@@ -194,7 +194,8 @@ class _Decoder:
         self.step_forward = _compiled_step(model) if compile else functools.partial(_forward, model)
         self.vocab_limit = vocab_limit  # ids >= this are never produced (a T5 embedding padded past its tokenizer)
         self.enc_out: torch.Tensor | None = None
-        self.enc_mask, self.pad = enc_mask, pad
+        self.enc_mask = enc_mask
+        self.tokens: torch.Tensor | None = None  # gpt: (B, L) the ids in the cache slots, to re-prefill from
         B, device = idx.size(0), idx.device
         if model_kind(model) == "t5":
             configured = getattr(model.config, "decoder_start_id", None)
@@ -204,8 +205,15 @@ class _Decoder:
             with self._autocast():
                 self.enc_out = model.encode(idx, enc_mask)  # (B, S, C): once per input
             idx = torch.full((B, 1), start, dtype=torch.long, device=device)  # (B, 1): the decoder's first input
+            max_seq_len = 1 + max_new_tokens
+        else:
+            self.block_size = model.config.block_size
+            idx, pad = fit_context(idx, pad, max_new_tokens, self.block_size)
+            max_seq_len = min(idx.size(1) + max_new_tokens, self.block_size)
+            self.tokens = torch.zeros(B, max_seq_len, dtype=torch.long, device=device)
+            self.tokens[:, : idx.size(1)] = idx
+        self.pad = pad
         self.first = idx
-        max_seq_len = idx.size(1) + max_new_tokens
         self.positions = torch.arange(max_seq_len, device=device)  # made once: no host-to-device copy per step
         self.pos = 0
         model.set_kv_cache(batch_size=B, max_seq_len=max_seq_len, device=device, dtype=self.dtype)
@@ -226,12 +234,36 @@ class _Decoder:
         return self._logits(self.first, functools.partial(_forward, self.model))  # eager: one shape, once
 
     def step(self, token: torch.Tensor) -> torch.Tensor:
-        """Feed one token per row (B,); logits (B, V) of the next one."""
+        """Feed one token per row (B,); logits (B, V) of the next one.
+
+        gpt, when every cache slot is taken: each row whose window (the tokens it attends to) would grow past
+        block_size keeps its last max(1, block_size // 2) tokens (the new one included); the other rows keep their
+        whole window. The rows are left-padded to one length again and prefilled anew, positions from 0 (learned
+        positions and RoPE alike), as if each row's window were a prompt alone. The new window then grows one token
+        per step until it would pass block_size again. The processors keep the whole history (sample.sampling).
+        """
+        if self.tokens is not None:
+            if self.pos == self.tokens.size(1):
+                return self._slide(token)
+            self.tokens[:, self.pos] = token
         return self._logits(token[:, None], self.step_forward)
 
+    def _slide(self, token: torch.Tensor) -> torch.Tensor:
+        """step() with a full cache: re-prefill each row's window (cropped when too long) from cache slot 0."""
+        seq = torch.cat([self.tokens, token[:, None]], dim=1)  # (B, L + 1)
+        pad = self.pad if self.pad is not None else torch.zeros_like(token)
+        lengths = seq.size(1) - pad  # (B,) each row's window with the new token
+        keep = torch.where(lengths > self.block_size, max(1, self.block_size // 2), lengths)  # (B,)
+        window, self.pad = _keep_last(seq, pad, keep)  # (B, M), M <= block_size
+        self.tokens[:, : window.size(1)] = window
+        self.pos = 0  # the slots after M hold stale keys/values; the causal mask never shows them
+        return self._logits(window, functools.partial(_forward, self.model))  # eager: a prefill
+
     def reorder(self, rows: torch.Tensor) -> None:
-        """Keep cache rows `rows` (B,) in that order, with the padding, encoder output and mask they go with."""
+        """Keep cache rows `rows` (B,) in that order, with the ids, padding, encoder output and mask they go with."""
         self.model.reorder_cache(rows)
+        if self.tokens is not None:
+            self.tokens = self.tokens.index_select(0, rows)  # (B, L)
         if self.pad is not None:
             self.pad = self.pad.index_select(0, rows)  # (B,)
         if self.enc_out is not None:
@@ -348,9 +380,11 @@ def generate_tokens(
     Args:
         model: a GPT (continues idx) or a T5 (encodes idx, then decodes from its decoder start token).
         idx: (B, T) token ids on the model's device, T >= 1: the prompts (gpt) or the encoder inputs (t5). A gpt
-            prompt is cropped from the left when T + max_new_tokens exceeds model.config.block_size; a t5 input
-            longer than block_size keeps its first block_size tokens. Both warn.
-        max_new_tokens: steps at most (overrides the config's; else max_length - T, see GenerationConfig).
+            prompt longer than model.config.block_size is cropped to its most recent tokens (fit_context); a t5
+            input longer than block_size keeps its first block_size tokens. Both warn.
+        max_new_tokens: steps at most (overrides the config's; else max_length - T, see GenerationConfig), at any
+            length: a gpt slides its window past block_size (see _Decoder.step; the processors still see the whole
+            prompt and output), a t5 decoder has no position limit.
         config, **controls: the decoding controls (sample.sampling.GenerationConfig); keywords override config.
             eos_token_id: a row is finished once it produced one of them and then repeats the first one; generation
             stops when every row is finished. A t5 model without decoder_start_id starts from the first eos id.
@@ -369,7 +403,7 @@ def generate_tokens(
         raise ValueError(f"generate_tokens samples or decodes greedily; num_beams={cfg.num_beams} needs beam_search")
     if max_new_tokens is None:
         max_new_tokens = _max_new_tokens(cfg, idx.size(1), model_kind(model))
-    idx, pad, enc_mask, max_new_tokens = _fit_inputs(model, idx, attention_mask, max_new_tokens)
+    idx, pad, enc_mask = _fit_inputs(model, idx, attention_mask, max_new_tokens)
     if max_new_tokens == 0:
         return
     eos = cfg.eos_ids(None)
@@ -459,7 +493,7 @@ def beam_search(
     cfg = _config(config, controls)
     if max_new_tokens is None:
         max_new_tokens = _max_new_tokens(cfg, idx.size(1), model_kind(model))
-    idx, pad, enc_mask, max_new_tokens = _fit_inputs(model, idx, attention_mask, max_new_tokens)
+    idx, pad, enc_mask = _fit_inputs(model, idx, attention_mask, max_new_tokens)
     B, K = idx.size(0), cfg.num_beams
     if max_new_tokens == 0:
         return [[([], 0.0)] for _ in range(B)]

@@ -1,5 +1,6 @@
 """Tests of sample/generate.py: KV-cached decoding equals a naive loop, eos, stop-string holdback, UTF-8 streaming."""
 
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -170,17 +171,15 @@ def test_prompt_longer_than_context_is_cropped_from_the_left():
     assert torch.equal(torch.stack(cropped), torch.stack(expected))
 
 
-def test_max_new_tokens_beyond_context_is_capped():
+def test_max_new_tokens_is_not_capped_by_the_context():
     model = tiny_gpt()  # block_size 32
-    with pytest.warns(UserWarning, match="at most 29 new tokens") as record:  # a short prompt is kept whole
-        steps = list(generate_tokens(model, torch.zeros(1, 3, dtype=torch.long), 100, temperature=0.0))
-    assert len(steps) == 29 and len(record) == 1
-    with pytest.warns(UserWarning) as record:  # a prompt that fits is never cropped: fewer new tokens instead
-        steps = list(generate_tokens(model, torch.zeros(1, 30, dtype=torch.long), 100, temperature=0.0))
-    assert len(steps) == 2 and len(record) == 1 and "at most 2 new tokens" in str(record[0].message)
-    with pytest.warns(UserWarning, match="dropped the first 16") as record:  # too long: half the context each
-        steps = list(generate_tokens(model, torch.zeros(1, 32, dtype=torch.long), 100, temperature=0.0))
-    assert len(steps) == 16 and len(record) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a prompt that fits is never cropped, and nothing is capped: no warning
+        assert len(list(generate_tokens(model, torch.zeros(1, 3, dtype=torch.long), 100, temperature=0.0))) == 100
+        assert len(list(generate_tokens(model, torch.zeros(1, 32, dtype=torch.long), 50, temperature=0.0))) == 50
+    with pytest.warns(UserWarning, match=r"dropped the first 32 prompt tokens \(kept the last 16\)") as record:
+        steps = list(generate_tokens(model, torch.zeros(1, 32 + 16, dtype=torch.long), 100, temperature=0.0))
+    assert len(steps) == 100 and len(record) == 1
 
 
 def test_seeded_completions_are_reproducible():
