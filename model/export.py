@@ -257,10 +257,36 @@ def t5_config(config: T5Config, eot_id: int | None, dtype: torch.dtype) -> dict[
     }
 
 
-def generation_config(hf_config: dict[str, Any]) -> dict[str, Any]:
-    """generation_config.json: generate() stops at our end-of-text and starts T5's decoder where we do."""
+def generation_config(hf_config: dict[str, Any], recorded: dict[str, Any] | None = None) -> dict[str, Any]:
+    """generation_config.json: generate() stops at our end-of-text and starts T5's decoder where we do.
+
+    recorded: the decoding defaults the checkpoint records (model.json meta.generation: its training task's preset),
+    written in transformers' names (the same as ours) so generate() and pipelines decode as nanoloom does. Controls
+    that are off are left out, and sampling controls appear only when sampling (transformers warns otherwise). Stop
+    strings and the code preset's end-of-block rule stay out (transformers' stop_strings need a tokenizer in every
+    generate() call); presence/frequency penalties have no transformers equivalent.
+    """
     keys = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
-    return {k: hf_config[k] for k in keys if hf_config.get(k) is not None}
+    out = {k: hf_config[k] for k in keys if hf_config.get(k) is not None}
+    r = recorded or {}
+    if not r:
+        return out
+    beams = int(r.get("num_beams") or 1)
+    out["do_sample"] = bool(r.get("do_sample")) and float(r.get("temperature", 1.0)) > 0 and beams == 1
+    if out["do_sample"]:  # top_k 0 (off) is written: transformers' default would be 50
+        out.update(temperature=r.get("temperature", 1.0), top_k=r.get("top_k") or 0)
+        out.update({k: r[k] for k in ("top_p", "typical_p") if r.get(k) is not None and r[k] < 1.0})
+        out.update({"min_p": r["min_p"]} if r.get("min_p") else {})
+    if beams > 1:
+        out.update(num_beams=beams, length_penalty=r.get("length_penalty", 1.0))
+        out["early_stopping"] = bool(r.get("early_stopping"))
+    out.update({k: r[k] for k in ("max_new_tokens", "max_length", "eos_token_id") if r.get(k) is not None})
+    out.update(
+        {k: r[k] for k in ("min_new_tokens", "no_repeat_ngram_size", "bad_words_ids", "suppress_tokens") if r.get(k)}
+    )
+    if r.get("repetition_penalty", 1.0) != 1.0:
+        out["repetition_penalty"] = r["repetition_penalty"]
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -595,7 +621,7 @@ def export_hf(checkpoint: str | Path, out: str | Path, *, dtype: str | None = No
     eot_id = spec.get("eot_id")
     hf_config = {"gpt2": gpt2_config, "llama": llama_config, "t5": t5_config}[arch](config, eot_id, target)
     files["config.json"] = _dumps(hf_config)
-    files["generation_config.json"] = _dumps(generation_config(hf_config))
+    files["generation_config.json"] = _dumps(generation_config(hf_config, (info.get("meta") or {}).get("generation")))
     n_params = sum(v.numel() for v in hf_state.values())
     where = directory.resolve()
     title = f"{where.parent.parent.name} ({where.name})" if where.parent.name == "checkpoints" else where.name
