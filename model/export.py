@@ -2,8 +2,8 @@
 
 GPT-2-style GPTs become GPT2LMHeadModel, rotary + RMSNorm + SwiGLU GPTs LlamaForCausalLM, T5s
 T5ForConditionalGeneration: weights are renamed (the reverse of model/hf.py), the rows of the padded vocabulary are cut
-off, and config.json, generation_config.json, the tokenizer files and a README.md model card are written as plain
-JSON/text, so exporting needs neither transformers nor tokenizers.
+off, and config.json, generation_config.json and a README.md model card are written as plain JSON/text, with the
+tokenizer files the tokenizer package writes (data.tokenizer.tokenizer_files), so exporting needs no transformers.
 CLI: python -m model.export checkpoint=<run or checkpoint dir> out=<dir> [dtype=bfloat16] [overwrite=true]; a user
 error is one `error: ...` line (exit status 2), and NANOLOOM_DEBUG=1 shows its traceback instead.
 """
@@ -26,8 +26,6 @@ from model.config import GPTConfig, T5Config
 from model.hf import t5_rename
 from model.registry import build_model, config_from_dict
 
-EOT_TEXT = "<|endoftext|>"
-SENTINEL_PATTERN = re.compile(r"<extra_id_(0|[1-9][0-9]*)>")  # T5 sentinel text, as data/tokenizer.py spells it
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # What a GPT must be for each transformers architecture to compute exactly what it computes. GPT-2 also needs
@@ -290,206 +288,6 @@ def generation_config(hf_config: dict[str, Any], recorded: dict[str, Any] | None
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# tokenizer files
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible map from bytes to printable characters (printable Latin-1 bytes map to themselves)."""
-    printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
-    extra = iter(range(256, 512))  # the other 68 bytes get the code points after Latin-1, in order
-    return {b: chr(b) if b in printable else chr(next(extra)) for b in range(256)}
-
-
-def _added_token(token_id: int, content: str, special: bool) -> dict[str, Any]:
-    return {"id": token_id, "content": content, "single_word": False, "lstrip": False, "rstrip": False,
-            "normalized": False, "special": special}  # fmt: skip
-
-
-def _bpe(vocab: dict[str, int], merges: list[str]) -> dict[str, Any]:
-    return {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-            "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
-            "vocab": vocab, "merges": merges}  # fmt: skip
-
-
-def _eos_template(eot_id: int, eot_text: str = EOT_TEXT) -> dict[str, Any]:
-    """Post-processor appending end-of-text to every input, as nanoloom ends every T5 encoder input."""
-    eot = {"SpecialToken": {"id": eot_text, "type_id": 0}}
-    return {
-        "type": "TemplateProcessing",
-        "single": [{"Sequence": {"id": "A", "type_id": 0}}, eot],
-        "pair": [{"Sequence": {"id": "A", "type_id": 0}}, eot, {"Sequence": {"id": "B", "type_id": 0}}, eot],
-        "special_tokens": {eot_text: {"id": eot_text, "ids": [eot_id], "tokens": [eot_text]}},
-    }
-
-
-def tokenizer_json(tokenizer: Any, encoder_input: bool) -> dict[str, Any]:
-    """A `tokenizers` library tokenizer.json that encodes and decodes exactly like a gpt2/byte/char tokenizer.
-
-    encoder_input: append end-of-text to every input (T5 encoders). End-of-text is an added special token,
-    sentinel i ("<extra_id_i>") an added non-special one, so decode(skip_special_tokens=True) keeps sentinels.
-    """
-    byte_level_pre = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
-    byte_level_dec = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
-    if tokenizer.name == "gpt2":
-        from data.tokenizer import gpt2_files
-
-        vocab_bpe, encoder_json = gpt2_files()
-        vocab = json.loads(encoder_json.read_text(encoding="utf-8"))
-        lines = vocab_bpe.read_text(encoding="utf-8").splitlines()
-        merges = [ln for ln in lines if ln and not ln.startswith("#version")]
-        model, pre, dec = _bpe(vocab, merges), byte_level_pre, byte_level_dec
-    elif tokenizer.name == "byte":  # every byte one symbol: a BPE without merges over GPT-2's byte characters
-        vocab = {ch: b for b, ch in bytes_to_unicode().items()}
-        model, pre, dec = _bpe(vocab, []), {**byte_level_pre, "use_regex": False}, byte_level_dec
-    elif tokenizer.name == "char":  # no pre-tokenizer: the whole text is one word, split into its characters
-        model, pre, dec = _bpe({c: i for i, c in enumerate(tokenizer.chars)}, []), None, {"type": "Fuse"}
-    else:
-        raise ValueError(f"no tokenizer.json for the {tokenizer.name!r} tokenizer")
-    added = [_added_token(tokenizer.eot_id, EOT_TEXT, special=True)]
-    base = tokenizer.base_vocab_size
-    added += [_added_token(base + i, f"<extra_id_{i}>", special=False) for i in range(tokenizer.num_sentinels)]
-    if tokenizer.fim_ids is not None:  # fill-in-the-middle control tokens: special, so text never produces them
-        from data.tokenizer import FIM_TEXTS
-
-        added += [_added_token(i, text, special=True) for i, text in zip(tokenizer.fim_ids, FIM_TEXTS)]
-    return {
-        "version": "1.0",
-        "truncation": None,
-        "padding": None,
-        "added_tokens": added,
-        "normalizer": None,
-        "pre_tokenizer": pre,
-        "post_processor": _eos_template(tokenizer.eot_id) if encoder_input else None,
-        "decoder": dec,
-        "model": model,
-    }
-
-
-def _tokenizer_config(
-    tokenizer_class: str, eos: str | None, max_length: int, encoder_input: bool, added: list[dict] | None = None
-) -> dict[str, Any]:
-    config: dict[str, Any] = {"tokenizer_class": tokenizer_class}
-    if eos is not None:
-        config.update(bos_token=eos, eos_token=eos, pad_token=eos)
-    config.update(
-        add_bos_token=False,
-        add_eos_token=encoder_input,  # T5 encoder inputs end with end-of-text
-        model_max_length=max_length,
-        clean_up_tokenization_spaces=False,  # decode returns exactly the text of the ids
-        model_input_names=["input_ids", "attention_mask"],  # no token_type_ids: GPT-2 would embed them
-    )
-    if added is not None:
-        config["added_tokens_decoder"] = {str(t["id"]): {k: v for k, v in t.items() if k != "id"} for t in added}
-    return config
-
-
-def _json_vocab(data: dict[str, Any]) -> dict[str, int]:
-    """Token text -> id of a tokenizer.json: its model's vocabulary and its added tokens."""
-    vocab = (data.get("model") or {}).get("vocab")
-    if isinstance(vocab, dict):  # BPE, WordPiece, WordLevel
-        ids = dict(vocab)
-    elif isinstance(vocab, list):  # Unigram (SentencePiece): [piece, score] pairs, the id is the position
-        ids = {piece[0]: i for i, piece in enumerate(vocab)}
-    else:
-        ids = {}
-    ids.update({t["content"]: t["id"] for t in data.get("added_tokens") or []})
-    return ids
-
-
-def _adds_tokens(processor: dict[str, Any] | None) -> bool:
-    """Whether a tokenizer.json post-processor inserts tokens (bos/eos/cls/sep) rather than only fixing offsets."""
-    if not processor:
-        return False
-    if processor.get("type") == "Sequence":
-        return any(_adds_tokens(p) for p in processor.get("processors", []))
-    return processor.get("type") in ("TemplateProcessing", "BertProcessing", "RobertaProcessing")
-
-
-def embedded_tokenizer_json(spec: dict[str, Any], encoder_input: bool) -> tuple[str, str | None]:
-    """A spec's embedded tokenizer.json made to encode as nanoloom does, and the text of its end-of-text token.
-
-    Unchanged where it already does: sentinels become ordinary (non-special) added tokens, the spec's appended
-    sentinels are added after the vocabulary, and the post-processor appends end-of-text for T5 encoders and
-    adds nothing for GPTs.
-    """
-    text = spec["tokenizer_json"]
-    try:
-        original = json.loads(text) if isinstance(text, str) else text
-        data = json.loads(text) if isinstance(text, str) else json.loads(json.dumps(text))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"the checkpoint's embedded tokenizer.json is not valid JSON: {e}") from None
-    added = data.get("added_tokens") or []
-    for token in added:  # sentinel text is matched while other special text is read as text (split_special_tokens)
-        if SENTINEL_PATTERN.fullmatch(token.get("content", "")):
-            token["special"] = False
-    vocab = _json_vocab(data)
-    base, native = max(vocab.values(), default=-1) + 1, 0
-    while f"<extra_id_{native}>" in vocab:
-        native += 1
-    appended = max(int(spec.get("sentinels", 0)) - native, 0)
-    for i in range(appended):
-        added.append(_added_token(base + i, f"<extra_id_{native + i}>", special=False))
-    if spec.get("fim"):  # appended after the appended sentinels (a vocabulary's own FIM tokens are already in it)
-        from data.tokenizer import FIM_TEXTS
-
-        added += [_added_token(base + appended + k, text, special=True) for k, text in enumerate(FIM_TEXTS)]
-    if added:
-        data["added_tokens"] = added
-    eot_id = spec.get("eot_id")
-    eos = next((t for t, i in vocab.items() if i == eot_id), None) if eot_id is not None else None
-    if encoder_input and eos is not None:
-        data["post_processor"] = _eos_template(eot_id, eos)
-    elif not encoder_input and _adds_tokens(data.get("post_processor")):
-        data["post_processor"] = None
-    if data == original:
-        return (text if isinstance(text, str) else json.dumps(text, ensure_ascii=False, indent=2)), eos
-    return json.dumps(data, ensure_ascii=False, indent=2), eos
-
-
-def tokenizer_files(spec: dict[str, Any], kind: str, block_size: int) -> dict[str, str]:
-    """File name -> text of the tokenizer files transformers' AutoTokenizer loads for a tokenizer spec.
-
-    gpt2: vocab.json + merges.txt (GPT-2's own files) and tokenizer.json; byte/char: tokenizer.json. A spec that
-    embeds a tokenizer.json ("tokenizer_json", e.g. the hf tokenizer's) has it written as is, changed only where
-    nanoloom encodes differently (see embedded_tokenizer_json).
-    """
-    encoder_input = kind == "t5"
-    if "tokenizer_json" in spec:
-        text, eos = embedded_tokenizer_json(spec, encoder_input)
-        config = _tokenizer_config("PreTrainedTokenizerFast", eos, block_size, encoder_input)
-        if "<pad>" in _json_vocab(json.loads(text)):  # the hf tokenizer leaves <pad> out of decoded text
-            config["pad_token"] = "<pad>"
-        for key in ("add_bos_token", "add_eos_token"):  # either would make transformers rewrite the post-processor
-            config.pop(key)
-        config["split_special_tokens"] = True
-        return {"tokenizer.json": text, "tokenizer_config.json": _dumps(config)}
-    # The tokenizer is data's; a function-level import, like model/checkpoint.py's load_model.
-    from data.tokenizer import TOKENIZER_NAMES, gpt2_files, tokenizer_from_spec
-
-    if spec.get("name") not in TOKENIZER_NAMES:
-        raise ValueError(
-            f"cannot export the checkpoint's {spec.get('name')!r} tokenizer: it is not one of "
-            f"{', '.join(TOKENIZER_NAMES)} and its spec embeds no tokenizer_json"
-        )
-    tokenizer = tokenizer_from_spec(spec)
-    data = tokenizer_json(tokenizer, encoder_input)
-    files = {"tokenizer.json": json.dumps(data, ensure_ascii=False, indent=2)}
-    if tokenizer.name == "gpt2":
-        vocab_bpe, encoder_json = gpt2_files()
-        files["vocab.json"] = encoder_json.read_text(encoding="utf-8")
-        files["merges.txt"] = vocab_bpe.read_text(encoding="utf-8")
-        config = _tokenizer_config("GPT2Tokenizer", EOT_TEXT, block_size, encoder_input, data["added_tokens"])
-        config.update(unk_token=EOT_TEXT, add_prefix_space=False, errors="replace")
-    else:
-        config = _tokenizer_config("PreTrainedTokenizerFast", EOT_TEXT, block_size, encoder_input, data["added_tokens"])
-    # nanoloom encodes the text "<|endoftext|>" as ordinary text; only the id is end-of-text. Sentinels are
-    # non-special added tokens, so they are still matched.
-    config["split_special_tokens"] = True
-    files["tokenizer_config.json"] = _dumps(config)
-    return files
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # model card
 
 
@@ -611,6 +409,9 @@ def export_hf(checkpoint: str | Path, out: str | Path, *, dtype: str | None = No
     tok_vocab = spec.get("vocab_size")
     if tok_vocab is not None and tok_vocab > config.vocab_size:
         raise ValueError(f"the tokenizer has {tok_vocab} ids but the model only {config.vocab_size}")
+    # The tokenizer files are the tokenizer package's; a function-level import, like model/checkpoint.py's load_model.
+    from data.tokenizer import tokenizer_files
+
     files = tokenizer_files(spec, config.kind, config.block_size)
 
     state = read_state_dict(directory, config)

@@ -5,7 +5,7 @@ GPT-2's checkpoints store attention and MLP weights as Conv1D (in_features, out_
 (out_features, in_features), so those four matrices are transposed. T5 names map one to one by renaming
 (layer.0.SelfAttention -> attn, layer.1.EncDecAttention -> cross_attn, DenseReluDense -> mlp, ...).
 Weights are read from safetensors, or from pytorch_model.bin with torch.load(weights_only=True): never unpickled.
-huggingface_hub (hub names) and data.tokenizer (the tokenizer that comes with a model) are imported lazily.
+huggingface_hub (hub names) and data.tokenizer (which reads the tokenizer that comes with a model) are imported lazily.
 """
 
 from __future__ import annotations
@@ -331,73 +331,6 @@ def _unpickler_reason(e: Exception) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The tokenizer that comes with a model
-
-
-def load_hf_tokenizer(directory: str | Path, hf_config: dict[str, Any]) -> Any:
-    """The nanoloom tokenizer of a Hugging Face model folder.
-
-    GPT-2's own vocabulary (or no tokenizer files and GPT-2's vocab_size) -> the offline "gpt2" tokenizer;
-    anything else -> an "hf" tokenizer built from the folder's tokenizer.json (converted by transformers when the
-    folder has only spiece.model or vocab.json + merges.txt).
-    """
-    from data.tokenizer import GPT2_VOCAB_SIZE, HFTokenizer, get_tokenizer  # the allowed model -> data.tokenizer edge
-
-    directory = Path(directory)
-    vocab_size = hf_config.get("vocab_size")
-    has_files = any((directory / f).is_file() for f in ("tokenizer.json", "vocab.json", "spiece.model"))
-    if hf_config.get("model_type") == "gpt2":
-        if has_files and _is_gpt2_vocabulary(directory):
-            return get_tokenizer("gpt2")
-        if not has_files:
-            if vocab_size is not None and GPT2_VOCAB_SIZE <= vocab_size <= 50304:  # 50304: nanoGPT's padded size
-                return get_tokenizer("gpt2")
-            raise ValueError(
-                f"{directory} has no tokenizer.json and its vocab_size={vocab_size} is not GPT-2's "
-                f"({GPT2_VOCAB_SIZE}); copy the tokenizer.json the model was trained with into the folder"
-            )
-    # The config's eos is the model's end of text; GPT-2 configs carry 50256 even for other vocabularies, so an id
-    # outside the model's vocabulary is ignored and the tokenizer's "</s>" or "<|endoftext|>" is used.
-    eos = hf_config.get("eos_token_id")
-    eos = eos[0] if isinstance(eos, list) and eos else eos
-    valid = isinstance(eos, int) and vocab_size is not None and 0 <= eos < vocab_size
-    return HFTokenizer.from_directory(directory, eot_id=eos if valid else None)
-
-
-def _is_gpt2_vocabulary(directory: Path) -> bool:
-    """True when the folder's tokenizer (tokenizer.json, or vocab.json + merges.txt) is GPT-2's exactly."""
-    from data.tokenizer import EOT_TEXT, GPT2_EOT_ID, GPT2_VOCAB_SIZE, gpt2_files
-
-    try:
-        if (directory / "tokenizer.json").is_file():
-            data = json.loads((directory / "tokenizer.json").read_text(encoding="utf-8"))
-            model = data.get("model") or {}
-            added = {t.get("content"): t.get("id") for t in data.get("added_tokens") or []}
-            if model.get("type") != "BPE" or added not in ({}, {EOT_TEXT: GPT2_EOT_ID}):
-                return False
-            vocab, merges = model.get("vocab"), model.get("merges") or []
-            merges = [m if isinstance(m, str) else " ".join(m) for m in merges]  # "a b" or ["a", "b"]
-        elif (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file():
-            if (directory / "added_tokens.json").is_file():
-                return False
-            vocab = json.loads((directory / "vocab.json").read_text(encoding="utf-8"))
-            merges = _merge_lines((directory / "merges.txt").read_text(encoding="utf-8"))
-        else:
-            return False
-    except (OSError, json.JSONDecodeError, AttributeError, TypeError):
-        return False
-    vocab_bpe, encoder_json = gpt2_files()
-    if len(vocab or {}) != GPT2_VOCAB_SIZE or vocab != json.loads(encoder_json.read_text(encoding="utf-8")):
-        return False
-    return merges == _merge_lines(vocab_bpe.read_text(encoding="utf-8"))
-
-
-def _merge_lines(text: str) -> list[str]:
-    """The merge rules of a merges.txt / vocab.bpe file (its "#version" header and blank lines left out)."""
-    return [line for line in text.splitlines() if line and not line.startswith("#version")]
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # Loading a model
 
 
@@ -439,6 +372,8 @@ def load_hf_model(
     directory = resolve_hf_source(str(source))
     hf_config = read_hf_config(directory)
     config = config_from_hf(hf_config, str(directory / "config.json"))
+    from data.tokenizer import load_hf_tokenizer  # the tokenizer package reads the folder's tokenizer files
+
     tokenizer = load_hf_tokenizer(directory, hf_config)
     if tokenizer.vocab_size > config.vocab_size:
         raise ValueError(
@@ -486,6 +421,8 @@ def hf_model_info(source: str | Path) -> dict[str, Any]:
     hf_config = read_hf_config(directory)
     config = config_from_hf(hf_config, str(directory / "config.json"))
     meta = {"source": PREFIX + str(source).removeprefix(PREFIX), "directory": str(directory)}
+    from data.tokenizer import load_hf_tokenizer  # the tokenizer package reads the folder's tokenizer files
+
     return {
         "kind": config.kind,
         "config": config.to_dict(),

@@ -14,10 +14,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from data.tokenizer import CharTokenizer, get_tokenizer, gpt2_files
+from data.tokenizer import CharTokenizer, get_tokenizer, gpt2_files, tokenizer_files
 from model import GPT, T5, GPTConfig, T5Config
 from model.checkpoint import save_model
-from model.export import export_hf, hf_architecture, main, tokenizer_files
+from model.export import export_hf, hf_architecture, main
 from sample.generate import complete
 
 transformers = pytest.importorskip("transformers")

@@ -18,13 +18,14 @@ from data.tokenizer import (
     GPT2_VOCAB_SIZE,
     HFTokenizer,
     Tokenizer,
-    _byte_level_chars,
+    byte_level_chars,
     get_tokenizer,
     gpt2_files,
+    load_hf_tokenizer,
     tokenizer_from_spec,
 )
 from model.checkpoint import load_model, read_model_json, save_model
-from model.hf import _download, load_hf_tokenizer, resolve_hf_source
+from model.hf import _download, resolve_hf_source
 from sample import pipeline
 from sample.generate import generate_tokens
 
@@ -241,7 +242,7 @@ def test_t5_tokenizer_encodes_like_transformers(tmp_path):
 
 
 def test_folder_without_tokenizer_json_is_converted_by_transformers(tmp_path):
-    byte_chars = sorted(_byte_level_chars(), key=_byte_level_chars().get)  # GPT-2's 256 byte stand-ins, in order
+    byte_chars = sorted(byte_level_chars(), key=byte_level_chars().get)  # GPT-2's 256 byte stand-ins, in order
     merged = {"\u0120t": 256, "he": 257, "\u0120the": 258, "<|endoftext|>": 259}  # \u0120 stands for the space
     vocab = {c: i for i, c in enumerate(byte_chars)} | merged
     (tmp_path / "vocab.json").write_text(json.dumps(vocab))

@@ -1,7 +1,8 @@
 """Import rules of DESIGN.md, enforced by reading the source with ast (no imports executed).
 
 model, data -> sample -> train: model/ and data/ import nothing of ours (allowed edges, EXTRA_EDGES: model/ files
-that build tokenizers import data.tokenizer inside functions), sample never imports train, hydra and
+that rebuild, export or import tokenizers ask the data.tokenizer package, by that name only and inside functions;
+no model/ file knows a tokenizer file format), sample never imports train, hydra and
 omegaconf stop at the entry points (and train/sweep.py, the callback Hydra calls when a multirun ends), wandb is
 imported lazily and only by train/log.py; huggingface_hub, tokenizers and transformers only lazily where the hub
 and Hugging Face files are read.
@@ -38,14 +39,14 @@ LAZY_ONLY = {
     "wandb": {"train/log.py"},
     "submitit": {"train/dist.py"},  # optional: SLURM jobs of hydra/launcher=slurm
     "huggingface_hub": {"data/corpora.py", "model/hf.py"},
-    "tokenizers": {"data/tokenizer.py"},  # the hf tokenizer (tokenizer.json files)
-    "transformers": {"data/tokenizer.py"},  # optional: converts spiece.model to tokenizer.json when a folder lacks it
+    "tokenizers": {"data/tokenizer/bpe.py", "data/tokenizer/hf.py"},  # bpe training, tokenizer.json files
+    "transformers": {"data/tokenizer/files.py"},  # optional: spiece.model -> tokenizer.json when a folder lacks one
 }
 EXTRA_EDGES = {
     ("model/checkpoint.py", "data.tokenizer"),
     ("model/export.py", "data.tokenizer"),
     ("model/hf.py", "data.tokenizer"),
-}  # function-level only
+}  # function-level only, and exactly the package: data.tokenizer.<module> is the package's business
 
 
 def imports(path: Path) -> list[tuple[str, bool]]:
@@ -93,3 +94,12 @@ def test_import_rules(path: Path):
 def test_nothing_imports_tests():
     for path in FILES:
         assert not any(m.split(".")[0] == "tests" for m, _ in imports(path)), path
+
+
+def test_model_reaches_data_only_through_the_tokenizer_package_inside_functions():
+    """model/ imports data/ only as `from data.tokenizer import ...` inside a function (never a tokenizer module)."""
+    for path in sorted((ROOT / "model").rglob("*.py")):
+        rel = str(path.relative_to(ROOT))
+        for module, top_level in imports(path):
+            if module.split(".")[0] in PACKAGES and module.split(".")[0] != "model":
+                assert module == "data.tokenizer" and not top_level, f"{rel} imports {module}: data.tokenizer, lazily"

@@ -1,0 +1,78 @@
+"""Tokenizers by name and from a spec: get_tokenizer("gpt2" | "byte" | "char" | "bpe" | "hf"), tokenizer_from_spec.
+
+A spec (tokenizer.spec()) is what checkpoints and prepared datasets store; tokenizer_from_spec rebuilds the identical
+tokenizer from it, so sampling never needs the corpus.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from data.tokenizer.base import Tokenizer
+from data.tokenizer.bpe import BPETokenizer
+from data.tokenizer.gpt2 import GPT2Tokenizer
+from data.tokenizer.hf import HFTokenizer
+from data.tokenizer.simple import ByteTokenizer, CharTokenizer
+
+TOKENIZER_NAMES = ("gpt2", "byte", "char", "bpe", "hf")
+
+
+def get_tokenizer(name: str, sentinels: int = 0, fim: bool = False, **kwargs: Any) -> Tokenizer:
+    """Tokenizer by name: "gpt2", "byte", "char", "bpe" or "hf".
+
+    gpt2 takes optional vocab_bpe=, encoder_json= paths; char needs chars=; bpe needs tokenizer_json= (its trained
+    vocabulary); hf needs tokenizer_json= (the text of a Hugging Face tokenizer.json) and takes an optional eot_id=.
+    sentinels=n gives the tokenizer n T5 sentinel ids and fim=True the fill-in-the-middle ids after them (see
+    base.SpecialLayout).
+    """
+    if name == "gpt2":
+        tokenizer: Tokenizer = GPT2Tokenizer(**kwargs)
+    elif name == "byte":
+        tokenizer = ByteTokenizer(**kwargs)
+    elif name == "char":
+        if "chars" not in kwargs:
+            raise ValueError(
+                "the char tokenizer needs its vocabulary: get_tokenizer('char', chars=...) "
+                "or CharTokenizer.from_texts(texts)"
+            )
+        tokenizer = CharTokenizer(**kwargs)
+    elif name == "bpe":
+        if "tokenizer_json" not in kwargs:
+            raise ValueError(
+                "the bpe tokenizer needs its vocabulary: get_tokenizer('bpe', tokenizer_json=<its text>) "
+                "or BPETokenizer.train(texts, vocab_size)"
+            )
+        tokenizer = BPETokenizer(**kwargs)
+    elif name == "hf":
+        if "tokenizer_json" not in kwargs:
+            raise ValueError(
+                "the hf tokenizer needs its tokenizer.json: get_tokenizer('hf', tokenizer_json=<its text>) "
+                "or HFTokenizer.from_directory(<model folder>)"
+            )
+        tokenizer = HFTokenizer(**kwargs)
+    else:
+        raise ValueError(f"unknown tokenizer {name!r}; choose from {', '.join(TOKENIZER_NAMES)}")
+    tokenizer = tokenizer.with_sentinels(sentinels) if sentinels else tokenizer
+    return tokenizer.with_fim() if fim else tokenizer
+
+
+def tokenizer_from_spec(spec: dict[str, Any]) -> Tokenizer:
+    """Rebuild the tokenizer a spec() describes; the spec's vocab_size and eot_id, when present, must match."""
+    name = spec.get("name")
+    if name is None:
+        raise ValueError(f"tokenizer spec {spec!r} has no 'name'")
+    kwargs: dict[str, Any] = {}
+    if name == "char":
+        kwargs = {"chars": spec.get("chars", "")}
+    elif name == "bpe":
+        kwargs = {"tokenizer_json": spec.get("tokenizer_json", "")}
+    elif name == "hf":
+        kwargs = {"tokenizer_json": spec.get("tokenizer_json", ""), "eot_id": spec.get("eot_id")}
+    tokenizer = get_tokenizer(name, sentinels=int(spec.get("sentinels", 0)), fim=bool(spec.get("fim", False)), **kwargs)
+    for key in ("vocab_size", "eot_id"):
+        if key in spec and spec[key] != getattr(tokenizer, key):
+            raise ValueError(
+                f"tokenizer spec has {key}={spec[key]} but the rebuilt {name} tokenizer has "
+                f"{getattr(tokenizer, key)}; the spec was written by an incompatible nanoloom version"
+            )
+    return tokenizer
