@@ -1,7 +1,13 @@
 """Tokenizers: GPT-2 ids match the reference, round trips, specs, sentinel and fill-in-the-middle ids, and errors."""
 
+import functools
+import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +17,7 @@ from data.tokenizer import (
     EOT_TEXT,
     FIM_TEXTS,
     STARCODER_FIM_TEXTS,
+    BPETokenizer,
     ByteTokenizer,
     CharTokenizer,
     GPT2Tokenizer,
@@ -22,6 +29,24 @@ from data.tokenizer import (
 )
 
 UNICODE = "Héllo wörld: naïve café, 日本語, emoji 🙂\n\tdef f(x):\n        return x  # <|endoftext|>"
+ROOT = Path(__file__).resolve().parents[1]
+# A small corpus for the bpe tokenizer: prose, code and the characters of sentinel and FIM text (trains in ms).
+BPE_CORPUS = [
+    "Once upon a time, there was a little cat. The cat liked to play in the sun.\n",
+    "def add(a, b):\n    return a + b\n\n\nclass Box:\n    def __init__(self):\n        self.items = []\n",
+    "naïve café 日本語 🙂🙂 <extra_id_0> <|fim_prefix|> it's   spaced\t\ttabs\n",
+] * 8
+
+
+@functools.lru_cache(maxsize=1)
+def bpe_json() -> str:
+    """The tokenizer.json of a bpe tokenizer trained on BPE_CORPUS (once per test session)."""
+    return BPETokenizer.train(BPE_CORPUS, 400).tokenizer_json
+
+
+def kwargs_of(name: str, chars: str = UNICODE) -> dict:
+    """What get_tokenizer needs besides the name: char's characters, bpe's trained vocabulary."""
+    return {"char": {"chars": "".join(sorted(set(chars)))}, "bpe": {"tokenizer_json": bpe_json()}}.get(name, {})
 
 
 def test_gpt2_matches_reference_ids():
@@ -76,17 +101,17 @@ def test_char_round_trip():
     assert tok.decode_bytes(tok.encode("🙂")) == "🙂".encode()
 
 
-@pytest.mark.parametrize("name", ["gpt2", "byte", "char"])
+@pytest.mark.parametrize("name", ["gpt2", "byte", "char", "bpe"])
 def test_encode_arrays_match_encode(name):
-    tok = CharTokenizer.from_texts([UNICODE]) if name == "char" else get_tokenizer(name)
+    tok = get_tokenizer(name, **kwargs_of(name))
     arrays = tok.encode_arrays([UNICODE, "", UNICODE[:5]])
     assert all(a.dtype == np.uint32 for a in arrays)
     assert [a.tolist() for a in arrays] == [tok.encode(UNICODE), [], tok.encode(UNICODE[:5])]
 
 
-@pytest.mark.parametrize("name", ["gpt2", "byte", "char"])
+@pytest.mark.parametrize("name", ["gpt2", "byte", "char", "bpe"])
 def test_spec_round_trip(name):
-    tok = CharTokenizer.from_texts([UNICODE]) if name == "char" else get_tokenizer(name)
+    tok = get_tokenizer(name, **kwargs_of(name))
     spec = json.loads(json.dumps(tok.spec()))  # JSON-serialisable
     rebuilt = tokenizer_from_spec(spec)
     assert (rebuilt.name, rebuilt.vocab_size, rebuilt.eot_id) == (tok.name, tok.vocab_size, tok.eot_id)
@@ -120,23 +145,20 @@ def test_get_tokenizer_errors():
 
 def test_names_match_the_config_choices():
     # "model" is not a tokenizer of its own: the trainer passes the fine-tuned model's tokenizer to prepare()
-    assert set(TOKENIZERS) == {"gpt2", "byte", "char", "model"}
+    assert set(TOKENIZERS) == {"gpt2", "byte", "char", "bpe", "model"}
     for name in set(TOKENIZERS) - {"model"}:
-        tok = get_tokenizer(name, chars="ab") if name == "char" else get_tokenizer(name)
+        tok = get_tokenizer(name, **kwargs_of(name, chars="ab"))
         assert tok.name == name
 
 
 def make(name: str, sentinels: int = 0) -> Tokenizer:
     # The char vocabulary holds the characters of sentinel text, so out-of-range sentinels encode as plain text.
-    kwargs = (
-        {"chars": "".join(sorted(set(UNICODE + "<extra_id_0123456789>" + "".join(FIM_TEXTS))))}
-        if name == "char"
-        else {}
+    return get_tokenizer(
+        name, sentinels=sentinels, **kwargs_of(name, UNICODE + "<extra_id_0123456789>" + "".join(FIM_TEXTS))
     )
-    return get_tokenizer(name, sentinels=sentinels, **kwargs)
 
 
-@pytest.mark.parametrize("name", ["gpt2", "byte", "char"])
+@pytest.mark.parametrize("name", ["gpt2", "byte", "char", "bpe"])
 def test_sentinel_ids_follow_the_base_vocabulary(name):
     base, tok = make(name), make(name).with_sentinels(5)
     assert base.num_sentinels == 0 and tok.num_sentinels == 5
@@ -150,7 +172,7 @@ def test_sentinel_ids_follow_the_base_vocabulary(name):
             tok.sentinel_id(i)
 
 
-@pytest.mark.parametrize("name", ["gpt2", "byte", "char"])
+@pytest.mark.parametrize("name", ["gpt2", "byte", "char", "bpe"])
 def test_sentinel_encode_and_decode(name):
     base, tok = make(name), make(name, sentinels=5)
     s3 = tok.sentinel_id(3)
@@ -168,7 +190,7 @@ def test_sentinel_encode_and_decode(name):
         base.decode([s3])  # a plain tokenizer has no sentinels
 
 
-@pytest.mark.parametrize("name", ["gpt2", "byte", "char"])
+@pytest.mark.parametrize("name", ["gpt2", "byte", "char", "bpe"])
 def test_sentinel_spec_round_trip(name):
     tok = make(name, sentinels=7)
     spec = json.loads(json.dumps(tok.spec()))
@@ -185,7 +207,7 @@ def test_sentinel_spec_round_trip(name):
 # fill-in-the-middle ids
 
 
-@pytest.mark.parametrize("name", ["gpt2", "byte", "char"])
+@pytest.mark.parametrize("name", ["gpt2", "byte", "char", "bpe"])
 def test_fim_ids_follow_the_base_vocabulary_and_the_sentinels(name):
     base = make(name)
     V = base.vocab_size
@@ -203,7 +225,7 @@ def test_fim_ids_follow_the_base_vocabulary_and_the_sentinels(name):
     assert both.with_sentinels(2).fim_ids == (V + 2, V + 3, V + 4)
 
 
-@pytest.mark.parametrize("name", ["gpt2", "byte", "char"])
+@pytest.mark.parametrize("name", ["gpt2", "byte", "char", "bpe"])
 def test_fim_ids_decode_as_text_and_fim_text_encodes_as_text(name):
     base = make(name)
     tok = base.with_fim().with_sentinels(2)
@@ -220,7 +242,7 @@ def test_fim_ids_decode_as_text_and_fim_text_encodes_as_text(name):
         base.decode([tok.vocab_size - 1])
 
 
-@pytest.mark.parametrize("name", ["gpt2", "byte", "char"])
+@pytest.mark.parametrize("name", ["gpt2", "byte", "char", "bpe"])
 def test_fim_spec_round_trip(name):
     tok = make(name).with_fim()
     spec = json.loads(json.dumps(tok.spec()))
@@ -232,7 +254,7 @@ def test_fim_spec_round_trip(name):
     assert tokenizer_from_spec(both.spec()).spec() == both.spec() and both.spec()["sentinels"] == 4
     with pytest.raises(ValueError, match="vocab_size"):
         tokenizer_from_spec({**spec, "vocab_size": make(name).vocab_size})  # a spec without room for the FIM ids
-    assert get_tokenizer(name, fim=True, **({"chars": tok.chars} if name == "char" else {})).spec() == tok.spec()
+    assert get_tokenizer(name, fim=True, **kwargs_of(name, getattr(tok, "chars", ""))).spec() == tok.spec()
 
 
 def wordlevel_json(words: list[str], special: tuple[str, ...] = (), special_flag: bool = True) -> str:
@@ -275,3 +297,105 @@ def test_hf_vocabulary_fim_tokens_are_used_and_never_parsed_from_text(texts):
     assert "fim" not in tok.spec() and tokenizer_from_spec(tok.spec()).fim_ids == (4, 5, 6)
     both = tok.with_sentinels(2)  # the vocabulary's own ids stay where they are
     assert both.fim_ids == (4, 5, 6) and [both.sentinel_id(i) for i in range(2)] == [7, 8]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# bpe: a byte-level BPE trained on the corpus
+
+ROUND_TRIP_TEXTS = [
+    UNICODE,
+    "emoji 🙂👍🏽 👨‍👩‍👧‍👦 🇫🇷 and CJK 日本語の文章 and Ελληνικά, עברית, العربية",
+    "runs of   spaces,\t\ttabs,\n\n\nnewlines\r\n, trailing   \n   ",
+    "class A:\n    def f(self):\n        if x:\n            return 1\n\t\treturn  2\n",
+    "control \x00\x01\x07\x1b[31mred\x1b[0m \x7f \u0085 \u2028 \u2029 \ufeff \u200b e\u0301 \U0010ffff",
+    "<|endoftext|><extra_id_0><|fim_prefix|> special-token text is text",
+    " ",
+    "",
+]
+
+
+@pytest.mark.parametrize("text", ROUND_TRIP_TEXTS, ids=range(len(ROUND_TRIP_TEXTS)))
+def test_bpe_round_trips_every_utf8_text_exactly(text):
+    tok = get_tokenizer("bpe", tokenizer_json=bpe_json())
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text and tok.decode_bytes(ids) == text.encode("utf-8")
+    assert b"".join(tok.decode_bytes([i]) for i in ids) == text.encode("utf-8")  # token by token, as streaming
+    assert tok.eot_id not in ids and max(ids, default=0) < tok.eot_id  # special text never gives a special id
+    assert tok.encode_batch([text, text]) == [ids, ids] and [a.tolist() for a in tok.encode_arrays([text])] == [ids]
+
+
+def test_bpe_vocabulary_layout_and_compression():
+    tok = get_tokenizer("bpe", tokenizer_json=bpe_json())
+    assert tok.vocab_size <= 400 and tok.eot_id == tok.vocab_size - 1 and tok.decode([tok.eot_id]) == EOT_TEXT
+    vocab, merges = tok.merges()
+    assert len(vocab) == tok.vocab_size and vocab[EOT_TEXT] == tok.eot_id and len(merges) == tok.vocab_size - 257
+    assert len(tok.encode(BPE_CORPUS[1])) < len(BPE_CORPUS[1].encode()) / 2  # merges learned from the corpus are used
+    assert {tok.decode_bytes([i]) for i in range(256)} == {bytes([i]) for i in range(256)}  # ids 0..255: the bytes
+
+
+def test_bpe_training_is_deterministic():
+    again = BPETokenizer.train(list(BPE_CORPUS), 400)
+    assert again.tokenizer_json == bpe_json()
+    assert again.encode_batch(ROUND_TRIP_TEXTS) == get_tokenizer("bpe", tokenizer_json=bpe_json()).encode_batch(
+        ROUND_TRIP_TEXTS
+    )
+
+
+def test_bpe_training_does_not_depend_on_the_thread_count():
+    # the library trains on a thread pool sized by RAYON_NUM_THREADS: one thread and the default agree
+    script = (
+        "import hashlib, sys; sys.path.insert(0, '.')\n"
+        "from tests.test_tokenizer import BPE_CORPUS, ROUND_TRIP_TEXTS\n"
+        "from data.tokenizer import BPETokenizer\n"
+        "tok = BPETokenizer.train(BPE_CORPUS * 4, 500)\n"
+        "print(hashlib.sha256(tok.tokenizer_json.encode()).hexdigest(), tok.encode_batch(ROUND_TRIP_TEXTS))\n"
+    )
+    outputs = []
+    for threads in ("1", None):
+        env = {k: v for k, v in os.environ.items() if k != "RAYON_NUM_THREADS"}
+        env.update({"RAYON_NUM_THREADS": threads} if threads else {})
+        proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        outputs.append(proc.stdout)
+    assert outputs[0] == outputs[1]
+    here = BPETokenizer.train(BPE_CORPUS * 4, 500)
+    assert outputs[0].split()[0] == hashlib.sha256(here.tokenizer_json.encode()).hexdigest()
+
+
+def test_bpe_spec_round_trip_with_sentinels_and_fim():
+    tok = get_tokenizer("bpe", tokenizer_json=bpe_json()).with_sentinels(3).with_fim()
+    spec = json.loads(json.dumps(tok.spec()))
+    assert spec["tokenizer_json"] == bpe_json() and spec["sentinels"] == 3 and spec["fim"] is True
+    rebuilt = tokenizer_from_spec(spec)
+    assert isinstance(rebuilt, BPETokenizer) and rebuilt.spec() == tok.spec()
+    V = tok.eot_id + 1  # end-of-text is the last base id; sentinels, then the FIM ids follow it
+    assert [rebuilt.sentinel_id(i) for i in range(3)] == [V, V + 1, V + 2] and rebuilt.fim_ids == (V + 3, V + 4, V + 5)
+    text = UNICODE + "<extra_id_2>x"
+    assert rebuilt.encode(text) == tok.encode(text) and tok.encode(text)[-2] == V + 2
+
+
+@pytest.mark.parametrize(
+    "bad, why",
+    [
+        ("", "cannot read this tokenizer.json"),
+        ("{not json", "cannot read this tokenizer.json"),
+        ('{"model": {"type": "BPE"}}', "cannot read this tokenizer.json"),
+        (None, "needs the text of a tokenizer.json"),
+        ("wordlevel", "not a nanoloom bpe vocabulary"),
+        ("moved-eot", "not a nanoloom bpe vocabulary"),
+    ],
+)
+def test_bad_bpe_tokenizer_json_is_a_one_line_error(bad, why):
+    if bad == "wordlevel":  # a valid tokenizer.json whose tokens are not GPT-2's byte characters
+        bad = wordlevel_json(["hello world", "[UNK]", EOT_TEXT])
+    elif bad == "moved-eot":  # end-of-text not the last id: another token after it
+        data = json.loads(bpe_json())
+        data["added_tokens"].append(
+            {**data["added_tokens"][0], "id": data["added_tokens"][0]["id"] + 1, "content": "<pad>"}
+        )
+        bad = json.dumps(data)
+    with pytest.raises(ValueError, match=why) as e:
+        tokenizer_from_spec({"name": "bpe", "tokenizer_json": bad})
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="needs its vocabulary"):
+        get_tokenizer("bpe")
