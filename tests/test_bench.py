@@ -7,6 +7,7 @@ Timing numbers are not checked (benchmarks are never part of pass/fail); transfo
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from bench.generate import main
 
@@ -62,3 +63,28 @@ def test_speedrun_races_both_recipes_on_whole_val_curves(capsys, tmp_path):
     curve = [{"time": 0.0, "val_loss": 4.0}, {"time": 5.0, "val_loss": 2.0}, {"time": 9.0, "val_loss": 1.8}]
     assert time_to(curve, 1.9) == 9.0 and time_to(curve, 1.0) is None
     assert best_within(curve, 6.0) == 2.0
+
+
+def test_quality_bench_scores_a_checkpoint_and_prints_json(capsys, tmp_path):
+    from bench.quality import main as quality_main
+    from data.corpora import read_stories
+    from data.tokenizer import BPETokenizer
+    from model import GPT, GPTConfig
+    from model.checkpoint import save_model
+
+    stories = read_stories(Path(__file__).resolve().parents[1] / "data/assets/tinystories/valid.txt.xz")[:6]
+    tokenizer = BPETokenizer.train(stories, 400)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=32, vocab_size=tokenizer.vocab_size))
+    save_model(model, tmp_path / "ckpt", tokenizer_spec=tokenizer.spec(), meta={"step": 0})
+    (tmp_path / "stories.txt").write_text("".join(f"{s}\n<|endoftext|>\n" for s in stories))
+    code = tmp_path / "lib.py"
+    code.write_text("".join(f'def f{i}(x):\n    """Times {i}."""\n    return x * {i}\n\n' for i in range(4)))
+    argv = ["--checkpoint", str(tmp_path / "ckpt"), "--stories", str(tmp_path / "stories.txt"), "--code", str(code)]
+    result = quality_main([*argv, "--heads", "3", "--prompts", "2", "--out", str(tmp_path / "q.json")])
+
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert json.loads(lines[-1]) == result == json.loads((tmp_path / "q.json").read_text())
+    assert result["story_count"] == 6 and result["prompts"] == 2 and result["heads"] == 3
+    assert result["story_bpb"] > 1.5  # an untrained model: bits per byte near log2(vocab) / bytes per token
+    assert 0 <= result["story_dictionary_words"] <= 1 and 0 <= result["code_function_rate"] <= 1
+    assert set(result["met"]) == set(result["targets"]) and result["met"]["story_bpb"] is False

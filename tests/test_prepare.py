@@ -364,3 +364,34 @@ def test_cli_bpe_bad_vocab_size_is_one_line(tmp_path):
     out = run_cli("data=tinystories", "data.vocab_size=100", f"paths.cache_dir={tmp_path / 'cache'}")
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
     assert "error: " in out.stderr and "data.vocab_size=100 cannot hold a bpe vocabulary" in out.stderr
+
+
+def test_weights_repeat_or_subsample_train_documents_only(tmp_path):
+    stories = make_corpus(tmp_path / "stories", n=10)
+    plain = DataConfig(name="w", corpora=["text", "python-code"], paths=[str(stories)], tokenizer="byte",
+                       max_documents=20, val_fraction=0.2)  # fmt: skip
+    base = load_meta(prepare(plain, tmp_path / "cache", progress=False))
+    weighted_cfg = DataConfig(**{**plain.__dict__, "weights": [2.5, 0.5]})
+    data_dir = prepare(weighted_cfg, tmp_path / "cache", progress=False)
+    meta = load_meta(data_dir)
+    assert meta["config"]["weights"] == [2.5, 0.5] and "weights" not in base["config"]  # part of the key when set
+    assert meta["splits"]["val"] == base["splits"]["val"]  # val is never weighted
+    train = documents_of(read_split(data_dir, "train"), eot=256)
+    counts = {d: train.count(d) for d in set(train)}
+    story_texts = {p.read_text() for p in stories.iterdir()}
+    story_counts = [n for d, n in counts.items() if d in story_texts]
+    assert sorted(set(story_counts)) == [2, 3] and story_counts.count(3) == round(0.5 * len(story_counts))
+    code_docs = [d for d in train if d not in story_texts]
+    base_code = [d for d in documents_of(read_split(prepare(plain, tmp_path / "cache", progress=False), "train"), 256)
+                 if d not in story_texts]  # fmt: skip
+    assert len(code_docs) == round(0.5 * len(base_code)) and set(code_docs) <= set(base_code)  # a seeded half, once
+    assert prepare(weighted_cfg, tmp_path / "cache", progress=False) == data_dir  # deterministic: the same dataset
+
+
+@pytest.mark.parametrize(
+    ("weights", "message"),
+    [([1.0], "one weight per document corpus"), ([1.0, 0.0], "every weight must be > 0"), ([1.0, -2.0], "> 0")],
+)
+def test_bad_weights_are_one_line_errors(weights, message):
+    with pytest.raises(ValueError, match=message):
+        DataConfig(corpora=["tinystories", "python-code"], tokenizer="bpe", weights=weights)

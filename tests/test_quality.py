@@ -63,3 +63,62 @@ def test_parse_rate_counts_the_code_prompts_cut_where_the_code_task_ends():
     code = ("@dataclass\nclass A:", "  import os", "from x.y import z", "# the mean of a list\n", '"""Sort."""\n')
     prose = ("define it", "from here on", "Imports rose", "Once upon a time,", "")
     assert [is_code_prompt(p) for p in code + prose] == [True] * len(code) + [False] * len(prose)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# held-out story and code quality (bench/quality.py)
+
+
+def test_dictionary_words_counts_english_and_not_gibberish():
+    from sample.quality import dictionary_words
+
+    story = 'Lily hugged her mom. "I didn\'t know!" she said. They were happy and began to play.'
+    found, total = dictionary_words([story])
+    assert total == 16 and found == 16  # inflections, names and contractions are words
+    assert dictionary_words(["ju erm forg mysterrecake the cat"]) == (2, 6)  # only "the" and "cat"
+    assert dictionary_words(["", "123 !!"]) == (0, 0)
+
+
+def test_sentences_split_at_ends_and_keep_dialogue_tags():
+    from sample.quality import sentences, starts_capitalised
+
+    text = 'Tom ran. "Stop!" said Mom. "Why?" he asked. she was sad. "No," Tom said. And then the'
+    found = sentences(text)
+    assert found == ['Tom ran.', '"Stop!" said Mom.', '"Why?" he asked.', "she was sad.", '"No," Tom said.']
+    assert [starts_capitalised(s) for s in found] == [True, True, True, False, True]
+    assert sentences(text, start=9) == found[1:]  # only sentences that begin at or after the offset
+    assert sentences("no end here") == []
+    assert sentences('He said "hi." then left.') == ['He said "hi."', "then left."]  # a '."' ends a sentence
+
+
+def test_function_heads_take_documented_top_level_functions():
+    from sample.quality import completes_function, function_heads
+
+    source = (
+        "import os\n\n"
+        "@decorator\n"
+        "def add(a, b):\n"
+        '    """Add two numbers."""\n'
+        "    return a + b\n\n"
+        "def bare(x):\n"
+        "    return x\n\n"
+        "def doc_only(x):\n"
+        '    """Nothing after me."""\n\n'
+        "class C:\n"
+        "    def method(self):\n"
+        '        """A method."""\n'
+        "        return 1\n\n"
+        "def multi(\n    a,\n    b,\n):\n"
+        '    """Two lines\n    of docstring.\n    """\n'
+        "    return a\n"
+    )
+    heads = function_heads(source)
+    assert heads == [
+        'def add(a, b):\n    """Add two numbers."""\n',
+        'def multi(\n    a,\n    b,\n):\n    """Two lines\n    of docstring.\n    """\n',
+    ]
+    assert function_heads(source, max_chars=50) == heads[:1]
+    assert function_heads("def broken(:\n") == []
+    assert completes_function(heads[0], "    return a + b\n")
+    assert not completes_function(heads[0], "\n")  # only the docstring: not a function body
+    assert not completes_function(heads[0], "    return (a +\n")  # does not parse
