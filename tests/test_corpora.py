@@ -142,7 +142,8 @@ def test_compressed_story_files_are_read(tmp_path):
         f.write(text)
     with gzip.open(tmp_path / "s.txt.gz", "wt", encoding="utf-8") as f:
         f.write(text)
-    assert read_stories(tmp_path / "s.txt.xz") == read_stories(tmp_path / "s.txt.gz") == ["Once upon a time.", "The end."]
+    expected = ["Once upon a time.", "The end."]
+    assert read_stories(tmp_path / "s.txt.xz") == read_stories(tmp_path / "s.txt.gz") == expected
     (tmp_path / "bad.txt.xz").write_bytes(b"not xz at all")
     with pytest.raises(ValueError, match="not a readable compressed file"):
         read_stories(tmp_path / "bad.txt.xz")
