@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from data.tokenizer import CharTokenizer, get_tokenizer, gpt2_files, tokenizer_files
+from data.tokenizer import BPETokenizer, CharTokenizer, get_tokenizer, gpt2_files, tokenizer_files
 from model import GPT, T5, GPTConfig, T5Config
 from model.checkpoint import save_model
 from model.export import export_hf, hf_architecture, main
@@ -272,3 +272,70 @@ def test_embedded_tokenizer_json_gets_nanoloom_sentinels_and_end_of_text(tmp_pat
     hf_tok = _load_tokenizer(tmp_path, tokenizer_files(ours.spec(), kind, block_size=64))
     text = TEXTS[0] + ("<extra_id_2> x<extra_id_0><extra_id_3>" if kind == "t5" else "")
     assert hf_tok(text)["input_ids"] == ours.encode(text) + ([ours.eot_id] if kind == "t5" else [])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# bpe: a vocabulary trained on the user's corpus exports as a GPT-2-format byte-level BPE
+
+BPE_TEXTS = [
+    *TEXTS,
+    "emoji 👍🏽 👨‍👩‍👧 🇫🇷 日本語の文章 Ελληνικά   runs\t\t of\n\n\n   whitespace   ",
+    "class Box:\n    def __init__(self):\n        self.items = []\n\n    def add(self, x):\n\t\treturn  x\n",
+    "<|endoftext|>literal end-of-text text<|endoftext|> and <|fim_prefix|> <fim_middle> stay text\r\n\x1b[0m",
+]
+
+
+def _bpe() -> BPETokenizer:
+    corpus = [
+        "Once upon a time, there was a little cat who liked the sun. 🙂 naïve café\n",
+        "def add(a, b):\n    return a + b\n\n\nclass Box:\n    def __init__(self):\n        self.items = []\n",
+    ] * 8
+    return BPETokenizer.train(corpus, 360)
+
+
+@pytest.mark.parametrize("variant", ["plain", "fim", "t5"])
+def test_bpe_export_gives_our_ids_exactly(tmp_path, variant):
+    tok = _bpe()
+    kind = "t5" if variant == "t5" else "gpt"
+    if variant == "fim":  # data.fim_rate > 0 (with sentinels too): the FIM ids follow the sentinels
+        tok = tok.with_sentinels(2).with_fim()
+    elif variant == "t5":
+        tok = tok.with_sentinels(4)
+    model = _t5(tok) if kind == "t5" else _gpt(tok, **GPT2_OPTS)
+    out = _export(tmp_path, model, tok)
+    assert {"tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"} <= {p.name for p in out.iterdir()}
+    texts = list(BPE_TEXTS)
+    if variant != "plain":
+        texts.append(f"{TEXTS[0][:6]}<extra_id_0>  code<extra_id_1>\n<extra_id_{tok.num_sentinels}>")
+    end = [tok.eot_id] if kind == "t5" else []  # T5 encoder inputs end with end-of-text
+    for hf_tok in (AutoTokenizer.from_pretrained(out), transformers.PreTrainedTokenizerFast.from_pretrained(out)):
+        assert len(hf_tok) == tok.vocab_size and hf_tok.eos_token_id == tok.eot_id
+        assert hf_tok.convert_ids_to_tokens(tok.eot_id) == "<|endoftext|>"
+        for text in texts:
+            ids = tok.encode(text)
+            assert hf_tok(text)["input_ids"] == ids + end, text
+            assert hf_tok.decode(ids + [tok.eot_id]) == tok.decode(ids + [tok.eot_id]) == text + "<|endoftext|>"
+        if tok.fim_ids is not None:
+            names = hf_tok.convert_ids_to_tokens(list(tok.fim_ids))
+            assert names == ["<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>"]
+            ids = [tok.fim_ids[0], *tok.encode("x = 1\n"), tok.fim_ids[2], tok.fim_ids[1], tok.sentinel_id(1)]
+            assert hf_tok.decode(ids) == tok.decode(ids)
+        if tok.num_sentinels:
+            assert hf_tok.convert_ids_to_tokens([tok.sentinel_id(i) for i in range(tok.num_sentinels)]) == [
+                f"<extra_id_{i}>" for i in range(tok.num_sentinels)
+            ]
+    # vocab.json + merges.txt alone (no tokenizer.json) describe the same tokenizer
+    (out / "tokenizer.json").unlink()
+    slow = AutoTokenizer.from_pretrained(out)
+    assert [slow(t)["input_ids"] for t in texts] == [tok.encode(t) + end for t in texts]
+
+
+def test_bpe_export_generates_like_nanoloom(tmp_path):
+    tok = _bpe()
+    ours = _gpt(tok, **GPT2_OPTS)
+    out = _export(tmp_path, ours, tok)
+    prompt = "Once upon a time"
+    generate = transformers.pipeline("text-generation", model=str(out))
+    got = generate(prompt, max_new_tokens=12, do_sample=False)[0]["generated_text"]
+    expected = complete(ours, tok, prompt, max_new_tokens=12, temperature=0.0)[0]
+    assert expected and got == prompt + expected
