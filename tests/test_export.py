@@ -339,3 +339,29 @@ def test_bpe_export_generates_like_nanoloom(tmp_path):
     got = generate(prompt, max_new_tokens=12, do_sample=False)[0]["generated_text"]
     expected = complete(ours, tok, prompt, max_new_tokens=12, temperature=0.0)[0]
     assert expected and got == prompt + expected
+
+
+def test_bpe_run_fine_tunes_with_tokenizer_model_and_exports(tmp_path):
+    """data.tokenizer=bpe trains a vocabulary; init_from=<that run> data.tokenizer=model keeps it; the export encodes
+    with it exactly."""
+    from train_helpers import compose_train, tiny_run_overrides, zen_of_python
+
+    from model.checkpoint import load_model
+    from train.loop import run
+
+    corpus = zen_of_python(tmp_path)
+    steps = {"trainer.max_steps": 2, "trainer.eval_interval": 2, "trainer.save_interval": 2}
+    run(compose_train(tiny_run_overrides(tmp_path, corpus, "bpe", **{"data.tokenizer": "bpe",
+                                                                     "data.vocab_size": 300, **steps})))  # fmt: skip
+    _, source = load_model(tmp_path / "bpe")
+    assert source.name == "bpe" and source.vocab_size <= 300
+    tuned = tiny_run_overrides(tmp_path, corpus, "tuned", init_from=str(tmp_path / "bpe"),
+                               **{"data.tokenizer": "model", **steps})  # fmt: skip
+    assert run(compose_train(tuned))["step"] == 2
+    _, tokenizer = load_model(tmp_path / "tuned")
+    assert tokenizer.spec() == source.spec()
+
+    assert main([f"checkpoint={tmp_path / 'tuned'}", f"out={tmp_path / 'hf'}"]) == 0
+    hf_tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    text = corpus.read_text()[:400] + BPE_TEXTS[-1]
+    assert hf_tok(text)["input_ids"] == tokenizer.encode(text)
