@@ -6,6 +6,8 @@ atomically (temp dir + rename), so a crash mid-save leaves the previous checkpoi
 pointer files naming a checkpoint in it: `latest` (the newest complete one) and `best` (the lowest val loss); a
 name that would lead out of checkpoints/ (`../x`, an absolute path) is refused, never followed.
 "hf:<hub name or folder>" loads a Hugging Face GPT-2 or T5 checkpoint instead (model/hf.py).
+model.json's meta.generation records the decoding defaults of the task a checkpoint was trained for (the role of
+transformers' generation_config.json); read_generation_defaults returns them, or a Hugging Face folder's own.
 """
 
 from __future__ import annotations
@@ -27,19 +29,30 @@ from safetensors.torch import load_model as load_safetensors_model
 from safetensors.torch import save_model as save_safetensors_model
 
 from model.hf import PREFIX as HF_PREFIX
-from model.hf import hf_model_info, load_hf_model
+from model.hf import hf_model_info, load_hf_model, resolve_hf_source
 from model.registry import build_model, config_from_dict
 
 FORMAT = "nanoloom-model"
 VERSION = 1
 WEIGHTS = "model.safetensors"
 MODEL_JSON = "model.json"
+# generation_config.json keys nanoloom reads from a Hugging Face folder (transformers' names, which are ours too)
+HF_GENERATION_KEYS = (
+    "max_new_tokens", "max_length", "min_new_tokens", "do_sample", "temperature", "top_k", "top_p", "min_p",
+    "typical_p", "repetition_penalty", "no_repeat_ngram_size", "bad_words_ids", "suppress_tokens", "eos_token_id",
+    "num_beams", "length_penalty", "early_stopping",
+)  # fmt: skip
+HF_DEFAULT_MAX_LENGTH = 20  # transformers' default max_length: in a generation_config.json, not a choice
 LATEST = "latest"  # a file in checkpoints/ holding the name of the newest complete checkpoint
 BEST = "best"  # a file in checkpoints/ holding the name of the checkpoint with the lowest val loss
 
 
 def write_model_files(model: nn.Module, directory: str | Path, tokenizer_spec: dict, meta: dict | None = None) -> None:
-    """Write model.safetensors and model.json into an existing directory (not atomic on its own)."""
+    """Write model.safetensors and model.json into an existing directory (not atomic on its own).
+
+    meta: free-form facts about the weights (training writes step, tokens_seen, val_loss and generation, the
+    decoding defaults of its task preset: every control of sample.sampling.GenerationConfig plus the preset's name).
+    """
     directory = Path(directory)
     raw = getattr(model, "_orig_mod", model)  # torch.compile wraps the module; save the original
     save_safetensors_model(raw, str(directory / WEIGHTS))  # tied weights are stored once
@@ -203,6 +216,30 @@ def read_model_json(path: str | Path) -> dict[str, Any]:
     if info.get("format") != FORMAT:
         raise ValueError(f"{directory / MODEL_JSON} is not a nanoloom model file (format={info.get('format')!r})")
     return info
+
+
+def read_generation_defaults(path: str | Path) -> dict[str, Any] | None:
+    """The decoding defaults a checkpoint records, or None (checkpoints written before they were recorded).
+
+    A nanoloom checkpoint: model.json's meta.generation, the task preset it was trained with (name, do_sample,
+    temperature, top_k, top_p, max_new_tokens, stop_strings ...). "hf:...": the decoding controls its
+    generation_config.json sets (HF_GENERATION_KEYS), None without the file.
+    """
+    if not is_hf_source(path):
+        return read_model_json(path).get("meta", {}).get("generation") or None
+    file = resolve_hf_source(str(path)) / "generation_config.json"
+    if not file.is_file():
+        return None
+    try:
+        hf = json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"corrupt {file}: {e}; delete it or fix it") from None
+    record = {k: hf[k] for k in HF_GENERATION_KEYS if hf.get(k) is not None}
+    if not isinstance(record.get("early_stopping", False), bool):
+        del record["early_stopping"]  # "never": transformers' third setting, which nanoloom does not have
+    if record.get("max_length") == HF_DEFAULT_MAX_LENGTH:
+        del record["max_length"]
+    return record or None
 
 
 def load_model(

@@ -1,5 +1,8 @@
 """`python -m sample checkpoint=<dir> prompt="..." [task=story|code|seq2seq] [key=value ...]`: print completions.
 
+Without task=, the checkpoint's recorded decoding defaults are used (the task preset it was trained with, or a
+Hugging Face folder's generation_config.json); checkpoints without a record use the story preset. task=<preset>,
+task.<field>=... and the top-level controls (temperature=, top_p=, ...) override them.
 A gpt checkpoint continues the prompt and prints prompt + completion; a t5 checkpoint encodes the prompt and prints
 its decoder's output alone. num_beams > 1 runs beam search and prints the num_samples best beams.
 
@@ -24,8 +27,21 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from model.checkpoint import is_hf_source, load_model, read_model_json, resolve_checkpoint
-from sample.config import SampleConfig, TaskConfig, config_error_message, debug_enabled, register_schema
+from model.checkpoint import (
+    is_hf_source,
+    load_model,
+    read_generation_defaults,
+    read_model_json,
+    resolve_checkpoint,
+)
+from sample.config import (
+    SampleConfig,
+    TaskConfig,
+    config_error_message,
+    debug_enabled,
+    recorded_task,
+    register_schema,
+)
 from sample.generate import (
     Completion,
     _max_new_tokens,  # the rule generation applies, checked before the header
@@ -49,7 +65,8 @@ usage: python -m sample checkpoint=<run or checkpoint dir> (prompt="..." | promp
        python -m sample checkpoint=<dir> prefix="..." suffix="..."   fill in the middle (a model trained with FIM)
        python -m sample replay=<samples.jsonl>                         regenerate recorded samples and compare
 
-keys: task=story|code|seq2seq|span_corruption  num_samples=N  seed=S  stream=true  out=<samples.jsonl>
+keys: task=story|code|seq2seq|span_corruption (default: the one the checkpoint records, else story)
+      num_samples=N  seed=S  stream=true  out=<samples.jsonl>
       max_new_tokens=N  min_new_tokens=N  do_sample=true|false  temperature=T  top_k=K  top_p=P  min_p=P
       typical_p=P  repetition_penalty=R  presence_penalty=P  frequency_penalty=F  no_repeat_ngram_size=N
       num_beams=N  length_penalty=L  early_stopping=true  device=auto|cpu|cuda|mps
@@ -99,6 +116,19 @@ def compose_config(args: list[str]) -> DictConfig:
     return cfg
 
 
+def task_edits(args: list[str]) -> set[str] | None:
+    """None when the command line names a task preset (task=...); else the task.<field> keys it sets, which then
+    edit the checkpoint's recorded task instead of the default preset."""
+    edits = set()
+    for arg in split_free_text(args)[0]:
+        key = arg.partition("=")[0].lstrip("+~")
+        if key == "task":
+            return None
+        if key.startswith("task."):
+            edits.add(key.removeprefix("task."))
+    return edits
+
+
 def load_config(args: list[str]) -> SampleConfig:
     """The validated SampleConfig for command-line arguments (key=value ...)."""
     cfg = compose_config(args)
@@ -145,8 +175,12 @@ def _load(checkpoint: str, device: torch.device) -> tuple[object, object, str]:
     return model, tokenizer, kind
 
 
-def run(cfg: SampleConfig) -> None:
-    """Load the checkpoint and print cfg.num_samples completions (or infills) to stdout."""
+def run(cfg: SampleConfig, edits: set[str] | None = None) -> None:
+    """Load the checkpoint and print cfg.num_samples completions (or infills) to stdout.
+
+    edits: None uses cfg.task as composed (task= was given); a set (see task_edits) starts from the checkpoint's
+    recorded task when it has one, with those task.<field> edits and cfg's overrides on top.
+    """
     if cfg.replay is not None:
         replay(cfg.replay, cfg.device)
         return
@@ -160,6 +194,9 @@ def run(cfg: SampleConfig) -> None:
     # a run directory's `latest` is read once: a run still training cannot swap the checkpoint mid-way
     source = cfg.checkpoint if is_hf_source(cfg.checkpoint) else str(resolve_checkpoint(cfg.checkpoint))
     model, tokenizer, kind = _load(source, device)
+    record = read_generation_defaults(source) if edits is not None else None
+    if record:
+        settings = cfg.settings(recorded_task(cfg.task, record, edits))
     generation = settings.generation(tokenizer)
     if not infilling:  # a max_length the prompt already fills is refused before anything is printed
         _max_new_tokens(generation, len(prompt_ids(tokenizer, prompt, kind)), kind)
@@ -170,6 +207,7 @@ def run(cfg: SampleConfig) -> None:
         f"sampling {cfg.checkpoint} ({kind}, {model.num_params() / 1e6:.2f}M params"
         + (f", step {step}" if step is not None else "")
         + f") on {device}, task={settings.name}"
+        + (" (recorded in the checkpoint)" if record else "")
         + (", fill in the middle" if infilling else "")
         + (f", beam search with {settings.num_beams} beams" if beams else f", seed={seed}")
         + ("; t5: the prompt is the encoder input, each output is printed alone" if kind == "t5" else ""),
@@ -297,7 +335,7 @@ def _main(args: list[str]) -> None:
         if "--cfg" in args:
             sys.stdout.write(OmegaConf.to_yaml(compose_config([a for a in args if a != "--cfg"])))
             return
-        run(load_config(args))
+        run(load_config(args), task_edits(args))
     except BrokenPipeError:  # stdout closed early (e.g. piped into head): not an error worth a traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)

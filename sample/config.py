@@ -20,7 +20,7 @@ from hydra.errors import MissingConfigException, OverrideParseException
 from omegaconf import MISSING
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from sample.sampling import GenerationConfig
+from sample.sampling import GenerationConfig, bad_words_ids
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 OBJECTIVES = ("causal", "span_corruption", "seq2seq")  # causal trains gpt models; the other two t5 models
@@ -66,17 +66,6 @@ class TaskConfig(GenerationConfig):
             words = (config.bad_words_ids or []) + bad_words_ids(tokenizer, self.bad_words)
             config = config.replace(bad_words_ids=words)
         return config
-
-
-def bad_words_ids(tokenizer: object, words: List[str]) -> List[List[int]]:
-    """Token sequences of each word as written and after a space (BPE spells " word" differently), deduplicated."""
-    out: List[List[int]] = []
-    for word in words:
-        for variant in (word, " " + word) if not word.startswith(" ") else (word,):
-            ids = tokenizer.encode(variant)
-            if ids and ids not in out:
-                out.append(ids)
-    return out
 
 
 @dataclass
@@ -136,8 +125,8 @@ class SampleConfig:
                 "end; use stream=false or num_beams=1"
             )
 
-    def settings(self) -> TaskConfig:
-        """The task preset with this config's overrides (the non-null ones) and num_samples applied."""
+    def settings(self, task: TaskConfig | None = None) -> TaskConfig:
+        """The task preset (self.task, or `task`) with this config's overrides (the non-null ones) and num_samples."""
         overrides = {name: getattr(self, name) for name in OVERRIDES if getattr(self, name) is not None}
         if "do_sample" not in overrides:
             if overrides.get("num_beams", 1) > 1:
@@ -145,9 +134,21 @@ class SampleConfig:
             elif overrides.get("temperature", 0) > 0:
                 overrides["do_sample"] = True  # temperature=0.8 on the command line means: sample
         try:
-            return dataclasses.replace(self.task, num_return_sequences=self.num_samples, **overrides)
+            return dataclasses.replace(task or self.task, num_return_sequences=self.num_samples, **overrides)
         except ValueError as e:  # name the command-line keys, not the preset's
             raise ValueError(str(e).removeprefix("task.").replace("num_return_sequences", "num_samples")) from None
+
+
+def recorded_task(task: TaskConfig, record: dict[str, object], edits: set[str]) -> TaskConfig:
+    """task with a checkpoint's recorded decoding defaults (model.checkpoint.read_generation_defaults) applied, then
+    the task.<field> values the command line edited (the names in edits) applied again over them."""
+    names = {f.name for f in dataclasses.fields(TaskConfig)} - {"num_return_sequences"}
+    recorded = {k: v for k, v in record.items() if k in names}
+    edited = {k: getattr(task, k) for k in edits if k in names}
+    try:
+        return dataclasses.replace(task, **{**recorded, **edited})
+    except ValueError as e:
+        raise ValueError(f"the checkpoint's recorded generation defaults: {e}") from None
 
 
 def register_schema() -> None:

@@ -4,6 +4,11 @@ Mirrors transformers' TextGenerationPipeline (decoder-only gpt models) and Text2
 (encoder-decoder t5 models): every generation argument of sample.sampling.GenerationConfig under transformers'
 names, return_full_text, return_tensors and batch_size, and their output shape, so code written against
 transformers ports by changing the import. Generation itself is sample.generate.generate.
+
+Defaults, as transformers has them today: the decoding defaults a checkpoint records (its training task's preset,
+or a Hugging Face folder's generation_config.json; model.checkpoint.read_generation_defaults) apply unless a call
+overrides them; text-generation then generates max_new_tokens=256 new tokens when no length is given
+(transformers #38129), whatever the prompt's length.
 """
 
 from __future__ import annotations
@@ -17,13 +22,14 @@ import torch.nn as nn
 
 from data.tokenizer import Tokenizer, get_tokenizer
 from model import GPT, T5
-from model.checkpoint import load_model
+from model.checkpoint import load_model, read_generation_defaults
 from sample.generate import Completion, generate, model_device, model_kind, prompt_ids, resolve_device, row_seeds
-from sample.sampling import GenerationConfig
+from sample.sampling import GenerationConfig, recorded_controls
 
 CONTROLS = frozenset(f.name for f in dataclasses.fields(GenerationConfig)) - {"do_sample"}
 KIND_NAMES = {"gpt": "a decoder-only (gpt) model", "t5": "an encoder-decoder (t5) model"}
 TASK_OF_KIND = {"gpt": "text-generation", "t5": "text2text-generation"}
+DEFAULT_MAX_NEW_TOKENS = 256  # text-generation without a length argument (transformers' pipeline default)
 
 
 class _GenerationPipeline:
@@ -31,8 +37,9 @@ class _GenerationPipeline:
 
     task = ""
     kind = ""
+    default_max_new_tokens: int | None = None  # None: transformers' max_length=20 rule (sample.generate)
 
-    def __init__(self, model: GPT | T5, tokenizer: Tokenizer) -> None:
+    def __init__(self, model: GPT | T5, tokenizer: Tokenizer, defaults: dict[str, object] | None = None) -> None:
         kind = model_kind(model)
         if kind != self.kind:
             got = KIND_NAMES.get(kind, f"a {kind!r} model")
@@ -45,6 +52,7 @@ class _GenerationPipeline:
             )
         self.model = model
         self.tokenizer = tokenizer
+        self.defaults = recorded_controls(defaults, tokenizer)  # the checkpoint's decoding defaults, or {}
 
     @property
     def device(self) -> torch.device:
@@ -59,7 +67,7 @@ class _GenerationPipeline:
         self,
         text_inputs: str | list[str],
         *,
-        do_sample: bool,
+        do_sample: bool | None,
         return_full_text: bool,
         return_tensors: bool,
         batch_size: int | None,
@@ -81,7 +89,7 @@ class _GenerationPipeline:
             controls.pop("top_p", None)  # None means off, as 1.0
         if controls.get("typical_p") is None:
             controls.pop("typical_p", None)
-        config = GenerationConfig(do_sample=do_sample, **controls)  # ValueError names a bad or contradictory one
+        config = GenerationConfig(**self._controls(controls, do_sample))  # ValueError names a bad or contradictory one
         single = isinstance(text_inputs, str)
         prompts = [text_inputs] if single else list(text_inputs)
         if not prompts or not all(isinstance(p, str) for p in prompts):
@@ -100,6 +108,28 @@ class _GenerationPipeline:
         results = [[self._record(p, c, full, tensors) for c in cs] for p, cs in zip(prompts, outputs)]
         return results[0] if single else results
 
+    def _controls(self, given: dict[str, object], do_sample: bool | None) -> dict[str, object]:
+        """The call's controls over the checkpoint's defaults, then the pipeline's own defaults.
+
+        A length given in the call replaces the recorded one (an explicit max_length is not beaten by a recorded
+        max_new_tokens); no length anywhere: default_max_new_tokens. do_sample: the call's, else False when the call
+        asks for beams, else the recorded one, else True for text-generation with num_beams=1 (nanoloom's
+        default; transformers' is False) and False for text2text-generation.
+        """
+        base = dict(self.defaults)
+        if "max_new_tokens" in given or "max_length" in given:
+            base.pop("max_new_tokens", None), base.pop("max_length", None)
+        controls = {**base, **given}
+        if controls.get("max_new_tokens") is None and controls.get("max_length") is None:
+            controls["max_new_tokens"] = self.default_max_new_tokens
+        if do_sample is None:
+            beams = int(controls.get("num_beams") or 1) > 1
+            if "num_beams" in given and beams:
+                do_sample = False
+            else:
+                do_sample = bool(base.get("do_sample", self.kind == "gpt" and not beams))
+        return {**controls, "do_sample": do_sample}
+
     def _record(self, prompt: str, c: Completion, full_text: bool, tensors: bool) -> dict[str, object]:
         """One output as transformers shapes it: generated_text, or generated_token_ids with return_tensors."""
         if tensors:
@@ -113,6 +143,7 @@ class TextGenerationPipeline(_GenerationPipeline):
 
     task = "text-generation"
     kind = "gpt"
+    default_max_new_tokens = DEFAULT_MAX_NEW_TOKENS
 
     def __call__(
         self,
@@ -130,26 +161,26 @@ class TextGenerationPipeline(_GenerationPipeline):
         Args:
             text_inputs: one prompt or a list of prompts; a list is generated as padded batches whose results equal
                 generating each prompt alone.
-            do_sample: True samples, False is greedy (or beam search). None (the default): True with num_beams=1
-                (nanoloom's default; transformers defaults to False), False with num_beams > 1.
+            do_sample: True samples, False is greedy (or beam search). None (the default): the checkpoint's
+                recorded default, else True with num_beams=1 (nanoloom's default; transformers defaults to False);
+                False when the call sets num_beams > 1.
             return_full_text: prepend the prompt to the generated text (transformers' default).
             return_tensors: return {"generated_token_ids": [...]} instead of text (the prompt's ids first when
                 return_full_text), the ids that ended generation (eos) included.
             batch_size: prompts per batch (None: all at once).
             seed: makes the samples reproducible; output j of the call (prompt-major) samples with seed + j.
             **generate_kwargs: every control of sample.sampling.GenerationConfig, with transformers' names and
-                defaults: max_length (prompt + new tokens; 20 when neither it nor max_new_tokens is given),
-                max_new_tokens (wins over max_length), min_new_tokens, num_return_sequences, temperature, top_k,
+                defaults, over the checkpoint's recorded ones: max_new_tokens (wins over max_length; the recorded
+                value, else 256 when no length is given, at any prompt length), max_length (prompt + new tokens),
+                min_new_tokens, num_return_sequences, temperature, top_k,
                 top_p, min_p, typical_p, repetition_penalty, presence_penalty, frequency_penalty,
                 no_repeat_ngram_size, bad_words_ids, suppress_tokens, eos_token_id, stop_strings, num_beams,
                 length_penalty, early_stopping. Other transformers arguments (pad_token_id, truncation, ...) are
                 accepted and ignored with a warning, so existing calls run unchanged.
         """
-        num_beams = int(generate_kwargs.get("num_beams", 1) or 1)
         return self._generate(
-            text_inputs, do_sample=num_beams == 1 if do_sample is None else do_sample,
-            return_full_text=return_full_text, return_tensors=return_tensors, batch_size=batch_size, seed=seed,
-            generate_kwargs=generate_kwargs,
+            text_inputs, do_sample=do_sample, return_full_text=return_full_text, return_tensors=return_tensors,
+            batch_size=batch_size, seed=seed, generate_kwargs=generate_kwargs,
         )  # fmt: skip
 
 
@@ -163,7 +194,7 @@ class Text2TextGenerationPipeline(_GenerationPipeline):
         self,
         text_inputs: str | list[str],
         *,
-        do_sample: bool = False,
+        do_sample: bool | None = None,
         return_tensors: bool = False,
         batch_size: int | None = None,
         seed: int | None = None,
@@ -173,10 +204,12 @@ class Text2TextGenerationPipeline(_GenerationPipeline):
 
         Args:
             text_inputs: one input or a list of inputs (padded batches, each input encoded with its own mask).
-            do_sample: False (the default, as in transformers) is greedy or beam search; True samples.
+            do_sample: False is greedy or beam search; True samples. None (the default): the checkpoint's recorded
+                default, else False (as in transformers).
             return_tensors, batch_size, seed: as for text-generation.
             **generate_kwargs: as for text-generation, except that max_length counts output tokens and the decoder
-                start token, as in transformers: at most max_length - 1 new tokens; the input is not counted.
+                start token, as in transformers: at most max_length - 1 new tokens; the input is not counted. With
+                no length given and none recorded, transformers' max_length=20 applies.
         The generated text is the decoder's output alone; it ends at the tokenizer's end-of-text token.
         """
         return self._generate(
@@ -196,6 +229,7 @@ def pipeline(
     model: str | Path | GPT | T5,
     tokenizer: Tokenizer | str | None = None,
     device: str | int | torch.device | None = None,
+    generation_config: GenerationConfig | dict[str, object] | None = None,
 ) -> TextGenerationPipeline | Text2TextGenerationPipeline:
     """Build a pipeline for task from a checkpoint/run directory or an already-built model.
 
@@ -207,12 +241,19 @@ def pipeline(
         device: where the model runs. None: "auto" (cuda > mps > cpu) for a path, the model's own device for a
             model object. An explicit device moves a model object there (as transformers does). Integers follow
             transformers: -1 is the CPU, i >= 0 the CUDA device i.
+        generation_config: decoding defaults every call starts from (a call's arguments still win). None: the
+            checkpoint's recorded ones (model.json meta.generation, written by training from its task preset; an
+            "hf:" folder's generation_config.json), or none for a model object or an older checkpoint.
     """
     if isinstance(device, int):
         device = "cpu" if device < 0 else f"cuda:{device}"
     if task not in SUPPORTED_TASKS:
         raise ValueError(f"unknown task {task!r}; nanoloom supports: {', '.join(SUPPORTED_TASKS)}")
+    if isinstance(generation_config, GenerationConfig):
+        generation_config = generation_config.to_dict()
     if isinstance(model, (str, Path)):
+        if generation_config is None:
+            generation_config = read_generation_defaults(model)
         model, checkpoint_tokenizer = load_model(model, device=resolve_device(device or "auto"))
         tokenizer = tokenizer if tokenizer is not None else checkpoint_tokenizer
     elif isinstance(model, nn.Module):
@@ -224,4 +265,4 @@ def pipeline(
         raise TypeError(f"model must be a checkpoint path or a model, got {type(model).__name__}")
     if isinstance(tokenizer, str):
         tokenizer = get_tokenizer(tokenizer)
-    return SUPPORTED_TASKS[task](model, tokenizer)
+    return SUPPORTED_TASKS[task](model, tokenizer, generation_config)

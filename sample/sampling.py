@@ -92,6 +92,33 @@ class GenerationConfig:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(GenerationConfig)}
 
 
+def bad_words_ids(tokenizer: Any, words: Sequence[str]) -> List[List[int]]:
+    """Token sequences of each word as written and after a space (BPE spells " word" differently), deduplicated."""
+    out: List[List[int]] = []
+    for word in words:
+        for variant in (word, " " + word) if not word.startswith(" ") else (word,):
+            ids = tokenizer.encode(variant)
+            if ids and ids not in out:
+                out.append(ids)
+    return out
+
+
+def recorded_controls(record: dict[str, Any] | None, tokenizer: Any = None) -> dict[str, Any]:
+    """The GenerationConfig controls of a checkpoint's recorded decoding defaults (model.checkpoint.
+    read_generation_defaults: a task preset nanoloom training wrote, or a Hugging Face generation_config.json).
+
+    Only the controls the record sets, so a caller can tell a recorded value from its own default. Keys that are not
+    controls (the task's name, objective ...) and num_return_sequences (a per-call choice) are left out; a task's
+    bad_words become bad_words_ids with tokenizer. {} for None.
+    """
+    names = {f.name for f in dataclasses.fields(GenerationConfig)} - {"num_return_sequences"}
+    controls = {k: v for k, v in (record or {}).items() if k in names}
+    words = (record or {}).get("bad_words")
+    if words and tokenizer is not None:
+        controls["bad_words_ids"] = (controls.get("bad_words_ids") or []) + bad_words_ids(tokenizer, words)
+    return controls
+
+
 def _positive_int_or_none(name: str, value: int | None, minimum: int) -> None:
     if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < minimum):
         raise ValueError(f"{name}={value!r} must be >= {minimum} (a whole number)")

@@ -133,12 +133,23 @@ class LoggerConfig:
 @dataclass
 class SamplesConfig:
     prompts: List[str] = field(default_factory=lambda: ["Once upon a time,", "def fibonacci(n):"])  # at each eval
-    max_new_tokens: int = 64
-    temperature: float = 0.8
-    top_k: Optional[int] = 200
+    # The task preset's decoding (task.temperature, top_k, top_p, stop strings ...), as the checkpoint records it and
+    # python -m sample / pipeline() use it; a non-null value here overrides it for the samples during training.
+    max_new_tokens: Optional[int] = 64  # a budget per evaluation; null: the task's max_new_tokens
+    temperature: Optional[float] = None  # null: the task's; 0 = greedy, > 0 samples
+    top_k: Optional[int] = None  # null: the task's; 0 = off
+    top_p: Optional[float] = None  # null: the task's; 1.0 = off
     seed: int = 1234  # a private generator: sampling never disturbs the training RNG
     eval_pairs: int = 16  # seq2seq: val pairs generated at each eval for exact match and ROUGE-L (0 = none)
     shown_pairs: int = 3  # seq2seq: how many of them are printed and written to samples.jsonl
+
+    def overrides(self) -> dict[str, Any]:
+        """The decoding controls set here (non-null), to apply over the task preset's; temperature sets do_sample."""
+        out = {k: getattr(self, k) for k in ("max_new_tokens", "temperature", "top_k", "top_p")}
+        out = {k: v for k, v in out.items() if v is not None}
+        if "temperature" in out:
+            out["do_sample"] = out["temperature"] > 0
+        return out
 
 
 @dataclass

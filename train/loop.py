@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -377,16 +377,9 @@ def maybe_eval(r: Run, state: TrainState) -> dict[str, float]:
     everyone = dist.is_sharded(r.raw_model)  # FSDP: a forward is a collective, so every rank generates alike
     if (r.info.is_main or everyone) and r.prompts:
         s = r.cfg.samples
-        outputs = generate(
-            r.raw_model,
-            r.tokenizer,
-            r.prompts,
-            max_new_tokens=s.max_new_tokens,
-            do_sample=s.temperature > 0,
-            temperature=s.temperature,
-            top_k=s.top_k,
-            seed=s.seed,
-        )  # one batch; private generators seeded from s.seed: the training RNG is untouched
+        config = r.cfg.task.generation(r.tokenizer, num_return_sequences=1, **s.overrides())  # the task's decoding
+        outputs = generate(r.raw_model, r.tokenizer, r.prompts, config, seed=s.seed)
+        # one batch; private generators seeded from s.seed: the training RNG is untouched
         texts = [c[0].text for c in outputs]
         r.tracker.log_samples([{"prompt": p, "completion": t} for p, t in zip(r.prompts, texts)], state.step)
         quality = sample_quality(r.prompts, texts)  # distinct-n, repetition, parses
@@ -444,6 +437,7 @@ def maybe_save(r: Run, state: TrainState, t_start: float, val: dict[str, float] 
             Path(r.cfg.paths.run_dir) / "checkpoints", model, optimizer, saved, r.train_loader.state_dict(),
             r.tokenizer.spec(), r.config_yaml, r.cfg.trainer.keep_last, r.scaler,
             val_loss=val["loss"] if val is not None else None, settings=r.settings,
+            generation=asdict(r.cfg.task),
         )  # fmt: skip
         print(f"saved {path}", flush=True)
     dist.barrier(r.info)

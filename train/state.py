@@ -149,19 +149,23 @@ def save_checkpoint(
     scaler: torch.amp.GradScaler | None = None,
     val_loss: float | None = None,
     settings: dict[str, Any] | None = None,
+    generation: dict[str, Any] | None = None,
 ) -> Path:
     """Write checkpoints/step_XXXXXXX atomically, point `latest` (and `best`, for a new lowest val_loss) at it, prune.
 
     optimizer: the optimizer, or its state_dict() (FSDP: gathered from the shards).
     val_loss: the val loss of these weights, if they were just evaluated. settings: the run's config as plain
-    containers, compared on resume (changed_settings). A write error (disk full ...) raises CheckpointWriteError
-    and leaves no partial directory; the previous checkpoint and `latest` stay as they were.
+    containers, compared on resume (changed_settings). generation: the decoding defaults of the run's task preset,
+    recorded in model.json (meta.generation) for sampling and export. A write error (disk full ...) raises
+    CheckpointWriteError and leaves no partial directory; the previous checkpoint and `latest` stay as they were.
     """
     name = f"step_{state.step:07d}"
     final = checkpoints_dir / name
     previous = _pointer_or_none(checkpoints_dir, LATEST)
     val_loss = val_loss if val_loss is not None and math.isfinite(val_loss) else None
     meta = {"step": state.step, "tokens_seen": state.tokens_seen, "val_loss": val_loss}
+    if generation is not None:
+        meta["generation"] = generation
     published = False
     try:
         with atomic_directory(final) as tmp:
