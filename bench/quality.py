@@ -23,6 +23,7 @@ The last stdout line is one JSON object.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import math
@@ -43,6 +44,16 @@ STORY_CONTROLS = {"do_sample": True, "temperature": 0.8, "top_p": 0.95, "top_k":
 CODE_PACKAGES = ("tqdm", "omegaconf", "hydra", "huggingface_hub")  # nanoloom's own dependencies: never trained on
 REFERENCE = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, lr=1e-3, min_lr=1e-4, warmup=100,
                  beta2=0.99, weight_decay=0.1, grad_clip=1.0)  # fmt: skip
+
+
+@functools.lru_cache(maxsize=1)
+def english_words() -> frozenset[str]:
+    """The lowercase words of pyspellchecker's English dictionary (inflected forms and common names included)."""
+    try:
+        from spellchecker import SpellChecker
+    except ImportError:
+        raise SystemExit("error: the dictionary-word check needs pyspellchecker: pip install -e '.[dev]'") from None
+    return frozenset(SpellChecker(language="en").word_frequency.keys())
 
 
 def default_stories() -> Path:
@@ -129,7 +140,7 @@ def story_samples(model: Any, tokenizer: Any, prompts: list[str], seed: int) -> 
 
     outs = generate(model, tokenizer, prompts, seed=seed, stop_strings=["<|endoftext|>"], **STORY_CONTROLS)
     texts = [o[0].text for o in outs]
-    found, total = dictionary_words(texts)
+    found, total = dictionary_words(texts, english_words())
     full = [p + t for p, t in zip(prompts, texts)]
     sents = [s for p, f in zip(prompts, full) for s in sentences(f, start=len(p))]
     capital = sum(starts_capitalised(s) for s in sents)

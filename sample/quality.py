@@ -10,9 +10,8 @@ lists of strings.
 from __future__ import annotations
 
 import ast
-import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 
 from sample.stopping import code_block_end, parses
 
@@ -90,25 +89,14 @@ CONTRACTION = re.compile(r"'(s|t|d|ll|re|ve|m)$")
 SENTENCE_END = re.compile(r"""[.!?]+["'\u201d\u2019)\]]*(?=\s|$)""")
 
 
-@functools.lru_cache(maxsize=1)
-def english_words() -> frozenset[str]:
-    """The lowercase words of pyspellchecker's English dictionary (inflected forms and common names included)."""
-    try:
-        from spellchecker import SpellChecker
-    except ImportError:
-        raise ImportError("the dictionary-word check needs pyspellchecker: pip install pyspellchecker") from None
-    return frozenset(SpellChecker(language="en").word_frequency.keys())
-
-
-def is_english_word(word: str, words: frozenset[str]) -> bool:
-    """Whether a word (letters, inner apostrophes) is in the dictionary, as is or without a clitic ('s, n't, 'll)."""
+def is_english_word(word: str, words: Set[str]) -> bool:
+    """Whether a word (letters, inner apostrophes) is in words (lowercase), as is or without a clitic ('s, n't)."""
     w = word.lower()
     return w in words or CONTRACTION.sub("", w) in words or (w.endswith("n't") and w[:-3] in words)
 
 
-def dictionary_words(texts: Sequence[str]) -> tuple[int, int]:
-    """(words found in the English dictionary, all words) over texts; a word is a run of letters (and apostrophes)."""
-    words = english_words()
+def dictionary_words(texts: Sequence[str], words: Set[str]) -> tuple[int, int]:
+    """(words of texts found in the dictionary `words`, all words); a word is a run of letters (and apostrophes)."""
     found = total = 0
     for text in texts:
         for w in WORD.findall(text):

@@ -72,8 +72,8 @@ CASES = [
          "docs.jsonl:1: no field 'text' (found: body); set data.jsonl_field=<name>"),
     Case("prepare-unknown-key", "prepare", (*PREPARE, "data.tokenzer=byte"), "(did you mean data.tokenizer?)"),
     Case("prepare-wrong-type", "prepare", (*PREPARE, "data.val_fraction=abc"), "(set data.val_fraction to a number)"),
-    Case("prepare-unknown-tokenizer", "prepare", (*PREPARE, "data.tokenizer=bpe", "data.paths=[{w}/corpus/good.txt]"),
-         "unknown tokenizer 'bpe'; set data.tokenizer to one of"),
+    Case("prepare-unknown-tokenizer", "prepare", (*PREPARE, "data.tokenizer=wp", "data.paths=[{w}/corpus/good.txt]"),
+         "unknown tokenizer 'wp'; set data.tokenizer to one of"),
     # python -m train
     Case("train-unknown-key", "train", (*TRAIN, "model.colour=red"),
          "Key 'colour' not in 'GPTConfig' (valid model keys: bias, block_size,"),

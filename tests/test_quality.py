@@ -70,13 +70,16 @@ def test_parse_rate_counts_the_code_prompts_cut_where_the_code_task_ends():
 
 
 def test_dictionary_words_counts_english_and_not_gibberish():
+    from bench.quality import english_words
     from sample.quality import dictionary_words
 
+    words = english_words()
     story = 'Lily hugged her mom. "I didn\'t know!" she said. They were happy and began to play.'
-    found, total = dictionary_words([story])
+    found, total = dictionary_words([story], words)
     assert total == 16 and found == 16  # inflections, names and contractions are words
-    assert dictionary_words(["ju erm forg mysterrecake the cat"]) == (2, 6)  # only "the" and "cat"
-    assert dictionary_words(["", "123 !!"]) == (0, 0)
+    assert dictionary_words(["ju erm forg mysterrecake the cat"], words) == (2, 6)  # only "the" and "cat"
+    assert dictionary_words(["", "123 !!"], words) == (0, 0)
+    assert dictionary_words(["Tom's dog can't run"], {"tom", "dog", "can", "run"}) == (4, 4)  # clitics come off
 
 
 def test_sentences_split_at_ends_and_keep_dialogue_tags():
@@ -84,7 +87,7 @@ def test_sentences_split_at_ends_and_keep_dialogue_tags():
 
     text = 'Tom ran. "Stop!" said Mom. "Why?" he asked. she was sad. "No," Tom said. And then the'
     found = sentences(text)
-    assert found == ['Tom ran.', '"Stop!" said Mom.', '"Why?" he asked.', "she was sad.", '"No," Tom said.']
+    assert found == ["Tom ran.", '"Stop!" said Mom.', '"Why?" he asked.', "she was sad.", '"No," Tom said.']
     assert [starts_capitalised(s) for s in found] == [True, True, True, False, True]
     assert sentences(text, start=9) == found[1:]  # only sentences that begin at or after the offset
     assert sentences("no end here") == []
