@@ -303,7 +303,9 @@ def test_bpe_export_gives_our_ids_exactly(tmp_path, variant):
         tok = tok.with_sentinels(4)
     model = _t5(tok) if kind == "t5" else _gpt(tok, **GPT2_OPTS)
     out = _export(tmp_path, model, tok)
-    assert {"tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"} <= {p.name for p in out.iterdir()}
+    names = {p.name for p in out.iterdir()}
+    # bpe splits text with its own regex, which the slow GPT2Tokenizer would not: no vocab.json / merges.txt for it
+    assert {"tokenizer.json", "tokenizer_config.json"} <= names and not {"vocab.json", "merges.txt"} & names
     texts = list(BPE_TEXTS)
     if variant != "plain":
         texts.append(f"{TEXTS[0][:6]}<extra_id_0>  code<extra_id_1>\n<extra_id_{tok.num_sentinels}>")
@@ -324,10 +326,6 @@ def test_bpe_export_gives_our_ids_exactly(tmp_path, variant):
             assert hf_tok.convert_ids_to_tokens([tok.sentinel_id(i) for i in range(tok.num_sentinels)]) == [
                 f"<extra_id_{i}>" for i in range(tok.num_sentinels)
             ]
-    # vocab.json + merges.txt alone (no tokenizer.json) describe the same tokenizer
-    (out / "tokenizer.json").unlink()
-    slow = AutoTokenizer.from_pretrained(out)
-    assert [slow(t)["input_ids"] for t in texts] == [tok.encode(t) + end for t in texts]
 
 
 def test_bpe_export_generates_like_nanoloom(tmp_path):

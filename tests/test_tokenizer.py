@@ -399,3 +399,15 @@ def test_bad_bpe_tokenizer_json_is_a_one_line_error(bad, why):
     assert "\n" not in str(e.value)
     with pytest.raises(ValueError, match="needs its vocabulary"):
         get_tokenizer("bpe")
+
+
+def test_bpe_line_breaks_are_token_boundaries_before_indentation():
+    from data.tokenizer import BPETokenizer
+
+    code = 'def area(r):\n    """Area of a circle."""\n    return 3.14159 * r * r\n\n\nclass Box:\n    pass\n' * 20
+    tok = BPETokenizer.train([code], 400)
+    head = 'def area(r):\n    """Area of a circle."""\n'
+    # a prompt that ends at a line break tokenizes as the start of the whole function does: the model continues
+    # from a token boundary it saw in training (with GPT-2's regex "\n    return" would merge across it)
+    assert tok.encode(head + "    return r\n")[: len(tok.encode(head))] == tok.encode(head)
+    assert tok.decode(tok.encode("12345678")) == "12345678" and len(tok.encode("123456")) >= 2  # digits by 3

@@ -1,4 +1,9 @@
-"""bpe: a byte-level BPE with GPT-2's pre-tokenization, trained on the user's corpus at data preparation.
+"""bpe: a byte-level BPE trained on the user's corpus at data preparation.
+
+Pre-tokenization is GPT-2's byte-level scheme with the split regex of GPT-4's cl100k (as Llama 3 uses it): line breaks
+stay apart from the indentation after them and digits go in groups of up to three. With GPT-2's own regex "\n    return"
+is one piece "\n   " + " return", so a prompt that ends at a line break (a function head and its docstring) ends
+with a "\n" token that training only ever saw before a line at column 0: the model then writes no body.
 
 Training and encoding run in the Hugging Face `tokenizers` library (imported lazily); spec() embeds the trained
 tokenizer.json, so a checkpoint needs no other file. Ids 0..255 are the single bytes, then the merges in the order they
@@ -37,8 +42,16 @@ def _load_backend(tokenizer_json: str) -> Any:
         raise ValueError(f"cannot read this tokenizer.json: {_one_line(e)}") from None
 
 
+# cl100k's split regex as Llama 3's tokenizer.json spells it (the `tokenizers` library reads it with Oniguruma)
+SPLIT_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"  # words with a leading mark, digits
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"  # punctuation, line breaks, other whitespace
+)
+
+
 class BPETokenizer(SentinelVocab):
-    """A byte-level BPE with GPT-2's pre-tokenization, trained on a corpus (`BPETokenizer.train`); runs in `tokenizers`.
+    """A byte-level BPE (pre-tokenized as described above) trained on a corpus (`BPETokenizer.train`); runs in
+    `tokenizers`.
 
     Ids 0..255 are the single bytes, then the merges in the order they were learned, then "<|endoftext|>" as the
     last id of the base vocabulary (GPT-2's layout, so sentinels and FIM ids follow as for every other tokenizer).
@@ -76,8 +89,8 @@ class BPETokenizer(SentinelVocab):
 
         A corpus with fewer distinct pairs than that ends with a smaller vocabulary (see vocab_size of the result).
         """
+        from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
         from tokenizers import Tokenizer as BackendTokenizer
-        from tokenizers import decoders, models, pre_tokenizers, trainers
 
         if not isinstance(vocab_size, int) or vocab_size < MIN_BPE_VOCAB:
             raise ValueError(
@@ -85,7 +98,12 @@ class BPETokenizer(SentinelVocab):
                 f"set data.vocab_size >= {MIN_BPE_VOCAB}"
             )
         backend = BackendTokenizer(models.BPE())
-        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)  # GPT-2's regex
+        backend.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),  # bytes as GPT-2's characters
+            ]
+        )
         backend.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size - 1,  # the last id is end-of-text, added below
@@ -96,6 +114,10 @@ class BPETokenizer(SentinelVocab):
         backend.train_from_iterator(texts, trainer, length=len(texts))
         backend.add_special_tokens([EOT_TEXT])
         return cls(backend.to_str())
+
+    def pre_tokenizer(self) -> dict[str, Any]:
+        """The tokenizer.json "pre_tokenizer" entry this vocabulary was trained with (and encodes with)."""
+        return json.loads(self.tokenizer_json)["pre_tokenizer"]
 
     def merges(self) -> tuple[dict[str, int], list[str]]:
         """The vocabulary (byte-level token text -> id, end-of-text included, as GPT-2's encoder.json) and the merge

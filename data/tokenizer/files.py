@@ -130,9 +130,10 @@ def tokenizer_json(tokenizer: Any, encoder_input: bool) -> dict[str, Any]:
     encoder_input: append end-of-text to every input (T5 encoders). End-of-text is an added special token,
     sentinel i ("<extra_id_i>") an added non-special one, so decode(skip_special_tokens=True) keeps sentinels.
     """
-    if tokenizer.name in ("gpt2", "bpe"):  # GPT-2's byte-level BPE and ours share the pre-tokenizer and decoder
+    if tokenizer.name in ("gpt2", "bpe"):  # byte-level BPEs: ours splits text with its own regex (bpe.py)
         vocab, merges = tokenizer.merges()
-        model, pre, dec = bpe_model(vocab, merges), _byte_level(), _byte_level()
+        pre = tokenizer.pre_tokenizer() if tokenizer.name == "bpe" else _byte_level()
+        model, dec = bpe_model(vocab, merges), _byte_level()
     elif tokenizer.name == "byte":  # every byte one symbol: a BPE without merges over GPT-2's byte characters
         model, pre, dec = bpe_model(byte_level_chars(), []), _byte_level(use_regex=False), _byte_level()
     elif tokenizer.name == "char":  # no pre-tokenizer: the whole text is one word, split into its characters

@@ -32,7 +32,8 @@ NATIVE = ("gpt2", "byte", "char", "bpe")  # the tokenizers whose tokenizer.json 
 def tokenizer_files(spec: dict[str, Any], kind: str, block_size: int) -> dict[str, str]:
     """File name -> text of the tokenizer files transformers' AutoTokenizer loads for a tokenizer spec.
 
-    gpt2 and bpe: vocab.json + merges.txt (GPT-2's own files for gpt2) and tokenizer.json; byte/char: tokenizer.json.
+    gpt2: GPT-2's own vocab.json + merges.txt and tokenizer.json; bpe, byte, char: tokenizer.json (bpe's splits text
+    with its own regex, which the slow GPT2Tokenizer would not, so it gets no vocab.json / merges.txt).
     A spec of another tokenizer that embeds a tokenizer.json ("tokenizer_json", e.g. the hf tokenizer's) has it
     written as is, changed only where nanoloom encodes differently (see embedded_tokenizer_json). kind "t5": encoder
     inputs end with end-of-text.
@@ -55,7 +56,7 @@ def tokenizer_files(spec: dict[str, Any], kind: str, block_size: int) -> dict[st
     tokenizer = tokenizer_from_spec(spec)
     data = tokenizer_json(tokenizer, encoder_input)
     files = {"tokenizer.json": json.dumps(data, ensure_ascii=False, indent=2)}
-    if tokenizer.name in ("gpt2", "bpe"):  # GPT-2-format byte-level BPEs: the slow GPT2Tokenizer reads these too
+    if tokenizer.name == "gpt2":  # the slow GPT2Tokenizer reads these too
         files.update(vocab_files(tokenizer))
         config = tokenizer_config("GPT2Tokenizer", EOT_TEXT, block_size, encoder_input, data["added_tokens"])
         config.update(unk_token=EOT_TEXT, add_prefix_space=False, errors="replace")
