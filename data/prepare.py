@@ -35,7 +35,7 @@ from tqdm import tqdm
 from data.config import DataConfig
 from data.corpora import CORPORA_VERSION, Document, Pair, load_documents, load_pairs, source_hashes
 from data.fim import fim_arrays, fim_plan
-from data.tokenizer import BPETokenizer, CharTokenizer, Tokenizer, get_tokenizer
+from data.tokenizer import BPE_VERSION, BPETokenizer, CharTokenizer, Tokenizer, get_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def content_config(cfg: DataConfig) -> dict[str, Any]:
 
 def fingerprint(cfg: DataConfig, hashes: dict[str, str], tokenizer: Tokenizer | None = None) -> str:
     """sha256 naming a prepared dataset: source contents, parsing and file format versions, content fields (and
-    the given tokenizer's spec for data.tokenizer=model)."""
+    the given tokenizer's spec for data.tokenizer=model, the bpe trainer's version for data.tokenizer=bpe)."""
     key = {
         "format_version": FORMAT_VERSION,
         "corpora_version": CORPORA_VERSION,
@@ -93,6 +93,8 @@ def fingerprint(cfg: DataConfig, hashes: dict[str, str], tokenizer: Tokenizer | 
     }
     if tokenizer is not None:
         key["tokenizer"] = tokenizer.spec()
+    if cfg.tokenizer == "bpe":  # how the vocabulary is trained decides the tokens too
+        key["bpe_version"] = BPE_VERSION
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 

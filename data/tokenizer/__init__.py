@@ -26,7 +26,7 @@ from data.tokenizer.base import (
     SpecialLayout,
     Tokenizer,
 )
-from data.tokenizer.bpe import BPETokenizer
+from data.tokenizer.bpe import BPE_VERSION, BPETokenizer
 from data.tokenizer.files import byte_level_chars, bytes_to_unicode, is_gpt2_vocabulary, tokenizer_json
 from data.tokenizer.gpt2 import (
     GPT2_EOT_ID,
@@ -55,6 +55,7 @@ __all__ = [
     "SENTINEL_PATTERN",
     "STARCODER_FIM_TEXTS",
     "TOKENIZER_NAMES",
+    "BPE_VERSION",
     "BPETokenizer",
     "ByteTokenizer",
     "CharTokenizer",

@@ -42,6 +42,8 @@ def _load_backend(tokenizer_json: str) -> Any:
         raise ValueError(f"cannot read this tokenizer.json: {_one_line(e)}") from None
 
 
+BPE_VERSION = 1  # bump when training changes the vocabulary it learns: prepared bpe datasets are keyed by it
+
 # cl100k's split regex as Llama 3's tokenizer.json spells it (the `tokenizers` library reads it with Oniguruma)
 SPLIT_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"  # words with a leading mark, digits
