@@ -480,7 +480,8 @@ def beam_search(
     early_stopping is True, or (False) once no running beam can beat the worst finished one (transformers'
     heuristic); at max_new_tokens the num_beams best candidates are finished as they are. The processors of
     sample.sampling (penalties, n-gram and word bans, min_new_tokens) act on each beam's logits before the
-    log-softmax; the sampling warpers do not apply (beam search is deterministic).
+    log-softmax; the sampling warpers do not apply (beam search is deterministic). Past a gpt's context each beam
+    slides its own window (its cache rows follow reorder, then re-prefill as in generate_tokens).
 
     Args:
         model, idx, max_new_tokens, attention_mask, vocab_limit: as for generate_tokens.

@@ -43,9 +43,12 @@ def printable_fraction(text: str) -> float:
 
 
 def completions(generator, prompt: str, n: int = 3, tokens: int = 100, seed: int = 0) -> list[str]:
-    """n sampled continuations (temperature 0.8) of prompt, the prompt left out."""
+    """n sampled continuations (temperature 0.8, top-k 50, no nucleus) of prompt, the prompt left out.
+
+    Every control is pinned: the checkpoint's recorded story preset (top_p 0.95) is not what the band was set with.
+    """
     outputs = generator(prompt, max_new_tokens=tokens, num_return_sequences=n, do_sample=True, temperature=0.8,
-                        seed=seed, return_full_text=False)  # fmt: skip
+                        top_k=50, top_p=1.0, seed=seed, return_full_text=False)  # fmt: skip
     return [o["generated_text"] for o in outputs]
 
 
