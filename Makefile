@@ -1,4 +1,5 @@
 # nanoloom: `make help` lists the targets. Everything installs into the project venv (.venv).
+SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -45,9 +46,9 @@ dev: $(VENV)/.installed-dev ## install with the test and lint dependencies
 demo: install ## train the CPU demo GPT (under 10 min), then complete a story and a Python function
 	$(PY) -m data.prepare data=demo
 	$(PY) -m train experiment=demo run_name=$(DEMO_RUN) resume=auto
-	$(PY) -m sample checkpoint=runs/$(DEMO_RUN) task=story prompt="Once upon a time," max_new_tokens=200 seed=1
-	@# temperature 0.8: the code preset's 0.2 suits strong models; this 3M-parameter byte model then repeats spaces
-	$(PY) -m sample checkpoint=runs/$(DEMO_RUN) task=code prompt="def fibonacci(n):" max_new_tokens=200 temperature=0.8 seed=1
+	$(PY) -m sample checkpoint=runs/$(DEMO_RUN) task=story prompt="Once upon a time," seed=1
+	$(PY) -m sample checkpoint=runs/$(DEMO_RUN) task=code seed=1 \
+		prompt=$$'def fibonacci(n):\n    """Return the n-th Fibonacci number (0, 1, 1, 2, 3, 5, ...)."""\n'
 
 test: dev ## run the whole test suite (no network, CPU)
 	$(PY) -m pytest
