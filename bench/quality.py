@@ -4,10 +4,10 @@ Three numbers, each against its target:
   story bpb       bits per byte on held-out TinyStories stories (default: the validation stories shipped in
                   data/assets/tinystories/valid.txt.xz, never trained on): each story after end-of-text, as in
                   training, scored in windows of the model's context (train.evaluate.score_text); target <= 1.20
-  story samples   --prompts stories' first sentences (validation stories spread evenly), completed at temperature
-                  0.8, top-p 0.95, 120 new tokens: the share of words in an English dictionary (pyspellchecker's;
-                  real validation stories score 99.9%), target >= 0.99, and the share of complete sentences that
-                  start with a capital letter (real stories: 99.98%), target >= 0.95
+  story samples   --prompts stories' first sentences (validation stories spread evenly), completed with the story
+                  preset (temperature 0.8, top-p 0.95) and 120 new tokens: the share of words in an English
+                  dictionary (pyspellchecker's; real validation stories score 99.9%), target >= 0.99, and the share
+                  of complete sentences that start with a capital letter (real stories: 99.98%), target >= 0.95
   code            --heads function heads (def line + docstring) of top-level functions of Python code outside the
                   standard library (default: the installed tqdm, omegaconf, hydra and huggingface_hub packages;
                   --code takes folders, .py files or a .jsonl with a "text" field), completed with the code task
@@ -16,7 +16,7 @@ Three numbers, each against its target:
 With --reference-seconds S, nanoGPT's README CPU recipe (characters, 4 layers, 128 wide, block 64, batch 12, AdamW
 lr 1e-3 with cosine decay, fp32) is trained on the same train stories for S seconds in a fresh process and its story
 bpb is measured the same way: the baseline of the ratio `story_bpb_ratio_vs_reference`.
-    python bench/quality.py --checkpoint runs/demo [--code ../shared/data/python_code_heldout/corpus.jsonl]
+    python bench/quality.py --checkpoint runs/demo [--code <folders, .py files or .jsonl of held-out Python>]
 The last stdout line is one JSON object.
 """
 
@@ -40,7 +40,7 @@ from bench.common import emit_json, in_subprocess, machine_info  # noqa: E402
 
 TARGETS = {"story_bpb": 1.20, "story_dictionary_words": 0.99, "story_capitalised_sentences": 0.95,
            "code_function_rate": 0.60}  # fmt: skip
-STORY_CONTROLS = {"do_sample": True, "temperature": 0.8, "top_p": 0.95, "top_k": 0, "max_new_tokens": 120}
+STORY_NEW_TOKENS = 120  # the story preset (temperature 0.8, top-p 0.95) with a shorter length
 CODE_PACKAGES = ("tqdm", "omegaconf", "hydra", "huggingface_hub")  # nanoloom's own dependencies: never trained on
 REFERENCE = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, lr=1e-3, min_lr=1e-4, warmup=100,
                  beta2=0.99, weight_decay=0.1, grad_clip=1.0)  # fmt: skip
@@ -134,11 +134,22 @@ def story_bpb(model: Any, tokenizer: Any, stories: list[str], stride: int | None
     return {"bpb": scores["bpb"], "loss": scores["loss"], "tokens": scores["tokens"], "bytes": num_bytes}
 
 
+def task_preset(name: str, tokenizer: Any, **changes: Any) -> Any:
+    """The GenerationConfig of configs/task/<name>.yaml, as `python -m sample task=<name>` composes it."""
+    from omegaconf import OmegaConf
+
+    from sample.__main__ import compose_config
+
+    task = OmegaConf.to_object(compose_config(["checkpoint=unused", f"task={name}"]).task)
+    return task.generation(tokenizer, **changes)
+
+
 def story_samples(model: Any, tokenizer: Any, prompts: list[str], seed: int) -> dict[str, Any]:
     from sample.generate import generate
     from sample.quality import dictionary_words, sentences, starts_capitalised
 
-    outs = generate(model, tokenizer, prompts, seed=seed, stop_strings=["<|endoftext|>"], **STORY_CONTROLS)
+    config = task_preset("story", tokenizer, max_new_tokens=STORY_NEW_TOKENS)
+    outs = generate(model, tokenizer, prompts, config, seed=seed)
     texts = [o[0].text for o in outs]
     found, total = dictionary_words(texts, english_words())
     full = [p + t for p, t in zip(prompts, texts)]
@@ -149,14 +160,10 @@ def story_samples(model: Any, tokenizer: Any, prompts: list[str], seed: int) -> 
 
 
 def code_completions(model: Any, tokenizer: Any, heads: list[str], seed: int) -> dict[str, Any]:
-    from omegaconf import OmegaConf
-
-    from sample.__main__ import compose_config
     from sample.generate import generate
     from sample.quality import completes_function
 
-    task = OmegaConf.to_object(compose_config(["checkpoint=unused", "task=code"]).task)
-    config = task.generation(tokenizer)
+    config = task_preset("code", tokenizer)
     outs = generate(model, tokenizer, heads, config, seed=seed)
     texts = [o[0].text for o in outs]
     ok = [completes_function(h, t) for h, t in zip(heads, texts)]
@@ -196,7 +203,7 @@ def reference_worker(train_path: str, val_path: str, seconds: float, seed: int) 
     import torch
 
     from model import GPT, GPTConfig
-    from train.evaluate import score_tokens
+    from train.evaluate import bits_per_byte, score_tokens
 
     c = REFERENCE
     train_text = "\n\n".join(read_story_file(train_path))
@@ -242,7 +249,7 @@ def reference_worker(train_path: str, val_path: str, seconds: float, seed: int) 
         val_ids += [stoi.get(ch, unknown) for ch in "\n\n" + story]
     num_bytes = sum(len(s.encode("utf-8")) for s in val_stories)
     scores = score_tokens(model, torch.tensor(val_ids), c["block_size"])
-    bpb = scores["loss"] * scores["tokens"] / math.log(2) / num_bytes
+    bpb = bits_per_byte(scores["loss"] * scores["tokens"], num_bytes)
     return {"bpb": bpb, "steps": it, "seconds": time.perf_counter() - start, "params": model.num_params()}
 
 

@@ -111,6 +111,8 @@ class DataConfig:
                 f"data.weights={list(self.weights)} needs one weight per document corpus of data.corpora="
                 f"{list(self.corpora)} ({len(self.corpora)}); pairs take no weights"
             )
+        if self.weights and len(set(self.corpora)) < len(self.corpora):
+            raise ValueError(f"data.weights needs each corpus once in data.corpora={list(self.corpora)}")
         if any(not 0.0 < w < 1000.0 for w in self.weights):
             raise ValueError(f"data.weights={list(self.weights)}: every weight must be > 0 (and < 1000)")
         if self.max_documents is not None and self.max_documents < 1:

@@ -52,9 +52,9 @@ CONTENT_FIELDS = (
 PAIR_FIELDS = ("input_field", "target_field", "prefix", "pairs_direction")
 # ... and fim_rate only when > 0 (so datasets without fill-in-the-middle keep their keys).
 FIM_FIELDS = ("fim_rate",)
-# ... and these only where they apply: the bpe vocabulary's size, where tinystories comes from, corpus weights.
+# ... and these only where they apply: the bpe vocabulary's size, corpus weights. (data.source needs no entry: the
+# source hashes name the files, shipped or the hub's.)
 BPE_FIELDS = ("vocab_size",)
-TINYSTORIES_FIELDS = ("source",)
 WEIGHT_FIELDS = ("weights",)
 WEIGHT_STREAM = 3  # tags the corpus weights' seed apart from the split shuffle's and fim_rate's
 FIM_STREAM = 2  # tags the fill-in-the-middle plan's seed apart from the split shuffle's (split_seed alone)
@@ -77,7 +77,6 @@ def content_config(cfg: DataConfig) -> dict[str, Any]:
     """The DataConfig fields that decide the prepared tokens, by name."""
     fields = CONTENT_FIELDS + (PAIR_FIELDS if cfg.is_pairs else ()) + (FIM_FIELDS if cfg.fim_rate > 0 else ())
     fields += BPE_FIELDS if cfg.tokenizer == "bpe" else ()
-    fields += TINYSTORIES_FIELDS if "tinystories" in cfg.corpora else ()
     fields += WEIGHT_FIELDS if cfg.weights else ()
     return {f: getattr(cfg, f) for f in fields}
 
@@ -350,8 +349,8 @@ def _tokenizer_for(
     """cfg's tokenizer (without sentinels), and the seconds it took to train (None: nothing was trained).
 
     char: the vocabulary is every character of texts, so no split has unknown characters. bpe: trained on the train
-    split alone, so val stays held out. data.tokenizer=model: the tokenizer of the model being fine-tuned, given by
-    the trainer.
+    split alone (as weighted by data.weights: the mixture the model trains on), so val stays held out.
+    data.tokenizer=model: the tokenizer of the model being fine-tuned, given by the trainer.
     """
     if cfg.tokenizer == "model":
         return given, None

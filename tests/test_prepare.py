@@ -309,7 +309,7 @@ def make_prose_corpus(root: Path, n: int = 40) -> Path:
     for i in range(n):
         a, b = animals[i % 6], animals[(i * 5 + 1) % 6]
         (root / f"s{i:02d}.txt").write_text(
-            f"Once upon a time, a little {a} met a {b}. The {a} said, \"Hello, {b}!\" They played all day.\n"
+            f'Once upon a time, a little {a} met a {b}. The {a} said, "Hello, {b}!" They played all day.\n'
             f"def play_{i}(x):\n    return x + {i}\n"
         )
     return root

@@ -8,7 +8,8 @@ with a "\n" token that training only ever saw before a line at column 0: the mod
 Training and encoding run in the Hugging Face `tokenizers` library (imported lazily); spec() embeds the trained
 tokenizer.json, so a checkpoint needs no other file. Ids 0..255 are the single bytes, then the merges in the order they
 were learned, then "<|endoftext|>" as the last id of the base vocabulary (GPT-2's layout), so sentinels and FIM ids
-follow as for every other tokenizer (base.SpecialLayout). Exports write it as GPT-2-format files (files.py).
+follow as for every other tokenizer (base.SpecialLayout). Exports write its tokenizer.json (files.py), with this
+pre-tokenizer; GPT-2's slow vocab.json + merges.txt format cannot express it.
 """
 
 from __future__ import annotations

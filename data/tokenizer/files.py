@@ -213,15 +213,10 @@ def tokenizer_config(
     return config
 
 
-def vocab_files(tokenizer: Any) -> dict[str, str]:
-    """GPT-2-format vocab.json + merges.txt of a byte-level BPE (gpt2: GPT-2's own files, byte for byte)."""
-    if tokenizer.name == "gpt2":
-        vocab_bpe, encoder_json = gpt2_files()
-        return {"vocab.json": encoder_json.read_text(encoding="utf-8"),
-                "merges.txt": vocab_bpe.read_text(encoding="utf-8")}  # fmt: skip
-    vocab, merges = tokenizer.merges()
-    merges_txt = "\n".join(["#version: 0.2", *merges, ""])
-    return {"vocab.json": json.dumps(vocab, ensure_ascii=False), "merges.txt": merges_txt}
+def vocab_files() -> dict[str, str]:
+    """GPT-2's own vocab.json + merges.txt, byte for byte (the slow GPT2Tokenizer's files of the gpt2 tokenizer)."""
+    vocab_bpe, encoder_json = gpt2_files()
+    return {"vocab.json": encoder_json.read_text(encoding="utf-8"), "merges.txt": vocab_bpe.read_text(encoding="utf-8")}
 
 
 def dumps(obj: Any) -> str:

@@ -57,7 +57,7 @@ def tokenizer_files(spec: dict[str, Any], kind: str, block_size: int) -> dict[st
     data = tokenizer_json(tokenizer, encoder_input)
     files = {"tokenizer.json": json.dumps(data, ensure_ascii=False, indent=2)}
     if tokenizer.name == "gpt2":  # the slow GPT2Tokenizer reads these too
-        files.update(vocab_files(tokenizer))
+        files.update(vocab_files())
         config = tokenizer_config("GPT2Tokenizer", EOT_TEXT, block_size, encoder_input, data["added_tokens"])
         config.update(unk_token=EOT_TEXT, add_prefix_space=False, errors="replace")
     else:
