@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from data.tokenizer import Tokenizer, get_tokenizer
 from model import GPT, T5
-from model.checkpoint import load_model, read_generation_defaults
+from model.checkpoint import is_hf_source, load_model, read_generation_defaults, resolve_checkpoint
 from sample.generate import Completion, generate, model_device, model_kind, prompt_ids, resolve_device, row_seeds
 from sample.sampling import GenerationConfig, recorded_controls
 
@@ -252,6 +252,8 @@ def pipeline(
     if isinstance(generation_config, GenerationConfig):
         generation_config = generation_config.to_dict()
     if isinstance(model, (str, Path)):
+        if not is_hf_source(model):  # once: a run still training may move `latest` between two reads
+            model = resolve_checkpoint(model)
         if generation_config is None:
             generation_config = read_generation_defaults(model)
         model, checkpoint_tokenizer = load_model(model, device=resolve_device(device or "auto"))
