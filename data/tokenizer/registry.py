@@ -14,7 +14,18 @@ from data.tokenizer.gpt2 import GPT2Tokenizer
 from data.tokenizer.hf import HFTokenizer
 from data.tokenizer.simple import ByteTokenizer, CharTokenizer
 
-TOKENIZER_NAMES = ("gpt2", "byte", "char", "bpe", "hf")
+# name -> (class, (the keyword it cannot be built without, the error that says how to get it) or None)
+_CLASSES: dict[str, tuple[type, tuple[str, str] | None]] = {
+    "gpt2": (GPT2Tokenizer, None),
+    "byte": (ByteTokenizer, None),
+    "char": (CharTokenizer, ("chars", "the char tokenizer needs its vocabulary: get_tokenizer('char', chars=...) "
+                                      "or CharTokenizer.from_texts(texts)")),
+    "bpe": (BPETokenizer, ("tokenizer_json", "the bpe tokenizer needs its vocabulary: get_tokenizer('bpe', "
+                                             "tokenizer_json=<its text>) or BPETokenizer.train(texts, vocab_size)")),
+    "hf": (HFTokenizer, ("tokenizer_json", "the hf tokenizer needs its tokenizer.json: get_tokenizer('hf', "
+                                           "tokenizer_json=<its text>) or HFTokenizer.from_directory(<model folder>)")),
+}  # fmt: skip
+TOKENIZER_NAMES = tuple(_CLASSES)
 
 
 def get_tokenizer(name: str, sentinels: int = 0, fim: bool = False, **kwargs: Any) -> Tokenizer:
@@ -25,33 +36,12 @@ def get_tokenizer(name: str, sentinels: int = 0, fim: bool = False, **kwargs: An
     sentinels=n gives the tokenizer n T5 sentinel ids and fim=True the fill-in-the-middle ids after them (see
     base.SpecialLayout).
     """
-    if name == "gpt2":
-        tokenizer: Tokenizer = GPT2Tokenizer(**kwargs)
-    elif name == "byte":
-        tokenizer = ByteTokenizer(**kwargs)
-    elif name == "char":
-        if "chars" not in kwargs:
-            raise ValueError(
-                "the char tokenizer needs its vocabulary: get_tokenizer('char', chars=...) "
-                "or CharTokenizer.from_texts(texts)"
-            )
-        tokenizer = CharTokenizer(**kwargs)
-    elif name == "bpe":
-        if "tokenizer_json" not in kwargs:
-            raise ValueError(
-                "the bpe tokenizer needs its vocabulary: get_tokenizer('bpe', tokenizer_json=<its text>) "
-                "or BPETokenizer.train(texts, vocab_size)"
-            )
-        tokenizer = BPETokenizer(**kwargs)
-    elif name == "hf":
-        if "tokenizer_json" not in kwargs:
-            raise ValueError(
-                "the hf tokenizer needs its tokenizer.json: get_tokenizer('hf', tokenizer_json=<its text>) "
-                "or HFTokenizer.from_directory(<model folder>)"
-            )
-        tokenizer = HFTokenizer(**kwargs)
-    else:
+    if name not in _CLASSES:
         raise ValueError(f"unknown tokenizer {name!r}; choose from {', '.join(TOKENIZER_NAMES)}")
+    cls, needs = _CLASSES[name]
+    if needs is not None and needs[0] not in kwargs:
+        raise ValueError(needs[1])
+    tokenizer: Tokenizer = cls(**kwargs)
     tokenizer = tokenizer.with_sentinels(sentinels) if sentinels else tokenizer
     return tokenizer.with_fim() if fim else tokenizer
 
