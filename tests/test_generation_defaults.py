@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import compose_train, tiny_run_overrides, zen_of_python
+from train_helpers import compose_train, run_sample_main, tiny_run_overrides, zen_of_python
 
 from data.tokenizer import get_tokenizer
 from model import GPT, GPTConfig
 from model.checkpoint import read_generation_defaults, read_model_json, save_model
 from model.export import export_hf
-from sample.__main__ import main as sample_main
 from sample.pipeline import pipeline
 from sample.sampling import GenerationConfig
 from train import loop
@@ -65,16 +64,6 @@ def pipeline_configs(monkeypatch) -> list[GenerationConfig]:
 
     monkeypatch.setattr(pipeline_module, "generate", spy)
     return seen
-
-
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        sample_main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_pipeline_generates_256_new_tokens_after_any_prompt():
@@ -141,7 +130,7 @@ def test_pipeline_without_a_record_keeps_its_defaults(tmp_path, pipeline_configs
 def sample_records(capsys, tmp_path: Path, *args: str) -> dict:
     out = tmp_path / "samples.jsonl"
     out.unlink(missing_ok=True)
-    code, _, err = run_cli(capsys, *args, "prompt=def f(x):", "max_new_tokens=3", "seed=0", f"out={out}")
+    code, _, err = run_sample_main(capsys, *args, "prompt=def f(x):", "max_new_tokens=3", "seed=0", f"out={out}")
     assert code == 0, err
     return {"err": err, **json.loads(out.read_text().splitlines()[0])}
 

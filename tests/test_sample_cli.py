@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_helpers import run_sample_main
 
 from data.tokenizer import get_tokenizer
 from model import GPT, T5, GPTConfig, T5Config
 from model.checkpoint import save_model
-from sample.__main__ import load_config, main
+from sample.__main__ import load_config
 from sample.config import TaskConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,17 +32,6 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sample", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 
-def run_main(capsys, *args: str) -> tuple[int, str, str]:
-    """main() in-process: (exit code, stdout, stderr)."""
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_cli_prints_two_samples(checkpoint):
     result = run_cli(f"checkpoint={checkpoint}", f"prompt={PROMPT}", "max_new_tokens=5", "num_samples=2", "seed=0")
     assert result.returncode == 0, result.stderr
@@ -58,7 +48,7 @@ def test_cli_missing_checkpoint_is_one_line_error(tmp_path):
 
 
 def test_unknown_key_names_the_key(capsys, checkpoint):
-    code, _, err = run_main(capsys, f"checkpoint={checkpoint}", "prompt=hi", "tempreature=0.5")
+    code, _, err = run_sample_main(capsys, f"checkpoint={checkpoint}", "prompt=hi", "tempreature=0.5")
     assert code == 2 and "'tempreature'" in err and "did you mean temperature?" in err
 
 
@@ -69,7 +59,7 @@ def test_free_text_values_skip_the_override_grammar():
 
 
 def test_cfg_prints_the_composed_config(capsys):
-    code, out, _ = run_main(capsys, "--cfg", "task=code", "prompt=(x)")
+    code, out, _ = run_sample_main(capsys, "--cfg", "task=code", "prompt=(x)")
     assert code == 0 and "name: code" in out and "prompt: (x)" in out and "checkpoint: ???" in out
 
 
@@ -115,21 +105,21 @@ def test_top_level_values_override_the_task():
 
 def test_stream_prints_the_same_sample_as_batch(capsys, checkpoint):
     args = [f"checkpoint={checkpoint}", "prompt=def fibonacci(n):", "task=code", "max_new_tokens=8", "seed=3"]
-    code, batch, _ = run_main(capsys, *args)
+    code, batch, _ = run_sample_main(capsys, *args)
     assert code == 0
-    code, streamed, _ = run_main(capsys, *args, "stream=true")
+    code, streamed, _ = run_sample_main(capsys, *args, "stream=true")
     assert code == 0 and streamed == batch and batch.startswith("--- sample 1/1 ---\ndef fibonacci(n):")
 
 
 def test_prompt_file(capsys, checkpoint, tmp_path):
     prompt = tmp_path / "prompt.txt"
     prompt.write_text("Once upon a time, é")
-    code, out, _ = run_main(capsys, f"checkpoint={checkpoint}", f"prompt_file={prompt}", "max_new_tokens=3")
+    code, out, _ = run_sample_main(capsys, f"checkpoint={checkpoint}", f"prompt_file={prompt}", "max_new_tokens=3")
     assert code == 0 and out.startswith("--- sample 1/1 ---\nOnce upon a time, é")
 
 
 def test_long_prompt_is_cropped_with_a_warning(capsys, checkpoint):
-    code, out, err = run_main(capsys, f"checkpoint={checkpoint}", f"prompt={'a' * 40}", "max_new_tokens=4")
+    code, out, err = run_sample_main(capsys, f"checkpoint={checkpoint}", f"prompt={'a' * 40}", "max_new_tokens=4")
     assert code == 0 and "--- sample 1/1 ---" in out
     assert "warning: prompt of 40 tokens" in err and "dropped the first 12" in err
 
@@ -158,7 +148,7 @@ def test_long_prompt_is_cropped_with_a_warning(capsys, checkpoint):
     ],
 )
 def test_user_errors_are_one_line_and_exit_2(capsys, checkpoint, args, message):
-    code, out, err = run_main(capsys, *[a.format(ckpt=checkpoint) for a in args])
+    code, out, err = run_sample_main(capsys, *[a.format(ckpt=checkpoint) for a in args])
     assert code == 2 and out == ""
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
 
@@ -174,29 +164,29 @@ def t5_checkpoint(tmp_path_factory):
 
 def test_t5_checkpoint_prints_the_output_alone(capsys, t5_checkpoint):
     args = [f"checkpoint={t5_checkpoint}", f"prompt={PROMPT}", "max_new_tokens=6"]
-    code, out, err = run_main(capsys, *args, "num_samples=2", "seed=0")
+    code, out, err = run_sample_main(capsys, *args, "num_samples=2", "seed=0")
     assert code == 0, err
     assert out.startswith("--- output 1/2 ---\n") and "\n--- output 2/2 ---\n" in out
     assert PROMPT not in out  # the prompt is the encoder input, not the start of the output
     assert "t5" in err and "printed alone" in err
-    code, greedy, _ = run_main(capsys, *args, "task=seq2seq")
-    code2, streamed, _ = run_main(capsys, *args, "task=seq2seq", "stream=true")
+    code, greedy, _ = run_sample_main(capsys, *args, "task=seq2seq")
+    code2, streamed, _ = run_sample_main(capsys, *args, "task=seq2seq", "stream=true")
     assert code == code2 == 0 and greedy == streamed and greedy.startswith("--- output 1/1 ---\n")
 
 
 def test_beam_search_from_the_command_line(capsys, t5_checkpoint, checkpoint):
     args = ["prompt=hello", "task=seq2seq", "max_new_tokens=6", "num_beams=3", "num_samples=2"]
-    code, out, err = run_main(capsys, f"checkpoint={t5_checkpoint}", *args)
+    code, out, err = run_sample_main(capsys, f"checkpoint={t5_checkpoint}", *args)
     assert code == 0, err
     assert out.startswith("--- beam 1/2 ---\n") and "\n--- beam 2/2 ---\n" in out and "3 beams" in err
-    code, out, err = run_main(capsys, f"checkpoint={checkpoint}", *args, "temperature=0.5")
+    code, out, err = run_sample_main(capsys, f"checkpoint={checkpoint}", *args, "temperature=0.5")
     assert code == 0 and out.startswith("--- beam 1/2 ---\nhello")  # gpt: prompt + completion, as always
     assert "warning: num_beams=3: beam search is deterministic" in err
 
 
 def test_incomplete_checkpoint_is_a_user_error(capsys, checkpoint, tmp_path):
     (tmp_path / "model.json").write_text((Path(checkpoint) / "model.json").read_text())
-    code, _, err = run_main(capsys, f"checkpoint={tmp_path}", "prompt=x")
+    code, _, err = run_sample_main(capsys, f"checkpoint={tmp_path}", "prompt=x")
     assert code == 2 and "incomplete checkpoint" in err and err.count("\n") == 1
 
 
@@ -208,7 +198,7 @@ def test_samples_are_recorded_and_replay_exactly(capsys, checkpoint, tmp_path):
     out = tmp_path / "samples.jsonl"
     args = [f"checkpoint={checkpoint}", "prompt=Once", "max_new_tokens=12", "num_samples=3", "temperature=1.2",
             "repetition_penalty=1.3", "no_repeat_ngram_size=3", f"out={out}"]  # fmt: skip
-    code, printed, err = run_main(capsys, *args)  # no seed: one is drawn, printed and recorded
+    code, printed, err = run_sample_main(capsys, *args)  # no seed: one is drawn, printed and recorded
     assert code == 0 and "seed=" in err and f"wrote 3 sample record(s) to {out}" in err
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["seed"] for r in records] == [records[0]["seed"] + i for i in range(3)]
@@ -217,18 +207,18 @@ def test_samples_are_recorded_and_replay_exactly(capsys, checkpoint, tmp_path):
     assert len(first["weights_sha256"]) == 64 and first["tokenizer"]["name"] == "byte"
     assert first["generation"]["repetition_penalty"] == 1.3 and first["generation"]["do_sample"] is True
     assert first["prompt"] == "Once" and first["completion"] in printed and first["finish_reason"] == "length"
-    code, replayed, err = run_main(capsys, f"replay={out}")
+    code, replayed, err = run_sample_main(capsys, f"replay={out}")
     assert code == 0 and "3 reproduced exactly" in err
     assert [r["completion"] for r in records] == re.findall(r"---\n(.*?)\n(?=---|\Z)", replayed, re.S)
 
 
 def test_replay_reports_a_sample_that_differs(capsys, checkpoint, tmp_path):
     out = tmp_path / "samples.jsonl"
-    run_main(capsys, f"checkpoint={checkpoint}", "prompt=ab", "max_new_tokens=6", "seed=1", f"out={out}")
+    run_sample_main(capsys, f"checkpoint={checkpoint}", "prompt=ab", "max_new_tokens=6", "seed=1", f"out={out}")
     record = json.loads(out.read_text())
     record["completion"] = "not what the model wrote"
     out.write_text(json.dumps(record) + "\n")
-    code, _, err = run_main(capsys, f"replay={out}")
+    code, _, err = run_sample_main(capsys, f"replay={out}")
     assert code == 1 and "0 reproduced exactly" in err
 
 
@@ -237,20 +227,22 @@ def test_replay_refuses_changed_weights(capsys, tmp_path):
     model = GPT(GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=16, vocab_size=257))
     path = save_model(model, tmp_path / "ckpt", tokenizer_spec=get_tokenizer("byte").spec())
     out = tmp_path / "samples.jsonl"
-    run_main(capsys, f"checkpoint={path}", "prompt=ab", "max_new_tokens=4", "seed=1", f"out={out}")
+    run_sample_main(capsys, f"checkpoint={path}", "prompt=ab", "max_new_tokens=4", "seed=1", f"out={out}")
     with torch.no_grad():
         model.lm_head.weight.add_(1.0)
     save_model(model, path, tokenizer_spec=get_tokenizer("byte").spec())
-    code, _, err = run_main(capsys, f"replay={out}")
+    code, _, err = run_sample_main(capsys, f"replay={out}")
     assert code == 2 and "weights" in err and "changed" in err and err.count("\n") == 1
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "x"}\n')
-    code, _, err = run_main(capsys, f"replay={bad}")
+    code, _, err = run_sample_main(capsys, f"replay={bad}")
     assert code == 2 and "not a nanoloom sample record" in err
 
 
 def test_code_task_reports_whether_the_sample_parses(capsys, checkpoint):
-    code, out, err = run_main(capsys, f"checkpoint={checkpoint}", "prompt=def f(:", "task=code", "max_new_tokens=3")
+    code, out, err = run_sample_main(
+        capsys, f"checkpoint={checkpoint}", "prompt=def f(:", "task=code", "max_new_tokens=3"
+    )
     assert code == 0 and "does not parse as Python: SyntaxError" in err and "[ended: " in err
 
 
@@ -259,11 +251,11 @@ def test_infill_from_the_command_line(capsys, tmp_path):
     fim = get_tokenizer("byte").with_fim()
     model = GPT(GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=32, vocab_size=fim.vocab_size))
     path = save_model(model, tmp_path / "fim", tokenizer_spec=fim.spec())
-    code, out, err = run_main(capsys, f"checkpoint={path}", "prefix=def f(x):\n    return ", "suffix=\n", "seed=0",
-                              "max_new_tokens=4")  # fmt: skip
+    args = (f"checkpoint={path}", "prefix=def f(x):\n    return ", "suffix=\n", "seed=0", "max_new_tokens=4")
+    code, out, err = run_sample_main(capsys, *args)
     assert code == 0 and "fill in the middle" in err
     assert out.startswith("--- sample 1/1 ---\ndef f(x):\n    return ") and out.endswith("\n\n")
-    code, _, err = run_main(capsys, f"checkpoint={path}", "prefix=a", "prompt=b")
+    code, _, err = run_sample_main(capsys, f"checkpoint={path}", "prefix=a", "prompt=b")
     assert code == 2 and "prefix/suffix (infill) and prompt are both set" in err
 
 
@@ -281,5 +273,5 @@ def test_infill_from_the_command_line(capsys, tmp_path):
     ],
 )
 def test_contradictory_or_out_of_range_controls(capsys, checkpoint, args, message):
-    code, _, err = run_main(capsys, f"checkpoint={checkpoint}", "prompt=x", *args)
+    code, _, err = run_sample_main(capsys, f"checkpoint={checkpoint}", "prompt=x", *args)
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and message in err, err

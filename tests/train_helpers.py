@@ -1,4 +1,4 @@
-"""Helpers for tests that run the training loop: a real tiny corpus and Hydra compose."""
+"""Helpers for tests that run the training loop (a real tiny corpus and Hydra compose) and the sampling CLI."""
 
 from __future__ import annotations
 
@@ -81,3 +81,16 @@ def train_killed_then_resumed(monkeypatch, overrides: list[str], kill_at: int = 
         loop.run(compose_train(overrides))
     monkeypatch.setattr(loop, "forward_backward", real)
     loop.run(compose_train([*overrides, "resume=auto"]))
+
+
+def run_sample_main(capsys, *args: str) -> tuple[int, str, str]:
+    """`python -m sample` in-process (sample.__main__.main): (exit code, stdout, stderr)."""
+    from sample.__main__ import main
+
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
