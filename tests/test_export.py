@@ -57,6 +57,15 @@ def _assert_clean_load(info: dict) -> None:
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
 
 
+def _assert_pipeline_greedy_equals_ours(out, ours, tok) -> None:
+    """transformers' text-generation pipeline on the export writes our greedy completion of a prompt."""
+    prompt = "Once upon a time"
+    generate = transformers.pipeline("text-generation", model=str(out))
+    got = generate(prompt, max_new_tokens=12, do_sample=False)[0]["generated_text"]
+    expected = complete(ours, tok, prompt, max_new_tokens=12, temperature=0.0)[0]
+    assert expected and got == prompt + expected
+
+
 @pytest.mark.parametrize("tok_name", ["byte", "gpt2"])
 def test_gpt2_export_loads_cleanly_with_equal_logits_and_greedy_text(tmp_path, tok_name):
     tok = get_tokenizer(tok_name)
@@ -71,11 +80,7 @@ def test_gpt2_export_loads_cleanly_with_equal_logits_and_greedy_text(tmp_path, t
     with torch.no_grad():
         torch.testing.assert_close(hf(idx).logits, ours(idx)[0], rtol=1e-5, atol=1e-5)
 
-    prompt = "Once upon a time"
-    generate = transformers.pipeline("text-generation", model=str(out))
-    got = generate(prompt, max_new_tokens=12, do_sample=False)[0]["generated_text"]
-    expected = complete(ours, tok, prompt, max_new_tokens=12, temperature=0.0)[0]
-    assert expected and got == prompt + expected
+    _assert_pipeline_greedy_equals_ours(out, ours, tok)
 
 
 def test_gpt2_export_untied_head(tmp_path):
@@ -332,11 +337,7 @@ def test_bpe_export_generates_like_nanoloom(tmp_path):
     tok = _bpe()
     ours = _gpt(tok, **GPT2_OPTS)
     out = _export(tmp_path, ours, tok)
-    prompt = "Once upon a time"
-    generate = transformers.pipeline("text-generation", model=str(out))
-    got = generate(prompt, max_new_tokens=12, do_sample=False)[0]["generated_text"]
-    expected = complete(ours, tok, prompt, max_new_tokens=12, temperature=0.0)[0]
-    assert expected and got == prompt + expected
+    _assert_pipeline_greedy_equals_ours(out, ours, tok)
 
 
 def test_bpe_run_fine_tunes_with_tokenizer_model_and_exports(tmp_path):

@@ -22,11 +22,7 @@ import numpy as np
 
 from data.config import MIN_BPE_VOCAB
 from data.tokenizer.base import EOT_BYTES, EOT_TEXT, SentinelVocab
-from data.tokenizer.files import byte_level_chars, json_merges
-
-
-def _one_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+from data.tokenizer.files import byte_level_chars, first_line, json_merges
 
 
 def _load_backend(tokenizer_json: str) -> Any:
@@ -40,7 +36,7 @@ def _load_backend(tokenizer_json: str) -> Any:
     try:
         return BackendTokenizer.from_str(tokenizer_json)
     except Exception as e:  # the library raises its own exception type for malformed files
-        raise ValueError(f"cannot read this tokenizer.json: {_one_line(e)}") from None
+        raise ValueError(f"cannot read this tokenizer.json: {first_line(e, 200)}") from None
 
 
 BPE_VERSION = 1  # bump when training changes the vocabulary it learns: prepared bpe datasets are keyed by it

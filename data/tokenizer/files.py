@@ -219,6 +219,11 @@ def vocab_files() -> dict[str, str]:
     return {"vocab.json": encoder_json.read_text(encoding="utf-8"), "merges.txt": vocab_bpe.read_text(encoding="utf-8")}
 
 
+def first_line(e: Exception, limit: int) -> str:
+    """An exception's first line, at most limit characters (its type's name when it has no text)."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:limit]
+
+
 def dumps(obj: Any) -> str:
     """JSON text as written to a file: indented, UTF-8 characters kept, a final newline."""
     return json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
@@ -255,8 +260,7 @@ def folder_tokenizer_json(directory: Path) -> str:
         backend = AutoTokenizer.from_pretrained(str(directory), local_files_only=True).backend_tokenizer
         return backend.to_str()
     except Exception as e:  # missing sentencepiece/protobuf, unreadable files: all end in the same advice
-        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise ValueError(f"{how} (conversion failed: {why})") from None
+        raise ValueError(f"{how} (conversion failed: {first_line(e, 160)})") from None
     finally:
         quiet.setLevel(level)
 
