@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--stories", default=None, help="held-out stories, TinyStories layout (default: shipped valid)")
     p.add_argument("--train-stories", default=None, help="the reference's train stories (default: shipped train)")
     p.add_argument("--code", nargs="*", default=None, help="held-out Python: folders, .py files or .jsonl")
-    p.add_argument("--heads", type=int, default=30)
+    p.add_argument("--heads", type=int, default=60)
     p.add_argument("--prompts", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stride", type=int, default=None, help="overlapping scoring windows (default: the context)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-DOCUMENT_CORPORA = ("shakespeare", "python-code", "text", "tinystories")
+DOCUMENT_CORPORA = ("shakespeare", "python-code", "python-functions", "text", "tinystories")
 PAIR_CORPORA = ("pairs", "python-docstrings")
 CORPORA = DOCUMENT_CORPORA + PAIR_CORPORA
 TOKENIZERS = ("gpt2", "char", "byte", "bpe", "model")  # model: the init_from model's own (python -m train)
@@ -17,12 +17,23 @@ TINYSTORIES_SOURCES = ("shipped", "hub")
 MIN_BPE_VOCAB = 257  # a bpe vocabulary without a single merge: the 256 byte tokens plus end-of-text
 MAX_VOCAB = 1 << 32  # token files are uint16 up to 65,536 ids, else uint32
 PAIRS_DIRECTIONS = ("code", "docstring", "both")
+# Seeds: numpy's generators take integers >= 0, torch's at most 2**64 - 1, and nanoloom adds a rank or a row index to
+# a seed; every seed a config takes is therefore a non-negative signed 64-bit integer.
+SEED_LIMIT = 2**63
+
+
+def check_seed(key: str, value: object) -> None:
+    """Raise ValueError naming key unless value is a whole number in [0, 2**63) (None is the caller's business)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{key}={value!r} must be a whole number between 0 and 2**63 - 1")
+    if not 0 <= value < SEED_LIMIT:
+        raise ValueError(f"{key}={value} is out of range; a seed must be between 0 and 2**63 - 1 ({SEED_LIMIT - 1})")
 
 
 @dataclass
 class DataConfig:
     name: str = "shakespeare"  # label of the prepared dataset (part of its cache key)
-    # concatenated, in order. documents: shakespeare | python-code | text | tinystories;
+    # concatenated, in order. documents: shakespeare | python-code | python-functions | text | tinystories;
     # input/target pairs: pairs | python-docstrings (the two kinds do not mix)
     corpora: List[str] = field(default_factory=lambda: ["shakespeare"])
     # gpt2 (tiktoken BPE, offline) | char (vocabulary from the corpus) | byte | bpe (byte-level BPE trained on the
@@ -32,7 +43,7 @@ class DataConfig:
     paths: List[str] = field(default_factory=list)  # corpus=text or pairs: files, directories or globs
     extensions: List[str] = field(default_factory=lambda: [".txt", ".md", ".py", ".jsonl"])  # corpus=text, dirs
     jsonl_field: str = "text"  # field holding the document in .jsonl files
-    include_tests: bool = False  # python-code: also take the stdlib's test files
+    include_tests: bool = False  # python-code, python-functions: also take the stdlib's test files
     # tinystories: shipped (the subset inside nanoloom, offline) | hub (the whole dataset from the Hugging Face hub)
     source: str = "shipped"
     hub_dataset: str = "roneneldan/TinyStories"  # tinystories, source=hub: Hugging Face dataset name ...
@@ -119,6 +130,7 @@ class DataConfig:
             raise ValueError(f"data.max_documents={self.max_documents} must be >= 1 (or null for all)")
         if self.num_workers < 1:
             raise ValueError(f"data.num_workers={self.num_workers} must be >= 1")
+        check_seed("data.split_seed", self.split_seed)
 
     @property
     def is_pairs(self) -> bool:

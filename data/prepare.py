@@ -8,13 +8,15 @@ With data.fim_rate > 0, that share of the train documents is rearranged to fill-
 the tokenizer gets its FIM ids (tokenizer.with_fim(), recorded in meta.json); val is never rearranged.
 The hash covers the bytes of every source file, the tokenizer and the split parameters: re-running with nothing
 changed returns at once, and any change gives a new directory. Writes are atomic (temp dir + os.replace), so a
-crash never leaves a dataset that looks complete.
+crash never leaves a dataset that looks complete; the temp dir a killed preparation leaves (.tmp-<dataset>@<host>-
+<pid>-<random>) is deleted by the next preparation into the same cache_dir once its process is gone.
 CLI: `python -m data.prepare data=<shakespeare|python-code|tinystories|text|demo|pairs|python-docstrings> [...]`; a
 user error is one `error: ...` line (exit status 2), and NANOLOOM_DEBUG=1 (or HYDRA_FULL_ERROR=1) shows its traceback.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -22,6 +24,7 @@ import math
 import os
 import re
 import shutil
+import socket
 import sys
 import time
 import uuid
@@ -60,6 +63,8 @@ WEIGHT_STREAM = 3  # tags the corpus weights' seed apart from the split shuffle'
 FIM_STREAM = 2  # tags the fill-in-the-middle plan's seed apart from the split shuffle's (split_seed alone)
 PAIRS_INDEX_COLUMNS = ("input_start", "input_length", "target_start", "target_length")
 CHUNK_CHARS = 1 << 22  # characters tokenized per batch: bounds memory, paces the progress bar
+# a preparation's temp dir in cache_dir: .tmp-<dataset>@<host>-<pid>-<8 hex> (without @<host>: from before hosts)
+_TEMP_DIR = re.compile(r"\.tmp-[^@/]+(?:@(?P<host>[^@/]+))?-(?P<pid>\d+)-[0-9a-f]{8}")
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"  # for the CLI
 
@@ -123,24 +128,29 @@ def split_tail(text: str, val_fraction: float) -> tuple[str, str]:
 def split_documents(docs: list[Document], val_fraction: float, seed: int) -> tuple[list[Document], list[Document]]:
     """Train and val documents, both non-empty and each in corpus order.
 
-    Documents whose corpus fixes their split (tinystories' train/valid files) keep it. The others are shuffled with
-    `seed` and the first round(n * val_fraction) of them (at least one, at most n - 1) go to val. When there is only
-    one such document, its tail (the last val_fraction of its characters, cut at a line boundary when there is one)
-    becomes the val document and its head the train document.
+    Documents whose corpus fixes their split (tinystories' train/valid files) keep it. The others are split in
+    units: a document's group (a module's functions) or the document alone, and each document when all share one
+    group. The units are shuffled with `seed` and the first round(n * val_fraction) of them (at least one, at most
+    n - 1) go to val. When there is only one document, its tail (the last val_fraction of its characters, cut at a
+    line boundary when there is one) becomes the val document and its head the train document.
     """
     train = [d for d in docs if d.split == "train"]
     val = [d for d in docs if d.split == "val"]
     free = [i for i, d in enumerate(docs) if d.split is None]
+    unit_of: dict[int, str | int] = {i: docs[i].group or i for i in free}  # a group's name, or the document's index
+    if len(set(unit_of.values())) < 2:
+        unit_of = {i: i for i in free}  # all in one group: its documents are the units
+    units = list(dict.fromkeys(unit_of.values()))  # in order of first appearance
     if len(free) == 1:
         doc = docs[free[0]]
         head, tail = split_tail(doc.text, val_fraction)
         train.append(Document(head, f"{doc.source}[:{len(head)}]", "train", doc.corpus))
         val.append(Document(tail, f"{doc.source}[{len(head)}:]", "val", doc.corpus))
     elif free:
-        n_val = min(len(free) - 1, max(1, round(len(free) * val_fraction)))
-        val_ids = set(np.random.default_rng(seed).permutation(free)[:n_val].tolist())
-        train = [d for i, d in enumerate(docs) if d.split == "train" or (d.split is None and i not in val_ids)]
-        val = [d for i, d in enumerate(docs) if d.split == "val" or i in val_ids]
+        n_val = min(len(units) - 1, max(1, round(len(units) * val_fraction)))
+        val_units = {units[k] for k in np.random.default_rng(seed).permutation(len(units))[:n_val].tolist()}
+        train = [d for i, d in enumerate(docs) if d.split == "train" or (i in unit_of and unit_of[i] not in val_units)]
+        val = [d for i, d in enumerate(docs) if d.split == "val" or (i in unit_of and unit_of[i] in val_units)]
     for split, split_docs in (("train", train), ("val", val)):
         if not split_docs:
             raise ValueError(f"the {split} split has no documents; give more text (or a validation file)")
@@ -438,16 +448,17 @@ def prepare(cfg: DataConfig, cache_dir: str | Path, progress: bool = True, token
         )
     tokenizer = tokenizer if cfg.tokenizer == "model" else None
     cache_dir = Path(cache_dir).expanduser()
+    remove_stale_temp_dirs(cache_dir)
     hashes = source_hashes(cfg)
     key = fingerprint(cfg, hashes, tokenizer)
     final = cache_dir / dataset_name(cfg, key)
     if is_complete(final, key):
         return final
 
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache_dir / f".tmp-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()  # unlike tempfile.mkdtemp, honours the umask: a shared cache stays readable
+    tmp = cache_dir / f".tmp-{final.name}@{_host_name()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()  # unlike tempfile.mkdtemp, honours the umask: a shared cache stays readable
         write = _write_pairs if cfg.is_pairs else _write_documents
         tokenizer, splits, tokenizer_seconds = write(cfg, tmp, progress, final.name, tokenizer)
         meta = {
@@ -468,9 +479,48 @@ def prepare(cfg: DataConfig, cache_dir: str | Path, progress: bool = True, token
         }
         _write_json(tmp / META, meta)  # written last: meta.json + full-size .bin files = complete
         _publish(tmp, final, key)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise
+        raise ValueError(
+            f"cannot write the prepared dataset {final}: {e.strerror}; nothing of it was kept. Free space, or set "
+            "paths.cache_dir to a disk with room"
+        ) from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful publish
     return final
+
+
+def remove_stale_temp_dirs(cache_dir: Path) -> None:
+    """Delete the temp dirs that preparations killed before they finished (kill -9, power loss) left in cache_dir:
+    those of this host whose process is gone. Another preparation's, running here or on a machine sharing the cache,
+    stays."""
+    if not cache_dir.is_dir():
+        return
+    for path in cache_dir.glob(".tmp-*"):
+        m = _TEMP_DIR.fullmatch(path.name)
+        if m and m["host"] in (None, _host_name()) and not _pid_alive(int(m["pid"])) and path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _host_name() -> str:
+    """This machine's name as temp dir names hold it: letters, digits, '.' and '-' only."""
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", socket.gethostname()) or "localhost"
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (when unsure, and always on Windows: True)."""
+    if os.name == "nt":  # os.kill(pid, 0) would send CTRL_C_EVENT there
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it runs, as another user
+        return True
+    except (OverflowError, ValueError):  # no process has such an id
+        return False
+    return True
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ Types are the ones OmegaConf accepts (no PEP 604 unions, no Literal), because th
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Any, Optional
 
@@ -29,6 +30,35 @@ def _check_positive(**values: Any) -> None:
     for name, value in values.items():
         if value is None or value <= 0:
             raise ValueError(f"model.{name}={value} must be a positive integer; set model.{name}=<n> with n >= 1")
+
+
+def _check_non_negative(**values: float) -> None:
+    for name, value in values.items():
+        if value < 0:
+            raise ValueError(f"model.{name}={value} must be >= 0")
+
+
+# a field's annotation -> the Python types its value may have, and how to say it (bool is an int, but not a number)
+_TYPES = {
+    "int": ((int,), "a whole number"),
+    "float": ((int, float), "a finite number"),
+    "bool": ((bool,), "true or false"),
+    "str": ((str,), "a string"),
+}
+
+
+def _check_types(config: Any) -> None:
+    """Every field holds a value of its annotated type: configs also come from JSON (a checkpoint's model.json)."""
+    for f in fields(config):
+        value, kind = getattr(config, f.name), str(f.type)
+        optional = kind.startswith("Optional[")
+        kind = kind.removeprefix("Optional[").removesuffix("]")
+        if value is None and optional:
+            continue
+        types, what = _TYPES[kind]
+        ok = isinstance(value, types) and (kind == "bool" or not isinstance(value, bool))
+        if not ok or (kind == "float" and not math.isfinite(value)):
+            raise ValueError(f"model.{f.name}={value!r} is not {what}{' (or null)' if optional else ''}")
 
 
 @dataclass
@@ -56,6 +86,7 @@ class GPTConfig:
     init_std: float = 0.02  # std of normal init; residual projections use init_std / sqrt(2 * n_layer)
 
     def __post_init__(self) -> None:
+        _check_types(self)
         if self.kind != "gpt":
             raise ValueError(f"GPTConfig got kind={self.kind!r}; use kind=gpt (T5 models have their own config)")
         _check_positive(
@@ -93,6 +124,9 @@ class GPTConfig:
             else:
                 self.intermediate_size = 4 * self.n_embd
         _check_positive(intermediate_size=self.intermediate_size)
+        _check_non_negative(norm_eps=self.norm_eps, init_std=self.init_std)
+        if self.rope_base <= 0:
+            raise ValueError(f"model.rope_base={self.rope_base} must be > 0 (10000.0 is the usual base)")
 
     # Derived values are properties, not fields, so they never appear in YAML or in model.json.
     @property
@@ -102,6 +136,17 @@ class GPTConfig:
     @property
     def padded_vocab_size(self) -> int:
         return find_multiple(self.vocab_size, self.padding_multiple)
+
+    def estimated_numel(self) -> int:
+        """Elements of the parameters (tied matrices once) and buffers a GPT of this config allocates, by arithmetic
+        alone: how a checkpoint's model.json is checked against its weights file before any model is built."""
+        C, hs, hidden = self.n_embd, self.head_size, self.intermediate_size
+        qkv = (self.n_head + 2 * self.n_kv_head) * hs
+        attn = C * qkv + C * C + qkv + C + 2 * hs  # c_attn, c_proj, their biases, q/k norms
+        mlp = (3 if self.mlp == "swiglu" else 2) * C * hidden + 2 * hidden + C
+        embeddings = self.padded_vocab_size * C * (1 if self.tie_embeddings else 2)
+        positions = self.block_size * (C if self.pos == "learned" else hs)  # the learned table, or rotary angles
+        return embeddings + positions + self.n_layer * (attn + mlp + 4 * C) + 2 * C
 
     def to_dict(self) -> dict[str, Any]:
         """The constructor arguments (derived fields left out), JSON-serialisable."""
@@ -169,6 +214,7 @@ class T5Config:
     pad_id: Optional[int] = 0  # id that pads encoder inputs (masked out); None: from the tokenizer
 
     def __post_init__(self) -> None:
+        _check_types(self)
         if self.kind != "t5":
             raise ValueError(f"T5Config got kind={self.kind!r}; use kind=t5 (GPT models have their own config)")
         _check_positive(
@@ -192,10 +238,28 @@ class T5Config:
             raise ValueError(f"model.rel_pos_buckets={self.rel_pos_buckets} must be even (half per direction)")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout={self.dropout} must be in [0, 1)")
+        _check_non_negative(norm_eps=self.norm_eps, init_factor=self.init_factor)
+        for name in ("decoder_start_id", "pad_id"):
+            value = getattr(self, name)
+            if value is not None and not (0 <= value and (self.vocab_size is None or value < self.vocab_size)):
+                raise ValueError(
+                    f"model.{name}={value} is not a token id of the vocabulary (0 to vocab_size - 1 = "
+                    f"{'?' if self.vocab_size is None else self.vocab_size - 1}); set model.{name}=<id> or null"
+                )
 
     @property
     def padded_vocab_size(self) -> int:
         return find_multiple(self.vocab_size, self.padding_multiple)
+
+    def estimated_numel(self) -> int:
+        """Elements of the parameters (tied matrices once) a T5 of this config allocates, by arithmetic alone (see
+        GPTConfig.estimated_numel); relative positions need no table of block_size."""
+        C, hidden, inner = self.n_embd, self.intermediate_size, self.n_head * self.head_size
+        attn, mlp = 4 * C * inner, (3 if self.mlp == "gated-gelu" else 2) * C * hidden
+        encoder = self.n_encoder_layer * (attn + mlp + 2 * C)
+        decoder = self.n_decoder_layer * (2 * attn + mlp + 3 * C)
+        embeddings = self.padded_vocab_size * C * (1 if self.tie_embeddings else 2)
+        return embeddings + encoder + decoder + 2 * (self.rel_pos_buckets * self.n_head + C)
 
     @property
     def n_layer(self) -> int:

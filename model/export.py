@@ -10,6 +10,7 @@ error is one `error: ...` line (exit status 2), and NANOLOOM_DEBUG=1 shows its t
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -21,7 +22,17 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from model.checkpoint import WEIGHTS, atomic_directory, damaged_weights, read_model_json, resolve_checkpoint
+from model.checkpoint import (
+    WEIGHTS,
+    atomic_directory,
+    check_finite_weights,
+    check_weights,
+    damaged_weights,
+    read_model_json,
+    read_tokenizer,
+    remove_stale_temp_dirs,
+    resolve_checkpoint,
+)
 from model.config import GPTConfig, T5Config
 from model.hf import t5_rename
 from model.registry import build_model, config_from_dict
@@ -88,25 +99,20 @@ def hf_architecture(config: GPTConfig | T5Config) -> str:
 
 
 def read_state_dict(directory: Path, config: GPTConfig | T5Config) -> dict[str, torch.Tensor]:
-    """All of a checkpoint's tensors under our names, tied weights under both names, checked against the config."""
+    """All of a checkpoint's tensors under our names, tied weights under both names, checked against the config
+    (names, shapes and dtypes in the file's header first: model.checkpoint.check_weights) and finite."""
+    with torch.device("meta"):  # shapes only: no memory, no init
+        check_weights(directory / WEIGHTS, build_model(config))
     try:
         state = load_file(str(directory / WEIGHTS))
     except SafetensorError as e:
         raise damaged_weights(directory / WEIGHTS, e) from e
+    check_finite_weights(state.items(), directory / WEIGHTS)  # NaN or inf would be exported as they are
     tied = {"gpt": ("transformer.wte.weight", "lm_head.weight"), "t5": ("shared.weight", "lm_head.weight")}[config.kind]
     if config.tie_embeddings:  # safetensors stores a tied matrix once, under either name
         for a, b in (tied, tied[::-1]):
             if a in state and b not in state:
                 state[b] = state[a]
-    with torch.device("meta"):  # shapes only: no memory, no init
-        expected = {k: v.shape for k, v in build_model(config).state_dict().items()}
-    missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
-    wrong = sorted(k for k in expected.keys() & state.keys() if state[k].shape != expected[k])
-    if missing or unexpected or wrong:
-        raise ValueError(
-            f"weights in {directory / WEIGHTS} do not match model.json (missing {missing[:5]}, unexpected "
-            f"{unexpected[:5]}, wrong shape {wrong[:5]}); the checkpoint is damaged or from another version"
-        )
     return state
 
 
@@ -412,6 +418,7 @@ def export_hf(checkpoint: str | Path, out: str | Path, *, dtype: str | None = No
     # The tokenizer files are the tokenizer package's; a function-level import, like model/checkpoint.py's load_model.
     from data.tokenizer import tokenizer_files
 
+    read_tokenizer(directory)  # a tokenizer spec that cannot be rebuilt is refused naming model.json
     files = tokenizer_files(spec, config.kind, config.block_size)
 
     state = read_state_dict(directory, config)
@@ -430,6 +437,7 @@ def export_hf(checkpoint: str | Path, out: str | Path, *, dtype: str | None = No
 
     mask = os.umask(0)
     os.umask(mask)
+    remove_stale_temp_dirs(out.parent)  # of exports killed before they finished (kill -9): their process is gone
     try:
         with atomic_directory(out) as tmp:
             save_file(hf_state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
@@ -439,11 +447,24 @@ def export_hf(checkpoint: str | Path, out: str | Path, *, dtype: str | None = No
             for f in tmp.iterdir():
                 f.chmod(0o666 & ~mask)
             tmp.chmod(0o777 & ~mask)
-    except OSError as e:  # no such parent, read-only, disk full: the system's message, and where
-        raise ValueError(
-            f"cannot write out={str(out)!r} ({e.strerror or e}: {e.filename}); choose a directory you can write to"
-        ) from e
+    except (OSError, SafetensorError) as e:  # no such parent, read-only, disk full: nothing was written
+        raise ValueError(_write_error(out, e)) from e
     return out
+
+
+def _write_error(out: Path, e: OSError | SafetensorError) -> str:
+    """One line for a failed export: the system's reason, where, and what to do."""
+    if isinstance(e, OSError):
+        number, reason = e.errno, e.strerror or str(e)
+    else:  # safetensors names the OS error in its message only: "... I/O error: No space left ... (os error 28)"
+        code = re.search(r"os error (\d+)", str(e))
+        number = int(code[1]) if code else None
+        reason = os.strerror(number) if code else str(e).strip().splitlines()[0]
+    where = f" ({e.filename})" if isinstance(e, OSError) and e.filename else ""
+    kept = f"{out} is as it was" if out.exists() else "nothing was written"
+    full = number in (errno.ENOSPC, errno.EDQUOT)
+    fix = "free space or choose another disk" if full else "choose a directory you can write to"
+    return f"cannot write out={str(out)!r}: {reason}{where}; {kept}: {fix}"
 
 
 # ----------------------------------------------------------------------------------------------------------------

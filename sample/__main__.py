@@ -258,7 +258,13 @@ def run(cfg: SampleConfig, edits: set[str] | None = None) -> None:
             )
             for i, c in enumerate(completions)
         ]  # fmt: skip
-        append_records(cfg.out, records)
+        try:
+            append_records(cfg.out, records)
+        except OSError as e:  # disk full, quota ...: append_records left the file as it was
+            raise ValueError(
+                f"cannot write the sample records to out={cfg.out!r}: {e.strerror or e}; the file is unchanged "
+                "(the samples are printed above)"
+            ) from e
         print(f"wrote {len(records)} sample record(s) to {cfg.out}", file=sys.stderr)
     sys.stdout.flush()
 
@@ -288,7 +294,10 @@ def replay(path: str, device_name: str = "auto") -> None:
     for n, record in enumerate(records, 1):
         checkpoint = record["checkpoint"]
         if checkpoint not in loaded:
-            model, tokenizer, kind = _load(checkpoint, device)
+            try:
+                model, tokenizer, kind = _load(checkpoint, device)
+            except (ValueError, OSError) as e:  # the checkpoint a record names is missing or damaged: say which record
+                raise ValueError(f"{path}, record {n}: {config_error_message(e, SCHEMAS)}") from e
             loaded[checkpoint] = (model, tokenizer, kind, checkpoint_identity(checkpoint))
         model, tokenizer, kind, identity = loaded[checkpoint]
         check_identity(record, identity)

@@ -20,6 +20,7 @@ from hydra.errors import MissingConfigException, OverrideParseException
 from omegaconf import MISSING
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from data.config import check_seed
 from sample.sampling import GenerationConfig, bad_words_ids
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -116,6 +117,8 @@ class SampleConfig:
             raise ValueError("both prompt and prompt_file are set; pass only one of them")
         if self.num_samples < 1:
             raise ValueError(f"num_samples={self.num_samples} must be >= 1")
+        if self.seed is not None:
+            check_seed("seed", self.seed)
         if not DEVICE_PATTERN.fullmatch(self.device):
             raise ValueError(f"device={self.device!r} is not one of auto, cpu, cuda, cuda:<n>, mps")
         settings = self.settings()  # validates the overrides together with the preset

@@ -14,12 +14,16 @@ overrides them; text-generation then generates max_new_tokens=256 new tokens whe
 from __future__ import annotations
 
 import dataclasses
+import numbers
+import operator
 import warnings
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from data.config import check_seed
 from data.tokenizer import Tokenizer, get_tokenizer
 from model import GPT, T5
 from model.checkpoint import is_hf_source, load_model, read_generation_defaults, resolve_checkpoint
@@ -27,6 +31,12 @@ from sample.generate import Completion, generate, model_device, model_kind, prom
 from sample.sampling import GenerationConfig, recorded_controls
 
 CONTROLS = frozenset(f.name for f in dataclasses.fields(GenerationConfig)) - {"do_sample"}
+CONTROL_TYPES = {f.name: f.type for f in dataclasses.fields(GenerationConfig)}  # "Optional[int]", "float", ...
+# what a control of each annotated type takes, as the error says it
+TYPE_WORDS = {"int": "a whole number", "float": "a number", "bool": "True or False",
+              "List[str]": "a string or a list of strings", "List[int]": "a list of token ids",
+              "List[List[int]]": "a list of lists of token ids"}  # fmt: skip
+INPUTS = "a string or a non-empty list of strings"
 KIND_NAMES = {"gpt": "a decoder-only (gpt) model", "t5": "an encoder-decoder (t5) model"}
 TASK_OF_KIND = {"gpt": "text-generation", "t5": "text2text-generation"}
 DEFAULT_MAX_NEW_TOKENS = 256  # text-generation without a length argument (transformers' pipeline default)
@@ -75,7 +85,18 @@ class _GenerationPipeline:
         generate_kwargs: dict[str, object],
     ) -> list[dict[str, object]] | list[list[dict[str, object]]]:
         """Validate the transformers-style arguments, then generate every prompt (in batches of batch_size)."""
-        controls = {k: v for k, v in generate_kwargs.items() if k in CONTROLS}
+        prompts, single = _prompts(text_inputs)
+        _check_bool("do_sample", do_sample, optional=True)
+        _check_bool("return_full_text", return_full_text)
+        _check_bool("return_tensors", return_tensors)
+        if batch_size is not None:
+            batch_size = _whole_number("batch_size", batch_size, "a whole number >= 1 (or None: all prompts at once)")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be >= 1 (or None: all prompts in one batch)")
+        if seed is not None:
+            seed = _whole_number("seed", seed, "a whole number between 0 and 2**63 - 1 (or None: drawn)")
+            check_seed("seed", seed)
+        controls = checked_controls({k: v for k, v in generate_kwargs.items() if k in CONTROLS})
         ignored = sorted(k for k in generate_kwargs if k not in CONTROLS)
         if ignored:
             warnings.warn(f"ignoring arguments nanoloom does not use: {', '.join(ignored)}", stacklevel=3)
@@ -85,17 +106,7 @@ class _GenerationPipeline:
                 "max_new_tokens wins",
                 stacklevel=3,
             )
-        if controls.get("top_p") is None:
-            controls.pop("top_p", None)  # None means off, as 1.0
-        if controls.get("typical_p") is None:
-            controls.pop("typical_p", None)
         config = GenerationConfig(**self._controls(controls, do_sample))  # ValueError names a bad or contradictory one
-        single = isinstance(text_inputs, str)
-        prompts = [text_inputs] if single else list(text_inputs)
-        if not prompts or not all(isinstance(p, str) for p in prompts):
-            raise TypeError("text_inputs must be a string or a non-empty list of strings")
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size={batch_size} must be >= 1 (or None: all prompts in one batch)")
         if seed is None:
             seed = row_seeds(None, 1)[0]  # one draw; every row then gets seed + row, as with an explicit seed
         step = batch_size or len(prompts)
@@ -160,7 +171,8 @@ class TextGenerationPipeline(_GenerationPipeline):
 
         Args:
             text_inputs: one prompt or a list of prompts; a list is generated as padded batches whose results equal
-                generating each prompt alone.
+                generating each prompt alone. Anything else (a chat of role/content messages: nanoloom's models have
+                no chat template) is a TypeError naming what was passed.
             do_sample: True samples, False is greedy (or beam search). None (the default): the checkpoint's
                 recorded default, else True with num_beams=1 (nanoloom's default; transformers defaults to False);
                 False when the call sets num_beams > 1.
@@ -168,7 +180,8 @@ class TextGenerationPipeline(_GenerationPipeline):
             return_tensors: return {"generated_token_ids": [...]} instead of text (the prompt's ids first when
                 return_full_text), the ids that ended generation (eos) included.
             batch_size: prompts per batch (None: all at once).
-            seed: makes the samples reproducible; output j of the call (prompt-major) samples with seed + j.
+            seed: makes the samples reproducible; output j of the call (prompt-major) samples with seed + j. A whole
+                number in [0, 2**63), as every nanoloom seed; None draws one.
             **generate_kwargs: every control of sample.sampling.GenerationConfig, with transformers' names and
                 defaults, over the checkpoint's recorded ones: max_new_tokens (wins over max_length; the recorded
                 value, else 256 when no length is given, at any prompt length), max_length (prompt + new tokens),
@@ -176,7 +189,9 @@ class TextGenerationPipeline(_GenerationPipeline):
                 top_p, min_p, typical_p, repetition_penalty, presence_penalty, frequency_penalty,
                 no_repeat_ngram_size, bad_words_ids, suppress_tokens, eos_token_id, stop_strings, num_beams,
                 length_penalty, early_stopping. Other transformers arguments (pad_token_id, truncation, ...) are
-                accepted and ignored with a warning, so existing calls run unchanged.
+                accepted and ignored with a warning, so existing calls run unchanged. A control of the wrong type
+                (max_new_tokens="10") is a TypeError naming it; None for one that is never None (temperature, top_p,
+                num_beams ...) means not given, as null on the command line.
         """
         return self._generate(
             text_inputs, do_sample=do_sample, return_full_text=return_full_text, return_tensors=return_tensors,
@@ -218,6 +233,92 @@ class Text2TextGenerationPipeline(_GenerationPipeline):
         )  # fmt: skip
 
 
+def _prompts(text_inputs: object) -> tuple[list[str], bool]:
+    """(the prompts, whether one string was given); TypeError/ValueError naming what was passed instead."""
+    if isinstance(text_inputs, str):
+        return [text_inputs], True
+    if _is_chat(text_inputs) or (isinstance(text_inputs, (list, tuple)) and any(map(_is_chat, text_inputs))):
+        raise TypeError(
+            "text_inputs is a chat (messages with 'role' and 'content'); nanoloom's models are plain language models "
+            f"without a chat template: pass {INPUTS} (the text to continue)"
+        )
+    if isinstance(text_inputs, (bytes, bytearray)):
+        raise TypeError(f"text_inputs is {_describe(text_inputs)}; decode it to a str (text.decode('utf-8')) first")
+    if isinstance(text_inputs, Mapping) or not isinstance(text_inputs, Iterable):
+        raise TypeError(f"text_inputs must be {INPUTS}, got {_describe(text_inputs)}")
+    prompts = list(text_inputs)
+    if not prompts:
+        raise ValueError(f"text_inputs is an empty {type(text_inputs).__name__}; pass {INPUTS}")
+    for i, prompt in enumerate(prompts):
+        if not isinstance(prompt, str):
+            raise TypeError(f"text_inputs[{i}] is {_describe(prompt)}; text_inputs must be {INPUTS}")
+    return prompts, False
+
+
+def _is_chat(value: object) -> bool:
+    """A transformers chat: one message {"role": ..., "content": ...} or a list of them."""
+    if isinstance(value, Mapping):
+        return "role" in value and "content" in value
+    return isinstance(value, (list, tuple)) and bool(value) and all(_is_chat(m) for m in value)
+
+
+def _describe(value: object) -> str:
+    """'int 123', 'str "ab"': the type and a short repr of a value an error names."""
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+def _check_bool(name: str, value: object, optional: bool = False) -> None:
+    if not (isinstance(value, bool) or (optional and value is None)):
+        expected = "True, False or None" if optional else "True or False"
+        raise TypeError(f"{name} must be {expected}, got {_describe(value)}")
+
+
+def _whole_number(name: str, value: object, expected: str) -> int:
+    """value as an int (numpy integers too); TypeError for anything else, bools and floats included."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return operator.index(value)
+    raise TypeError(f"{name} must be {expected}, got {_describe(value)}")
+
+
+def checked_controls(controls: dict[str, object]) -> dict[str, object]:
+    """A call's (or generation_config's) decoding controls with their types checked, as the command line's schema
+    checks them: TypeError naming the control, the value and what it takes. Values GenerationConfig then range-checks.
+
+    None for a control that is never None (temperature, top_p, num_beams ...) means "not given": the checkpoint's
+    recorded value, else the default, as null does on the command line. A string stop_strings is one stop string
+    (as in transformers), numpy numbers are plain numbers.
+    """
+    out = {}
+    for name, value in controls.items():
+        annotation = CONTROL_TYPES[name]
+        optional = annotation.startswith("Optional[") or annotation == "Any"
+        base = annotation.removeprefix("Optional[").removesuffix("]") if optional else annotation
+        if value is None:
+            if optional:
+                out[name] = value
+            continue
+        if base == "List[str]" and isinstance(value, str):
+            value = [value]
+        ok = True
+        if base == "int":
+            ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            value = operator.index(value) if ok else value
+        elif base == "float":
+            ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+            value = float(value) if ok else value
+        elif base == "bool":
+            ok = isinstance(value, bool)
+        elif base == "List[str]":
+            ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+        elif base in ("List[int]", "List[List[int]]"):
+            ok = isinstance(value, (list, tuple))
+        if not ok:
+            raise TypeError(f"{name} takes {TYPE_WORDS[base]}, got {_describe(value)}")
+        out[name] = value
+    return out
+
+
 SUPPORTED_TASKS: dict[str, type[_GenerationPipeline]] = {
     "text-generation": TextGenerationPipeline,
     "text2text-generation": Text2TextGenerationPipeline,
@@ -245,12 +346,21 @@ def pipeline(
             checkpoint's recorded ones (model.json meta.generation, written by training from its task preset; an
             "hf:" folder's generation_config.json), or none for a model object or an older checkpoint.
     """
-    if isinstance(device, int):
-        device = "cpu" if device < 0 else f"cuda:{device}"
     if task not in SUPPORTED_TASKS:
         raise ValueError(f"unknown task {task!r}; nanoloom supports: {', '.join(SUPPORTED_TASKS)}")
+    if isinstance(device, bool) or not (device is None or isinstance(device, (str, int, torch.device))):
+        raise TypeError(f"device must be a name ('cpu', 'cuda:0', 'auto'), an int or a torch.device, got "
+                        f"{_describe(device)}")  # fmt: skip
+    if isinstance(device, int):
+        device = "cpu" if device < 0 else f"cuda:{device}"
+    if tokenizer is not None and not isinstance(tokenizer, str):
+        if not all(hasattr(tokenizer, a) for a in ("encode", "decode", "vocab_size")):
+            raise TypeError(f"tokenizer must be a nanoloom Tokenizer or a tokenizer name ('gpt2', 'byte'), got "
+                            f"{_describe(tokenizer)}")  # fmt: skip
     if isinstance(generation_config, GenerationConfig):
         generation_config = generation_config.to_dict()
+    elif generation_config is not None:
+        generation_config = _checked_generation_config(generation_config)
     if isinstance(model, (str, Path)):
         if not is_hf_source(model):  # once: a run still training may move `latest` between two reads
             model = resolve_checkpoint(model)
@@ -268,3 +378,27 @@ def pipeline(
     if isinstance(tokenizer, str):
         tokenizer = get_tokenizer(tokenizer)
     return SUPPORTED_TASKS[task](model, tokenizer, generation_config)
+
+
+def _checked_generation_config(config: object) -> dict[str, object]:
+    """A generation_config dict checked now, not at the first call: its controls' types and ranges; other keys (a
+    transformers generation_config.json's pad_token_id ...) are ignored with a warning, as a call's are."""
+    if not isinstance(config, Mapping):
+        raise TypeError(f"generation_config must be a GenerationConfig, a dict or None, got {_describe(config)}")
+    # bad_words: a task preset's words (recorded_controls); num_return_sequences is a per-call choice
+    names = (CONTROLS - {"num_return_sequences"}) | {"do_sample", "bad_words"}
+    ignored = sorted(str(k) for k in config if k not in names)
+    if ignored:
+        warnings.warn(f"generation_config: ignoring keys nanoloom does not use: {', '.join(ignored)}", stacklevel=3)
+    try:
+        controls = checked_controls({k: v for k, v in config.items() if k in names - {"do_sample", "bad_words"}})
+        if config.get("do_sample") is not None:
+            _check_bool("do_sample", config["do_sample"])
+            controls["do_sample"] = config["do_sample"]
+        GenerationConfig(**controls)  # ValueError: an out-of-range or contradictory control, named
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"generation_config: {e}") from None
+    words = config.get("bad_words")
+    if words is not None and not (isinstance(words, (list, tuple)) and all(isinstance(w, str) for w in words)):
+        raise TypeError(f"generation_config['bad_words'] takes a list of strings, got {_describe(words)}")
+    return {**controls, **({"bad_words": list(words)} if words else {})}

@@ -158,6 +158,50 @@ CASES = [
          "choose a directory you can write to"),
     Case("export-unknown-argument", "export", ("checkpoint={w}/ckpt", "outt={w}/hf_new"),
          "unknown argument 'outt'; valid keys: checkpoint, out, dtype, overwrite"),
+    # seeds: every seed of every config is a whole number in [0, 2**63), refused before anything runs
+    Case("prepare-seed-too-large", "prepare",
+         (*PREPARE, "data.paths=[{w}/corpus/good.txt]", "data.split_seed=99999999999999999999"),
+         "data.split_seed=99999999999999999999 is out of range; a seed must be between 0 and 2**63 - 1"),
+    Case("train-seed-too-large", "train", (*TRAIN, "trainer.seed=99999999999999999999"),
+         "trainer.seed=99999999999999999999 is out of range; a seed must be between 0 and 2**63 - 1", subprocess=True),
+    Case("train-negative-seed", "train", (*TRAIN, "trainer.seed=-1"), "trainer.seed=-1 is out of range"),
+    Case("train-seed-just-too-large", "train", (*TRAIN, "trainer.seed=9223372036854775808"),
+         "trainer.seed=9223372036854775808 is out of range"),
+    Case("train-negative-samples-seed", "train", (*TRAIN, "samples.seed=-5"), "samples.seed=-5 is out of range"),
+    Case("train-data-seed-too-large", "train", (*TRAIN, "data.split_seed=18446744073709551616"),
+         "data.split_seed=18446744073709551616 is out of range"),
+    Case("sample-seed-too-large", "sample", (*SAMPLE, "seed=99999999999999999999"),
+         "seed=99999999999999999999 is out of range; a seed must be between 0 and 2**63 - 1"),
+    Case("sample-negative-seed", "sample", (*SAMPLE, "seed=-1"), "seed=-1 is out of range"),
+    # non-finite numbers: nan and inf pass every range check (comparisons with nan are false); refused by name
+    Case("train-lr-inf", "train", (*TRAIN, "optim.lr=inf"), "optim.lr=inf must be a finite number", subprocess=True),
+    Case("train-lr-nan", "train", (*TRAIN, "optim.lr=nan"), "optim.lr=nan must be a finite number"),
+    Case("train-lr-overflows-to-inf", "train", (*TRAIN, "optim.lr=1e400"), "optim.lr=inf must be a finite number"),
+    Case("train-beta1-nan", "train", (*TRAIN, "optim.beta1=nan"), "optim.beta1=nan must be a finite number"),
+    Case("train-beta2-one", "train", (*TRAIN, "optim.beta2=1"), "optim.beta2=1.0 must be in [0, 1)"),
+    Case("train-eps-zero", "train", (*TRAIN, "optim.eps=0"), "optim.eps=0.0 must be > 0"),
+    Case("train-weight-decay-minus-inf", "train", (*TRAIN, "optim.weight_decay=-inf"),
+         "optim.weight_decay=-inf must be a finite number"),
+    Case("train-negative-weight-decay", "train", (*TRAIN, "optim.weight_decay=-0.1"),
+         "optim.weight_decay=-0.1 must be >= 0"),
+    Case("train-grad-clip-nan", "train", (*TRAIN, "optim.grad_clip=nan"),
+         "optim.grad_clip=nan must be a finite number"),
+    Case("train-momentum-inf", "train", (*TRAIN, "optim=muon", "optim.momentum=inf"),
+         "optim.momentum=inf must be a finite number"),
+    Case("train-min-lr-ratio-nan", "train", (*TRAIN, "schedule.min_lr_ratio=nan"),
+         "schedule.min_lr_ratio=nan must be a finite number"),
+    Case("train-warmup-inf", "train", (*TRAIN, "schedule.warmup_steps=inf"),
+         "(set schedule.warmup_steps to a whole number)"),
+    Case("train-max-time-inf", "train", (*TRAIN, "trainer.max_time=inf"),
+         "trainer.max_time=inf must be a finite number"),
+    Case("train-dropout-nan", "train", (*TRAIN, "model.dropout=nan"), "model.dropout=nan "),
+    Case("train-samples-temperature-nan", "train", (*TRAIN, "samples.temperature=nan"),
+         "samples.temperature=nan must be a finite number"),
+    Case("train-samples-beyond-the-task", "train", (*TRAIN, "samples.max_new_tokens=2", "task.min_new_tokens=5"),
+         "the samples' decoding (samples.* over task=story): min_new_tokens=5 > max_new_tokens=2"),
+    Case("train-task-temperature-inf", "train", (*TRAIN, "task.temperature=inf"),
+         "task.temperature=inf must be a finite number"),
+    Case("sample-temperature-nan", "sample", (*SAMPLE, "temperature=nan"), "temperature=nan must be a finite number"),
 ]  # fmt: skip
 
 
@@ -328,3 +372,26 @@ def test_the_world_checkpoint_is_valid(world: Path):
 
     model, tokenizer = load_model(world / "ckpt")
     assert isinstance(model, GPT) and model.config.block_size == 32 and tokenizer.vocab_size == 257
+
+
+@pytest.mark.parametrize("content", [b'{"cpu:torch.float32:1threads": 1.5e1', b"\xff\xfe", b"[1, 2]", b""],
+                         ids=["torn", "binary", "not-an-object", "empty"])  # fmt: skip
+def test_damaged_peak_flops_cache_is_one_warning_and_rewritten_whole(tmp_path: Path, content: bytes, monkeypatch,
+                                                                      capsys):  # fmt: skip
+    """The measured peak MFU divides by: a damaged cache is measured again with one warning (not a JSON decoder
+    message at every start), and rewritten atomically, so the next start reads it silently."""
+    import torch
+
+    from train import device as device_module
+
+    monkeypatch.setattr(device_module, "measure_matmul_flops", lambda device, dtype: 1.25e9)
+    cache = tmp_path / "peak_flops.json"
+    cache.write_bytes(content)
+    assert device_module.peak_flops(torch.device("cpu"), torch.float32, tmp_path) == 1.25e9
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: ignoring the damaged peak FLOP/s cache"), err
+    assert list(json.loads(cache.read_text()).values()) == [1.25e9]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["peak_flops.json"]  # no temp file left
+    monkeypatch.setattr(device_module, "measure_matmul_flops", lambda device, dtype: pytest.fail("measured twice"))
+    assert device_module.peak_flops(torch.device("cpu"), torch.float32, tmp_path) == 1.25e9
+    assert capsys.readouterr().err == ""

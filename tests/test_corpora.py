@@ -5,7 +5,17 @@ import json
 import pytest
 
 from data.config import DataConfig
-from data.corpora import hub_split, load_documents, python_files, read_stories, source_hashes, strip_markdown
+from data.corpora import (
+    MAX_FUNCTION_CHARS,
+    function_documents,
+    hub_split,
+    load_documents,
+    python_files,
+    read_stories,
+    source_hashes,
+    strip_markdown,
+)
+from data.prepare import split_documents
 
 
 def text_cfg(*paths, **kw) -> DataConfig:
@@ -38,6 +48,61 @@ def test_python_code_is_the_stdlib_without_tests():
     assert len(with_tests) > len(names) and any(n.startswith("stdlib:test/") for n in with_tests)
     docs = load_documents(DataConfig(corpora=["python-code"], tokenizer="byte", max_documents=3))
     assert len(docs) == 3 and all(d.text.strip() for d in docs)
+
+
+MODULE = """import os
+
+
+def top(a, b=1):
+    \"\"\"Add.\"\"\"
+    def inner(x):
+        return x
+    return inner(a) + b
+
+
+class Box:
+    size = 3
+
+    @property
+    @staticmethod
+    def area(
+        self,
+    ):
+        return self.size ** 2
+
+    async def fetch(self):
+        text = \"\"\"
+keep this column
+\"\"\"
+        return text
+
+
+def long():
+    return %r
+""" % ("x" * MAX_FUNCTION_CHARS)
+
+
+def test_python_functions_one_document_per_function_and_method_dedented_with_decorators():
+    docs = function_documents("stdlib:box.py", MODULE)
+    assert [d.source for d in docs] == ["stdlib:box.py:top", "stdlib:box.py:Box.area", "stdlib:box.py:Box.fetch"]
+    assert {d.group for d in docs} == {"stdlib:box.py"}  # one module, one split unit; too long: left out
+    top, area, fetch = (d.text for d in docs)
+    assert top.startswith('def top(a, b=1):\n    """Add."""\n    def inner(x):') and top.endswith("inner(a) + b\n")
+    assert area == "@property\n@staticmethod\ndef area(\n    self,\n):\n    return self.size ** 2\n"
+    assert fetch.startswith("async def fetch(self):\n    text") and "\nkeep this column\n" in fetch  # string kept
+    for text in (top, area, fetch):
+        compile(text, "<doc>", "exec")  # each document is a module of its own
+    stdlib = load_documents(DataConfig(corpora=["python-functions"], tokenizer="byte", max_documents=40))
+    assert len(stdlib) == 40 and all(d.text.lstrip().startswith(("def ", "async def ", "@")) for d in stdlib)
+
+
+def test_documents_of_one_group_share_a_split():
+    docs = [d for m in range(10) for d in function_documents(f"stdlib:m{m}.py", MODULE)]
+    train, val = split_documents(docs, 0.2, seed=3)
+    assert len(val) == 2 * 3 and len(train) == 8 * 3  # two of the ten modules, whole
+    assert not {d.group for d in train} & {d.group for d in val}
+    one_module = function_documents("stdlib:box.py", MODULE)
+    assert [len(s) for s in split_documents(one_module, 0.3, seed=0)] == [2, 1]  # one group: documents are units
 
 
 def test_text_files_dirs_globs_and_jsonl(tmp_path):

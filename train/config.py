@@ -7,16 +7,19 @@ with OmegaConf.to_object and hands the typed TrainConfig to loop.run. Schema typ
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from data.config import DataConfig
+from data.config import DataConfig, check_seed
 from model.config import GPTConfig, T5Config
 from sample.config import TaskConfig
 from sample.config import register_schema as register_sample_schema
+from sample.sampling import GenerationConfig
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 SCHEDULES = ("cosine", "constant", "wsd")
@@ -28,6 +31,24 @@ NONFINITE = ("skip", "stop")
 def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{key}={value!r} is not one of {', '.join(choices)}")
+
+
+def _finite_numbers(prefix: str, config: object) -> None:
+    """Every float field of a config dataclass holds a finite number (or None where Optional): nan and inf pass the
+    range checks (every comparison with nan is false) and would only fail once training runs."""
+    for f in dataclasses.fields(config):
+        if f.type not in ("float", "Optional[float]"):
+            continue
+        value = getattr(config, f.name)
+        if value is None and f.type == "Optional[float]":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{prefix}.{f.name}={value!r} must be a finite number")
+
+
+def _in_unit_interval(key: str, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{key}={value} must be in [0, 1)")
 
 
 @dataclass
@@ -44,10 +65,18 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         _choice("optim.name", self.name, ("adamw", "muon"))
+        _finite_numbers("optim", self)
         if self.lr <= 0:
             raise ValueError(f"optim.lr={self.lr} must be > 0")
+        if self.weight_decay < 0:
+            raise ValueError(f"optim.weight_decay={self.weight_decay} must be >= 0 (0 disables it)")
+        _in_unit_interval("optim.beta1", self.beta1)
+        _in_unit_interval("optim.beta2", self.beta2)
+        if self.eps <= 0:
+            raise ValueError(f"optim.eps={self.eps} must be > 0 (a parameter whose gradient is 0 would divide 0 by 0)")
         if self.grad_clip < 0:
             raise ValueError(f"optim.grad_clip={self.grad_clip} must be >= 0 (0 disables clipping)")
+        _in_unit_interval("optim.momentum", self.momentum)
 
 
 @dataclass
@@ -59,6 +88,7 @@ class ScheduleConfig:
 
     def __post_init__(self) -> None:
         _choice("schedule.name", self.name, SCHEDULES)
+        _finite_numbers("schedule", self)
         if self.warmup_steps < 0:
             raise ValueError(f"schedule.warmup_steps={self.warmup_steps} must be >= 0")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
@@ -107,11 +137,13 @@ class TrainerConfig:
         for key in ("eval_interval", "save_interval"):
             if getattr(self, key) < 0:
                 raise ValueError(f"trainer.{key}={getattr(self, key)} must be >= 0")
+        _finite_numbers("trainer", self)
         if self.max_time is not None and self.max_time <= 0:
             raise ValueError(f"trainer.max_time={self.max_time} must be > 0 seconds (or null for no budget)")
         _choice("trainer.dtype", self.dtype, DTYPES)
         _choice("trainer.nonfinite", self.nonfinite, NONFINITE)
         _choice("trainer.parallel", self.parallel, ("ddp", "fsdp"))
+        check_seed("trainer.seed", self.seed)
         micro = self.micro_batch_size
         if micro is not None and (micro < 1 or self.batch_size % micro):
             raise ValueError(f"trainer.micro_batch_size={micro} must divide trainer.batch_size={self.batch_size}")
@@ -142,6 +174,17 @@ class SamplesConfig:
     seed: int = 1234  # a private generator: sampling never disturbs the training RNG
     eval_pairs: int = 16  # seq2seq: val pairs generated at each eval for exact match and ROUGE-L (0 = none)
     shown_pairs: int = 3  # seq2seq: how many of them are printed and written to samples.jsonl
+
+    def __post_init__(self) -> None:
+        _finite_numbers("samples", self)
+        check_seed("samples.seed", self.seed)
+        for key in ("eval_pairs", "shown_pairs"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"samples.{key}={getattr(self, key)} must be >= 0")
+        try:
+            GenerationConfig(**self.overrides())
+        except ValueError as e:
+            raise ValueError(f"samples.{e}") from None
 
     def overrides(self) -> dict[str, Any]:
         """The decoding controls set here (non-null), to apply over the task preset's; temperature sets do_sample."""
@@ -182,6 +225,10 @@ class TrainConfig:
             from model.registry import config_from_dict
 
             self.model = config_from_dict(self.model)
+        try:  # the samples shown at each evaluation: samples.* over the task preset's decoding
+            self.task.replace(num_return_sequences=1, **self.samples.overrides())
+        except ValueError as e:
+            raise ValueError(f"the samples' decoding (samples.* over task={self.task.name}): {e}") from None
         if self.trainer.eval_batches is None and self.task.objective != "causal":
             raise ValueError(
                 f"trainer.eval_batches=null scores the whole val split of a causal model; the {self.task.objective} "

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from pathlib import Path
 
 import torch
+
+from model.checkpoint import write_text_atomic
+from train.log import warn
 
 # Datasheet dense bf16 peaks (FLOP/s) for MFU on common GPUs; others are measured like CPUs.
 GPU_PEAK_BF16 = {"A100": 312e12, "H100": 989e12, "H200": 989e12, "A10": 125e12, "L4": 121e12, "4090": 165e12}
@@ -94,12 +98,32 @@ def peak_flops(device: torch.device, dtype: torch.dtype, cache_dir: str | Path) 
                 return flops if dtype != torch.float32 else flops / 2  # TF32 runs at about half the bf16 rate
     cache = Path(cache_dir) / "peak_flops.json"
     key = f"{device.type}:{dtype}:{torch.get_num_threads()}threads"
-    table = json.loads(cache.read_text()) if cache.exists() else {}
-    if key not in table:
-        table[key] = measure_matmul_flops(device, dtype)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps(table, indent=2))
-    return table[key]
+    table = _read_peak_cache(cache)
+    value = table.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        table[key] = value = measure_matmul_flops(device, dtype)
+        try:  # atomic: a crash or a second run writing at the same time never leaves a torn file
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(cache, json.dumps(table, indent=2))
+        except OSError as e:
+            warn(f"cannot write the peak FLOP/s cache {cache} ({e.strerror or e}); it is measured again next time")
+    return value
+
+
+def _read_peak_cache(cache: Path) -> dict[str, object]:
+    """The measured peaks cached in cache_dir; {} when there is none, or (one warning) when it is unreadable or torn,
+    so that the peak is measured again and the file rewritten whole."""
+    if not cache.exists():
+        return {}
+    try:
+        table = json.loads(cache.read_text(encoding="utf-8"))
+        if not isinstance(table, dict):
+            raise ValueError(f"a JSON {type(table).__name__}, not an object")
+    except (OSError, ValueError) as e:  # ValueError: JSON and UTF-8 decoding errors
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+        warn(f"ignoring the damaged peak FLOP/s cache {cache} ({reason}); measuring the peak again and rewriting it")
+        return {}
+    return table
 
 
 def measure_matmul_flops(device: torch.device, dtype: torch.dtype, n: int = 1024, seconds: float = 0.5) -> float:

@@ -409,9 +409,8 @@ def read_text_file(path: str) -> tuple[str, int]:
     """(text, UTF-8 bytes) of file=; missing, not UTF-8 or empty is a one-line error."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(
-            f"file={path!r} {'is a directory' if p.is_dir() else 'does not exist'}; pass a text file to score"
-        )
+        what = "is a directory" if p.is_dir() else "is not a regular file" if p.exists() else "does not exist"
+        raise FileNotFoundError(f"file={path!r} {what}; pass a text file to score")  # not a pipe: it would block
     raw = p.read_bytes()
     try:
         text = raw.decode("utf-8")
@@ -592,8 +591,11 @@ def evaluate_checkpoint(
         "device": str(torch_device), "dtype": str(amp).removeprefix("torch."),
     }  # fmt: skip
     if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out, json.dumps(result, indent=2) + "\n")
+        try:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(out, json.dumps(result, indent=2) + "\n")
+        except OSError as e:  # disk full ...: the file as it was (written atomically); name it
+            raise ValueError(f"cannot write out={out!r}: {e.strerror or e}; the file is unchanged") from e
     return result
 
 

@@ -3,13 +3,16 @@
 Only rank 0 logs. wandb is imported lazily and only with logger=wandb; offline mode needs no network and the
 run id is kept in the run directory so a resumed run continues the same wandb run. metrics.jsonl holds metric
 records and event records ({"event": "out_of_memory", ...}); a resumed run first drops the records past its
-checkpoint (and a fresh run all of them), so the file describes one uninterrupted run.
+checkpoint (and a fresh run all of them), so the file describes one uninterrupted run. Nothing is written before the
+first record (a run refused while it starts leaves the run directory as it was), and never through a link
+(train.state.open_no_follow).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +23,7 @@ import torch
 
 from model.checkpoint import write_text_atomic
 from train.config import LoggerConfig
+from train.state import check_plain_file, open_no_follow
 
 WANDB_ID_FILE = "wandb_id.txt"
 
@@ -39,20 +43,34 @@ class Tracker:
         self.enabled = enabled
         self.run_dir = run_dir
         self.wandb_run = None
+        self.metrics_file = None  # opened by the first record (_start)
+        self._start_args = (cfg, config, run_name, resume_step)
         if not enabled:
             return
-        run_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("metrics.jsonl", "samples.jsonl", WANDB_ID_FILE):
+            check_plain_file(run_dir / name, writing=False)  # a link is refused now, before the run starts
+            # (hard links are not: _start replaces metrics.jsonl and samples.jsonl whole before appending to them)
+        if cfg.name == "wandb" and cfg.mode != "disabled":
+            _import_wandb()
+
+    def _start(self) -> None:
+        """Before the first record: trim the logs to the resumed step, open metrics.jsonl, start wandb."""
+        if self.metrics_file is not None:
+            return
+        cfg, config, run_name, resume_step = self._start_args
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         # Records logged after the checkpoint are about to be logged again; a fresh run (resume_step None) keeps
         # none of an earlier attempt that died before its first checkpoint.
         for name in ("metrics.jsonl", "samples.jsonl"):
-            _truncate_after(run_dir / name, resume_step if resume_step is not None else -1)
-        self.metrics_file = open(run_dir / "metrics.jsonl", "a")  # appended: a resumed run continues the file
+            _truncate_after(self.run_dir / name, resume_step if resume_step is not None else -1)
+        self.metrics_file = open_no_follow(self.run_dir / "metrics.jsonl", "a")  # a resumed run continues the file
         if cfg.name == "wandb" and cfg.mode != "disabled":
-            self.wandb_run = _init_wandb(cfg, run_dir, config, run_name)
+            self.wandb_run = _init_wandb(cfg, self.run_dir, config, run_name)
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         if not self.enabled:
             return
+        self._start()
         record = {"step": step, "time": round(time.time(), 3), **metrics}
         self.metrics_file.write(json.dumps(record) + "\n")
         self.metrics_file.flush()
@@ -63,6 +81,7 @@ class Tracker:
         """A one-off record in metrics.jsonl: {"step", "time", "event": name, **fields} (wandb gets the numbers)."""
         if not self.enabled:
             return
+        self._start()
         record = {"step": step, "time": round(time.time(), 3), "event": name, **fields}
         self.metrics_file.write(json.dumps(record) + "\n")
         self.metrics_file.flush()
@@ -78,7 +97,8 @@ class Tracker:
         """Completions shown at an eval: appended to samples.jsonl, printed, and sent to wandb as a table."""
         if not self.enabled:
             return
-        with open(self.run_dir / "samples.jsonl", "a") as f:
+        self._start()
+        with open_no_follow(self.run_dir / "samples.jsonl", "a") as f:
             for s in samples:
                 f.write(json.dumps({"step": step, **s}) + "\n")
         for s in samples:
@@ -96,8 +116,10 @@ class Tracker:
             self.wandb_run.log({"samples": table}, step=step)
 
     def close(self) -> None:
+        """End the run's logging (a run that logged nothing still trims the files it continues)."""
         if not self.enabled:
             return
+        self._start()
         self.metrics_file.close()
         if self.wandb_run is not None:
             self.wandb_run.finish()
@@ -105,10 +127,12 @@ class Tracker:
 
 def _truncate_after(path: Path, step: int) -> None:
     """Drop the records of a .jsonl log whose step is past `step`, and a line torn by a crash (rewritten atomically)."""
-    if not path.exists():
+    if not os.path.lexists(path):
         return
+    with open_no_follow(path, "r") as f:
+        lines = f.read().splitlines()
     kept = []
-    for line in path.read_text().splitlines():
+    for line in lines:
         try:
             record = json.loads(line)
         except json.JSONDecodeError:  # the last line of a process killed while writing it
@@ -118,13 +142,22 @@ def _truncate_after(path: Path, step: int) -> None:
     write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
-def _init_wandb(cfg: LoggerConfig, run_dir: Path, config: dict[str, Any], run_name: str) -> Any:
+def _import_wandb() -> Any:
     try:
         import wandb
     except ImportError:
         raise ValueError("logger=wandb needs the wandb package: pip install wandb") from None
+    return wandb
+
+
+def _init_wandb(cfg: LoggerConfig, run_dir: Path, config: dict[str, Any], run_name: str) -> Any:
+    wandb = _import_wandb()
     id_file = run_dir / WANDB_ID_FILE
-    run_id = (id_file.read_text().strip() if id_file.exists() else "") or wandb.util.generate_id()
+    run_id = ""
+    if os.path.lexists(id_file):
+        with open_no_follow(id_file, "r") as f:
+            run_id = f.read().strip()
+    run_id = run_id or wandb.util.generate_id()
     write_text_atomic(id_file, run_id)
     return wandb.init(
         project=cfg.project,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -69,8 +70,12 @@ class Run:
     bytes_per_token: float | None = None  # of the val split: val/bpb = val/loss / ln 2 / bytes_per_token
 
 
-def run(cfg: TrainConfig) -> dict[str, float]:
-    """Train as cfg says; return the final metrics (val/loss, val/ppl, step)."""
+def run(cfg: TrainConfig, on_start: Callable[[Path], None] | None = None) -> dict[str, float]:
+    """Train as cfg says; return the final metrics (val/loss, val/ppl, step).
+
+    on_start(run_dir): called on rank 0 once the run is known to proceed (the lock held, the resume checked, the data
+    ready), before it writes anything there; python -m train writes Hydra's record of the launch (.hydra/) in it.
+    """
     _check_run_name(cfg.run_name)
     if cfg.trainer.keep_freed_memory:
         keep_freed_memory()  # before the model and its buffers are allocated
@@ -84,7 +89,7 @@ def run(cfg: TrainConfig) -> dict[str, float]:
         # one run directory for all ranks: rank 0's (Hydra resolves ${now:...} run names per process)
         cfg.paths.run_dir, cfg.run_name = dist.shared((cfg.paths.run_dir, cfg.run_name), info)
         with _run_dir_locked(Path(cfg.paths.run_dir), info, device):
-            return _train(cfg, info, device)
+            return _train(cfg, info, device, on_start)
     finally:
         dist.teardown()
 
@@ -169,7 +174,9 @@ def build_parts(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> 
     return Parts(data_dir, tokenizer, model_cfg, raw_model, optimizer, scaler, train_loader, dtype)
 
 
-def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[str, float]:
+def _train(
+    cfg: TrainConfig, info: dist.DistInfo, device: torch.device, on_start: Callable[[Path], None] | None = None
+) -> dict[str, float]:
     tcfg = cfg.trainer
     run_dir, cache_dir = Path(cfg.paths.run_dir), Path(cfg.paths.cache_dir)
     parts = build_parts(cfg, info, device)
@@ -196,6 +203,8 @@ def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[
         bytes_per_token(tokenizer, val_loader),
     )  # fmt: skip
     if info.is_main:
+        if on_start is not None:
+            on_start(run_dir)
         write_text_atomic(run_dir / "config.yaml", r.config_yaml)
     tokens_per_step = tcfg.batch_size * tcfg.grad_accum * _tokens_per_row(train_loader, T) * info.world_size
     peak = peak_flops(device, dtype, cache_dir) if info.is_main else 0.0
@@ -465,7 +474,7 @@ def _restore(
 ) -> tuple[TrainState, dict[str, Any]]:
     """Load weights, optimizer, scaler, data position and RNG states; return the state and the saved settings."""
     check_compatible(path, raw_model.config.to_dict(), tokenizer_spec)
-    saved = load_train_state(path)
+    saved = load_train_state(path, optimizer)  # checked: its moments fit this optimizer's parameters
     hyper = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
     if dist.is_sharded(raw_model):  # every rank reads the whole checkpoint and keeps its shards
         plain = build_model(raw_model.config)  # safetensors stores tied weights once: read through a plain model

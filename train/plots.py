@@ -8,12 +8,14 @@ canvas (off-screen, no display, no pyplot state). The helpers plot_run uses serv
 
 from __future__ import annotations
 
-import json
 import math
 import os
+import secrets
 import warnings
 from pathlib import Path
 from typing import Any
+
+from data.jsonl import parse_jsonl
 
 # x axes: name -> (metrics key, label); training seconds leave evaluation and checkpointing out
 X_AXES = {"tokens": ("train/tokens", "tokens seen"), "time": ("train/time", "training time (s)")}
@@ -23,18 +25,10 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """The records of a metrics.jsonl in file order; [] when there is no file. A line that is not a JSON object
     (the last one of a process killed while writing it) is skipped."""
     try:
-        lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
         return []
-    records = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
+    return [record for _, record in parse_jsonl(text, str(path), strict=False)[0] if isinstance(record, dict)]
 
 
 def is_number(value: Any) -> bool:
@@ -59,11 +53,18 @@ def new_figure(panels: int = 1) -> tuple[Any, list[Any]]:
 
 
 def save_png(fig: Any, path: str | Path) -> Path:
-    """Write the figure as a PNG atomically (temp file + rename): a reader never sees half a file."""
+    """Write the figure as a PNG atomically (temp file + rename): a reader never sees half a file.
+
+    The temp file is created new (O_EXCL, a random name) and the rename replaces whatever `path` is: a symbolic link
+    there, or at the temp name, is never written through.
+    """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(tmp, flags, 0o666)
     try:
-        fig.savefig(tmp, format="png")
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format="png")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

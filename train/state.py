@@ -4,7 +4,8 @@ A training checkpoint is a model checkpoint directory (model.safetensors + model
 plus train_state.pt (optimizer, step, RNG states, data position, the run's settings; plain tensors and containers,
 so it loads with weights_only=True) and the resolved config.yaml. Directories are written atomically; `latest`
 (then `best`) is updated only after the rename, so it always names a complete checkpoint, and pruning keeps both.
-One process trains in a run directory at a time: it holds an OS lock on run_dir/.lock (lock_run_dir).
+One process trains in a run directory at a time: it holds an OS lock on run_dir/.lock (lock_run_dir). Files of a run
+directory are appended to and read with open_no_follow, never through a symbolic or hard link to another file.
 
 Crash tests: NANOLOOM_FAULT=<point>:<step> makes the process SIGKILL itself at a named point of that step
 (maybe_fault: kill_in_step, kill_during_save, kill_before_latest). Unset, as in every real run, it does nothing.
@@ -22,10 +23,13 @@ import random
 import re
 import shutil
 import signal
+import stat
+import warnings
+import zipfile
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 import torch.nn as nn
@@ -34,14 +38,19 @@ from model.checkpoint import (
     BEST,
     LATEST,
     MODEL_JSON,
+    WEIGHTS,
     atomic_directory,
+    check_finite_file,
+    check_weights,
     read_model_json,
     read_pointer,
+    read_tokenizer,
     resolve_checkpoint,
     restore_replaced,
     write_model_files,
     write_text_atomic,
 )
+from model.registry import build_model, config_from_dict
 
 try:
     import fcntl  # POSIX; without it (Windows) the run directory is not locked
@@ -89,7 +98,8 @@ def lock_run_dir(run_dir: Path) -> Iterator[None]:
     """Hold an exclusive lock on run_dir/.lock while the body runs; refuse (ValueError) if another process holds it.
 
     An flock belongs to the open file, so the OS releases it when the process ends, however it ends: a run killed
-    with SIGKILL leaves no stale lock. The file is removed on a normal exit.
+    with SIGKILL leaves no stale lock. The file is removed on a normal exit. It is opened with open_no_follow: a
+    .lock that is a link to another file is refused, never truncated.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     if fcntl is None:  # pragma: no cover
@@ -97,7 +107,7 @@ def lock_run_dir(run_dir: Path) -> Iterator[None]:
         return
     path = run_dir / LOCK
     while True:
-        f = open(path, "a+")
+        f = open_no_follow(path, "a+")
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -109,7 +119,7 @@ def lock_run_dir(run_dir: Path) -> Iterator[None]:
                 "or train under another run_name"
             ) from None
         with contextlib.suppress(FileNotFoundError):
-            if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+            if _same_file(os.lstat(path), os.fstat(f.fileno())):
                 break  # locked the file that is there (not one its previous holder removed meanwhile)
         f.close()
     f.truncate(0)
@@ -120,6 +130,57 @@ def lock_run_dir(run_dir: Path) -> Iterator[None]:
     finally:
         path.unlink(missing_ok=True)  # before the unlock: a process that opened the old file sees it gone and retries
         f.close()
+
+
+def open_no_follow(path: Path, mode: str = "a") -> IO[str]:
+    """Open a file of a run directory to append ("a", "a+": created if missing) or to read ("r"), never through a link.
+
+    Training opens every file it appends to or truncates in a run directory here, and those it reads back to continue
+    (.lock, metrics.jsonl, samples.jsonl, wandb_id.txt); files it replaces whole (config.yaml, latest, best, .hydra/,
+    plots) are written to a new temp file and renamed, which replaces a link instead of following it. A symbolic link,
+    anything but a regular file, or (to write) a file with other hard links is refused with a ValueError naming it:
+    writing would change whatever file the link leads to.
+    """
+    flags = {"r": os.O_RDONLY, "a": os.O_WRONLY | os.O_CREAT | os.O_APPEND, "a+": os.O_RDWR | os.O_CREAT | os.O_APPEND}
+    nonblocking = getattr(os, "O_NONBLOCK", 0)  # a fifo in the file's place must not hang the open
+    flags = flags[mode] | nonblocking | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENXIO):  # a symbolic link (O_NOFOLLOW); a fifo nobody reads
+            check_plain_file(path)
+        raise
+    try:
+        check_plain_file(path, os.fstat(fd), writing=mode != "r")
+        if nonblocking:
+            os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, mode)
+
+
+def check_plain_file(path: Path, st: os.stat_result | None = None, writing: bool = True) -> None:
+    """Refuse (ValueError) a path that is a symbolic link, not a regular file, or (writing) has other hard links.
+
+    st: the stat of the open file (else the path's own lstat; a missing file passes).
+    """
+    if st is None:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+    fix = "replace it with a regular file of its own (or remove it) and start again"
+    if stat.S_ISLNK(st.st_mode):
+        raise ValueError(f"{path} is a symbolic link; nanoloom does not write a run's files through links: {fix}")
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{path} is not a regular file; {fix}")
+    if writing and st.st_nlink > 1:
+        raise ValueError(f"{path} has {st.st_nlink - 1} other hard link(s), which writing it would change too; {fix}")
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def rng_state() -> dict[str, Any]:
@@ -271,41 +332,201 @@ def remove_leftovers(checkpoints_dir: Path) -> None:
 
 def find_resume_checkpoint(resume: str | None, run_dir: Path) -> Path | None:
     """The checkpoint to resume from: none, the run's latest (resume=auto), or an explicit path."""
+    latest = run_dir / "checkpoints" / LATEST
     if resume is None:
-        if (run_dir / "checkpoints" / LATEST).exists():
+        if os.path.lexists(latest):  # a link counts (reading it is refused: see read_pointer)
             raise ValueError(
                 f"run directory {str(run_dir)!r} already has checkpoints; pass resume=auto to continue it, "
                 "or choose another run_name"
             )
         return None
     if resume == "auto":  # latest names a complete checkpoint; temp directories of interrupted saves are ignored
-        return resolve_checkpoint(run_dir) if (run_dir / "checkpoints" / LATEST).exists() else None
+        return resolve_checkpoint(run_dir) if os.path.lexists(latest) else None
     return resolve_checkpoint(resume)
 
 
-def load_train_state(path: Path) -> dict[str, Any]:
-    """train_state.pt, loaded with weights_only=True (tensors and plain containers only: never arbitrary code)."""
+def load_train_state(path: Path, optimizer: Any = None) -> dict[str, Any]:
+    """train_state.pt, loaded with weights_only=True (tensors and plain containers only: never arbitrary code) and
+    checked against everything resuming reads from it (ValueError naming the file: see _check_train_state).
+
+    optimizer: this run's optimizer (or Optimizers), whose parameters the saved moments must fit; None checks the rest.
+    """
     file = path / TRAIN_STATE
     if not file.is_file():
         raise FileNotFoundError(
             f"cannot resume from {str(path)!r}: {TRAIN_STATE} is missing (a model-only checkpoint?)"
         )
+    if not zipfile.is_zipfile(file):  # torch.save writes a zip archive; anything else is not ours or cut short
+        raise _damaged_state(file, "truncated, or not the zip archive torch.save writes")
     try:
-        return torch.load(file, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # weights_only refused an object: loading it could run code
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on the pickle protocol of a file it then refuses
+            saved = torch.load(file, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" in str(e):  # weights_only refused an object: loading it could run code
+            raise ValueError(
+                f"refused to load {file}: it holds objects beyond tensors and plain containers, and unpickling them "
+                "could run code; nanoloom never writes such a file, so resume from a checkpoint you trust"
+            ) from None
+        raise _damaged_state(file, _first_line(e)) from None
+    except Exception as e:  # a damaged archive: torch raises RuntimeError, EOFError, KeyError ...
+        raise _damaged_state(file, _first_line(e)) from None
+    _check_train_state(file, saved, optimizer)
+    return saved
+
+
+def _damaged_state(file: Path, why: str) -> ValueError:
+    return ValueError(
+        f"{file} is damaged ({why}); it is not a training state nanoloom can resume: resume from another checkpoint "
+        "(resume=<its directory>) or start a new run_name"
+    )
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+
+
+def _kind(value: Any) -> str:
+    """The type of a loaded value, with its article: "a list", "an int"."""
+    name = type(value).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
+# what resuming reads from train_state.pt besides the optimizer: entry -> its keys -> (types, required)
+_LOADER_KEYS = {"position": (int, True), "seed": (int, True), "split": (str, True), "fingerprint": (str, True)}
+_SCALER_KEYS = {k: ((int, float), True) for k in ("scale", "growth_factor", "backoff_factor", "growth_interval")}
+
+
+def _check_train_state(file: Path, saved: Any, optimizer: Any) -> None:
+    """Refuse (ValueError naming the file) a loaded train_state.pt that is not what save_checkpoint writes: the
+    entries, the TrainState fields, the data position, RNG states that torch and random accept, the grad scaler, and
+    optimizer moments of the shapes of this run's parameters (finite)."""
+    if not isinstance(saved, dict):
+        raise _damaged_state(file, f"it holds {_kind(saved)}, not a dict")
+    missing = [k for k in ("state", "optimizer", "rng", "loader") if k not in saved]
+    if missing:
+        raise _damaged_state(file, f"no {', '.join(missing)} entry")
+    state = saved["state"]
+    if not isinstance(state, dict) or "step" not in state:
+        raise _damaged_state(file, "state is not a training state with a step")
+    types = {f.name: f.type for f in fields(TrainState)}
+    for key, value in state.items():
+        if key not in types:
+            raise _damaged_state(file, f"state has an unknown field {key!r}")
+        number = isinstance(value, (int, float) if types[key] == "float" else int) and not isinstance(value, bool)
+        if not number or math.isnan(value) or value < 0 or (math.isinf(value) and key != "best_val_loss"):
+            what = "a number" if types[key] == "float" else "a whole number"
+            raise _damaged_state(file, f"state.{key}={value!r} is not {what} >= 0")
+    _check_entries(file, "loader", saved["loader"], _LOADER_KEYS)
+    if saved["loader"]["position"] < 0:
+        raise _damaged_state(file, f"loader.position={saved['loader']['position']} is negative")
+    if saved.get("scaler"):
+        _check_entries(file, "scaler", saved["scaler"], _SCALER_KEYS)
+    if not isinstance(saved.get("settings", {}), dict):
+        raise _damaged_state(file, f"settings is {_kind(saved['settings'])}, not a dict")
+    _check_rng(file, saved["rng"])
+    _check_optimizer(file, saved["optimizer"], optimizer)
+
+
+def _check_entries(file: Path, where: str, node: Any, schema: dict[str, tuple[Any, bool]]) -> None:
+    if not isinstance(node, dict):
+        raise _damaged_state(file, f"{where} is {_kind(node)}, not a dict")
+    for key, (types, required) in schema.items():
+        if key not in node and required:
+            raise _damaged_state(file, f"{where} has no {key!r}")
+        value = node.get(key)
+        if key in node and (not isinstance(value, types) or isinstance(value, bool)):
+            raise _damaged_state(file, f"{where}.{key} is {_kind(value)}")
+
+
+def _check_rng(file: Path, rng: Any) -> None:
+    """RNG states as set_rng_state sets them, tried on throwaway generators."""
+    if not isinstance(rng, dict) or "torch" not in rng or "python" not in rng:
+        raise _damaged_state(file, "rng is not a dict of torch and python states")
+    try:
+        torch.Generator().set_state(rng["torch"])
+    except (RuntimeError, TypeError) as e:
+        raise _damaged_state(file, f"rng.torch is not a generator state: {_first_line(e)}") from None
+    try:
+        random.Random().setstate(rng["python"])
+    except (TypeError, ValueError) as e:
+        raise _damaged_state(file, f"rng.python is not a random module state: {_first_line(e)}") from None
+    cuda = rng.get("cuda", [])
+    if not isinstance(cuda, (list, tuple)) or not all(
+        isinstance(t, torch.Tensor) and t.dtype == torch.uint8 for t in cuda
+    ):
+        raise _damaged_state(file, "rng.cuda is not a list of generator states")
+
+
+def _check_optimizer(file: Path, saved: Any, optimizer: Any) -> None:
+    """The optimizer state: torch's layout ({"state": {index: moments}, "param_groups": [{"params": [index ...]}]}),
+    one per optimizer under its name for Optimizers; with this run's optimizer, moments of its parameters' shapes."""
+    parts = getattr(optimizer, "optimizers", None)  # Optimizers (muon + adamw): one state per optimizer, by name
+    if not isinstance(saved, dict):
+        raise _damaged_state(file, f"optimizer is {_kind(saved)}, not a dict")
+    if parts is not None:
+        if set(saved) != set(parts):
+            return  # another optimizer (optim.name changed): Optimizers.load_state_dict says so
+        pairs = [(f"optimizer.{name}", saved[name], opt) for name, opt in parts.items()]
+    elif saved and all(isinstance(v, dict) and "param_groups" in v for v in saved.values()):  # several, by name
         raise ValueError(
-            f"refused to load {file}: it holds objects beyond tensors and plain containers, and unpickling them "
-            "could run code; nanoloom never writes such a file, so resume from a checkpoint you trust"
-        ) from None
-    except (RuntimeError, EOFError) as e:  # truncated or damaged
-        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise ValueError(f"cannot read {file} ({why}); the checkpoint is damaged: resume from another one") from None
+            f"the checkpoint's optimizer state holds {sorted(saved)}, this run uses one optimizer: optim.name "
+            "changed; resume with the same optimizer"
+        )
+    else:
+        pairs = [("optimizer", saved, optimizer)]
+    for where, state, opt in pairs:
+        _check_optimizer_state(file, where, state, opt)
+
+
+def _check_optimizer_state(file: Path, where: str, saved: Any, optimizer: Any) -> None:
+    if not isinstance(saved, dict) or not isinstance(saved.get("state"), dict):
+        raise _damaged_state(file, f"{where} is not an optimizer state (no state dict)")
+    groups = saved.get("param_groups")
+    if not isinstance(groups, list) or not all(
+        isinstance(g, dict) and isinstance(g.get("params"), list) and all(type(i) is int for i in g["params"])
+        for g in groups
+    ):
+        raise _damaged_state(file, f"{where}.param_groups is not a list of groups of parameter indices")
+    params: dict[int, Any] = {}
+    if optimizer is not None:
+        current = optimizer.param_groups
+        sizes, expected = [len(g["params"]) for g in groups], [len(g["params"]) for g in current]
+        if sizes != expected:
+            raise _damaged_state(file, f"{where} has groups of {sizes} parameters where this model has {expected}")
+        for group, now in zip(groups, current):
+            params.update(zip(group["params"], now["params"]))
+    for index, moments in saved["state"].items():
+        if optimizer is not None and index not in params:
+            raise _damaged_state(file, f"{where} holds moments of parameter {index!r}, which no group lists")
+        if not isinstance(moments, dict):
+            raise _damaged_state(file, f"{where}.state[{index!r}] is {_kind(moments)}, not a dict")
+        for name, value in moments.items():
+            if not isinstance(value, (torch.Tensor, int, float)) or isinstance(value, bool):
+                raise _damaged_state(file, f"{where}.state[{index}].{name} is {_kind(value)}")
+            if not isinstance(value, torch.Tensor):
+                continue
+            shape = tuple(params[index].shape) if optimizer is not None else None
+            if value.dim() > 0 and shape is not None and tuple(value.shape) != shape:
+                raise _damaged_state(
+                    file, f"{where}.state[{index}].{name} has shape {tuple(value.shape)}, its parameter {shape}"
+                )
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise _damaged_state(file, f"{where}.state[{index}].{name} holds NaN or inf")
 
 
 def check_compatible(path: Path, model_config: dict[str, Any], tokenizer_spec: dict) -> None:
-    """Refuse to resume into a different architecture or tokenizer, naming what differs."""
-    info = read_model_json(path)
-    saved = {**info["config"]}
+    """Refuse to resume from a damaged checkpoint (model.json, weights of other shapes than it says or not finite:
+    read_model_json, check_weights, check_finite_file), or into a different architecture or tokenizer, naming what
+    differs."""
+    info = read_model_json(path)  # checked: a damaged model.json is a ValueError naming it
+    config = config_from_dict({"kind": info["kind"], **info["config"]})
+    with torch.device("meta"):  # shapes only: no memory, no init
+        check_weights(path / WEIGHTS, build_model(config))  # a damaged checkpoint first, then a different one
+    check_finite_file(path / WEIGHTS)
+    saved = config.to_dict()  # keys a model.json written by an earlier version lacks take their defaults
     ignore = {"dropout"}  # regularisation may change between a pretraining run and its continuation
     diffs = [
         f"{k}: checkpoint {saved.get(k)!r} vs config {model_config.get(k)!r}"
@@ -318,6 +539,7 @@ def check_compatible(path: Path, model_config: dict[str, Any], tokenizer_spec: d
             "or start a new run_name"
         )
     if info["tokenizer"] != tokenizer_spec:
+        read_tokenizer(path)  # a spec that cannot be rebuilt is a damaged model.json, not another tokenizer
         saved_spec = info["tokenizer"]
         diffs = [
             f"{k}: checkpoint {saved_spec.get(k)!r} vs data {tokenizer_spec.get(k)!r}"
