@@ -168,7 +168,8 @@ def code_completions(model: Any, tokenizer: Any, heads: list[str], seed: int) ->
     texts = [o[0].text for o in outs]
     ok = [completes_function(h, t) for h, t in zip(heads, texts)]
     return {"function_rate": sum(ok) / len(ok), "heads": len(heads), "ok": ok, "texts": texts,
-            "temperature": config.temperature, "max_new_tokens": config.max_new_tokens}  # fmt: skip
+            "temperature": config.temperature, "repetition_penalty": config.repetition_penalty,
+            "max_new_tokens": config.max_new_tokens}  # fmt: skip
 
 
 def score_checkpoint(checkpoint: str, stories: list[str], heads: list[str], prompts: list[str], seed: int,
@@ -291,6 +292,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "stories": stories_path, "story_count": len(stories), "story_bytes": scored["story"]["bytes"],
         "prompts": len(prompts), "words": scored["samples"]["words"], "sentences": scored["samples"]["sentences"],
         "code": code_paths, "heads": len(heads), "code_temperature": scored["code"]["temperature"],
+        "code_repetition_penalty": scored["code"]["repetition_penalty"],
         "seed": args.seed, "machine": machine_info(),
     }  # fmt: skip
     result["targets"] = TARGETS

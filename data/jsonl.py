@@ -15,21 +15,27 @@ from pathlib import Path
 from typing import Any
 
 
-def append_jsonl(path: str | Path, records: list[Any]) -> bool:
+def append_jsonl(path: str | Path, records: list[Any], *, follow_links: bool = True) -> bool:
     """Append records to a JSONL file, one line each, written and synced; return whether a torn last line was cut.
 
     A failed write (disk full, quota ...) cuts the file back to where the records began (a file the call created is
     removed) and raises: no torn line is left. A last line a writer killed mid-append tore is cut first, so the
     records start on a line of their own; any other last line without its newline (a complete record, text that is
-    not ours) is kept and gets one.
+    not ours) is kept and gets one. follow_links=False (a run's own logs): a symbolic link in path's place fails the
+    open (OSError ELOOP) and anything but a regular file is a ValueError, instead of being written to as it comes.
     """
     data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
     existed = os.path.exists(path)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o666)
+    no_follow = 0 if follow_links else getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | no_follow, 0o666)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):  # /dev/stdout, a pipe: written as they come
+            if not follow_links:
+                raise ValueError(f"{path} is not a regular file; replace it with one of its own (or remove it)")
             _write_all(fd, data)
             return False
+        if no_follow:
+            os.set_blocking(fd, True)
         size = os.lseek(fd, 0, os.SEEK_END)
         tail = _unterminated_tail(fd, size)
         cut = tail is not None and _torn(tail)

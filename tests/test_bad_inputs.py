@@ -247,13 +247,11 @@ def world(tmp_path_factory) -> Path:
 
 
 def snapshot(root: Path) -> dict[str, str]:
-    """relative path -> sha256 (or "dir") of everything under root, except Hydra's per-launch .hydra folders."""
-    out = {}
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root)
-        if ".hydra" not in rel.parts:
-            out[rel.as_posix()] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
+    """relative path -> sha256 (or "dir") of everything under root, Hydra's .hydra records of runs included."""
+    return {
+        p.relative_to(root).as_posix(): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+    }
 
 
 def run_cli(cli: str, args: list[str], monkeypatch, capsys, env: dict[str, str] | None = None) -> tuple[int, str]:

@@ -305,3 +305,25 @@ def test_the_next_export_removes_the_temp_dir_of_a_killed_one_and_keeps_a_runnin
     os.utime(old, (time.time() - 2 * 86400,) * 2)  # untouched for two days
     assert export.main([f"checkpoint={checkpoint}", f"out={exports / 'second'}"]) == 0
     assert sorted(p.name for p in exports.iterdir()) == sorted(["second", live.name, elsewhere.name, recent.name])
+
+
+def test_full_disk_while_training_logs_keeps_the_log_whole_and_names_it(tmp_path, monkeypatch):
+    from train.config import LoggerConfig
+    from train.log import Tracker
+    from train.state import CheckpointWriteError
+
+    tracker = Tracker(LoggerConfig(), tmp_path, True, config={}, run_name="r", resume_step=None)
+    tracker.log({"train/loss": 2.5}, step=1)
+    tracker.log_samples([{"prompt": "Once", "completion": " upon"}], step=1)
+    metrics, samples = tmp_path / "metrics.jsonl", tmp_path / "samples.jsonl"
+    before = {p: p.read_bytes() for p in (metrics, samples)}
+    full_disk_for(monkeypatch, metrics)
+    full_disk_for(monkeypatch, samples)
+    with pytest.raises(CheckpointWriteError, match=r"cannot append to .*metrics\.jsonl: No space left.*resume=auto"):
+        tracker.log({"train/loss": 2.4, "note": "x" * 500}, step=2)
+    with pytest.raises(CheckpointWriteError, match=r"samples\.jsonl"):
+        tracker.log_samples([{"prompt": "Once", "completion": " upon a time" * 50}], step=2)
+    assert {p: p.read_bytes() for p in (metrics, samples)} == before  # no torn line
+    monkeypatch.undo()
+    tracker.log({"train/loss": 2.4}, step=2)  # space again: the log goes on
+    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == [1, 2]

@@ -5,7 +5,8 @@ run id is kept in the run directory so a resumed run continues the same wandb ru
 records and event records ({"event": "out_of_memory", ...}); a resumed run first drops the records past its
 checkpoint (and a fresh run all of them), so the file describes one uninterrupted run. Nothing is written before the
 first record (a run refused while it starts leaves the run directory as it was), and never through a link
-(train.state.open_no_follow).
+(train.state.check_plain_file, data.jsonl.append_jsonl without following links). Each record is appended whole or
+not at all: a write error (disk full) leaves the file as it was and stops the run with one line naming the file.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from typing import Any
 
 import torch
 
+from data.jsonl import append_jsonl
 from model.checkpoint import write_text_atomic
 from train.config import LoggerConfig
-from train.state import check_plain_file, open_no_follow
+from train.state import CheckpointWriteError, check_plain_file, open_no_follow
 
 WANDB_ID_FILE = "wandb_id.txt"
 
@@ -43,7 +45,7 @@ class Tracker:
         self.enabled = enabled
         self.run_dir = run_dir
         self.wandb_run = None
-        self.metrics_file = None  # opened by the first record (_start)
+        self.started = False  # the first record (_start) trims the logs and starts wandb
         self._start_args = (cfg, config, run_name, resume_step)
         if not enabled:
             return
@@ -55,15 +57,15 @@ class Tracker:
 
     def _start(self) -> None:
         """Before the first record: trim the logs to the resumed step, open metrics.jsonl, start wandb."""
-        if self.metrics_file is not None:
+        if self.started:
             return
+        self.started = True
         cfg, config, run_name, resume_step = self._start_args
         self.run_dir.mkdir(parents=True, exist_ok=True)
         # Records logged after the checkpoint are about to be logged again; a fresh run (resume_step None) keeps
         # none of an earlier attempt that died before its first checkpoint.
         for name in ("metrics.jsonl", "samples.jsonl"):
             _truncate_after(self.run_dir / name, resume_step if resume_step is not None else -1)
-        self.metrics_file = open_no_follow(self.run_dir / "metrics.jsonl", "a")  # a resumed run continues the file
         if cfg.name == "wandb" and cfg.mode != "disabled":
             self.wandb_run = _init_wandb(cfg, self.run_dir, config, run_name)
 
@@ -71,9 +73,7 @@ class Tracker:
         if not self.enabled:
             return
         self._start()
-        record = {"step": step, "time": round(time.time(), 3), **metrics}
-        self.metrics_file.write(json.dumps(record) + "\n")
-        self.metrics_file.flush()
+        self._append("metrics.jsonl", [{"step": step, "time": round(time.time(), 3), **metrics}])
         if self.wandb_run is not None:
             self.wandb_run.log(metrics, step=step)
 
@@ -82,9 +82,7 @@ class Tracker:
         if not self.enabled:
             return
         self._start()
-        record = {"step": step, "time": round(time.time(), 3), "event": name, **fields}
-        self.metrics_file.write(json.dumps(record) + "\n")
-        self.metrics_file.flush()
+        self._append("metrics.jsonl", [{"step": step, "time": round(time.time(), 3), "event": name, **fields}])
         numbers = {k: v for k, v in fields.items() if isinstance(v, (int, float))}
         if self.wandb_run is not None and numbers:
             self.wandb_run.log(numbers, step=step)
@@ -98,9 +96,7 @@ class Tracker:
         if not self.enabled:
             return
         self._start()
-        with open_no_follow(self.run_dir / "samples.jsonl", "a") as f:
-            for s in samples:
-                f.write(json.dumps({"step": step, **s}) + "\n")
+        self._append("samples.jsonl", [{"step": step, **s} for s in samples])
         for s in samples:
             if "reference" in s:  # text-to-text: input, output and the expected output, each on its own
                 print(f"--- pair @ step {step} ---\n[input] {s['prompt']}\n[output] {s['completion']}\n"
@@ -120,9 +116,20 @@ class Tracker:
         if not self.enabled:
             return
         self._start()
-        self.metrics_file.close()
         if self.wandb_run is not None:
             self.wandb_run.finish()
+
+    def _append(self, name: str, records: list[dict[str, Any]]) -> None:
+        """Append records to a log of the run directory (a resumed run continues the file), never through a link."""
+        path = self.run_dir / name
+        check_plain_file(path)  # a link, a hard-linked or special file: refused, naming it
+        try:
+            append_jsonl(path, records, follow_links=False)
+        except OSError as e:
+            raise CheckpointWriteError(
+                f"cannot append to {path}: {e.strerror or e}; it is as it was before this record. Free some space "
+                "(or fix the permissions) and continue the run with resume=auto: it goes on from its last checkpoint"
+            ) from e
 
 
 def _truncate_after(path: Path, step: int) -> None:

@@ -74,7 +74,8 @@ class TrainState:
 
 
 class CheckpointWriteError(OSError):
-    """A checkpoint could not be written (disk full, quota, permissions); the previous one is intact."""
+    """A checkpoint or a run's log could not be written (disk full, quota, permissions); the previous checkpoint is
+    intact and the log as it was."""
 
 
 def maybe_fault(point: str, step: int) -> None:
