@@ -69,11 +69,13 @@ def model_kind(model: nn.Module) -> str:
 
 
 def _compute_dtype(model: nn.Module) -> torch.dtype | None:
-    """bf16 when the model is fp32 on a CUDA GPU with bf16 support (autocast is then used), else None."""
+    """bf16 when the model is fp32 on a CUDA GPU with native bf16 (autocast is then used), else None."""
     p = next(model.parameters(), None)
     if p is None or p.device.type != "cuda" or p.dtype != torch.float32:
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    from model.precision import cuda_has_fast_bf16
+
+    return torch.bfloat16 if cuda_has_fast_bf16(p.device) else None
 
 
 def _keep_last(seq: torch.Tensor, pad: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 import torch
 from train_helpers import compose_train, losses, tiny_run_overrides, zen_of_python
 
+from model.checkpoint import load_model
 from train.loop import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,6 +32,14 @@ def test_ddp_two_ranks_match_one_process(tmp_path):
     single, ddp = list(losses(tmp_path / "single").values()), list(losses(tmp_path / "ddp").values())
     assert len(single) == len(ddp) == 8
     assert ddp == pytest.approx(single, rel=1e-5)  # fp32 sums in a different order: equal to rounding
+    # MFU is the job's FLOPs over the job's peak: with 2 ranks, twice one device's measured peak (it read 2x high)
+    measured = set(json.loads((tmp_path / "cache" / "peak_flops.json").read_text()).values())
+    for name, world in (("single", 1), ("ddp", 2)):
+        model, _ = load_model(tmp_path / name)
+        flops_per_token = model.flops_per_token(model.config.block_size)
+        tps, mfu = losses(tmp_path / name, "perf/tokens_per_sec"), losses(tmp_path / name, "perf/mfu")
+        device_peaks = {flops_per_token * tps[s] / mfu[s] / world for s in mfu}
+        assert all(any(p == pytest.approx(m, rel=1e-6) for m in measured) for p in device_peaks), (name, measured)
 
 
 def _torchrun(tmp_path: Path, overrides: list[str], port: int, env: dict | None = None, timeout: int = 300):

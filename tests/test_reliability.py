@@ -162,6 +162,27 @@ def test_nonfinite_skip_counts_skipped_steps_in_metrics(tmp_path, monkeypatch):
     assert [(r["step"], r["train/skipped_steps"]) for r in recs if r.get("event") == "nonfinite_skipped"] == [(2, 1)]
 
 
+def test_a_skipped_fp16_step_closes_the_grad_scalers_step(monkeypatch):
+    """fp16 + nonfinite=skip: the skipped step's unscale_() must be closed by update(), or the next step's unscale_()
+    raises "unscale_() has already been called". A CPU GradScaler runs the same bookkeeping as a CUDA one."""
+    model = torch.nn.Linear(4, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    x = torch.ones(2, 4)
+
+    scaler.scale(model(x).sum() * float("inf")).backward()  # an overflowing step
+    scaler.unscale_(optimizer)
+    loop.skip_step(optimizer, scaler)
+    assert scaler.get_scale() == 2.0**15 and all(p.grad is None for p in model.parameters())
+
+    before = model.weight.detach().clone()
+    scaler.scale(model(x).sum()).backward()  # the next step runs as usual
+    scaler.unscale_(optimizer)
+    scaler.step(optimizer)
+    scaler.update()
+    assert not torch.equal(model.weight, before)
+
+
 # -- 3. Disk full while saving ------------------------------------------------------------------------------------
 
 
@@ -411,3 +432,37 @@ def test_run_name_leading_out_of_runs_dir_is_refused(tmp_path, name):
     with pytest.raises(ValueError, match="would put the run directory outside paths.runs_dir"):
         loop.run(compose_train([*overrides, f"run_name={name}"]))
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("saved", "device", "restored"),
+    [
+        ("tensor", torch.device("cuda", 0), "tensor"),  # this format: the training GPU's own state
+        ("list8", torch.device("cuda", 0), 0),  # an older checkpoint of an 8-GPU node, resumed with one GPU visible
+        ("list8", torch.device("cuda", 3), 3),
+        ("list1", torch.device("cuda", 2), None),  # saved where one GPU was visible: nothing for GPU 2
+        ("tensor", torch.device("cpu"), None),
+    ],
+)
+def test_resume_restores_the_training_gpus_rng_state_whatever_is_visible(monkeypatch, saved, device, restored):
+    """A GPU run saves and restores its own device's generator (torch.cuda is mocked: no GPU here); set_rng_state_all
+    would fail when fewer GPUs are visible than at saving time."""
+    from train.state import rng_state, set_rng_state
+
+    states = [torch.full((16,), i, dtype=torch.uint8) for i in range(8)]
+    mine = torch.full((16,), 42, dtype=torch.uint8)
+    asked, set_calls = [], []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda d: asked.append(d) or mine)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda t, d: set_calls.append((t, d)))
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: pytest.fail("every GPU's state"))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda s: pytest.fail("every GPU's state"))
+    state = rng_state(device)
+    assert ("cuda" in state) == (device.type == "cuda") and asked == ([device] if device.type == "cuda" else [])
+    if saved != "tensor":
+        state["cuda"] = states[: int(saved[4:])]
+    set_rng_state(state, device)
+    if restored is None:
+        assert set_calls == []
+    else:
+        expected = mine if restored == "tensor" else states[restored]
+        assert len(set_calls) == 1 and torch.equal(set_calls[0][0], expected) and set_calls[0][1] == device

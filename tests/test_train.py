@@ -313,6 +313,20 @@ def test_dtype_auto_picks_bf16_only_where_it_is_fast(monkeypatch):
         dev.resolve_dtype("float16", cpu)
 
 
+@pytest.mark.parametrize(("capability", "dtype"), [((7, 5), torch.float16), ((7, 0), torch.float16),
+                                                   ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)])  # fmt: skip
+def test_dtype_auto_on_a_gpu_picks_bf16_only_with_bf16_tensor_cores(monkeypatch, capability, dtype):
+    """T4 (7.5) and V100 (7.0) emulate bf16 (torch.cuda.is_bf16_supported() says True there): fp16 + grad scaler."""
+    from train import device as dev
+
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # what emulation reports
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: asked.append(d) or capability)
+    gpu = torch.device("cuda", 1)
+    assert dev.resolve_dtype("auto", gpu) == dtype
+    assert asked == [gpu]  # the training device's capability, not the current device's
+
+
 def test_resume_after_the_time_budget_is_spent_trains_no_more(tmp_path):
     corpus = zen_of_python(tmp_path)
     first = run(compose_train(tiny_run_overrides(tmp_path, corpus, **{"trainer.max_time": 1e-6})))
@@ -432,3 +446,27 @@ def test_whole_split_val_loss_is_score_tokens_over_the_val_split(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     times = [r["train/time"] for r in records if "train/loss" in r]
     assert len(times) == 8 and times == sorted(times) and times[0] > 0  # training seconds, growing each step
+
+
+@pytest.mark.parametrize(("name", "peak"), [
+    ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12), ("NVIDIA H100 NVL", 835e12),
+    ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA A100 80GB PCIe", 312e12), ("NVIDIA L4", 121e12),
+    ("NVIDIA L40S", 362e12), ("NVIDIA L40", 181e12), ("NVIDIA A10G", 70e12), ("NVIDIA A10", 125e12),
+    ("NVIDIA GeForce RTX 4090", 165e12), ("Tesla T4", None), ("NVIDIA RTX A6000", None),
+])  # fmt: skip
+def test_gpu_peaks_match_whole_words_of_the_device_name(name, peak):
+    from train.device import gpu_datasheet_peak
+
+    assert gpu_datasheet_peak(name) == peak
+
+
+def test_a_measured_gpu_peak_is_cached_per_gpu_model(tmp_path, monkeypatch):
+    from train import device as dev
+
+    names = iter(["Tesla T4", "Tesla V100-SXM2-16GB", "Tesla T4"])
+    measured = []
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: next(names))
+    monkeypatch.setattr(dev, "measure_matmul_flops", lambda d, t: measured.append(d) or 65e12 + 1e12 * len(measured))
+    gpu = torch.device("cuda", 0)
+    assert [dev.peak_flops(gpu, torch.float16, tmp_path) for _ in range(3)] == [66e12, 67e12, 66e12]
+    assert len(measured) == 2  # the second T4 reads the cache; the V100 is measured, not given the T4's peak

@@ -10,16 +10,31 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
 import time
 from pathlib import Path
 
 import torch
 
 from model.checkpoint import write_text_atomic
+from model.precision import cuda_has_fast_bf16
 from train.log import warn
 
-# Datasheet dense bf16 peaks (FLOP/s) for MFU on common GPUs; others are measured like CPUs.
-GPU_PEAK_BF16 = {"A100": 312e12, "H100": 989e12, "H200": 989e12, "A10": 125e12, "L4": 121e12, "4090": 165e12}
+# Datasheet dense bf16 peaks (FLOP/s) for MFU on common GPUs, keyed by the words of torch.cuda.get_device_name()
+# ("NVIDIA H100 PCIe", "NVIDIA A100-SXM4-80GB", "NVIDIA GeForce RTX 4090"); the entry with most words that all appear
+# among the name's words wins, so "L4" never matches an L40S and "H100" is the SXM part only when no variant matches.
+# Others are measured like CPUs.
+GPU_PEAK_BF16 = {
+    ("H100", "PCIE"): 756e12, ("H100", "NVL"): 835e12, ("H100",): 989e12, ("H200",): 989e12, ("A100",): 312e12,
+    ("A10",): 125e12, ("A10G",): 70e12, ("L4",): 121e12, ("L40",): 181e12, ("L40S",): 362e12, ("4090",): 165e12,
+}  # fmt: skip
+
+
+def gpu_datasheet_peak(name: str) -> float | None:
+    """The datasheet dense bf16 peak of a GPU by its device name, or None for a GPU not in GPU_PEAK_BF16."""
+    words = set(re.split(r"[^A-Z0-9]+", name.upper()))
+    found = [key for key in GPU_PEAK_BF16 if set(key) <= words]
+    return GPU_PEAK_BF16[max(found, key=len)] if found else None
 
 
 def keep_freed_memory() -> bool:
@@ -76,7 +91,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
             raise ValueError("trainer.dtype=float16 is not supported on CPU; use bfloat16 or float32")
         return dtype
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cuda_has_fast_bf16(device) else torch.float16  # pre-Ampere: fp16 + grad scaler
     if device.type == "cpu" and cpu_has_fast_bf16():
         return torch.bfloat16
     return torch.float32
@@ -91,13 +106,15 @@ def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCon
 
 def peak_flops(device: torch.device, dtype: torch.dtype, cache_dir: str | Path) -> float:
     """Peak matmul FLOP/s of this device in this dtype: datasheet for known GPUs, else measured once and cached."""
+    where = device.type
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        for key, flops in GPU_PEAK_BF16.items():
-            if key in name:
-                return flops if dtype != torch.float32 else flops / 2  # TF32 runs at about half the bf16 rate
+        flops = gpu_datasheet_peak(name)
+        if flops is not None:
+            return flops if dtype != torch.float32 else flops / 2  # TF32 runs at about half the bf16 rate
+        where = f"cuda:{name}"  # a measured GPU peak belongs to that GPU model
     cache = Path(cache_dir) / "peak_flops.json"
-    key = f"{device.type}:{dtype}:{torch.get_num_threads()}threads"
+    key = f"{where}:{dtype}:{torch.get_num_threads()}threads"
     table = _read_peak_cache(cache)
     value = table.get(key)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
@@ -127,7 +144,9 @@ def _read_peak_cache(cache: Path) -> dict[str, object]:
 
 
 def measure_matmul_flops(device: torch.device, dtype: torch.dtype, n: int = 1024, seconds: float = 0.5) -> float:
-    """Best observed FLOP/s of an n x n x n matmul in `dtype` over about `seconds`."""
+    """Best observed FLOP/s of an n x n x n matmul in `dtype` over about `seconds` (a GPU: measure_cuda_flops)."""
+    if device.type == "cuda":
+        return measure_cuda_flops(device, dtype)
     gen = torch.Generator(device=device).manual_seed(0)  # private: measuring must not move the training RNG
     a = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
     b = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
@@ -137,3 +156,20 @@ def measure_matmul_flops(device: torch.device, dtype: torch.dtype, n: int = 1024
         (a @ b).sum().item()  # .item() waits for the device
         best = max(best, 2 * n**3 / (time.perf_counter() - t0))
     return best
+
+
+def measure_cuda_flops(device: torch.device, dtype: torch.dtype, n: int = 8192, iters: int = 20) -> float:
+    """FLOP/s of back-to-back n x n x n matmuls on a GPU, timed with CUDA events (one sync at the end): a small
+    matmul with a host sync per call measures launch latency, not the tensor cores."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
+    for _ in range(3):  # warm-up: kernel selection, clocks
+        a @ b
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        a @ b
+    end.record()
+    end.synchronize()
+    return 2 * n**3 * iters / (start.elapsed_time(end) / 1000)

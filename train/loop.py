@@ -207,7 +207,8 @@ def _train(
             on_start(run_dir)
         write_text_atomic(run_dir / "config.yaml", r.config_yaml)
     tokens_per_step = tcfg.batch_size * tcfg.grad_accum * _tokens_per_row(train_loader, T) * info.world_size
-    peak = peak_flops(device, dtype, cache_dir) if info.is_main else 0.0
+    # MFU: the whole job's FLOPs (tokens_per_step counts every rank's) over the whole job's peak, one device's each
+    peak = peak_flops(device, dtype, cache_dir) * info.world_size if info.is_main else 0.0
     meter = Meter(tokens_per_step, raw_model.flops_per_token(T) * tokens_per_step, peak, device)
     tracker.print(
         f"nanoloom: {raw_model.num_params() / 1e6:.2f}M params | {tokens_per_step:,} tokens/step | device {device} "
@@ -237,7 +238,7 @@ def _train(
         # grad scaler's business: scaler.step skips the update and scaler.update lowers the scale, so only the loss
         # is checked.
         if not _finite(loss, grad_norm if scaler is None else None, info, device):
-            optimizer.zero_grad(set_to_none=True)
+            skip_step(optimizer, scaler)
             _nonfinite(r, state)
             continue
         logs = _due(state.step + 1, tcfg.log_interval) or state.step + 1 == tcfg.max_steps  # as maybe_log's test
@@ -489,7 +490,7 @@ def _restore(
         scaler.load_state_dict(saved["scaler"])
     loader.load_state_dict(saved["loader"])
     if info.world_size == 1:  # per-rank dropout streams are not saved; one process resumes bit-exactly
-        set_rng_state(saved["rng"])
+        set_rng_state(saved["rng"], next(raw_model.parameters()).device)
     return TrainState(**saved["state"]), saved.get("settings", {})
 
 
@@ -596,6 +597,14 @@ def _encodable_prompts(prompts: list[str], tokenizer: Any) -> list[str]:
         except ValueError as e:
             warn(f"samples.prompts: skipping {prompt!r} ({e})")
     return kept
+
+
+def skip_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+    """Drop this step's gradients. With fp16 the grad scaler has unscaled them already: its update() closes the step
+    (so the next step may unscale again) with the scale backed off, as after inf gradients."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
 
 
 def _nonfinite(r: Run, state: TrainState) -> None:

@@ -184,19 +184,29 @@ def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
-def rng_state() -> dict[str, Any]:
-    """Every RNG the loop draws from (dropout uses torch's; the data order is a pure function of the step)."""
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """Every RNG the loop draws from (dropout uses torch's; the data order is a pure function of the step): the
+    host's, and on a GPU the training device's own (not every visible GPU's: a run resumed where fewer are visible,
+    e.g. CUDA_VISIBLE_DEVICES=0 on the node that trained it, must still restore it)."""
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    """Restore rng_state's states. Older checkpoints hold a list, one state per GPU visible when they were saved:
+    the training device's index picks from it (none left out of range: that GPU's stream starts from its seed)."""
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if device.type != "cuda" or cuda is None:
+        return
+    if isinstance(cuda, (list, tuple)):
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        cuda = cuda[index] if index < len(cuda) else None
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda, device)
 
 
 def save_checkpoint(
@@ -239,7 +249,7 @@ def save_checkpoint(
                         "state": asdict(state),
                         "optimizer": optimizer if isinstance(optimizer, dict) else optimizer.state_dict(),
                         "scaler": scaler.state_dict() if scaler is not None else None,
-                        "rng": rng_state(),
+                        "rng": rng_state(next(model.parameters()).device),
                         "loader": loader_state,
                         "settings": settings or {},
                     },
@@ -454,11 +464,10 @@ def _check_rng(file: Path, rng: Any) -> None:
         random.Random().setstate(rng["python"])
     except (TypeError, ValueError) as e:
         raise _damaged_state(file, f"rng.python is not a random module state: {_first_line(e)}") from None
-    cuda = rng.get("cuda", [])
-    if not isinstance(cuda, (list, tuple)) or not all(
-        isinstance(t, torch.Tensor) and t.dtype == torch.uint8 for t in cuda
-    ):
-        raise _damaged_state(file, "rng.cuda is not a list of generator states")
+    cuda = rng.get("cuda", [])  # the training GPU's state; a list (one per visible GPU) in older checkpoints
+    if not all(isinstance(t, torch.Tensor) and t.dtype == torch.uint8 for t in (
+            cuda if isinstance(cuda, (list, tuple)) else [cuda])):  # fmt: skip
+        raise _damaged_state(file, "rng.cuda is not a generator state (or a list of them)")
 
 
 def _check_optimizer(file: Path, saved: Any, optimizer: Any) -> None:
