@@ -143,3 +143,39 @@ def yaml_value(path: Path, key: str) -> float:
     from omegaconf import OmegaConf
 
     return OmegaConf.load(path).optim[key]
+
+
+@pytest.mark.parametrize(("local_rank", "visible", "index"), [(3, 8, 3), (3, 1, 0), (5, 4, 1)])
+def test_each_rank_takes_its_gpu_and_binds_the_process_group_to_it(monkeypatch, local_rank, visible, index):
+    """torchrun gives every rank all GPUs (cuda:LOCAL_RANK); SLURM's per-task binding gives each one GPU, so the
+    rank's GPU is LOCAL_RANK modulo the visible count. The NCCL group is bound to it with device_id (torch.cuda and
+    init_process_group are mocked: no GPU here)."""
+    import torch.distributed as tdist
+
+    from train import dist as ours
+
+    monkeypatch.setenv("RANK", str(local_rank))
+    monkeypatch.setenv("LOCAL_RANK", str(local_rank))
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: None)
+    monkeypatch.setattr(tdist, "is_initialized", lambda: False)
+    calls = []
+    monkeypatch.setattr(tdist, "init_process_group", lambda **kw: calls.append(kw))
+    info, device = ours.setup(torch.device("cuda"))
+    assert device == torch.device("cuda", index) and info.local_rank == local_rank
+    assert calls[0]["backend"] == "nccl" and calls[0]["device_id"] == device
+    ours.setup(torch.device("cpu"))
+    assert calls[1]["backend"] == "gloo" and "device_id" not in calls[1]
+
+
+def test_ddp_does_not_broadcast_buffers_every_forward(monkeypatch):
+    from train import dist as ours
+    from model import GPT, GPTConfig
+
+    seen = {}
+    monkeypatch.setattr(ours, "DistributedDataParallel", lambda model, **kw: seen.update(kw) or model)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=8, block_size=8, vocab_size=16, pos="rope"))
+    assert [name for name, _ in model.named_buffers()] == ["rope"]  # the RoPE table: the same on every rank
+    ours.wrap(model, ours.DistInfo(0, 0, 2), torch.device("cpu"))
+    assert seen == {"device_ids": None, "broadcast_buffers": False}

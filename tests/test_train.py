@@ -470,3 +470,13 @@ def test_a_measured_gpu_peak_is_cached_per_gpu_model(tmp_path, monkeypatch):
     gpu = torch.device("cuda", 0)
     assert [dev.peak_flops(gpu, torch.float16, tmp_path) for _ in range(3)] == [66e12, 67e12, 66e12]
     assert len(measured) == 2  # the second T4 reads the cache; the V100 is measured, not given the T4's peak
+
+
+def test_keep_freed_memory_is_for_cpu_training_only(monkeypatch):
+    from train import device as dev
+
+    calls = []
+    monkeypatch.setattr(dev, "keep_freed_memory", lambda: calls.append(1) or True)
+    assert dev.maybe_keep_freed_memory(True, torch.device("cuda", 0)) is False
+    assert dev.maybe_keep_freed_memory(False, torch.device("cpu")) is False and calls == []
+    assert dev.maybe_keep_freed_memory(True, torch.device("cpu")) is True and calls == [1]

@@ -118,7 +118,7 @@ class TrainerConfig:
     compile: Optional[bool] = None  # torch.compile the model; null = auto: on CUDA, and on CPU for >= 200 steps
     parallel: str = "ddp"  # with torchrun: ddp (replicas) | fsdp (FSDP2 fully_shard per block: sharded state)
     activation_checkpointing: bool = False  # recompute block activations in backward: less memory, ~1/3 more compute
-    keep_freed_memory: bool = True  # glibc keeps freed buffers mapped instead of page-faulting them back every step
+    keep_freed_memory: bool = True  # CPU training: glibc keeps freed buffers mapped, no page faults every step
     seed: int = 1337  # seeds init, dropout and the data order
     nonfinite: str = "stop"  # a non-finite loss or gradient: stop (and keep the last good checkpoint) | skip the step
 

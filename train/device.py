@@ -37,6 +37,12 @@ def gpu_datasheet_peak(name: str) -> float | None:
     return GPU_PEAK_BF16[max(found, key=len)] if found else None
 
 
+def maybe_keep_freed_memory(enabled: bool, device: torch.device) -> bool:
+    """trainer.keep_freed_memory: glibc's setting for CPU training only (a GPU step's buffers live on the GPU, and the
+    host would only keep more memory); True if it was set."""
+    return enabled and device.type == "cpu" and keep_freed_memory()
+
+
 def keep_freed_memory() -> bool:
     """Make glibc keep freed memory in the process; True if it was set (glibc), False elsewhere (macOS, musl).
 

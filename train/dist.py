@@ -52,12 +52,15 @@ def setup(device: torch.device) -> tuple[DistInfo, torch.device]:
         return DistInfo(), device
     info = DistInfo(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"]))
     if device.type == "cuda":
-        device = torch.device("cuda", info.local_rank)
+        # modulo: under per-task GPU binding (SLURM --gpus-per-task) each rank sees one GPU whatever its local rank
+        device = torch.device("cuda", info.local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         # a rank that waits longer than this in a collective (a peer died outside torchrun) raises instead of hanging
         timeout = timedelta(seconds=float(os.environ.get("NANOLOOM_DIST_TIMEOUT", "600")))
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=timeout)
+        # device_id binds the NCCL communicator to this rank's GPU (no guessing, no extra context on GPU 0)
+        bound = {"device_id": device} if device.type == "cuda" else {}
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=timeout, **bound)
     return info, device
 
 
@@ -142,7 +145,11 @@ def wrap(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:
     """DDP-wrap the model when there is more than one process (an FSDP model is already distributed)."""
     if not info.enabled or is_sharded(model):
         return model
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    # broadcast_buffers=False: the only buffers are RoPE tables every rank computes alike; broadcasting them would
+    # cost a collective per forward
+    return DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
+    )
 
 
 @contextlib.contextmanager

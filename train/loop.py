@@ -30,7 +30,7 @@ from sample.generate import generate, resolve_device
 from sample.quality import sample_quality
 from train import dist
 from train.config import TrainConfig, config_dict, to_yaml
-from train.device import autocast, keep_freed_memory, peak_flops, resolve_dtype, use_compile
+from train.device import autocast, maybe_keep_freed_memory, peak_flops, resolve_dtype, use_compile
 from train.evaluate import bytes_per_token, estimate_loss, loss_only, seq2seq_scores
 from train.log import Meter, Tracker, format_step, warn
 from train.optim import UpdateRatio, build_optimizer, get_lr, set_lr
@@ -77,9 +77,8 @@ def run(cfg: TrainConfig, on_start: Callable[[Path], None] | None = None) -> dic
     ready), before it writes anything there; python -m train writes Hydra's record of the launch (.hydra/) in it.
     """
     _check_run_name(cfg.run_name)
-    if cfg.trainer.keep_freed_memory:
-        keep_freed_memory()  # before the model and its buffers are allocated
     device = resolve_device(cfg.trainer.device)
+    maybe_keep_freed_memory(cfg.trainer.keep_freed_memory, device)  # before the model and its buffers exist
     if cfg.dry_run:
         from train.dry_run import dry_run
 
