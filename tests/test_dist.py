@@ -179,3 +179,31 @@ def test_ddp_does_not_broadcast_buffers_every_forward(monkeypatch):
     assert [name for name, _ in model.named_buffers()] == ["rope"]  # the RoPE table: the same on every rank
     ours.wrap(model, ours.DistInfo(0, 0, 2), torch.device("cpu"))
     assert seen == {"device_ids": None, "broadcast_buffers": False}
+
+
+def _slow_main_rank(rank: int, port: int, out: str) -> None:
+    """A rank of a 2-process gloo job whose collective timeout is 2 s; rank 0 'prepares' for 5 s."""
+    import time
+
+    from train import dist as ours
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), NANOLOOM_DIST_TIMEOUT="2")  # fmt: skip
+    info, _ = ours.setup(torch.device("cpu"))
+    try:
+        if info.is_main:
+            time.sleep(5)
+        ours.wait_for_main(info, "prepare the dataset")
+        Path(out, f"rank{rank}").write_text("ok")
+    finally:
+        ours.teardown()
+
+
+@pytest.mark.slow
+def test_ranks_wait_for_rank_0s_data_preparation_past_the_collective_timeout(tmp_path):
+    """Preparing a new corpus can outlast NANOLOOM_DIST_TIMEOUT (sized for training collectives): the waiting ranks
+    wait on a group of its own, with its own timeout, instead of dying in a barrier of the training group."""
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_slow_main_rank, args=(29531, str(tmp_path)), nprocs=2, start_method="spawn")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rank0", "rank1"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -209,6 +210,23 @@ def barrier(info: DistInfo) -> None:
     """Wait for every rank (no-op for one process)."""
     if info.enabled:
         dist.barrier()
+
+
+def wait_for_main(info: DistInfo, what: str) -> None:
+    """Every rank waits here until rank 0 has done `what` (e.g. prepared the data), saying so on stderr.
+
+    A barrier of the training group would fail after NANOLOOM_DIST_TIMEOUT (600 s), sized for a training
+    collective, while rank 0 may spend longer tokenizing a new corpus: this one runs on a gloo group of its own whose
+    timeout is NANOLOOM_PREPARE_TIMEOUT seconds (default 86,400).
+    """
+    if not info.enabled:
+        return
+    if not info.is_main:
+        print(f"rank {info.rank}: waiting for rank 0 to {what}", file=sys.stderr, flush=True)
+    timeout = timedelta(seconds=float(os.environ.get("NANOLOOM_PREPARE_TIMEOUT", "86400")))
+    group = dist.new_group(backend="gloo", timeout=timeout)
+    dist.barrier(group=group)
+    dist.destroy_process_group(group)
 
 
 def teardown() -> None:

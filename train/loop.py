@@ -139,7 +139,7 @@ def build_parts(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> 
     # data: rank 0 prepares (a no-op when cached), the others wait and then find it
     if info.is_main:
         data_dir = prepare(cfg.data, cache_dir, tokenizer=given)
-    dist.barrier(info)
+    dist.wait_for_main(info, "prepare the dataset (a new corpus is tokenized once, then cached)")
     if not info.is_main:
         data_dir = prepare(cfg.data, cache_dir, progress=False, tokenizer=given)
     meta = load_meta(data_dir)
