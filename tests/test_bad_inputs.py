@@ -9,7 +9,6 @@ NANOLOOM_DEBUG=1 (or HYDRA_FULL_ERROR=1) turns the one line back into the traceb
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -19,8 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from hydra.core.global_hydra import GlobalHydra
-from train_helpers import compose_train, zen_of_python
+from train_helpers import compose_train, run_cli, snapshot, zen_of_python
 
 from data.prepare import prepare
 from data.tokenizer import get_tokenizer
@@ -244,45 +242,6 @@ def world(tmp_path_factory) -> Path:
     (w / "hf_existing").mkdir()
     (w / "hf_existing" / "notes.txt").write_text("keep me\n")
     return w
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    """relative path -> sha256 (or "dir") of everything under root, Hydra's .hydra records of runs included."""
-    return {
-        p.relative_to(root).as_posix(): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-    }
-
-
-def run_cli(cli: str, args: list[str], monkeypatch, capsys, env: dict[str, str] | None = None) -> tuple[int, str]:
-    """(exit status, stderr) of one command line, in-process through the CLI's main()."""
-    for key, value in (env or {}).items():
-        monkeypatch.setenv(key, value)
-    code = 0
-    try:
-        if cli == "sample":
-            from sample.__main__ import main
-
-            main(args)
-        elif cli == "evaluate":
-            from train.evaluate import main
-
-            main(args)
-        elif cli == "export":
-            from model.export import main
-
-            code = main(args)
-        else:
-            from data.prepare import main as prepare_main
-            from train.__main__ import main as train_main
-
-            monkeypatch.setattr(sys, "argv", [cli, *args])
-            {"prepare": prepare_main, "train": train_main}[cli]()
-    except SystemExit as e:
-        code = e.code
-    finally:
-        GlobalHydra.instance().clear()  # @hydra.main leaves it set up when a run exits early
-    return code, capsys.readouterr().err
 
 
 MODULES = {"prepare": "data.prepare", "train": "train", "sample": "sample", "evaluate": "train.evaluate",

@@ -16,15 +16,13 @@ import json
 import math
 import shutil
 import struct
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from hydra.core.global_hydra import GlobalHydra
 from safetensors.torch import load_file, save_file
-from train_helpers import compose_train, tiny_run_overrides, zen_of_python
+from train_helpers import compose_train, run_cli, snapshot, tiny_run_overrides, zen_of_python
 
 from model.checkpoint import load_model
 from sample.__main__ import main as sample_main
@@ -327,43 +325,6 @@ def train_args(case: Path, world: Path) -> list[str]:
     """python -m train continuing the case's copy of the run (resume=auto), as the fixture trained it."""
     overrides = tiny_run_overrides(world, world / "zen.txt", "run", **{**RUN, "trainer.max_steps": 4})
     return [o for o in overrides if not o.startswith("paths.run_dir=")] + [f"paths.runs_dir={case}", "resume=auto"]
-
-
-def run_cli(cli: str, args: list[str], monkeypatch, capsys) -> tuple[int, str]:
-    """(exit status, stderr) of one command line, in-process through the CLI's main()."""
-    code = 0
-    try:
-        if cli == "sample":
-            from sample.__main__ import main
-
-            main(args)
-        elif cli == "evaluate":
-            from train.evaluate import main
-
-            main(args)
-        elif cli == "export":
-            from model.export import main
-
-            code = main(args)
-        else:
-            from train.__main__ import main
-
-            monkeypatch.setattr(sys, "argv", ["train", *args])
-            main()
-    except SystemExit as e:
-        code = e.code
-    finally:
-        GlobalHydra.instance().clear()  # @hydra.main leaves it set up when a run exits early
-    return code, capsys.readouterr().err
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    """relative path -> sha256 (or "dir") of everything under root, except Hydra's per-launch .hydra folders."""
-    return {
-        p.relative_to(root).as_posix(): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if ".hydra" not in p.relative_to(root).parts
-    }
 
 
 def assert_one_error_line(cli: str, args: list[str], file: Path, case: Path, monkeypatch, capsys) -> str:

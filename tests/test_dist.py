@@ -170,8 +170,8 @@ def test_each_rank_takes_its_gpu_and_binds_the_process_group_to_it(monkeypatch, 
 
 
 def test_ddp_does_not_broadcast_buffers_every_forward(monkeypatch):
-    from train import dist as ours
     from model import GPT, GPTConfig
+    from train import dist as ours
 
     seen = {}
     monkeypatch.setattr(ours, "DistributedDataParallel", lambda model, **kw: seen.update(kw) or model)

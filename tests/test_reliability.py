@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import compose_train, losses, tiny_run_overrides, zen_of_python
+from train_helpers import compose_train, lock_holder, losses, tiny_run_overrides, zen_of_python
 
 from model import GPT, GPTConfig
 from model.checkpoint import load_model, resolve_checkpoint, save_model
@@ -246,25 +246,14 @@ def test_a_replacement_killed_between_its_renames_is_undone(tmp_path):
 
 # -- 4. One training process per run directory ---------------------------------------------------------------------
 
-HOLD_LOCK = "import sys; from pathlib import Path; from train.state import lock_run_dir\n" \
-            "with lock_run_dir(Path(sys.argv[1])):\n    print('locked', flush=True); sys.stdin.read()"  # fmt: skip
-
 
 def test_run_dir_lock_refuses_a_second_process_and_dies_with_its_holder(tmp_path):
     run_dir = tmp_path / "run"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_LOCK, str(run_dir)], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with lock_holder(run_dir) as holder:  # SIGKILLed after the body: no cleanup runs, the lock file stays behind
         overrides = tiny_run_overrides(tmp_path, zen_of_python(tmp_path), **FAST)
         with pytest.raises(ValueError, match=rf"{run_dir} is in use by another training process \(pid {holder.pid}\)"):
             loop.run(compose_train(overrides))
         assert not (run_dir / "checkpoints").exists()  # refused before writing anything
-    finally:
-        holder.kill()  # SIGKILL: no cleanup runs, the lock file stays behind
-        holder.wait()
     assert (run_dir / ".lock").exists()
     with lock_run_dir(run_dir):  # ... but the OS released the lock with the process
         assert (run_dir / ".lock").read_text().strip() == str(os.getpid())

@@ -11,16 +11,14 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from hydra.core.global_hydra import GlobalHydra
-from train_helpers import tiny_run_overrides, zen_of_python
+from train_helpers import lock_holder, snapshot, tiny_run_overrides, zen_of_python
 
 from model.checkpoint import load_model
 from train.__main__ import check_run_dir
@@ -56,18 +54,6 @@ def run_args(world: Path, run_name: str, **extra: object) -> list[str]:
     settings = {"paths.run_dir": "null", "paths.runs_dir": str(world / "runs"), "samples.prompts": "[]",
                 "trainer.max_steps": 2, "trainer.save_interval": 0, "trainer.eval_interval": 2, **extra}  # fmt: skip
     return tiny_run_overrides(world, world / "zen.txt", run_name, **settings)
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    """relative path -> sha256 of a file, "dir", or "link -> target", for everything under root (.hydra included)."""
-    out = {}
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root).as_posix()
-        if p.is_symlink():
-            out[rel] = f"link -> {os.readlink(p)}"
-        else:
-            out[rel] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
 
 
 def one_error_line(code: int, err: str, fragment: str) -> None:
@@ -258,9 +244,6 @@ def test_check_run_dir_accepts_runs_and_sweep_jobs(world):
 
 # -- 3. A refused launch writes nothing, Hydra's record included ----------------------------------------------------
 
-HOLD_LOCK = "import sys; from pathlib import Path; from train.state import lock_run_dir\n" \
-            "with lock_run_dir(Path(sys.argv[1])):\n    print('locked', flush=True); sys.stdin.read()"  # fmt: skip
-
 
 def test_a_successful_run_keeps_hydra_record(world):
     record = world / "runs" / "done" / ".hydra"
@@ -272,20 +255,12 @@ def test_a_successful_run_keeps_hydra_record(world):
 def test_refused_starts_and_failed_resumes_leave_the_run_directory_as_it_was(world):
     run_dir = _copy_of_done(world, "busy")
     before = snapshot(run_dir)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_LOCK, str(run_dir)], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with lock_holder(run_dir):
         held = snapshot(run_dir)  # with the holder's .lock
         for extra in ({"resume": "auto", "optim.lr": 0.5}, {}):  # a second start, resumed or fresh
             code, err = train_cli(*run_args(world, "busy", **extra))
             one_error_line(code, err, "is in use by another training process")
             assert snapshot(run_dir) == held
-    finally:
-        holder.kill()
-        holder.wait()
     (run_dir / ".lock").unlink()
     assert snapshot(run_dir) == before
     failed = [

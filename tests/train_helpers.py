@@ -1,8 +1,14 @@
-"""Helpers for tests that run the training loop (a real tiny corpus and Hydra compose) and the sampling CLI."""
+"""Helpers for tests that run the training loop (a real tiny corpus and Hydra compose) and the command lines."""
 
 from __future__ import annotations
 
 import codecs
+import contextlib
+import hashlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -10,7 +16,10 @@ from omegaconf import OmegaConf
 
 from train.config import TrainConfig, register_schema
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = str(ROOT / "configs")
+HOLD_LOCK = "import sys; from pathlib import Path; from train.state import lock_run_dir\n" \
+            "with lock_run_dir(Path(sys.argv[1])):\n    print('locked', flush=True); sys.stdin.read()"  # fmt: skip
 
 
 def zen_of_python(directory: Path) -> Path:
@@ -94,3 +103,62 @@ def run_sample_main(capsys, *args: str) -> tuple[int, str, str]:
         code = e.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def run_cli(cli: str, args: list[str], monkeypatch, capsys, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """(exit status, stderr) of one command line (prepare, train, sample, evaluate, export), in-process through the
+    CLI's main()."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    for key, value in (env or {}).items():
+        monkeypatch.setenv(key, value)
+    code = 0
+    try:
+        if cli == "sample":
+            from sample.__main__ import main
+
+            main(args)
+        elif cli == "evaluate":
+            from train.evaluate import main
+
+            main(args)
+        elif cli == "export":
+            from model.export import main
+
+            code = main(args)
+        else:
+            from data.prepare import main as prepare_main
+            from train.__main__ import main as train_main
+
+            monkeypatch.setattr(sys, "argv", [cli, *args])
+            {"prepare": prepare_main, "train": train_main}[cli]()
+    except SystemExit as e:
+        code = e.code
+    finally:
+        GlobalHydra.instance().clear()  # @hydra.main leaves it set up when a run exits early
+    return code, capsys.readouterr().err
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """relative path -> sha256 of a file, "dir", or "link -> target", for everything under root (.hydra included)."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if p.is_symlink():
+            out[rel] = f"link -> {os.readlink(p)}"
+        else:
+            out[rel] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+@contextlib.contextmanager
+def lock_holder(run_dir: Path) -> Iterator[subprocess.Popen]:
+    """Another process holding run_dir's lock for the body; SIGKILLed after it (no cleanup runs in it)."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run_dir)], cwd=ROOT, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
