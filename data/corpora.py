@@ -27,10 +27,12 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from data.config import PAIR_CORPORA, DataConfig
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Bump when the way files are turned into documents changes: it is part of the prepared-data cache key.
 CORPORA_VERSION = 1
@@ -426,20 +428,27 @@ def docstring_pairs(name: str, text: str, direction: str) -> list[Pair]:
 
 def load_python_docstrings(cfg: DataConfig) -> list[Pair]:
     """Pairs of every stdlib module (tests left out), in module order; a module is the unit of the split."""
-    pairs: list[Pair] = []
+    files = python_files(include_tests=False)
+    return _from_modules("python-docstrings", files, lambda n, t: docstring_pairs(n, t, cfg.pairs_direction), cfg)
+
+
+def _from_modules(corpus: str, files: list[tuple[str, Path]], extract: Callable[[str, str], list[T]],
+                  cfg: DataConfig) -> list[T]:  # fmt: skip
+    """extract(name, source) of every module in files, in order, the first cfg.max_documents of them; a module that
+    is not UTF-8 Python (or has syntax of another Python version) is skipped, and counted in one warning."""
+    items: list[T] = []
     skipped = 0
-    for name, path in python_files(include_tests=False):
+    for name, path in files:
         try:
-            text = path.read_bytes().decode("utf-8")
-            pairs += docstring_pairs(name, text, cfg.pairs_direction)
-        except (UnicodeDecodeError, SyntaxError, ValueError):  # not UTF-8, or syntax of another Python version
+            items += extract(name, path.read_bytes().decode("utf-8"))
+        except (UnicodeDecodeError, SyntaxError, ValueError):
             skipped += 1
-        if cfg.max_documents is not None and len(pairs) >= cfg.max_documents:
-            pairs = pairs[: cfg.max_documents]
+        if cfg.max_documents is not None and len(items) >= cfg.max_documents:
+            items = items[: cfg.max_documents]
             break
     if skipped:
-        logger.warning("python-docstrings: skipped %d stdlib files that do not parse as UTF-8 Python", skipped)
-    return pairs
+        logger.warning("%s: skipped %d stdlib files that do not parse as UTF-8 Python", corpus, skipped)
+    return items
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -465,19 +474,7 @@ def function_documents(name: str, text: str) -> list[Document]:
 
 def load_python_functions(cfg: DataConfig) -> list[Document]:
     """The function documents of every stdlib module, in module order; a module is the unit of the split."""
-    docs: list[Document] = []
-    skipped = 0
-    for name, path in python_files(cfg.include_tests):
-        try:
-            docs += function_documents(name, path.read_bytes().decode("utf-8"))
-        except (UnicodeDecodeError, SyntaxError, ValueError):  # not UTF-8, or syntax of another Python version
-            skipped += 1
-        if cfg.max_documents is not None and len(docs) >= cfg.max_documents:
-            docs = docs[: cfg.max_documents]
-            break
-    if skipped:
-        logger.warning("python-functions: skipped %d stdlib files that do not parse as UTF-8 Python", skipped)
-    return docs
+    return _from_modules("python-functions", python_files(cfg.include_tests), function_documents, cfg)
 
 
 # ----------------------------------------------------------------------------------------------------------------
