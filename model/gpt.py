@@ -136,6 +136,7 @@ class GPT(nn.Module):
         input_pos: torch.Tensor | None = None,
         left_pad: torch.Tensor | None = None,
         return_logits: bool = True,
+        logits_to_keep: int = 0,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Logits for every position, and the mean cross-entropy when targets are given.
 
@@ -149,10 +150,14 @@ class GPT(nn.Module):
                 what it would alone.
             return_logits: False (with targets): the loss is computed chunk by chunk without the (B, T, V) logits
                 (model.layers.linear_cross_entropy; training does this) and logits is None.
+            logits_to_keep: n > 0: logits of the last n positions only (B, n, V), as transformers' argument of that
+                name; generation's prefill needs the last one and skips the output head's matmul for the rest.
         Returns:
             (logits (B, T, V) over the real vocabulary or None, loss or None).
         """
         B, T = idx.shape
+        if logits_to_keep and targets is not None:
+            raise ValueError("logits_to_keep is for inference: the loss needs the logits of every position")
         if input_pos is None:
             if T > self.config.block_size:
                 raise ValueError(f"sequence of {T} tokens is longer than model.block_size={self.config.block_size}")
@@ -177,7 +182,9 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x)
         if targets is not None and not return_logits:
             return None, linear_cross_entropy(x, self.lm_head.weight, targets, self.config.vocab_size)
-        logits = self.lm_head(x)  # (B, T, padded V)
+        if logits_to_keep > 0:
+            x = x[:, -logits_to_keep:]  # (B, n, C)
+        logits = self.lm_head(x)  # (B, T or n, padded V)
         if self.config.padded_vocab_size != self.config.vocab_size:
             logits = logits[..., : self.config.vocab_size]  # (B, T, V): padded ids are never predicted
         loss = None
@@ -199,6 +206,15 @@ class GPT(nn.Module):
         mask = mask[None] & (real[:, None, :] | own)  # (B, T, L)
         pos = (input_pos[None, :] - left_pad[:, None]).clamp(min=0)  # (B, T)
         return pos, mask[:, None]
+
+    def _apply(self, fn, recurse=True):  # noqa: ANN001 (nn.Module's signature): .to(), .half(), .cuda() ...
+        """nn.Module._apply, with the RoPE table kept in fp32 when the weights are cast (a bf16 model for
+        inference): its angles are applied in fp32, as under training's autocast (recomputed, not cast back)."""
+        super()._apply(fn, recurse)
+        if self.rope is not None and self.rope.dtype != torch.float32 and self.rope.device.type != "meta":
+            c = self.config
+            self.rope = rope_cache(c.block_size, c.head_size, c.rope_base, device=self.rope.device)
+        return self
 
     def set_kv_cache(
         self,

@@ -95,18 +95,35 @@ def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
     return out.type_as(x)
 
 
+# Logits per chunk of the fused head + cross-entropy, by device. Each chunk reads and writes the fp32 weight
+# gradient once (512-row chunks of GPT-2's vocabulary did that 24 times per GPT-2-small micro-step), so a GPU takes
+# few large chunks (1 GB of fp32 logits). On a CPU the chunk size barely matters between 128 and 2,048 rows of
+# GPT-2's vocabulary (forward + backward of 2,048 rows x 256 wide within run-to-run noise, 64 rows 30% slower):
+# 128 MB of logits keeps the memory of the old 512-row chunks.
+LOGITS_PER_CHUNK = {"cpu": 1 << 25, "cuda": 1 << 28}  # other devices: the GPU size
+
+
+def ce_chunk_rows(vocab_size: int, device: torch.device) -> int:
+    """Rows of h per chunk of linear_cross_entropy for this (padded) vocabulary on this device (at least 64)."""
+    budget = LOGITS_PER_CHUNK.get(device.type, LOGITS_PER_CHUNK["cuda"])
+    return max(64, budget // vocab_size // 64 * 64)
+
+
 class LinearCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of logits = h @ weight[:V].T against targets, without the (N, V) logits ever existing.
+    """Mean cross-entropy of logits = h @ weight.T over the first vocab_size ids against targets, without the
+    (N, V) logits ever existing.
 
     The rows go through in chunks: each chunk's logits give its loss and, at once, its gradients (softmax - onehot
     for the logits, then for h and for the weight), so only one chunk of logits lives at a time and backward has
     nothing left to compute but a scale. The same three matmuls as the plain head + F.cross_entropy (the
-    "fused linear cross-entropy" of Liger-Kernel/Cut Cross-Entropy, in plain PyTorch). Targets -1 are ignored.
+    "fused linear cross-entropy" of Liger-Kernel/Cut Cross-Entropy, in plain PyTorch). The matmuls run on the whole
+    padded weight (a vocabulary padded to a multiple of 64 is what makes them fast; 50257 columns is not) and the
+    padded columns are masked out of the softmax, so they get no probability and no gradient. Targets -1 are
+    ignored.
     """
 
     @staticmethod
     def forward(ctx, h, weight, targets, vocab_size: int, chunk_rows: int):  # h (N, C), weight (V', C), targets (N,)
-        W = weight[:vocab_size]  # (V, C): a padded embedding's extra rows are never predicted
         valid = targets != -1
         count = valid.sum().clamp(min=1)
         loss = torch.zeros((), dtype=torch.float32, device=h.device)
@@ -115,15 +132,15 @@ class LinearCrossEntropy(torch.autograd.Function):
         for start in range(0, h.size(0), chunk_rows):
             rows = slice(start, start + chunk_rows)
             hc, tc, ok = h[rows], targets[rows].clamp(min=0), valid[rows]
-            logits = (hc @ W.t()).float()  # (n, V)
+            logits = padded_logits(hc, weight, vocab_size)  # (n, V') fp32, padded columns -inf
             lse = torch.logsumexp(logits, dim=-1)  # (n,)
             picked = logits.gather(1, tc[:, None]).squeeze(1)  # (n,)
             loss += ((lse - picked) * ok).sum()
-            grad = torch.exp_(logits.sub_(lse[:, None]))  # softmax, in place of the logits
+            grad = torch.exp_(logits.sub_(lse[:, None]))  # softmax (0 in the padded columns), in place of the logits
             grad[torch.arange(grad.size(0), device=grad.device), tc] -= 1.0
-            grad = (grad * ok[:, None]).to(h.dtype)  # (n, V): d(sum of losses)/d logits
-            grad_h[rows] = grad @ W.to(h.dtype)
-            grad_w[:vocab_size] += (grad.t() @ hc).float()
+            grad = (grad * ok[:, None]).to(h.dtype)  # (n, V'): d(sum of losses)/d logits
+            grad_h[rows] = grad @ weight.to(h.dtype)
+            grad_w += (grad.t() @ hc).float()
         ctx.save_for_backward(grad_h, grad_w, count)
         ctx.weight_dtype = weight.dtype
         return loss / count
@@ -135,16 +152,26 @@ class LinearCrossEntropy(torch.autograd.Function):
         return grad_h * scale.to(grad_h.dtype), (grad_w * scale).to(ctx.weight_dtype), None, None, None
 
 
+def padded_logits(h: torch.Tensor, weight: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """h @ weight.T in fp32, with the columns of ids >= vocab_size (the padding) at -inf."""
+    logits = (h @ weight.t()).float()
+    if weight.size(0) > vocab_size:
+        logits[:, vocab_size:] = float("-inf")
+    return logits
+
+
 def linear_cross_entropy(
-    h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab_size: int, chunk_rows: int = 512
+    h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab_size: int, chunk_rows: int | None = None
 ) -> torch.Tensor:
-    """F.cross_entropy(h @ weight[:vocab_size].T, targets, ignore_index=-1) in chunks of chunk_rows rows of h."""
+    """F.cross_entropy(h @ weight[:vocab_size].T, targets, ignore_index=-1) in chunks of chunk_rows rows of h
+    (ce_chunk_rows of the device and the padded vocabulary unless given)."""
     h, targets = h.reshape(-1, h.size(-1)), targets.reshape(-1)
+    chunk_rows = chunk_rows or ce_chunk_rows(weight.size(0), h.device)
     if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
         return LinearCrossEntropy.apply(h, weight, targets, vocab_size, chunk_rows)
     total = torch.zeros((), dtype=torch.float32, device=h.device)  # evaluation: the losses alone
     for start in range(0, h.size(0), chunk_rows):
-        logits = (h[start : start + chunk_rows] @ weight[:vocab_size].t()).float()  # (n, V)
+        logits = padded_logits(h[start : start + chunk_rows], weight, vocab_size)  # (n, V')
         total += F.cross_entropy(logits, targets[start : start + chunk_rows], ignore_index=-1, reduction="sum")
     return total / (targets != -1).sum().clamp(min=1)
 

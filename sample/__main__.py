@@ -34,6 +34,7 @@ from model.checkpoint import (
     read_model_json,
     resolve_checkpoint,
 )
+from model.precision import inference_dtype
 from sample.config import (
     SampleConfig,
     TaskConfig,
@@ -168,7 +169,8 @@ def _model_dtype(model: object) -> torch.dtype:
 
 
 def _load(checkpoint: str, device: torch.device) -> tuple[object, object, str]:
-    model, tokenizer = load_model(checkpoint, device=device)  # a damaged file is a one-line ValueError
+    # a damaged file is a one-line ValueError; on a bf16 GPU the weights load in bf16 (model.precision)
+    model, tokenizer = load_model(checkpoint, device=device, dtype=inference_dtype(device))
     kind = model_kind(model)
     if kind not in ("gpt", "t5"):
         raise ValueError(f"checkpoint={checkpoint!r} holds a {kind} model; python -m sample needs gpt or t5")

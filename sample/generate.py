@@ -207,11 +207,11 @@ class _Decoder:
             with self._autocast():
                 self.enc_out = model.encode(idx, enc_mask)  # (B, S, C): once per input
             idx = torch.full((B, 1), start, dtype=torch.long, device=device)  # (B, 1): the decoder's first input
-            max_seq_len = 1 + max_new_tokens
+            max_seq_len = cache_length(1 + max_new_tokens, None, compile)
         else:
             self.block_size = model.config.block_size
             idx, pad = fit_context(idx, pad, max_new_tokens, self.block_size)
-            max_seq_len = min(idx.size(1) + max_new_tokens, self.block_size)
+            max_seq_len = cache_length(min(idx.size(1) + max_new_tokens, self.block_size), self.block_size, compile)
             self.tokens = torch.zeros(B, max_seq_len, dtype=torch.long, device=device)
             self.tokens[:, : idx.size(1)] = idx
         self.pad = pad
@@ -228,7 +228,7 @@ class _Decoder:
         input_pos = self.positions[self.pos : self.pos + idx.size(1)]
         self.pos += idx.size(1)
         with self._autocast():
-            logits = forward(idx, input_pos, self.pad, self.enc_out, self.enc_mask)  # (B, T, V)
+            logits = forward(idx, input_pos, self.pad, self.enc_out, self.enc_mask)  # (B, 1, V)
         return logits[:, -1, : self.vocab_limit]  # (B, V') with V' = vocab_limit or V
 
     def prefill(self) -> torch.Tensor:
@@ -274,9 +274,6 @@ class _Decoder:
             self.enc_mask = self.enc_mask.index_select(0, rows)  # (B, S)
 
 
-_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its compiled one-token step
-
-
 def _forward(
     model: LM,
     idx: torch.Tensor,
@@ -285,20 +282,39 @@ def _forward(
     enc_out: torch.Tensor | None,
     enc_mask: torch.Tensor | None,
 ) -> torch.Tensor:
-    """Logits (B, T, V) of idx (B, T) at cache slots input_pos: the t5 decoder, or the gpt (left-padded or not)."""
+    """Last-position logits (B, 1, V) of idx (B, T) at cache slots input_pos: the t5 decoder (whose input here is
+    one token), or the gpt (left-padded or not), whose output head projects the last position only."""
     if enc_out is not None:
         return model.decode(idx, enc_out, enc_mask, input_pos=input_pos)
     if pad is not None:
-        return model(idx, input_pos=input_pos, left_pad=pad)[0]
-    return model(idx, input_pos=input_pos)[0]
+        return model(idx, input_pos=input_pos, left_pad=pad, logits_to_keep=1)[0]
+    return model(idx, input_pos=input_pos, logits_to_keep=1)[0]
+
+
+# model -> its compiled one-token step. The step reaches the model through a weak reference: a value that held the
+# model would keep its key alive, and every model ever compiled (weights and KV cache) with it.
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _compiled_step(model: LM) -> Callable[..., torch.Tensor]:
-    """_forward for one token under torch.compile (static shapes, compiled once per model and batch size; the KV
-    cache buffers are inputs, so a new generation reuses it). Prefill stays eager."""
+    """_forward for one token under torch.compile (static shapes: compiled once per model, batch size and cache
+    length bucket (cache_length); the KV cache buffers are inputs, so a new generation reuses it). Prefill stays
+    eager."""
     if model not in _COMPILED:
-        _COMPILED[model] = torch.compile(functools.partial(_forward, model), dynamic=False)
+        ref = weakref.ref(model)
+        _COMPILED[model] = torch.compile(lambda *args: _forward(ref(), *args), dynamic=False)
     return _COMPILED[model]
+
+
+def cache_length(needed: int, limit: int | None, compiled: bool) -> int:
+    """KV cache slots for a generation that needs `needed` of them (gpt: at most limit = block_size; t5: no limit).
+    Compiled decoding rounds up to a power of two (at least 64, at most the limit): the compiled step is specialised
+    to the cache's shape, so each prompt length would otherwise compile anew, and past torch's recompile limit (8)
+    the step runs eager."""
+    if not compiled:
+        return needed
+    bucket = max(64, 1 << (needed - 1).bit_length())
+    return min(bucket, limit) if limit is not None else bucket
 
 
 @contextlib.contextmanager

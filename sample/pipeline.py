@@ -27,6 +27,7 @@ from data.config import check_seed
 from data.tokenizer import Tokenizer, get_tokenizer
 from model import GPT, T5
 from model.checkpoint import is_hf_source, load_model, read_generation_defaults, resolve_checkpoint
+from model.precision import inference_dtype
 from sample.generate import Completion, generate, model_device, model_kind, prompt_ids, resolve_device, row_seeds
 from sample.sampling import GenerationConfig, recorded_controls
 
@@ -366,7 +367,8 @@ def pipeline(
             model = resolve_checkpoint(model)
         if generation_config is None:
             generation_config = read_generation_defaults(model)
-        model, checkpoint_tokenizer = load_model(model, device=resolve_device(device or "auto"))
+        where = resolve_device(device or "auto")
+        model, checkpoint_tokenizer = load_model(model, device=where, dtype=inference_dtype(where))
         tokenizer = tokenizer if tokenizer is not None else checkpoint_tokenizer
     elif isinstance(model, nn.Module):
         if tokenizer is None:

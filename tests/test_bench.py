@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from bench.generate import main
 
 
@@ -37,6 +39,20 @@ def test_train_bench_compares_with_the_reference_and_prints_json(capsys, tmp_pat
     assert [(r["impl"], r["model"]) for r in result["results"]] == [("reference", "gpt-nano"), ("nanoloom", "gpt-nano")]
     assert result["results"][0]["dtype"] == "float32"  # nanoGPT's CPU recipe
     assert result["speedup_vs_reference"] > 0 and 0 < result["mfu"] < 1 and result["rss_ratio_vs_reference"] > 0
+
+
+@pytest.mark.slow
+def test_resume_memory_bench_reports_each_ranks_peak_against_one_process(capsys, tmp_path):
+    from bench.resume_memory import main as memory_main
+
+    result = memory_main(["--model", "gpt-nano", "--block", "32", "--out", str(tmp_path / "m.json")])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert json.loads(lines[-1]) == result == json.loads((tmp_path / "m.json").read_text())
+    peaks = result["peak_rss"]
+    assert [len(peaks["single"][p]) for p in ("train_and_save", "resume_and_save")] == [1, 1]
+    assert [len(peaks["fsdp"][p]) for p in ("train_and_save", "resume_and_save")] == [2, 2]
+    assert all(0 < r < 5 for ratios in result["rank_over_single"].values() for r in ratios)
+    assert result["state_bytes"] == 12 * result["params"]
 
 
 def test_speedrun_races_both_recipes_on_whole_val_curves(capsys, tmp_path):

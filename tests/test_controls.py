@@ -147,7 +147,7 @@ class FixedLM(nn.Module):
     def clear_kv_cache(self):
         pass
 
-    def forward(self, idx, targets=None, input_pos=None, left_pad=None):
+    def forward(self, idx, targets=None, input_pos=None, left_pad=None, logits_to_keep=0):
         return self.row.expand(*idx.shape, -1), None
 
 

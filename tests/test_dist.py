@@ -78,6 +78,38 @@ def test_fsdp_two_ranks_match_one_process_then_resume_on_one(tmp_path):
 
 
 @pytest.mark.slow
+def test_fsdp_resumes_on_fsdp_from_rank_0s_read_of_the_checkpoint(tmp_path):
+    # 2 FSDP ranks train 4 steps and save; 2 FSDP ranks resume: rank 0 alone reads the weights and broadcasts them
+    # (the others pass nothing), the save goes through a model made of the gathered tensors (no init), and the
+    # continuation equals one process running all 8 steps
+    corpus = zen_of_python(tmp_path)
+    common = {"schedule": "constant", "schedule.warmup_steps": 2, "trainer.batch_size": 4, "trainer.parallel": "fsdp"}
+    run(compose_train(tiny_run_overrides(tmp_path, corpus, "single", **{**common, "trainer.batch_size": 8,
+                                                                          "trainer.parallel": "ddp"})))  # fmt: skip
+    first = tiny_run_overrides(tmp_path, corpus, "fsdp", **common, **{"trainer.max_steps": 4})
+    proc = _torchrun(tmp_path, [*first, f"hydra.run.dir={tmp_path / 'fsdp'}"], 29520)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    second = tiny_run_overrides(tmp_path, corpus, "fsdp", **common, **{"resume": "auto"})
+    proc = _torchrun(tmp_path, [*second, f"hydra.run.dir={tmp_path / 'fsdp'}"], 29521)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    single, resumed = losses(tmp_path / "single"), losses(tmp_path / "fsdp")
+    assert [resumed[s] for s in range(5, 9)] == pytest.approx([single[s] for s in range(5, 9)], rel=1e-5)
+    model, _ = load_model(tmp_path / "fsdp")
+    twin, _ = load_model(tmp_path / "single")
+    for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=name)
+    from safetensors import safe_open
+
+    from model.checkpoint import resolve_checkpoint
+
+    def stored(run_dir):
+        with safe_open(str(resolve_checkpoint(run_dir) / "model.safetensors"), "pt") as f:
+            return sorted(f.keys())
+
+    assert stored(tmp_path / "fsdp") == stored(tmp_path / "single")  # the tied embedding stored once, as one process
+
+
+@pytest.mark.slow
 def test_a_failing_rank_stops_the_job_with_its_message(tmp_path):
     overrides = tiny_run_overrides(tmp_path, zen_of_python(tmp_path), "fails", **{"trainer.batch_size": 4})
     proc = _torchrun(tmp_path, [*overrides, f"hydra.run.dir={tmp_path / 'fails'}"], 29519,

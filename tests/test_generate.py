@@ -33,7 +33,7 @@ class ScriptedLM(nn.Module):
     def clear_kv_cache(self):
         self.cache_set = False
 
-    def forward(self, idx, targets=None, input_pos=None):
+    def forward(self, idx, targets=None, input_pos=None, logits_to_keep=0):
         assert self.cache_set and input_pos is not None
         B, T = idx.shape
         logits = torch.full((B, T, self.config.vocab_size), -1e4)
@@ -208,3 +208,98 @@ def test_argument_errors():
         list(generate_tokens(model, torch.zeros(1, 2, dtype=torch.long), -1))
     with pytest.raises(ValueError, match="meta"):
         complete(model, BYTE, "x", device="meta")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# what generation costs: the prefill's output head, compiled decoding, memory
+
+
+def test_prefill_projects_only_the_last_position():
+    model = tiny_gpt()
+    rows = []
+    model.lm_head.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[1]))
+    prompt = torch.randint(0, 256, (2, 11))
+    tokens = torch.stack(list(generate_tokens(model, prompt, 4)), dim=1)  # (2, 4)
+    assert rows == [1, 1, 1, 1]  # prefill (11 prompt tokens) and three steps: one position each through the head
+    # and the tokens are those of the full-logits forward
+    idx = prompt
+    for _ in range(4):
+        idx = torch.cat([idx, model(idx)[0][:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(tokens, idx[:, 11:])
+
+
+def test_logits_to_keep_refuses_targets():
+    model = tiny_gpt()
+    idx = torch.randint(0, 256, (1, 5))
+    assert model(idx, logits_to_keep=2)[0].shape == (1, 2, 257)
+    with pytest.raises(ValueError, match="logits_to_keep"):
+        model(idx, targets=idx, logits_to_keep=1)
+
+
+@pytest.fixture
+def eager_compile(monkeypatch):
+    """torch.compile as generation calls it, on dynamo's eager backend (graphs traced, guarded and counted as real
+    compilation does, without inductor's minutes); yields the frames it compiled."""
+    from torch._dynamo.testing import CompileCounter
+
+    counter = CompileCounter()
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, **{**kw, "backend": counter}))
+    torch._dynamo.reset()
+    yield counter
+    torch._dynamo.reset()
+
+
+def test_compiled_decoding_compiles_once_for_prompts_of_many_lengths(eager_compile):
+    model = tiny_gpt(block_size=256)
+    outputs = {}
+    for length in (3, 9, 17, 30, 45, 51, 60, 2, 12):  # nine cache lengths before bucketing: past the limit of 8
+        prompt = torch.randint(0, 256, (1, length), generator=torch.Generator().manual_seed(length))
+        compiled = torch.cat(list(generate_tokens(model, prompt, 4, compile=True)), dim=0)
+        eager = torch.cat(list(generate_tokens(model, prompt, 4)), dim=0)
+        outputs[length] = torch.equal(compiled, eager)
+    assert all(outputs.values()), outputs
+    assert eager_compile.frame_count == 1  # one graph: every cache fits the 64-slot bucket
+
+
+def test_cache_length_buckets():
+    from sample.generate import cache_length
+
+    assert [cache_length(n, 256, False) for n in (1, 63, 200)] == [1, 63, 200]  # eager: exactly what is needed
+    assert [cache_length(n, 256, True) for n in (1, 64, 65, 129, 256)] == [64, 64, 128, 256, 256]
+    assert cache_length(40, 32, True) == 32  # never past the model's block_size
+    assert cache_length(300, None, True) == 512  # t5: no limit
+
+
+def test_a_compiled_model_is_freed_when_its_user_drops_it(eager_compile):
+    import gc
+    import weakref
+
+    model = tiny_gpt()
+    list(generate_tokens(model, torch.randint(0, 256, (1, 5)), 3, compile=True))
+    assert eager_compile.frame_count == 1
+    gone = weakref.ref(model)
+    del model
+    gc.collect()
+    assert gone() is None  # the compiled-step cache must not keep the model (weights, KV cache) alive
+
+
+def test_bf16_inference_keeps_the_rope_table_in_fp32():
+    from model.precision import inference_dtype
+
+    model = tiny_gpt(pos="rope")
+    table = model.rope.clone()
+    model.to(torch.bfloat16)
+    assert model.lm_head.weight.dtype == torch.bfloat16 and model.rope.dtype == torch.float32
+    assert torch.equal(model.rope, table)
+    assert len(list(generate_tokens(model, torch.randint(0, 256, (2, 5)), 3))) == 3  # a bf16 model generates
+    assert inference_dtype("cpu") is None  # CPUs keep the stored fp32 weights
+
+
+@pytest.mark.parametrize("capability, expected", [((7, 5), None), ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)])
+def test_a_gpu_with_bf16_tensor_cores_loads_the_model_in_bf16(monkeypatch, capability, expected):
+    from model.precision import inference_dtype
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert inference_dtype("cuda") == expected
+    assert inference_dtype(torch.device("cuda", 1)) == expected

@@ -170,7 +170,7 @@ FIM_BYTE = BYTE.with_fim()
 
 def test_infill_feeds_the_fim_prompt_and_returns_the_middle():
     class Recording(ScriptedLM):
-        def forward(self, idx, targets=None, input_pos=None):
+        def forward(self, idx, targets=None, input_pos=None, logits_to_keep=0):
             if self.forward_calls == 0:
                 self.prompt = idx[0].tolist()
             return super().forward(idx, targets, input_pos)

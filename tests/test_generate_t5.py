@@ -179,7 +179,7 @@ class BigramLM(nn.Module):
     def reorder_cache(self, rows):
         self.reorders.append(rows.tolist())
 
-    def forward(self, idx, targets=None, input_pos=None):
+    def forward(self, idx, targets=None, input_pos=None, logits_to_keep=0):
         return self.table[idx], None  # (B, T, V)
 
 

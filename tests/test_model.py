@@ -195,6 +195,48 @@ def test_chunked_linear_cross_entropy_equals_the_plain_loss_and_gradients(grad):
             torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
 
 
+def test_chunked_cross_entropy_multiplies_the_padded_weight_and_masks_the_padding():
+    # a 50257-column matmul is what vocabulary padding exists to avoid: every matmul of the fused head must see the
+    # padded (72-row) weight, and the 8 padded ids get neither probability nor gradient
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from model.layers import linear_cross_entropy
+
+    class MatmulShapes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.shapes = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default):
+                self.shapes.append(tuple(d for a in args if isinstance(a, torch.Tensor) for d in a.shape))
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    h = torch.randn(40, 16, requires_grad=True)
+    weight = torch.randn(72, 16, requires_grad=True)
+    targets = torch.randint(0, 64, (40,))
+    with MatmulShapes() as seen:
+        loss = linear_cross_entropy(h, weight, targets, vocab_size=64, chunk_rows=16)
+    # every matmul of forward (its backward is a scale) has the padded vocabulary as a dimension, none the real one
+    assert seen.shapes and all(72 in dims and 64 not in dims for dims in seen.shapes), seen.shapes
+    (grad_w,) = torch.autograd.grad(loss, weight)
+    assert grad_w[64:].abs().max() == 0 and grad_w[:64].abs().max() > 0
+
+
+def test_chunk_rows_follow_the_device_and_the_vocabulary():
+    from model.layers import LOGITS_PER_CHUNK, ce_chunk_rows
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")  # a device object needs no GPU
+    for device in (cpu, cuda):
+        rows = ce_chunk_rows(50304, device)
+        assert rows % 64 == 0 and rows * 50304 <= LOGITS_PER_CHUNK[device.type]
+        assert ce_chunk_rows(4096, device) > rows  # a smaller vocabulary takes more rows per chunk
+    # a GPT-2-small micro-batch (12 x 1024 rows) on a GPU: a few chunks, not one per 512 rows
+    assert -(-12 * 1024 // ce_chunk_rows(50304, cuda)) <= 4
+    assert ce_chunk_rows(10**9, cpu) == 64  # never fewer than 64 rows
+
+
 def test_gpt_loss_without_logits_equals_the_plain_loss():
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=16, vocab_size=100))  # padded to 128

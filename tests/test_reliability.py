@@ -162,6 +162,58 @@ def test_nonfinite_skip_counts_skipped_steps_in_metrics(tmp_path, monkeypatch):
     assert [(r["step"], r["train/skipped_steps"]) for r in recs if r.get("event") == "nonfinite_skipped"] == [(2, 1)]
 
 
+def test_a_fused_adamw_skips_on_the_device_and_leaves_weights_and_moments_alone():
+    """DeviceSkips with the fused AdamW (the CUDA default; fused runs on the CPU too): a step armed with a false flag
+    changes nothing (weights, moments, step count), a true one updates as usual; the skips are read once."""
+    from train.optim import DeviceSkips
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)
+    assert DeviceSkips.supported(optimizer, None) and not DeviceSkips.supported(optimizer, object())
+    assert not DeviceSkips.supported(torch.optim.AdamW(model.parameters(), foreach=True), None)
+    skips = DeviceSkips(torch.device("cpu"))
+
+    def step(ok: bool, at: int) -> None:
+        model(torch.ones(2, 4)).sum().backward()
+        skips.arm(optimizer, torch.tensor(ok), at)
+        optimizer.step()
+        optimizer.zero_grad()
+
+    step(True, 0)
+    snapshot = lambda: [t.clone() for t in (*model.parameters(), *optimizer.state[model.weight].values())]  # noqa: E731
+    before = snapshot()
+    step(False, 1)
+    step(False, 2)
+    assert all(torch.equal(a, b) for a, b in zip(before, snapshot()))  # weights, exp_avg(_sq) and step untouched
+    assert skips.read() == (2, 1) and skips.read() == (0, -1)
+    step(True, 3)
+    assert not torch.equal(before[0], model.weight)
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_a_fused_optimizer_checks_finiteness_without_a_host_sync_per_step(tmp_path, monkeypatch, policy):
+    """optim.fused=true: a non-finite step is skipped by the optimizer on the device (the host-side skip path is
+    never taken) and reported at the next log or save step; stop still keeps the last good checkpoint."""
+    _poison_step(monkeypatch, 3, "loss")
+    monkeypatch.setattr(loop, "skip_step", lambda *a: pytest.fail("the host-side non-finite path was taken"))
+    extra = {"optim.fused": "true", "trainer.nonfinite": policy, "trainer.log_interval": 4, "trainer.save_interval": 2}
+    overrides = tiny_run_overrides(tmp_path, zen_of_python(tmp_path), **FAST, **extra)
+    if policy == "stop":
+        with pytest.raises(FloatingPointError, match="non-finite loss or gradient at step 2; the last checkpoint"):
+            loop.run(compose_train(overrides))
+        # read at the save of step 4 (before writing it): the checkpoint of step 2 stays the last
+        assert checkpoint_names(tmp_path / "run") == ["step_0000002"]
+        return
+    assert loop.run(compose_train(overrides))["step"] == 8  # the skipped step counts as a step, as with fp16
+    recs = records(tmp_path / "run")
+    assert [(r["step"], r["train/skipped_steps"]) for r in recs if "train/loss" in r] == [(4, 1), (8, 1)]
+    assert all(math.isfinite(r["train/loss"]) for r in recs if "train/loss" in r)  # the skipped loss is left out
+    assert [(r["step"], r["train/skipped_steps"]) for r in recs if r.get("event") == "nonfinite_skipped"] == [(4, 1)]
+    state = torch.load(tmp_path / "run" / "checkpoints" / "step_0000008" / "train_state.pt", weights_only=True)
+    assert state["state"]["skipped_steps"] == 1
+
+
 def test_a_skipped_fp16_step_closes_the_grad_scalers_step(monkeypatch):
     """fp16 + nonfinite=skip: the skipped step's unscale_() must be closed by update(), or the next step's unscale_()
     raises "unscale_() has already been called". A CPU GradScaler runs the same bookkeeping as a CUDA one."""
@@ -324,6 +376,28 @@ def test_out_of_memory_at_one_row_is_refused(tmp_path, monkeypatch):
     overrides = tiny_run_overrides(tmp_path, zen_of_python(tmp_path), **FAST, **{"trainer.batch_size": 1})
     with pytest.raises(torch.OutOfMemoryError, match="out of memory at step 1 with a micro-batch of one row"):
         loop.run(compose_train(overrides))
+
+
+def test_out_of_memory_copying_weights_for_the_update_ratio_turns_the_metric_off(tmp_path, monkeypatch, capsys):
+    """The update/weight ratio copies every weight on log steps, outside the forward/backward OOM retry: an OOM
+    there must cost the metric, never the run."""
+    from train.optim import UpdateRatio
+
+    made = {"n": 0}
+
+    class Tight(UpdateRatio):
+        def __init__(self, params):
+            made["n"] += 1
+            if made["n"] == 3:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 6.00 GiB")
+            super().__init__(params)
+
+    monkeypatch.setattr(loop, "UpdateRatio", Tight)
+    overrides = tiny_run_overrides(tmp_path, zen_of_python(tmp_path), **FAST)
+    assert loop.run(compose_train(overrides))["step"] == 8
+    logged = [r for r in records(tmp_path / "run") if "train/loss" in r]
+    assert ["train/update_ratio" in r for r in logged] == [True, True] + [False] * 6 and made["n"] == 3
+    assert "trainer.log_update_ratio is now off" in capsys.readouterr().err
 
 
 def test_micro_batch_size_must_divide_the_batch():

@@ -122,12 +122,15 @@ def full_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict
 def load_full_state(
     model: nn.Module, optimizer: torch.optim.Optimizer, weights: dict[str, Any], optim_state: dict[str, Any] | None
 ) -> None:
-    """Load an unsharded state (every rank holds all of it) into an FSDP model and its optimizer."""
+    """Load an unsharded state into an FSDP model and its optimizer from rank 0, broadcast tensor by tensor: the
+    other ranks pass {} for both and keep their shards of what arrives (no rank but 0 holds the whole state)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
-    options = StateDictOptions(full_state_dict=True)
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
     set_model_state_dict(model, weights, options=options)
-    if optim_state is not None:
+    if optim_state == {}:  # a rank other than 0
+        set_optimizer_state_dict(model, optimizer, {}, options=options)
+    elif optim_state is not None:
         names = _param_names(model, optimizer)
         by_name = {
             "state": {names[i]: value for i, value in optim_state["state"].items()},
@@ -180,12 +183,13 @@ def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
     return bool(t.item())
 
 
-def all_true(flag: torch.Tensor, info: DistInfo) -> bool:
-    """True if the boolean tensor flag is true on every rank (a collective for several processes; one host sync)."""
+def every_rank(flag: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """The boolean tensor flag and-ed over ranks, on the device: a collective for several processes, no host sync."""
+    if not info.enabled:
+        return flag.reshape(())
     flag = flag.float().reshape(1)
-    if info.enabled:
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return flag.reshape(()) > 0
 
 
 def mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:

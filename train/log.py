@@ -192,9 +192,12 @@ class Meter:
         self.t_last = time.perf_counter()
         self.steps = 0
         self.loss_sum = torch.zeros((), device=self.device)
+        self.counted: int | torch.Tensor = 0  # steps whose loss is in loss_sum (a device tensor once ok is given)
 
-    def add(self, loss: torch.Tensor) -> None:
-        self.loss_sum += loss
+    def add(self, loss: torch.Tensor, ok: torch.Tensor | None = None) -> None:
+        """One step; ok: a device flag, False for a step skipped on the device (its loss is left out, no sync)."""
+        self.loss_sum += loss if ok is None else torch.where(ok, loss, 0.0)
+        self.counted = self.counted + (1 if ok is None else ok.long())
         self.steps += 1
 
     @contextlib.contextmanager
@@ -214,7 +217,7 @@ class Meter:
         self.spent += time.perf_counter() - self.t_last
         dt = (time.perf_counter() - self.t_last) / steps
         metrics = {
-            "train/loss": reduce(self.loss_sum / steps).item(),
+            "train/loss": reduce(self.loss_sum / torch.as_tensor(self.counted).clamp(min=1)).item(),
             "perf/step_time": dt,
             "perf/tokens_per_sec": self.tokens_per_step / dt,
         }

@@ -19,12 +19,13 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from safetensors.torch import load_file
 from safetensors.torch import load_model as load_weights
 
 from data.loader import CausalLMLoader, Seq2SeqLoader, SpanCorruptionLoader
 from data.prepare import load_meta, prepare
 from data.tokenizer import tokenizer_from_spec
-from model.checkpoint import load_model, write_text_atomic
+from model.checkpoint import WEIGHTS, load_model, write_text_atomic
 from model.registry import build_model
 from sample.generate import generate, resolve_device
 from sample.quality import sample_quality
@@ -33,7 +34,7 @@ from train.config import TrainConfig, config_dict, to_yaml
 from train.device import autocast, maybe_keep_freed_memory, peak_flops, resolve_dtype, use_compile
 from train.evaluate import bytes_per_token, estimate_loss, loss_only, seq2seq_scores
 from train.log import Meter, Tracker, format_step, warn
-from train.optim import UpdateRatio, build_optimizer, get_lr, set_lr
+from train.optim import DeviceSkips, UpdateRatio, build_optimizer, get_lr, set_lr
 from train.plots import plot_run
 from train.state import (
     TrainState,
@@ -43,6 +44,7 @@ from train.state import (
     load_train_state,
     lock_run_dir,
     maybe_fault,
+    plain_model,
     remove_leftovers,
     save_checkpoint,
     set_rng_state,
@@ -218,6 +220,7 @@ def _train(
         _report_changes(r, state, saved_settings)
 
     t_start, step_time_before = time.perf_counter(), state.step_time
+    skips = DeviceSkips(device) if DeviceSkips.supported(optimizer, scaler) else None
     budget_left = tcfg.max_time is None or state.train_time < tcfg.max_time  # a resumed run may have spent it
     if resume_from is None and _due(0, tcfg.eval_interval):
         with meter.paused():  # throughput counts training time only
@@ -233,10 +236,14 @@ def _train(
         grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), clip)
         if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor norm of the sharded gradients
             grad_norm = grad_norm.full_tensor()
-        # The non-finite guard, before the update (one host-device sync per step). With fp16, inf gradients are the
-        # grad scaler's business: scaler.step skips the update and scaler.update lowers the scale, so only the loss
-        # is checked.
-        if not _finite(loss, grad_norm if scaler is None else None, info, device):
+        # The non-finite guard, before the update. A fused AdamW skips the update on the device (DeviceSkips: no
+        # host sync, the skips are read at log and save steps); otherwise it is one host-device sync per step.
+        # With fp16, inf gradients are the grad scaler's business: scaler.step skips the update and scaler.update
+        # lowers the scale, so only the loss is checked.
+        ok = _finite(loss, grad_norm if scaler is None else None, info)
+        if skips is not None:
+            skips.arm(optimizer, ok, state.step)
+        elif not bool(ok):
             skip_step(optimizer, scaler)
             _nonfinite(r, state)
             continue
@@ -244,18 +251,21 @@ def _train(
         health = optimizer_step(r, track=logs and tcfg.log_update_ratio)
         state.step += 1
         state.tokens_seen += tokens_per_step
-        meter.add(loss)  # stays on the device: no sync until logged
+        meter.add(loss, ok if skips is not None else None)  # stays on the device: no sync until logged
         state.step_time = step_time_before + meter.seconds()
 
         elapsed = state.train_time + time.perf_counter() - t_start
         # a collective (and a host sync) per step only when there is a time budget to agree on
         out_of_time = tcfg.max_time is not None and dist.any_rank(elapsed >= tcfg.max_time, info, device)
         last = state.step == tcfg.max_steps or out_of_time  # the final eval and save follow the loop
+        saves = _due(state.step, tcfg.save_interval) and not last
+        if skips is not None and (_due(state.step, tcfg.log_interval) or saves or last):
+            _read_skips(r, state, skips)  # before a checkpoint is written: nonfinite=stop keeps the last good one
         if _due(state.step, tcfg.log_interval) or last:
             maybe_log(r, state, meter, lr, grad_norm, health)
         with meter.paused():
             val = maybe_eval(r, state) if _due(state.step, tcfg.eval_interval) and not last else None
-            if _due(state.step, tcfg.save_interval) and not last:
+            if saves:
                 maybe_save(r, state, t_start, val)  # after the eval: the checkpoint records its val loss (`best`)
         if out_of_time:
             tracker.print(f"time budget of {tcfg.max_time:.0f}s reached at step {state.step}: stopping")
@@ -270,7 +280,7 @@ def _train(
 def optimizer_step(r: Run, track: bool) -> dict[str, torch.Tensor]:
     """The optimizer step (through the grad scaler with fp16) and zero_grad. track: also this step's update/weight
     ratios (UpdateRatio; its copy of the weights is freed on return), as device tensors; else {}."""
-    ratio = UpdateRatio(list(r.raw_model.parameters())) if track else None
+    ratio = _update_ratio(r) if track else None
     if r.scaler is not None:
         r.scaler.step(r.optimizer)
         r.scaler.update()
@@ -281,6 +291,21 @@ def optimizer_step(r: Run, track: bool) -> dict[str, torch.Tensor]:
         return {}
     sharded = dist.is_sharded(r.raw_model)  # FSDP: each rank holds a shard of every tensor; sum their squares
     return ratio.read((lambda t: dist.total(t, r.info)) if sharded else None)
+
+
+def _update_ratio(r: Run) -> UpdateRatio | None:
+    """This step's UpdateRatio, or None when its copy of the weights does not fit in memory on some rank: the health
+    metric is then turned off for the rest of the run, with a warning (a metric never ends a run)."""
+    ratio, failed = None, False
+    try:
+        ratio = UpdateRatio(list(r.raw_model.parameters()))
+    except torch.OutOfMemoryError:
+        failed = True
+    if dist.any_rank(failed, r.info, next(r.raw_model.parameters()).device):  # ranks agree: FSDP reduces it
+        r.cfg.trainer.log_update_ratio = False
+        warn("out of memory copying the weights for the update/weight ratio: trainer.log_update_ratio is now off")
+        return None
+    return ratio
 
 
 def forward_backward(
@@ -437,10 +462,8 @@ def maybe_save(r: Run, state: TrainState, t_start: float, val: dict[str, float] 
         )
     if r.info.is_main:
         model, optimizer = r.raw_model, r.optimizer
-        if full:  # FSDP: rank 0 writes the gathered state through an unsharded copy, as one process would
-            model = build_model(r.raw_model.config)
-            model.load_state_dict(full[0])
-            optimizer = full[1]
+        if full:  # FSDP: rank 0 writes the gathered state as one process would, through a model made of it
+            model, optimizer = plain_model(r.raw_model.config, full[0]), full[1]
         saved = replace(state, train_time=state.train_time + time.perf_counter() - t_start)
         path = save_checkpoint(
             Path(r.cfg.paths.run_dir) / "checkpoints", model, optimizer, saved, r.train_loader.state_dict(),
@@ -474,14 +497,17 @@ def _restore(
 ) -> tuple[TrainState, dict[str, Any]]:
     """Load weights, optimizer, scaler, data position and RNG states; return the state and the saved settings."""
     check_compatible(path, raw_model.config.to_dict(), tokenizer_spec)
-    saved = load_train_state(path, optimizer)  # checked: its moments fit this optimizer's parameters
+    device, sharded = next(raw_model.parameters()).device, dist.is_sharded(raw_model)
+    # checked: its moments fit this optimizer's parameters. Mapped, not read, on a GPU or under FSDP: the page cache
+    # holds it once per machine; under FSDP rank 0 alone reads the weights and moments and broadcasts them
+    reads = not sharded or info.is_main
+    saved = load_train_state(path, optimizer, mmap=device.type != "cpu" or not reads, moments=reads)
     hyper = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
-    if dist.is_sharded(raw_model):  # every rank reads the whole checkpoint and keeps its shards
-        plain = build_model(raw_model.config)  # safetensors stores tied weights once: read through a plain model
-        load_weights(plain, str(path / "model.safetensors"))
-        dist.load_full_state(raw_model, optimizer, plain.state_dict(), saved["optimizer"])
+    if sharded:  # each rank keeps its shards of what rank 0 broadcasts
+        weights = plain_model(raw_model.config, load_file(path / WEIGHTS)).state_dict() if reads else {}
+        dist.load_full_state(raw_model, optimizer, weights, saved["optimizer"] if reads else {})
     else:
-        load_weights(raw_model, str(path / "model.safetensors"), device=str(next(raw_model.parameters()).device))
+        load_weights(raw_model, str(path / WEIGHTS), device=str(device))
         optimizer.load_state_dict(saved["optimizer"])
     for group, values in zip(optimizer.param_groups, hyper):
         group.update(values)  # this run's optim.* values (weight decay, betas ...), not the checkpoint's
@@ -606,16 +632,26 @@ def skip_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | N
         scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
 
 
-def _nonfinite(r: Run, state: TrainState) -> None:
-    """Count a dropped step; with trainer.nonfinite=stop, end the run (the last checkpoint stays intact)."""
-    state.skipped_steps += 1
+def _nonfinite(r: Run, state: TrainState, count: int = 1, first: int | None = None) -> None:
+    """Count dropped steps (count of them, the first at step `first`, default this one); with
+    trainer.nonfinite=stop, end the run (the last checkpoint stays intact)."""
+    first = state.step if first is None else first
+    state.skipped_steps += count
     if r.cfg.trainer.nonfinite == "stop":
         raise FloatingPointError(
-            f"non-finite loss or gradient at step {state.step}; the last checkpoint is intact. "
+            f"non-finite loss or gradient at step {first}; the last checkpoint is intact. "
             "Lower optim.lr, enable optim.grad_clip, or set trainer.nonfinite=skip"
         )
-    warn(f"non-finite loss or gradient at step {state.step}: step skipped")
+    what = "step skipped" if count == 1 else f"{count} steps skipped since the last log line, the first"
+    warn(f"non-finite loss or gradient at step {first}: {what}")
     r.tracker.event("nonfinite_skipped", state.step, **{"train/skipped_steps": state.skipped_steps})
+
+
+def _read_skips(r: Run, state: TrainState, skips: DeviceSkips) -> None:
+    """Report the steps the optimizer skipped on the device since the last read (see DeviceSkips)."""
+    count, first = skips.read()
+    if count:
+        _nonfinite(r, state, count, first)
 
 
 def _check_run_name(name: str) -> None:
@@ -627,12 +663,12 @@ def _check_run_name(name: str) -> None:
         )
 
 
-def _finite(loss: torch.Tensor, grad_norm: torch.Tensor | None, info: dist.DistInfo, device: torch.device) -> bool:
-    """True when the loss (and the gradient norm, if given) are finite on every rank: the step's one host sync."""
+def _finite(loss: torch.Tensor, grad_norm: torch.Tensor | None, info: dist.DistInfo) -> torch.Tensor:
+    """Whether the loss (and the gradient norm, if given) are finite on every rank: a device bool, no host sync."""
     ok = torch.isfinite(loss.detach())
     if grad_norm is not None:
         ok = ok & torch.isfinite(grad_norm)
-    return dist.all_true(ok, info)
+    return dist.every_rank(ok, info)
 
 
 def _due(step: int, interval: int) -> bool:

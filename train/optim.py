@@ -151,6 +151,41 @@ class UpdateRatio:
                 "param_norm": weight}  # fmt: skip
 
 
+class DeviceSkips:
+    """Non-finite steps skipped on the device, with no host sync per step.
+
+    A fused AdamW (the default on CUDA) takes a found_inf tensor, as GradScaler hands it, and skips its update when
+    it is nonzero: weights, moments and step count stay as they were, decided inside its kernel. The loop arms it at
+    every step with that step's finiteness, a device tensor; the skips are counted on the device and read at log
+    and save steps, which sync anyway. Other optimizers (Muon, foreach AdamW: the CPU default) are checked on the
+    host before their step. A skipped step still counts as a step (its batch and its lr are used up), as with fp16's
+    grad scaler.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.count = torch.zeros((), dtype=torch.long, device=device)
+        self.first = torch.full((), -1, dtype=torch.long, device=device)  # the first skipped step since the last read
+
+    @staticmethod
+    def supported(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> bool:
+        """Whether optimizer skips on found_inf itself (fp16's grad scaler has its own skipping)."""
+        return scaler is None and bool(getattr(optimizer, "_step_supports_amp_scaling", False))
+
+    def arm(self, optimizer: torch.optim.Optimizer, ok: torch.Tensor, step: int) -> None:
+        """The next optimizer.step() updates nothing unless ok (a device bool) is true."""
+        bad = ~ok
+        optimizer.found_inf = bad.float()  # read by fused Adam/AdamW's step (torch.optim.adam)
+        self.count += bad.long()
+        self.first = torch.where(bad & (self.first < 0), step, self.first)
+
+    def read(self) -> tuple[int, int]:
+        """(steps skipped since the last read, the first of them or -1), with one host sync; then start over."""
+        count, first = torch.stack([self.count, self.first]).tolist()
+        self.count.zero_()
+        self.first.fill_(-1)
+        return count, first
+
+
 def _local(t: torch.Tensor) -> torch.Tensor:
     """This rank's shard of a DTensor (FSDP); the tensor itself otherwise."""
     return t.to_local() if hasattr(t, "to_local") else t

@@ -356,11 +356,15 @@ def find_resume_checkpoint(resume: str | None, run_dir: Path) -> Path | None:
     return resolve_checkpoint(resume)
 
 
-def load_train_state(path: Path, optimizer: Any = None) -> dict[str, Any]:
+def load_train_state(path: Path, optimizer: Any = None, mmap: bool = False, moments: bool = True) -> dict[str, Any]:
     """train_state.pt, loaded with weights_only=True (tensors and plain containers only: never arbitrary code) and
     checked against everything resuming reads from it (ValueError naming the file: see _check_train_state).
 
     optimizer: this run's optimizer (or Optimizers), whose parameters the saved moments must fit; None checks the rest.
+    mmap: map the file instead of reading it (for a GPU run: the moments go from the page cache, shared by every rank
+    on the machine, to the device, never all of them into each process's memory at once).
+    moments: False leaves the optimizer's moments unchecked and, mapped, unread (an FSDP rank other than 0: rank 0
+    checks them and broadcasts them).
     """
     file = path / TRAIN_STATE
     if not file.is_file():
@@ -372,7 +376,7 @@ def load_train_state(path: Path, optimizer: Any = None) -> dict[str, Any]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's notes on the pickle protocol of a file it then refuses
-            saved = torch.load(file, map_location="cpu", weights_only=True)
+            saved = torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
     except OSError:
         raise
     except pickle.UnpicklingError as e:
@@ -384,7 +388,7 @@ def load_train_state(path: Path, optimizer: Any = None) -> dict[str, Any]:
         raise _damaged_state(file, _first_line(e)) from None
     except Exception as e:  # a damaged archive: torch raises RuntimeError, EOFError, KeyError ...
         raise _damaged_state(file, _first_line(e)) from None
-    _check_train_state(file, saved, optimizer)
+    _check_train_state(file, saved, optimizer, moments)
     return saved
 
 
@@ -410,7 +414,7 @@ _LOADER_KEYS = {"position": (int, True), "seed": (int, True), "split": (str, Tru
 _SCALER_KEYS = {k: ((int, float), True) for k in ("scale", "growth_factor", "backoff_factor", "growth_interval")}
 
 
-def _check_train_state(file: Path, saved: Any, optimizer: Any) -> None:
+def _check_train_state(file: Path, saved: Any, optimizer: Any, moments: bool = True) -> None:
     """Refuse (ValueError naming the file) a loaded train_state.pt that is not what save_checkpoint writes: the
     entries, the TrainState fields, the data position, RNG states that torch and random accept, the grad scaler, and
     optimizer moments of the shapes of this run's parameters (finite)."""
@@ -438,7 +442,8 @@ def _check_train_state(file: Path, saved: Any, optimizer: Any) -> None:
     if not isinstance(saved.get("settings", {}), dict):
         raise _damaged_state(file, f"settings is {_kind(saved['settings'])}, not a dict")
     _check_rng(file, saved["rng"])
-    _check_optimizer(file, saved["optimizer"], optimizer)
+    if moments:
+        _check_optimizer(file, saved["optimizer"], optimizer)
 
 
 def _check_entries(file: Path, where: str, node: Any, schema: dict[str, tuple[Any, bool]]) -> None:
@@ -525,6 +530,28 @@ def _check_optimizer_state(file: Path, where: str, saved: Any, optimizer: Any) -
                 )
             if value.is_floating_point() and not bool(torch.isfinite(value).all()):
                 raise _damaged_state(file, f"{where}.state[{index}].{name} holds NaN or inf")
+
+
+def plain_model(config: Any, weights: dict[str, torch.Tensor]) -> nn.Module:
+    """An unsharded model of config that holds `weights` (a state dict; tied weights may be in it once, as
+    safetensors stores them) without allocating or initialising weights of its own: built on the meta device, the
+    tensors assigned, tied parameters tied again. Its non-persistent buffers (the RoPE table) stay on the meta
+    device: it is for state dicts and saving, not for running. A missing weight is a ValueError naming it."""
+    with torch.device("meta"):
+        model = build_model(config)
+    tied: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        tied.setdefault(id(p), []).append(name)
+    model.load_state_dict(weights, strict=False, assign=True)
+    for names in tied.values():
+        given = [n for n in names if n in weights]
+        if not given:
+            raise ValueError(f"the weights lack {names[0]}")
+        shared = model.get_parameter(given[0])
+        for name in names:
+            owner, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(owner), attr, shared)
+    return model
 
 
 def check_compatible(path: Path, model_config: dict[str, Any], tokenizer_spec: dict) -> None:
