@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-DOCUMENT_CORPORA = ("shakespeare", "python-code", "python-functions", "text", "tinystories")
+DOCUMENT_CORPORA = ("shakespeare", "python-code", "python-functions", "python-methods", "text", "tinystories")
 PAIR_CORPORA = ("pairs", "python-docstrings")
 CORPORA = DOCUMENT_CORPORA + PAIR_CORPORA
 TOKENIZERS = ("gpt2", "char", "byte", "bpe", "model")  # model: the init_from model's own (python -m train)
@@ -33,8 +33,8 @@ def check_seed(key: str, value: object) -> None:
 @dataclass
 class DataConfig:
     name: str = "shakespeare"  # label of the prepared dataset (part of its cache key)
-    # concatenated, in order. documents: shakespeare | python-code | python-functions | text | tinystories;
-    # input/target pairs: pairs | python-docstrings (the two kinds do not mix)
+    # concatenated, in order. documents: shakespeare | python-code | python-functions | python-methods | text |
+    # tinystories; input/target pairs: pairs | python-docstrings (the two kinds do not mix)
     corpora: List[str] = field(default_factory=lambda: ["shakespeare"])
     # gpt2 (tiktoken BPE, offline) | char (vocabulary from the corpus) | byte | bpe (byte-level BPE trained on the
     # train split at preparation, data.vocab_size ids)
@@ -43,7 +43,7 @@ class DataConfig:
     paths: List[str] = field(default_factory=list)  # corpus=text or pairs: files, directories or globs
     extensions: List[str] = field(default_factory=lambda: [".txt", ".md", ".py", ".jsonl"])  # corpus=text, dirs
     jsonl_field: str = "text"  # field holding the document in .jsonl files
-    include_tests: bool = False  # python-code, python-functions: also take the stdlib's test files
+    include_tests: bool = False  # python-code, -functions, -methods: also take the stdlib's test files
     # tinystories: shipped (the subset inside nanoloom, offline) | hub (the whole dataset from the Hugging Face hub)
     source: str = "shipped"
     hub_dataset: str = "roneneldan/TinyStories"  # tinystories, source=hub: Hugging Face dataset name ...

@@ -11,6 +11,7 @@ downloaded from the Hugging Face hub only when asked for (`data.source=hub`, or 
 from __future__ import annotations
 
 import ast
+import functools
 import dataclasses
 import glob
 import gzip
@@ -35,7 +36,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Bump when the way files are turned into documents changes: it is part of the prepared-data cache key.
-CORPORA_VERSION = 1
+CORPORA_VERSION = 2  # 2: python-functions without methods (python-methods)
 EOT_LINE = "<|endoftext|>"  # TinyStories' story separator, alone on its line
 # TinyStories stories shipped with nanoloom (xz-compressed; provenance and license in PROVENANCE.md there)
 TINYSTORIES_DIR = Path(__file__).resolve().parent / "assets" / "tinystories"
@@ -452,12 +453,13 @@ def _from_modules(corpus: str, files: list[tuple[str, Path]], extract: Callable[
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# python-functions: one document per function of the stdlib
+# python-functions, python-methods: one document per function (or method) of the stdlib
 
 
-def function_documents(name: str, text: str) -> list[Document]:
+def function_documents(name: str, text: str, methods: bool | None = None) -> list[Document]:
     """One document per top-level function and method of one module's source (module_functions), with its
     decorators, dedented to column 0; longer than MAX_FUNCTION_CHARS: left out. The module is their split group.
+    methods: False keeps the module-level functions only, True the methods of its classes only, None both.
 
     A model trained on them sees every function start at a `def` (or decorator) and end with end-of-text, so a
     completed function head gets a body and then stops, where a whole-file corpus runs on into the next method.
@@ -465,6 +467,8 @@ def function_documents(name: str, text: str) -> list[Document]:
     lines = text.splitlines(keepends=True)
     docs = []
     for qualname, node in module_functions(text):
+        if methods is not None and ("." in qualname) != methods:
+            continue
         start = min([node.lineno] + [d.lineno for d in node.decorator_list])
         source = _dedent_by(lines[start - 1 : node.end_lineno or node.lineno], node.col_offset).rstrip() + "\n"
         if len(source) <= MAX_FUNCTION_CHARS:
@@ -473,8 +477,19 @@ def function_documents(name: str, text: str) -> list[Document]:
 
 
 def load_python_functions(cfg: DataConfig) -> list[Document]:
-    """The function documents of every stdlib module, in module order; a module is the unit of the split."""
-    return _from_modules("python-functions", python_files(cfg.include_tests), function_documents, cfg)
+    """The module-level function documents of every stdlib module, in module order; a module is the unit of the
+    split (shared with its methods in python-methods)."""
+    extract = functools.partial(function_documents, methods=False)
+    return _from_modules("python-functions", python_files(cfg.include_tests), extract, cfg)
+
+
+def load_python_methods(cfg: DataConfig) -> list[Document]:
+    """The method documents of every stdlib module's classes, in module order, split by module as functions are.
+
+    Apart from python-functions so a mixture can weigh them: completions of free functions (a `def` at column 0
+    with no `self`) are what users ask for most, and methods teach `self.` where a free function has none."""
+    extract = functools.partial(function_documents, methods=True)
+    return _from_modules("python-methods", python_files(cfg.include_tests), extract, cfg)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -598,6 +613,7 @@ _LOADERS: dict[str, Callable[[DataConfig], list[Document]]] = {
     "shakespeare": load_shakespeare,
     "python-code": load_python_code,
     "python-functions": load_python_functions,
+    "python-methods": load_python_methods,
     "text": load_text,
     "tinystories": load_tinystories,
 }
@@ -615,6 +631,7 @@ def source_files(cfg: DataConfig) -> dict[str, list[tuple[str, Path]]]:
         "shakespeare": shakespeare_files,
         "python-code": lambda: python_files(cfg.include_tests),
         "python-functions": lambda: python_files(cfg.include_tests),
+        "python-methods": lambda: python_files(cfg.include_tests),
         "text": lambda: text_files(cfg),
         "tinystories": lambda: tinystories_files(cfg),
         "pairs": lambda: pairs_files(cfg),

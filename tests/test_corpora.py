@@ -96,6 +96,22 @@ def test_python_functions_one_document_per_function_and_method_dedented_with_dec
     assert len(stdlib) == 40 and all(d.text.lstrip().startswith(("def ", "async def ", "@")) for d in stdlib)
 
 
+def test_python_functions_and_methods_are_two_corpora_split_by_module_alike():
+    # module-level functions and class methods apart, so a mixture can weigh them; together they are every function
+    functions, methods = (function_documents("stdlib:box.py", MODULE, methods=m) for m in (False, True))
+    assert [d.source for d in functions] == ["stdlib:box.py:top"]
+    assert [d.source for d in methods] == ["stdlib:box.py:Box.area", "stdlib:box.py:Box.fetch"]
+    assert functions + methods == function_documents("stdlib:box.py", MODULE)
+    cfg = DataConfig(corpora=["python-functions", "python-methods"], tokenizer="byte", max_documents=300)
+    docs = load_documents(cfg)
+    by_corpus = {c: [d for d in docs if d.corpus == c] for c in cfg.corpora}
+    assert all(by_corpus.values())
+    assert all("." not in d.source.rsplit(":", 1)[1] for d in by_corpus["python-functions"])
+    assert all("." in d.source.rsplit(":", 1)[1] for d in by_corpus["python-methods"])
+    train, val = split_documents(docs, 0.2, seed=0)
+    assert not {d.group for d in train} & {d.group for d in val}  # a module's methods go where its functions go
+
+
 def test_documents_of_one_group_share_a_split():
     docs = [d for m in range(10) for d in function_documents(f"stdlib:m{m}.py", MODULE)]
     train, val = split_documents(docs, 0.2, seed=3)
