@@ -11,8 +11,8 @@ downloaded from the Hugging Face hub only when asked for (`data.source=hub`, or 
 from __future__ import annotations
 
 import ast
-import functools
 import dataclasses
+import functools
 import glob
 import gzip
 import hashlib

@@ -37,3 +37,19 @@ def test_dry_run_from_the_command_line_leaves_no_run_directory(tmp_path):
     assert "dry run: dry" in result.stdout and "ETA" in result.stdout
     assert "sweep summary" not in result.stdout  # train/sweep.py's callback reports multiruns (-m) only
     assert not (tmp_path / "dry").exists()
+
+
+def test_dry_run_measures_the_loops_own_step(tmp_path, capsys):
+    # T5 rows feed encoder and decoder tokens: the dry run's tokens per step are the loop's, and its optimizer
+    # memory is the optimizer's own state (Muon keeps one momentum per matrix, not AdamW's two moments)
+    from test_train_t5 import span_overrides
+
+    dry = loop.run(compose_train([*span_overrides(tmp_path, "t5dry"), "dry_run=true"]))
+    capsys.readouterr()
+    loop.run(compose_train([*span_overrides(tmp_path, "t5run"), "trainer.max_steps=1"]))
+    header = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("nanoloom:"))
+    assert f"| {dry['tokens_per_step']:,} tokens/step |" in header
+
+    overrides = tiny_run_overrides(tmp_path, zen_of_python(tmp_path), "muon", **{"dry_run": "true", "optim": "muon"})
+    memory = loop.run(compose_train(overrides))["memory_estimate"]
+    assert memory["weights"] < memory["optimizer"] < 2 * memory["weights"]

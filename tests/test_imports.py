@@ -103,3 +103,50 @@ def test_model_reaches_data_only_through_the_tokenizer_package_inside_functions(
         for module, top_level in imports(path):
             if module.split(".")[0] in PACKAGES and module.split(".")[0] != "model":
                 assert module == "data.tokenizer" and not top_level, f"{rel} imports {module}: data.tokenizer, lazily"
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _package_edges() -> dict[str, set[str]]:
+    """module -> the modules of its own package it imports (at module level or inside functions alike)."""
+    known = {_module_name(p) for p in FILES}
+    edges: dict[str, set[str]] = {m: set() for m in known}
+    for path in FILES:
+        name = _module_name(path)
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                # `from train import dist` imports the module train.dist when there is one
+                targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module
+                           for a in node.names]  # fmt: skip
+            for target in targets:
+                while target not in known and "." in target:
+                    target = target.rsplit(".", 1)[0]
+                if target in known and target != name and target.split(".")[0] == name.split(".")[0]:
+                    edges[name].add(target)
+    return edges
+
+
+def test_no_import_cycles_inside_a_package():
+    """A module that imports another of its package is never imported back by it, through any path (a lazy import
+    inside a function counts: it hides the cycle, it does not remove it). Package __init__ files re-export their
+    modules and are left out as targets."""
+    edges = {m: {t for t in ts if t not in PACKAGES} for m, ts in _package_edges().items()}
+    cycles = []
+
+    def visit(node: str, path: list[str]) -> None:
+        for nxt in sorted(edges.get(node, ())):
+            if nxt == path[0]:
+                cycles.append(" -> ".join([*path, nxt]))
+            elif nxt not in path and len(path) < 8:
+                visit(nxt, [*path, nxt])
+
+    for start in sorted(edges):
+        visit(start, [start])
+    assert not cycles, "import cycles:\n" + "\n".join(sorted(set(cycles))[:20])

@@ -22,9 +22,9 @@ from typing import Any
 import torch
 
 from train import dist
+from train.build import build_parts, forward_backward, optimizer_state_bytes, optimizer_update, tokens_per_row
 from train.config import TrainConfig
 from train.device import autocast, use_compile
-from train.loop import build_parts, forward_backward
 from train.optim import set_lr
 
 MEASURED_STEPS = 3  # timed steps, after one warm-up step
@@ -34,10 +34,10 @@ def _gb(n_bytes: float) -> str:
     return f"{n_bytes / 1e9:.2f} GB"
 
 
-def memory_estimate(model: torch.nn.Module, optimizer_name: str, dtype: torch.dtype, rows: int, T: int) -> dict:
-    """Bytes of weights, gradients, optimizer state and activations for one micro-batch of `rows` sequences."""
+def memory_estimate(model: torch.nn.Module, optimizer_bytes: int, dtype: torch.dtype, rows: int, T: int) -> dict:
+    """Bytes of weights, gradients, optimizer state (optimizer_bytes: measured, optimizer_state_bytes) and
+    activations for one micro-batch of `rows` sequences."""
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    states = {"adamw": 2}.get(optimizer_name, 2)  # AdamW keeps two fp32 moments per parameter
     cfg = model.config
     layers = getattr(cfg, "n_layer", 0) or (cfg.n_encoder_layer + cfg.n_decoder_layer)
     act_bytes = 2 if dtype in (torch.bfloat16, torch.float16) else 4
@@ -46,7 +46,7 @@ def memory_estimate(model: torch.nn.Module, optimizer_name: str, dtype: torch.dt
     return {
         "weights": weights,
         "gradients": weights,
-        "optimizer": states * sum(p.numel() * 4 for p in model.parameters()),
+        "optimizer": optimizer_bytes,
         "activations": activations,
     }
 
@@ -66,7 +66,7 @@ def dry_run(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
     tcfg, model = cfg.trainer, parts.raw_model
     T = parts.model_cfg.block_size
     rows = tcfg.micro_batch_size or tcfg.batch_size
-    tokens_per_step = tcfg.batch_size * tcfg.grad_accum * T
+    tokens_per_step = tcfg.batch_size * tcfg.grad_accum * tokens_per_row(parts.train_loader, T)
     flops_per_token = model.flops_per_token(T)
     compile = use_compile(tcfg.compile, device, tcfg.max_steps)
     compiled = torch.compile(model) if compile else model
@@ -76,12 +76,17 @@ def dry_run(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
     for _ in range(1 + MEASURED_STEPS):
         t0 = time.perf_counter()
         loss = forward_backward(compiled, parts.train_loader, tcfg.grad_accum, ctx, parts.scaler, rows)
-        parts.optimizer.step()
+        optimizer_update(model, parts.optimizer, parts.scaler, cfg.optim.grad_clip)  # as the loop: unscale, clip
+        if parts.scaler is not None:
+            parts.scaler.step(parts.optimizer)
+            parts.scaler.update()
+        else:
+            parts.optimizer.step()
         parts.optimizer.zero_grad(set_to_none=True)
         loss.item()  # wait for the device
         times.append(time.perf_counter() - t0)
     step = statistics.median(times[1:])
-    memory = memory_estimate(model, cfg.optim.name, parts.dtype, rows, T)
+    memory = memory_estimate(model, optimizer_state_bytes(parts.optimizer), parts.dtype, rows, T)
     budget_steps = tcfg.max_steps if tcfg.max_time is None else min(tcfg.max_steps, int(tcfg.max_time / step))
     result = {
         "params": model.num_params(),
@@ -101,7 +106,8 @@ def dry_run(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
         f"dry run: {cfg.run_name} on {device} {dtype}" + (" compiled" if compile else "") + " (nothing is saved)",
         f"  parameters        {result['params'] / 1e6:.2f}M",
         f"  FLOPs per token   {flops_per_token / 1e6:.1f} MFLOP (training: forward + backward)",
-        f"  tokens per step   {tokens_per_step:,} ({tcfg.batch_size} x {tcfg.grad_accum} x {T}; micro-batch {rows})",
+        f"  tokens per step   {tokens_per_step:,} ({tcfg.batch_size} x {tcfg.grad_accum} x "
+        f"{tokens_per_step // (tcfg.batch_size * tcfg.grad_accum)}; micro-batch {rows})",
         "  memory estimate   "
         + ", ".join(f"{k} {_gb(v)}" for k, v in memory.items())
         + f"; total {_gb(sum(memory.values()))}",

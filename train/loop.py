@@ -22,19 +22,17 @@ import torch.nn as nn
 from safetensors.torch import load_file
 from safetensors.torch import load_model as load_weights
 
-from data.loader import CausalLMLoader, Seq2SeqLoader, SpanCorruptionLoader
-from data.prepare import load_meta, prepare
-from data.tokenizer import tokenizer_from_spec
-from model.checkpoint import WEIGHTS, load_model, write_text_atomic
-from model.registry import build_model
+from data.loader import CausalLMLoader
+from model.checkpoint import WEIGHTS, write_text_atomic
 from sample.generate import generate, resolve_device
 from sample.quality import sample_quality
 from train import dist
+from train.build import build_loader, build_parts, forward_backward, optimizer_update, tokens_per_row
 from train.config import TrainConfig, config_dict, to_yaml
-from train.device import autocast, maybe_keep_freed_memory, peak_flops, resolve_dtype, use_compile
-from train.evaluate import bytes_per_token, estimate_loss, loss_only, seq2seq_scores
+from train.device import autocast, maybe_keep_freed_memory, peak_flops, use_compile
+from train.evaluate import bytes_per_token, estimate_loss, seq2seq_scores
 from train.log import Meter, Tracker, format_step, warn
-from train.optim import DeviceSkips, UpdateRatio, build_optimizer, get_lr, set_lr
+from train.optim import DeviceSkips, UpdateRatio, get_lr, set_lr
 from train.plots import plot_run
 from train.state import (
     TrainState,
@@ -112,69 +110,6 @@ def _run_dir_locked(run_dir: Path, info: dist.DistInfo, device: torch.device) ->
         yield
 
 
-@dataclass
-class Parts:
-    """What a run is built from before any state is restored: data, tokenizer, model, optimizer, loader."""
-
-    data_dir: Path
-    tokenizer: Any
-    model_cfg: Any
-    raw_model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler | None
-    train_loader: Any
-    dtype: torch.dtype
-
-
-def build_parts(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> Parts:
-    """Prepare the data (rank 0; a no-op when cached), then build the tokenizer, model, optimizer and train loader."""
-    tcfg = cfg.trainer
-    cache_dir = Path(cfg.paths.cache_dir)
-    dtype = resolve_dtype(tcfg.dtype, device)
-    if device.type == "cuda":  # TF32 matmuls for any fp32 work left outside autocast (numerics: ~1e-3 rel.)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-    source = load_model(cfg.init_from) if cfg.init_from else None  # (model, tokenizer) to fine-tune, on the CPU
-    given = source[1] if source else None  # data.tokenizer=model tokenizes with it
-
-    # data: rank 0 prepares (a no-op when cached), the others wait and then find it
-    if info.is_main:
-        data_dir = prepare(cfg.data, cache_dir, tokenizer=given)
-    dist.wait_for_main(info, "prepare the dataset (a new corpus is tokenized once, then cached)")
-    if not info.is_main:
-        data_dir = prepare(cfg.data, cache_dir, progress=False, tokenizer=given)
-    meta = load_meta(data_dir)
-    kind = source[0].config.kind if source else cfg.model.kind
-    tokenizer = tokenizer_from_spec(meta["tokenizer"])
-    if source is not None and getattr(source[1], "num_sentinels", 0):  # fine-tuning keeps the source's vocabulary
-        tokenizer = tokenizer.with_sentinels(source[1].num_sentinels)
-    elif source is None and kind == "t5":  # span corruption needs sentinels; seq2seq keeps the vocabulary alike
-        tokenizer = tokenizer.with_sentinels(T5_SENTINELS)
-    _check_objective(kind, cfg.task.objective, meta.get("layout", "documents"), cfg.data.name)
-    model_cfg = _init_config(cfg, source, tokenizer) if source else _fit_to_tokenizer(cfg.model, tokenizer)
-
-    # model and optimizer: the same init on every rank, then per-rank dropout streams
-    torch.manual_seed(tcfg.seed)
-    raw_model = build_model(model_cfg)
-    if source is not None:
-        _load_source_weights(raw_model, source[0], cfg.init_from)
-    raw_model.activation_checkpointing = tcfg.activation_checkpointing
-    raw_model.to(device)
-    if info.enabled and tcfg.parallel == "fsdp":
-        if cfg.optim.name == "muon" or dtype == torch.float16:
-            what = "optim=muon (it orthogonalises whole matrices)" if cfg.optim.name == "muon" else "fp16"
-            raise ValueError(f"trainer.parallel=fsdp does not support {what}; use trainer.parallel=ddp")
-        dist.shard(raw_model, dtype)  # before the optimizer: it must hold the sharded parameters
-    optimizer = build_optimizer(raw_model, cfg.optim, device.type)
-    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
-    if scaler is not None and cfg.optim.name == "muon":
-        raise ValueError("optim=muon with fp16 (a grad scaler) is not supported; use trainer.dtype=bfloat16 or float32")
-    torch.manual_seed(tcfg.seed + info.rank)
-    train_loader = build_loader(cfg, data_dir, "train", tokenizer, model_cfg, info, device)
-    return Parts(data_dir, tokenizer, model_cfg, raw_model, optimizer, scaler, train_loader, dtype)
-
-
 def _train(
     cfg: TrainConfig, info: dist.DistInfo, device: torch.device, on_start: Callable[[Path], None] | None = None
 ) -> dict[str, float]:
@@ -207,7 +142,7 @@ def _train(
         if on_start is not None:
             on_start(run_dir)
         write_text_atomic(run_dir / "config.yaml", r.config_yaml)
-    tokens_per_step = tcfg.batch_size * tcfg.grad_accum * _tokens_per_row(train_loader, T) * info.world_size
+    tokens_per_step = tcfg.batch_size * tcfg.grad_accum * tokens_per_row(train_loader, T) * info.world_size
     # MFU: the whole job's FLOPs (tokens_per_step counts every rank's) over the whole job's peak, one device's each
     peak = peak_flops(device, dtype, cache_dir) * info.world_size if info.is_main else 0.0
     meter = Meter(tokens_per_step, raw_model.flops_per_token(T) * tokens_per_step, peak, device)
@@ -230,12 +165,7 @@ def _train(
         set_lr(optimizer, lr)
         loss = forward_backward_safely(r, state)
         maybe_fault("kill_in_step", state.step + 1)  # crash tests: gradients computed, weights not yet updated
-        if scaler is not None:
-            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-        clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), clip)
-        if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor norm of the sharded gradients
-            grad_norm = grad_norm.full_tensor()
+        grad_norm = optimizer_update(raw_model, optimizer, scaler, cfg.optim.grad_clip)
         # The non-finite guard, before the update. A fused AdamW skips the update on the device (DeviceSkips: no
         # host sync, the skips are read at log and save steps); otherwise it is one host-device sync per step.
         # With fp16, inf gradients are the grad scaler's business: scaler.step skips the update and scaler.update
@@ -306,42 +236,6 @@ def _update_ratio(r: Run) -> UpdateRatio | None:
         warn("out of memory copying the weights for the update/weight ratio: trainer.log_update_ratio is now off")
         return None
     return ratio
-
-
-def forward_backward(
-    model: nn.Module,
-    loader: CausalLMLoader,
-    grad_accum: int,
-    ctx: Any,
-    scaler: torch.amp.GradScaler | None,
-    micro_batch: int | None = None,
-) -> torch.Tensor:
-    """Draw grad_accum batches, run each in micro-batches of micro_batch rows (None: whole), accumulating gradients.
-
-    Returns the step's mean loss (a device tensor). Splitting a drawn batch changes the memory a micro-step needs,
-    not the data: every micro loss is a token mean over the same number of rows, and the step loss is their mean.
-    """
-    total = torch.zeros((), device=next(model.parameters()).device)
-    for i in range(grad_accum):
-        micro_batches = _split(loader.next_batch(), micro_batch)
-        for j, batch in enumerate(micro_batches):
-            # DDP: all-reduce gradients only on the last micro-step (no_sync on the others)
-            last = i == grad_accum - 1 and j == len(micro_batches) - 1
-            with dist.gradient_sync(model, last):  # DDP/FSDP: reduce gradients on the last micro-step only
-                with ctx:
-                    _, loss = model(**batch, **loss_only(model))  # GPT: no (B, T, V) logits in memory
-                loss = loss / (grad_accum * len(micro_batches))
-                (scaler.scale(loss) if scaler is not None else loss).backward()
-            total += loss.detach()
-    return total
-
-
-def _split(batch: dict[str, torch.Tensor], rows: int | None) -> list[dict[str, torch.Tensor]]:
-    """A batch as micro-batches of `rows` rows each (views along dim 0); the batch itself when rows is None or more."""
-    n = len(next(iter(batch.values())))
-    if rows is None or rows >= n:
-        return [batch]
-    return [{k: v[start : start + rows] for k, v in batch.items()} for start in range(0, n, rows)]
 
 
 def forward_backward_safely(r: Run, state: TrainState) -> torch.Tensor:
@@ -517,99 +411,6 @@ def _restore(
     if info.world_size == 1:  # per-rank dropout streams are not saved; one process resumes bit-exactly
         set_rng_state(saved["rng"], next(raw_model.parameters()).device)
     return TrainState(**saved["state"]), saved.get("settings", {})
-
-
-def _init_config(cfg: TrainConfig, source: tuple[nn.Module, Any], tokenizer: Any) -> Any:
-    """The architecture of init_from's model; model.dropout applies, and a smaller model.block_size crops it."""
-    model, source_tokenizer = source
-    if source_tokenizer.spec() != tokenizer.spec():
-        raise ValueError(
-            f"init_from={cfg.init_from} uses the {source_tokenizer.name!r} tokenizer but data={cfg.data.name} is "
-            f"tokenized with {tokenizer.name!r}; prepare the data with the same tokenizer (data.tokenizer=...)"
-        )
-    changes: dict[str, Any] = {"dropout": cfg.model.dropout}
-    if cfg.model.block_size < model.config.block_size:
-        changes["block_size"] = cfg.model.block_size  # fine-tune on shorter windows (learned positions cropped)
-    return replace(model.config, **changes)
-
-
-def _load_source_weights(model: nn.Module, source: nn.Module, name: str) -> None:
-    """Copy init_from's weights; learned position embeddings are cropped to a smaller block_size."""
-    state = source.state_dict()
-    for key, value in model.state_dict().items():
-        if key.endswith("wpe.weight") and state[key].shape != value.shape:
-            state[key] = state[key][: value.shape[0]]  # (block_size, C): the first positions
-    model.load_state_dict(state)
-    print(f"init_from={name}: {model.num_params() / 1e6:.2f}M parameters loaded", flush=True)
-
-
-def _fit_to_tokenizer(model_cfg: Any, tokenizer: Any) -> Any:
-    """Fill model.vocab_size (and T5's decoder start / pad ids) from the tokenizer, or refuse a mismatch."""
-    vocab_size = tokenizer.vocab_size
-    if model_cfg.vocab_size is None:
-        model_cfg = replace(model_cfg, vocab_size=vocab_size)
-    elif model_cfg.vocab_size != vocab_size:
-        raise ValueError(
-            f"vocabulary mismatch: model.vocab_size={model_cfg.vocab_size} but the data's {tokenizer.name} tokenizer "
-            f"has {vocab_size} tokens; set model.vocab_size=null (taken from the tokenizer) or change data.tokenizer"
-        )
-    if model_cfg.kind == "t5":  # end-of-text starts every decoder input and pads encoder inputs
-        starts = {k: tokenizer.eot_id for k in ("decoder_start_id", "pad_id") if getattr(model_cfg, k) is None}
-        model_cfg = replace(model_cfg, **starts)
-    return model_cfg
-
-
-OBJECTIVES = {"gpt": ("causal",), "t5": ("span_corruption", "seq2seq")}
-T5_SENTINELS = 100  # <extra_id_0> .. <extra_id_99>, as in T5
-
-
-def _check_objective(kind: str, objective: str, layout: str, data_name: str) -> None:
-    """The task's objective must suit the model kind and the prepared data (documents or pairs)."""
-    if objective not in OBJECTIVES[kind]:
-        raise ValueError(
-            f"task.objective={objective!r} does not train a {kind} model; use "
-            + " or ".join(f"task={o}" for o in OBJECTIVES[kind])
-        )
-    wanted = "pairs" if objective == "seq2seq" else "documents"
-    if layout != wanted:
-        raise ValueError(
-            f"task={objective} needs {wanted} but data={data_name} holds {layout}; "
-            + ("use data=pairs or data=python-docstrings" if wanted == "pairs" else "use a text corpus")
-        )
-
-
-def build_loader(
-    cfg: TrainConfig,
-    data_dir: Path,
-    split: str,
-    tokenizer: Any,
-    model_cfg: Any,
-    info: dist.DistInfo,
-    device: torch.device,
-) -> Any:
-    """The batch source of the task's objective: dicts of the model's forward arguments."""
-    T = model_cfg.block_size
-    start_id = getattr(model_cfg, "decoder_start_id", None)  # T5 trains from the start id it generates from
-    common = dict(batch_size=cfg.trainer.batch_size, seed=cfg.trainer.seed, rank=info.rank,
-                  world_size=info.world_size, device=device)  # fmt: skip
-    objective = cfg.task.objective
-    if objective == "span_corruption":
-        return SpanCorruptionLoader(
-            data_dir, split, input_length=T, tokenizer=tokenizer, noise_density=cfg.task.noise_density,
-            mean_span_length=cfg.task.mean_span_length, start_id=start_id, **common,
-        )  # fmt: skip
-    if objective == "seq2seq":
-        return Seq2SeqLoader(
-            data_dir, split, input_length=T, target_length=T, tokenizer=tokenizer, start_id=start_id, **common
-        )
-    return CausalLMLoader(data_dir, split, block_size=T, **common)
-
-
-def _tokens_per_row(loader: Any, T: int) -> int:
-    """Tokens one batch row feeds the model: T (causal), encoder + decoder lengths (T5; at most, for seq2seq)."""
-    if isinstance(loader, SpanCorruptionLoader):
-        return loader.input_length + loader.target_length
-    return 2 * T if isinstance(loader, Seq2SeqLoader) else T
 
 
 def _encodable_prompts(prompts: list[str], tokenizer: Any) -> list[str]:
