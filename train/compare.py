@@ -34,8 +34,9 @@ PLOT_NAME = "compare.png"
 
 
 @dataclass
-class Run:
-    """One run directory: its flattened config and val curve."""
+class RunCurve:
+    """One run directory as compare reads it: its flattened config and val curve (not train.loop.Run, the parts
+    of a run in progress)."""
 
     path: Path
     config: dict[str, Any]  # "optim.lr" -> 0.001
@@ -56,7 +57,7 @@ class Run:
 @dataclass
 class Group:
     name: str
-    runs: list[Run]
+    runs: list[RunCurve]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -77,7 +78,7 @@ def ignored(key: str) -> bool:
     return key in IGNORED_KEYS or key.startswith(IGNORED_PREFIXES)
 
 
-def load_run(path: Path) -> Run:
+def load_run(path: Path) -> RunCurve:
     """A run directory's config and val curve; a one-line ValueError when it is not a run or never evaluated."""
     try:
         config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
@@ -91,7 +92,7 @@ def load_run(path: Path) -> Run:
         raise ValueError(
             f"{path} has no val record in metrics.jsonl; compare runs that evaluated (trainer.eval_interval > 0)"
         )
-    return Run(
+    return RunCurve(
         path=path,
         config=flatten(config if isinstance(config, dict) else {}),
         tokens=np.array([r["train/tokens"] for r in val], dtype=np.float64),
@@ -130,20 +131,22 @@ def find_runs(patterns: list[str]) -> list[Path]:
     return found
 
 
-def group_runs(runs: list[Run]) -> tuple[list[Group], list[str]]:
+def group_runs(runs: list[RunCurve]) -> tuple[list[Group], list[str]]:
     """(groups in order of first appearance, the config keys that differ between them)."""
-    by_config: dict[str, list[Run]] = {}
+    by_config: dict[str, list[RunCurve]] = {}
     for run in runs:
         key = json.dumps({k: v for k, v in run.config.items() if not ignored(k)}, sort_keys=True, default=str)
         by_config.setdefault(key, []).append(run)
     members = list(by_config.values())
     keys = sorted({k for run in runs for k in run.config if not ignored(k)})
     differs = [k for k in keys if len({json.dumps(g[0].config.get(k), default=str) for g in members}) > 1]
-    groups = [Group(", ".join(f"{k}={_show(g[0].config.get(k))}" for k in differs) or "all runs", g) for g in members]
+    labels = [", ".join(f"{k}={show_value(g[0].config.get(k))}" for k in differs) or "all runs" for g in members]
+    groups = [Group(label, g) for label, g in zip(labels, members)]
     return groups, differs
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
+    """A config value as a label: strings as they are, anything else as JSON (lists, numbers, null)."""
     return value if isinstance(value, str) else json.dumps(value)
 
 

@@ -20,7 +20,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from model.checkpoint import write_text_atomic
-from train.compare import flatten, median_tokens_per_sec, val_records
+from train.compare import flatten, median_tokens_per_sec, show_value, val_records
 from train.log import warn
 from train.plots import is_number, read_metrics
 
@@ -123,7 +123,7 @@ def summarize(sweep_dir: Path, since: float | None = None) -> Summary:
     if any(s is None for s in shown):
         keys = sorted({k for c in configs for k in c if not k.startswith(PER_RUN)})
         differ = [k for k in keys if len({json.dumps(c.get(k), default=str) for c in configs if c}) > 1]
-        fallback = [{k: _show(c[k]) for k in differ if k in c} for c in configs]
+        fallback = [{k: show_value(c[k]) for k in differ if k in c} for c in configs]
         shown = [s if s is not None else f for s, f in zip(shown, fallback)]
 
     rows = [job_row(d, c, {k: typed(k, v, c) for k, v in s.items()}) for d, c, s in zip(dirs, configs, shown)]
@@ -139,10 +139,6 @@ def summarize(sweep_dir: Path, since: float | None = None) -> Summary:
 
 # ----------------------------------------------------------------------------------------------------------------
 # output
-
-
-def _show(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _number(value: float | None, fmt: str) -> str:
