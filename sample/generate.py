@@ -71,11 +71,11 @@ def model_kind(model: nn.Module) -> str:
 def _compute_dtype(model: nn.Module) -> torch.dtype | None:
     """bf16 when the model is fp32 on a CUDA GPU with native bf16 (autocast is then used), else None."""
     p = next(model.parameters(), None)
-    if p is None or p.device.type != "cuda" or p.dtype != torch.float32:
+    if p is None or p.dtype != torch.float32:
         return None
-    from model.precision import cuda_has_fast_bf16
+    from model.precision import inference_dtype
 
-    return torch.bfloat16 if cuda_has_fast_bf16(p.device) else None
+    return inference_dtype(p.device)  # the dtype a checkpoint is loaded in there: bf16 on a bf16 GPU, else None
 
 
 def _keep_last(seq: torch.Tensor, pad: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -3,7 +3,7 @@ run (train/dry_run.py) alike, so the dry run measures the loop's own step.
 
 build_parts prepares the data (rank 0), builds the tokenizer, model, optimizer, grad scaler and train loader;
 build_loader gives the batch source of the task's objective; forward_backward is one step's gradient accumulation;
-optimizer_update is the step's update as the loop makes it (grad scaler, clipping).
+unscale_and_clip and apply_update are the step's update as the loop makes it (grad scaler, clipping).
 """
 
 from __future__ import annotations
@@ -220,7 +220,7 @@ def tokens_per_row(loader: Any, T: int) -> int:
     return 2 * T if isinstance(loader, Seq2SeqLoader) else T
 
 
-def optimizer_update(
+def unscale_and_clip(
     model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, grad_clip: float
 ) -> torch.Tensor:
     """Unscale (fp16), clip to grad_clip (0: no clipping; the norm is still returned) and return the gradient norm:
@@ -230,6 +230,16 @@ def optimizer_update(
         scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else math.inf)
     return grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+
+
+def apply_update(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+    """The optimizer step (through the grad scaler with fp16, which skips it on inf gradients), then zero_grad."""
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def optimizer_state_bytes(optimizer: Any) -> int:

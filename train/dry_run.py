@@ -22,7 +22,14 @@ from typing import Any
 import torch
 
 from train import dist
-from train.build import build_parts, forward_backward, optimizer_state_bytes, optimizer_update, tokens_per_row
+from train.build import (
+    apply_update,
+    build_parts,
+    forward_backward,
+    optimizer_state_bytes,
+    tokens_per_row,
+    unscale_and_clip,
+)
 from train.config import TrainConfig
 from train.device import autocast, use_compile
 from train.optim import set_lr
@@ -76,13 +83,8 @@ def dry_run(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
     for _ in range(1 + MEASURED_STEPS):
         t0 = time.perf_counter()
         loss = forward_backward(compiled, parts.train_loader, tcfg.grad_accum, ctx, parts.scaler, rows)
-        optimizer_update(model, parts.optimizer, parts.scaler, cfg.optim.grad_clip)  # as the loop: unscale, clip
-        if parts.scaler is not None:
-            parts.scaler.step(parts.optimizer)
-            parts.scaler.update()
-        else:
-            parts.optimizer.step()
-        parts.optimizer.zero_grad(set_to_none=True)
+        unscale_and_clip(model, parts.optimizer, parts.scaler, cfg.optim.grad_clip)  # the loop's update
+        apply_update(parts.optimizer, parts.scaler)
         loss.item()  # wait for the device
         times.append(time.perf_counter() - t0)
     step = statistics.median(times[1:])

@@ -27,7 +27,7 @@ from model.checkpoint import WEIGHTS, write_text_atomic
 from sample.generate import generate, resolve_device
 from sample.quality import sample_quality
 from train import dist
-from train.build import build_loader, build_parts, forward_backward, optimizer_update, tokens_per_row
+from train.build import apply_update, build_loader, build_parts, forward_backward, tokens_per_row, unscale_and_clip
 from train.config import TrainConfig, config_dict, to_yaml
 from train.device import autocast, maybe_keep_freed_memory, peak_flops, use_compile
 from train.evaluate import bytes_per_token, estimate_loss, seq2seq_scores
@@ -165,7 +165,7 @@ def _train(
         set_lr(optimizer, lr)
         loss = forward_backward_safely(r, state)
         maybe_fault("kill_in_step", state.step + 1)  # crash tests: gradients computed, weights not yet updated
-        grad_norm = optimizer_update(raw_model, optimizer, scaler, cfg.optim.grad_clip)
+        grad_norm = unscale_and_clip(raw_model, optimizer, scaler, cfg.optim.grad_clip)
         # The non-finite guard, before the update. A fused AdamW skips the update on the device (DeviceSkips: no
         # host sync, the skips are read at log and save steps); otherwise it is one host-device sync per step.
         # With fp16, inf gradients are the grad scaler's business: scaler.step skips the update and scaler.update
@@ -211,12 +211,7 @@ def optimizer_step(r: Run, track: bool) -> dict[str, torch.Tensor]:
     """The optimizer step (through the grad scaler with fp16) and zero_grad. track: also this step's update/weight
     ratios (UpdateRatio; its copy of the weights is freed on return), as device tensors; else {}."""
     ratio = _update_ratio(r) if track else None
-    if r.scaler is not None:
-        r.scaler.step(r.optimizer)
-        r.scaler.update()
-    else:
-        r.optimizer.step()
-    r.optimizer.zero_grad(set_to_none=True)
+    apply_update(r.optimizer, r.scaler)
     if ratio is None:
         return {}
     sharded = dist.is_sharded(r.raw_model)  # FSDP: each rank holds a shard of every tensor; sum their squares
@@ -409,7 +404,7 @@ def _restore(
         scaler.load_state_dict(saved["scaler"])
     loader.load_state_dict(saved["loader"])
     if info.world_size == 1:  # per-rank dropout streams are not saved; one process resumes bit-exactly
-        set_rng_state(saved["rng"], next(raw_model.parameters()).device)
+        set_rng_state(saved["rng"], device)
     return TrainState(**saved["state"]), saved.get("settings", {})
 
 
