@@ -8,7 +8,7 @@ For each of gpt-nano, gpt-mini and gpt2 (124M), GPT-2's 50257-token vocabulary, 
              fresh Python process that nanoloom's entry points never touched
 Each measurement is its own process: one warm-up step, then the median of 3 steps (forward, backward, optimizer
 step); peak RSS is the process's (ru_maxrss). MFU = training FLOPs per token (6N + attention) x tokens/s / the
-measured matmul peak of the step's dtype (train.device.peak_flops). Run from the repo root on an idle machine:
+measured matmul peak of the step's dtype (train.perf.peak_flops). Run from the repo root on an idle machine:
     python bench/train.py [--models gpt-nano gpt-mini gpt2] [--batch 8] [--block 256] [--out bench/train.json]
 The last stdout line is one JSON object: speedup_vs_reference, mfu and rss_ratio_vs_reference (of gpt-mini, or
 the first model), and `results` with every row.
@@ -80,7 +80,7 @@ def peak(dtype: str) -> float:
     """The measured matmul peak FLOP/s of this CPU in dtype (cached in .cache/nanoloom, as training does)."""
     import torch
 
-    from train.device import peak_flops
+    from train.perf import peak_flops
 
     return peak_flops(torch.device("cpu"), getattr(torch, dtype), ROOT / ".cache" / "nanoloom")
 

@@ -22,7 +22,6 @@ import logging
 import lzma
 import os
 import re
-import socket
 import sysconfig
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from data.config import PAIR_CORPORA, DataConfig
+from nanoloom.net import resolves
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -534,7 +534,7 @@ def hub_files(cfg: DataConfig) -> list[tuple[str, Path]]:
         raise FileNotFoundError(f"tinystories needs huggingface_hub (pip install huggingface_hub), or {how}") from None
     # Without a network the hub client retries for ~20 s before giving up: look at the local cache only, at once.
     host = urllib.parse.urlparse(constants.ENDPOINT).hostname or "huggingface.co"
-    offline = constants.HF_HUB_OFFLINE or not _resolves(host)
+    offline = constants.HF_HUB_OFFLINE or not resolves(host)
     out = []
     for name in cfg.hub_files:
         try:
@@ -544,15 +544,6 @@ def hub_files(cfg: DataConfig) -> list[tuple[str, Path]]:
             raise FileNotFoundError(f"tinystories: could not download {name} ({why}); {how}") from e
         out.append((name, Path(path)))
     return out
-
-
-def _resolves(host: str) -> bool:
-    """True when host has a DNS entry: a fast, side-effect-free test for "is there a network"."""
-    try:
-        socket.getaddrinfo(host, 443)
-    except OSError:
-        return False
-    return True
 
 
 def _first_sentence(e: Exception) -> str:

@@ -24,7 +24,6 @@ import math
 import os
 import re
 import shutil
-import socket
 import sys
 import time
 import uuid
@@ -39,6 +38,7 @@ from data.config import DataConfig
 from data.corpora import CORPORA_VERSION, Document, Pair, load_documents, load_pairs, source_hashes
 from data.fim import fim_arrays, fim_plan
 from data.tokenizer import BPE_VERSION, BPETokenizer, CharTokenizer, Tokenizer, get_tokenizer
+from nanoloom.files import host_name, pid_alive
 
 logger = logging.getLogger(__name__)
 
@@ -455,7 +455,7 @@ def prepare(cfg: DataConfig, cache_dir: str | Path, progress: bool = True, token
     if is_complete(final, key):
         return final
 
-    tmp = cache_dir / f".tmp-{final.name}@{_host_name()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = cache_dir / f".tmp-{final.name}@{host_name()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()  # unlike tempfile.mkdtemp, honours the umask: a shared cache stays readable
@@ -499,28 +499,8 @@ def remove_stale_temp_dirs(cache_dir: Path) -> None:
         return
     for path in cache_dir.glob(".tmp-*"):
         m = _TEMP_DIR.fullmatch(path.name)
-        if m and m["host"] in (None, _host_name()) and not _pid_alive(int(m["pid"])) and path.is_dir():
+        if m and m["host"] in (None, host_name()) and not pid_alive(int(m["pid"])) and path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
-
-
-def _host_name() -> str:
-    """This machine's name as temp dir names hold it: letters, digits, '.' and '-' only."""
-    return re.sub(r"[^A-Za-z0-9.-]+", "_", socket.gethostname()) or "localhost"
-
-
-def _pid_alive(pid: int) -> bool:
-    """Whether a process with this id runs on this machine (when unsure, and always on Windows: True)."""
-    if os.name == "nt":  # os.kill(pid, 0) would send CTRL_C_EVENT there
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it runs, as another user
-        return True
-    except (OverflowError, ValueError):  # no process has such an id
-        return False
-    return True
 
 
 # ----------------------------------------------------------------------------------------------------------------

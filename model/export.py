@@ -24,18 +24,17 @@ from safetensors.torch import load_file, save_file
 
 from model.checkpoint import (
     WEIGHTS,
-    atomic_directory,
     check_finite_weights,
     check_weights,
     damaged_weights,
     read_model_json,
     read_tokenizer,
-    remove_stale_temp_dirs,
     resolve_checkpoint,
 )
 from model.config import GPTConfig, T5Config
 from model.hf import t5_rename
 from model.registry import build_model, config_from_dict
+from nanoloom.files import atomic_directory, remove_stale_temp_dirs
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

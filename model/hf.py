@@ -14,7 +14,6 @@ import functools
 import json
 import os
 import re
-import socket
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from safetensors.torch import load_file
 
 from model.config import GPTConfig, T5Config
 from model.registry import build_model
+from nanoloom.net import resolves
 
 SUPPORTED_MODEL_TYPES = ("gpt2", "t5")
 PREFIX = "hf:"  # load_model("hf:<hub name or folder>") routes here
@@ -218,7 +218,7 @@ def _download(repo_id: str) -> Path:
     # Without a network the hub client retries for a long time: look in the local cache only, at once.
     host = urllib.parse.urlparse(constants.ENDPOINT).hostname or "huggingface.co"
     told = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    offline = told or not _resolves(host)
+    offline = told or not resolves(host)
 
     def fetch(patterns: list[str]) -> Path:
         return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=offline, etag_timeout=10))
@@ -246,15 +246,6 @@ def _download(repo_id: str) -> Path:
     if not (directory / "config.json").is_file():
         raise ValueError(f"the hub's {repo_id!r} has no config.json (is it a model repository?); {how}")
     return directory
-
-
-def _resolves(host: str) -> bool:
-    """True when host has a DNS entry: a fast, side-effect-free test for "is there a network"."""
-    try:
-        socket.getaddrinfo(host, 443)
-    except OSError:
-        return False
-    return True
 
 
 # ----------------------------------------------------------------------------------------------------------------

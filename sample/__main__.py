@@ -34,7 +34,7 @@ from model.checkpoint import (
     read_model_json,
     resolve_checkpoint,
 )
-from model.precision import inference_dtype
+from nanoloom.device import inference_dtype, resolve_device
 from sample.config import (
     SampleConfig,
     TaskConfig,
@@ -50,7 +50,6 @@ from sample.generate import (
     infill,
     model_kind,
     prompt_ids,
-    resolve_device,
     row_seeds,
 )
 from sample.provenance import append_records, check_identity, checkpoint_identity, read_records, sample_record
@@ -169,7 +168,7 @@ def _model_dtype(model: object) -> torch.dtype:
 
 
 def _load(checkpoint: str, device: torch.device) -> tuple[object, object, str]:
-    # a damaged file is a one-line ValueError; on a bf16 GPU the weights load in bf16 (model.precision)
+    # a damaged file is a one-line ValueError; on a bf16 GPU the weights load in bf16 (nanoloom.device.inference_dtype)
     model, tokenizer = load_model(checkpoint, device=device, dtype=inference_dtype(device))
     kind = model_kind(model)
     if kind not in ("gpt", "t5"):

@@ -38,25 +38,6 @@ NEG_INF = -1e9  # score of a beam that must never be chosen (finite: inf - inf w
 DEFAULT_MAX_LENGTH = 20  # transformers' GenerationConfig default, when neither max_new_tokens nor max_length is set
 
 
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """A torch.device from a name; "auto" (or None) picks cuda > mps > cpu."""
-    if device is None or str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as e:
-        raise ValueError(f"unknown device {str(device)!r} ({e}); use auto, cpu, cuda, cuda:<n> or mps") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={str(device)!r} but CUDA is not available here; use device=auto or device=cpu")
-    if resolved.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device={str(device)!r} but MPS is not available here; use device=auto or device=cpu")
-    return resolved
-
-
 def model_device(model: nn.Module) -> torch.device:
     """The device of the model's parameters (cpu for a model without any)."""
     p = next(model.parameters(), None)
@@ -73,7 +54,7 @@ def _compute_dtype(model: nn.Module) -> torch.dtype | None:
     p = next(model.parameters(), None)
     if p is None or p.dtype != torch.float32:
         return None
-    from model.precision import inference_dtype
+    from nanoloom.device import inference_dtype
 
     return inference_dtype(p.device)  # the dtype a checkpoint is loaded in there: bf16 on a bf16 GPU, else None
 

@@ -27,8 +27,8 @@ from data.config import check_seed
 from data.tokenizer import Tokenizer, get_tokenizer
 from model import GPT, T5
 from model.checkpoint import is_hf_source, load_model, read_generation_defaults, resolve_checkpoint
-from model.precision import inference_dtype
-from sample.generate import Completion, generate, model_device, model_kind, prompt_ids, resolve_device, row_seeds
+from nanoloom.device import inference_dtype, resolve_device
+from sample.generate import Completion, generate, model_device, model_kind, prompt_ids, row_seeds
 from sample.sampling import GenerationConfig, recorded_controls
 
 CONTROLS = frozenset(f.name for f in dataclasses.fields(GenerationConfig)) - {"do_sample"}

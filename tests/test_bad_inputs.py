@@ -339,7 +339,7 @@ def test_damaged_peak_flops_cache_is_one_warning_and_rewritten_whole(tmp_path: P
     message at every start), and rewritten atomically, so the next start reads it silently."""
     import torch
 
-    from train import device as device_module
+    from train import perf as device_module
 
     monkeypatch.setattr(device_module, "measure_matmul_flops", lambda device, dtype: 1.25e9)
     cache = tmp_path / "peak_flops.json"

@@ -431,7 +431,7 @@ def test_damaged_replay_record(name: str, damage: Damage, case: Path, monkeypatc
 @pytest.mark.parametrize("name, damage", cases(peak_cache_variants))
 def test_damaged_peak_cache_is_measured_again(name: str, damage: Damage, world: Path, tmp_path: Path, monkeypatch,
                                              capsys):  # fmt: skip
-    from train import device as device_module
+    from train import perf as device_module
 
     cache = tmp_path / "peak_flops.json"
     shutil.copy(world / "cache" / "peak_flops.json", cache)

@@ -29,7 +29,8 @@ from data.config import DataConfig
 from data.corpora import text_files
 from data.tokenizer import get_tokenizer
 from model import GPT, GPTConfig
-from model.checkpoint import host_name, save_model
+from model.checkpoint import save_model
+from nanoloom.files import host_name
 from train import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]

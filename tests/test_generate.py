@@ -285,7 +285,7 @@ def test_a_compiled_model_is_freed_when_its_user_drops_it(eager_compile):
 
 
 def test_bf16_inference_keeps_the_rope_table_in_fp32():
-    from model.precision import inference_dtype
+    from nanoloom.device import inference_dtype
 
     model = tiny_gpt(pos="rope")
     table = model.rope.clone()
@@ -298,7 +298,7 @@ def test_bf16_inference_keeps_the_rope_table_in_fp32():
 
 @pytest.mark.parametrize("capability, expected", [((7, 5), None), ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)])
 def test_a_gpu_with_bf16_tensor_cores_loads_the_model_in_bf16(monkeypatch, capability, expected):
-    from model.precision import inference_dtype
+    from nanoloom.device import inference_dtype
 
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     assert inference_dtype("cuda") == expected

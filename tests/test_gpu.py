@@ -14,8 +14,7 @@ pytestmark = [
 
 
 def test_dtype_auto_trains_in_the_gpus_fast_dtype(tmp_path):
-    from model.precision import cuda_has_fast_bf16
-    from train.device import resolve_dtype
+    from nanoloom.device import cuda_has_fast_bf16, resolve_dtype
     from train.loop import run
 
     device = torch.device("cuda")
@@ -32,7 +31,7 @@ def test_dtype_auto_trains_in_the_gpus_fast_dtype(tmp_path):
 def test_the_measured_peak_is_plausible_and_cached_per_gpu_model(tmp_path):
     import json
 
-    from train.device import peak_flops
+    from train.perf import peak_flops
 
     device = torch.device("cuda")
     peak = peak_flops(device, torch.float32, tmp_path)
@@ -74,7 +73,7 @@ def test_generation_loads_bf16_weights_and_compiles_decoding_once(tmp_path):
     from torch._dynamo.testing import CompileCounter
 
     from model import GPT, GPTConfig
-    from model.precision import cuda_has_fast_bf16, inference_dtype
+    from nanoloom.device import cuda_has_fast_bf16, inference_dtype
     from sample.generate import generate_tokens
 
     if not cuda_has_fast_bf16(torch.device("cuda")):

@@ -301,7 +301,7 @@ def test_sample_cli_on_a_training_run(trained):
 
 
 def test_dtype_auto_picks_bf16_only_where_it_is_fast(monkeypatch):
-    from train import device as dev
+    from nanoloom import device as dev
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(dev, "cpu_has_fast_bf16", lambda: True)
@@ -317,7 +317,7 @@ def test_dtype_auto_picks_bf16_only_where_it_is_fast(monkeypatch):
                                                    ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)])  # fmt: skip
 def test_dtype_auto_on_a_gpu_picks_bf16_only_with_bf16_tensor_cores(monkeypatch, capability, dtype):
     """T4 (7.5) and V100 (7.0) emulate bf16 (torch.cuda.is_bf16_supported() says True there): fp16 + grad scaler."""
-    from train import device as dev
+    from nanoloom import device as dev
 
     asked = []
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # what emulation reports
@@ -396,13 +396,13 @@ def test_init_from_refuses_another_tokenizer(trained, tmp_path):
 def test_keep_freed_memory_sets_glibcs_allocator_where_there_is_one():
     import platform
 
-    from train.device import keep_freed_memory
+    from train.perf import keep_freed_memory
 
     assert keep_freed_memory() is (platform.libc_ver()[0] == "glibc")
 
 
 def test_compile_auto_is_on_for_cuda_and_long_cpu_runs():
-    from train.device import COMPILE_MIN_STEPS, use_compile
+    from train.perf import COMPILE_MIN_STEPS, use_compile
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert use_compile(None, cuda, 10) and not use_compile(None, cpu, COMPILE_MIN_STEPS - 1)
@@ -455,13 +455,13 @@ def test_whole_split_val_loss_is_score_tokens_over_the_val_split(tmp_path):
     ("NVIDIA GeForce RTX 4090", 165e12), ("Tesla T4", None), ("NVIDIA RTX A6000", None),
 ])  # fmt: skip
 def test_gpu_peaks_match_whole_words_of_the_device_name(name, peak):
-    from train.device import gpu_datasheet_peak
+    from train.perf import gpu_datasheet_peak
 
     assert gpu_datasheet_peak(name) == peak
 
 
 def test_a_measured_gpu_peak_is_cached_per_gpu_model(tmp_path, monkeypatch):
-    from train import device as dev
+    from train import perf as dev
 
     names = iter(["Tesla T4", "Tesla V100-SXM2-16GB", "Tesla T4"])
     measured = []
@@ -473,7 +473,7 @@ def test_a_measured_gpu_peak_is_cached_per_gpu_model(tmp_path, monkeypatch):
 
 
 def test_keep_freed_memory_is_for_cpu_training_only(monkeypatch):
-    from train import device as dev
+    from train import perf as dev
 
     calls = []
     monkeypatch.setattr(dev, "keep_freed_memory", lambda: calls.append(1) or True)

@@ -212,7 +212,7 @@ def write_record(run_dir: Path, record: dict[str, str]) -> None:
     Each file is replaced atomically (a link in its place is replaced, not followed); a .hydra that is a link is
     refused.
     """
-    from model.checkpoint import write_text_atomic
+    from nanoloom.files import write_text_atomic
 
     folder = run_dir / RECORD_DIR
     if folder.is_symlink():

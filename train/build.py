@@ -21,9 +21,9 @@ from data.prepare import load_meta, prepare
 from data.tokenizer import tokenizer_from_spec
 from model.checkpoint import load_model
 from model.registry import build_model
+from nanoloom.device import resolve_dtype
 from train import dist
 from train.config import TrainConfig
-from train.device import resolve_dtype
 from train.evaluate import loss_only
 from train.optim import build_optimizer
 

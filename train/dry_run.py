@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from nanoloom.device import autocast
 from train import dist
 from train.build import (
     apply_update,
@@ -31,8 +32,8 @@ from train.build import (
     unscale_and_clip,
 )
 from train.config import TrainConfig
-from train.device import autocast, use_compile
 from train.optim import set_lr
+from train.perf import use_compile
 
 MEASURED_STEPS = 3  # timed steps, after one warm-up step
 

@@ -33,8 +33,9 @@ from data.span_corruption import (
     random_spans_noise_mask,
     span_corruption_lengths,
 )
-from model.checkpoint import is_hf_source, load_model, read_model_json, resolve_checkpoint, write_text_atomic
-from train.device import autocast, resolve_dtype
+from model.checkpoint import is_hf_source, load_model, read_model_json, resolve_checkpoint
+from nanoloom.device import autocast, resolve_device, resolve_dtype
+from nanoloom.files import write_text_atomic
 
 
 @torch.no_grad()
@@ -522,8 +523,6 @@ def evaluate_checkpoint(
 
     Every input is checked before the model is loaded; a bad one is a ValueError or OSError with a one-line message.
     """
-    from sample.generate import resolve_device  # train may use sample; imported here to keep this module light
-
     if not checkpoint:
         raise ValueError("checkpoint= is required: pass checkpoint=<run or checkpoint directory>")
     if (data is None) == (file is None):

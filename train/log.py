@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from data.jsonl import append_jsonl
-from model.checkpoint import write_text_atomic
+from nanoloom.files import write_text_atomic
 from train.config import LoggerConfig
 from train.state import CheckpointWriteError, check_plain_file, open_no_follow
 

@@ -23,16 +23,18 @@ from safetensors.torch import load_file
 from safetensors.torch import load_model as load_weights
 
 from data.loader import CausalLMLoader
-from model.checkpoint import WEIGHTS, write_text_atomic
-from sample.generate import generate, resolve_device
+from model.checkpoint import WEIGHTS
+from nanoloom.device import autocast, resolve_device
+from nanoloom.files import write_text_atomic
+from sample.generate import generate
 from sample.quality import sample_quality
 from train import dist
 from train.build import apply_update, build_loader, build_parts, forward_backward, tokens_per_row, unscale_and_clip
 from train.config import TrainConfig, config_dict, to_yaml
-from train.device import autocast, maybe_keep_freed_memory, peak_flops, use_compile
 from train.evaluate import bytes_per_token, estimate_loss, seq2seq_scores
 from train.log import Meter, Tracker, format_step, warn
 from train.optim import DeviceSkips, UpdateRatio, get_lr, set_lr
+from train.perf import maybe_keep_freed_memory, peak_flops, use_compile
 from train.plots import plot_run
 from train.state import (
     TrainState,

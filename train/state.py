@@ -39,18 +39,16 @@ from model.checkpoint import (
     LATEST,
     MODEL_JSON,
     WEIGHTS,
-    atomic_directory,
     check_finite_file,
     check_weights,
     read_model_json,
     read_pointer,
     read_tokenizer,
     resolve_checkpoint,
-    restore_replaced,
     write_model_files,
-    write_text_atomic,
 )
 from model.registry import build_model, config_from_dict
+from nanoloom.files import atomic_directory, restore_replaced, write_text_atomic
 
 try:
     import fcntl  # POSIX; without it (Windows) the run directory is not locked

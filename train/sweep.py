@@ -19,7 +19,7 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from model.checkpoint import write_text_atomic
+from nanoloom.files import write_text_atomic
 from train.compare import flatten, median_tokens_per_sec, show_value, val_records
 from train.log import warn
 from train.plots import is_number, read_metrics

@@ -1,13 +1,9 @@
-"""Precision and speed accounting: dtype=auto, the autocast context, and the peak FLOP/s that MFU divides by.
-
-dtype=auto picks bf16 autocast where the hardware has fast bf16 (CUDA Ampere+, CPUs with AVX512-BF16 or AMX),
-fp16 with a grad scaler on older CUDA GPUs, and fp32 elsewhere. Weights and optimizer state stay fp32 (mixed
-precision); only the matmuls run in the low-precision type.
-"""
+"""What training speed depends on and is measured against: trainer.compile=auto, the allocator setting for CPU
+training, and the peak FLOP/s that MFU divides by (a GPU's datasheet figure, else a measured matmul peak, cached per
+device, dtype and GPU model). Which device and dtype a run uses is nanoloom/device.py's business."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import re
@@ -16,8 +12,7 @@ from pathlib import Path
 
 import torch
 
-from model.checkpoint import write_text_atomic
-from model.precision import cuda_has_fast_bf16
+from nanoloom.files import write_text_atomic
 from train.log import warn
 
 # Datasheet dense bf16 peaks (FLOP/s) for MFU on common GPUs, keyed by the words of torch.cuda.get_device_name()
@@ -78,36 +73,6 @@ def use_compile(setting: bool | None, device: torch.device, max_steps: int) -> b
     if device.type == "cuda":
         return True
     return device.type == "cpu" and max_steps >= COMPILE_MIN_STEPS
-
-
-def cpu_has_fast_bf16() -> bool:
-    """True on x86 CPUs whose flags include AVX512-BF16 or AMX-BF16 (native bf16 dot products)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """The autocast dtype for trainer.dtype on this device (float32 = no autocast)."""
-    if name != "auto":
-        dtype = getattr(torch, name)
-        if dtype == torch.float16 and device.type == "cpu":
-            raise ValueError("trainer.dtype=float16 is not supported on CPU; use bfloat16 or float32")
-        return dtype
-    if device.type == "cuda":
-        return torch.bfloat16 if cuda_has_fast_bf16(device) else torch.float16  # pre-Ampere: fp16 + grad scaler
-    if device.type == "cpu" and cpu_has_fast_bf16():
-        return torch.bfloat16
-    return torch.float32
-
-
-def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
-    """bf16/fp16 autocast for the forward pass, or a no-op for fp32."""
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def peak_flops(device: torch.device, dtype: torch.dtype, cache_dir: str | Path) -> float:
