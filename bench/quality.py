@@ -204,7 +204,7 @@ def reference_worker(train_path: str, val_path: str, seconds: float, seed: int) 
     import torch
 
     from model import GPT, GPTConfig
-    from train.evaluate import bits_per_byte, score_tokens
+    from train.scoring import bits_per_byte, score_tokens
 
     c = REFERENCE
     train_text = "\n\n".join(read_story_file(train_path))

@@ -7,7 +7,7 @@ character, the first 90% for training and the last 10% for validation, as nanoGP
              warmup steps, cosine to 1e-4 at step 2000, clipping at 1.0; fp32 eager), reproduced step for step in a
              fresh Python process that nanoloom's entry points never touched
   nanoloom   `python -m train experiment=shakespeare_char_speedrun`, nanoloom's best CPU recipe, as a user runs it
-Both are scored by the same function (train.evaluate.score_tokens) on the whole val split, every character once,
+Both are scored by the same function (train.scoring.score_tokens) on the whole val split, every character once,
 in windows of the model's block size; the clock counts training steps only (the evaluations are paused out), so
 how often each run evaluates does not change its time. A run's time to the target is that of its first evaluation
 at or below it; a run that never gets there counts its whole training time (a lower bound: if the reference
@@ -74,7 +74,7 @@ def reference_worker(text_path: str, seed: int, eval_every: int, max_iters: int 
     import torch
 
     from model import GPT, GPTConfig
-    from train.evaluate import score_tokens
+    from train.scoring import score_tokens
 
     c = REFERENCE
     train, val, vocab = char_split(text_path)

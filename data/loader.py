@@ -7,6 +7,8 @@ memory-mapped, never read whole.
 - CausalLMLoader: random windows of the document shards, as in nanoGPT.
 - SpanCorruptionLoader: random windows of the same shards, corrupted T5-style (data/span_corruption.py).
 - Seq2SeqLoader: random input/target pairs of a pair dataset, padded to the longest in the batch.
+Evaluation reads a whole split in order instead: window_batches, pair_batches and span_corruption_batches give
+every token, pair or window once, built by the same functions as the training batches (pair_batch, corrupt_batch).
 """
 
 from __future__ import annotations
@@ -32,6 +34,16 @@ from data.tokenizer import Tokenizer, tokenizer_from_spec
 
 IGNORE_INDEX = -1  # targets the loss skips (T5.forward, GPT.forward)
 _MASK_STREAM = 1  # tags the span-corruption mask seeds apart from the batch seed (see SpanCorruptionLoader)
+
+
+def same_tokenizer(spec: dict[str, Any], prepared: dict[str, Any]) -> bool:
+    """Whether a tokenizer spec reads a dataset prepared with the spec `prepared`: the same tokenizer, its T5
+    sentinels and fill-in-the-middle ids aside (ids appended after the text's own)."""
+
+    def base(spec: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in spec.items() if k not in ("vocab_size", "sentinels", "fim")}
+
+    return base(spec) == base(prepared)
 
 
 class BatchLoader:
@@ -113,10 +125,7 @@ class BatchLoader:
     def _check_tokenizer(self, tokenizer: Tokenizer) -> None:
         """tokenizer must be the dataset's own, sentinels aside."""
 
-        def base(spec: dict[str, Any]) -> dict[str, Any]:
-            return {k: v for k, v in spec.items() if k not in ("vocab_size", "sentinels")}
-
-        if base(tokenizer.spec()) != base(self.meta["tokenizer"]):
+        if not same_tokenizer(tokenizer.spec(), self.meta["tokenizer"]):
             raise ValueError(
                 f"{tokenizer!r} is not the {self.meta['tokenizer']['name']} tokenizer {self.data_dir.name} was "
                 "prepared with; build it with tokenizer_from_spec(load_meta(data_dir)['tokenizer']), "
@@ -228,10 +237,50 @@ class CausalLMLoader(DocumentLoader):
         )
 
 
-def _decoder_inputs(targets: np.ndarray, start_id: int) -> np.ndarray:
+def decoder_inputs(targets: np.ndarray, start_id: int) -> np.ndarray:
     """(B, T) teacher-forcing decoder input: start_id, then targets shifted right; ignored positions become start_id."""
     dec = np.concatenate([np.full((len(targets), 1), start_id, dtype=np.int64), targets[:, :-1]], axis=1)
     return np.where(dec == IGNORE_INDEX, start_id, dec)
+
+
+def corrupt_batch(
+    windows: np.ndarray, masks: np.ndarray, sentinel_ids: np.ndarray, eot_id: int, start_id: int
+) -> dict[str, torch.Tensor]:
+    """A T5 span-corruption batch {"enc_idx", "dec_idx", "targets"} of (B, raw_length) windows and their noise masks."""
+    inputs, targets = corrupt(windows, masks, sentinel_ids, eot_id)  # (B, S), (B, T)
+    return {
+        "enc_idx": torch.from_numpy(inputs),
+        "dec_idx": torch.from_numpy(decoder_inputs(targets, start_id)),
+        "targets": torch.from_numpy(targets),
+    }
+
+
+def cut_pair(
+    input_ids: Any, target_ids: Any, input_length: int, target_length: int, eot_id: int
+) -> tuple[list[int], list[int]]:
+    """An (input, target) pair cut as a batch holds it: the input to its first input_length tokens; a target longer
+    than target_length to its first target_length - 1 tokens and eot_id (a cut target still ends in eot)."""
+    input_ids, target_ids = np.asarray(input_ids[:input_length]).tolist(), np.asarray(target_ids).tolist()
+    if len(target_ids) > target_length:
+        target_ids = target_ids[: target_length - 1] + [eot_id]
+    return input_ids, target_ids
+
+
+def pair_batch(pairs: list[tuple[list[int], list[int]]], eot_id: int, start_id: int) -> dict[str, torch.Tensor]:
+    """A T5 batch {"enc_idx", "enc_mask", "dec_idx", "targets"} of cut pairs (cut_pair), padded to the longest input
+    and target: inputs with eot_id where enc_mask (True = real token) is False, targets with IGNORE_INDEX."""
+    S, T = max(len(i) for i, _ in pairs), max(len(t) for _, t in pairs)
+    enc_idx = np.full((len(pairs), S), eot_id, dtype=np.int64)
+    targets = np.full((len(pairs), T), IGNORE_INDEX, dtype=np.int64)
+    for r, (input_ids, target_ids) in enumerate(pairs):
+        enc_idx[r, : len(input_ids)] = input_ids
+        targets[r, : len(target_ids)] = target_ids
+    return {
+        "enc_idx": torch.from_numpy(enc_idx),
+        "enc_mask": torch.from_numpy(np.arange(S) < np.array([len(i) for i, _ in pairs])[:, None]),
+        "dec_idx": torch.from_numpy(decoder_inputs(targets, start_id)),
+        "targets": torch.from_numpy(targets),
+    }
 
 
 class SpanCorruptionLoader(DocumentLoader):
@@ -297,12 +346,7 @@ class SpanCorruptionLoader(DocumentLoader):
                 for g in global_rows
             ]
         )  # (B, raw_length)
-        inputs, targets = corrupt(windows, masks, self.sentinel_ids, self.tokenizer.eot_id)  # (B, S), (B, T)
-        batch = {
-            "enc_idx": torch.from_numpy(inputs),
-            "dec_idx": torch.from_numpy(_decoder_inputs(targets, self._start_id())),
-            "targets": torch.from_numpy(targets),
-        }
+        batch = corrupt_batch(windows, masks, self.sentinel_ids, self.tokenizer.eot_id, self._start_id())
         return self._to_device(batch)
 
     def __repr__(self) -> str:
@@ -375,25 +419,21 @@ class Seq2SeqLoader(BatchLoader):
         rng = np.random.default_rng([self.seed, n])
         ids = self._rank_rows(rng.integers(0, self.num_pairs, size=self.batch_size * self.world_size))
         rows = self.index[ids].astype(np.int64)  # (B, 4)
-        in_len = np.minimum(rows[:, 1], self.input_length)
-        tgt_len = np.minimum(rows[:, 3], self.target_length)
-        self._count_truncations(int((rows[:, 1] > in_len).sum()), int((rows[:, 3] > tgt_len).sum()))
+        cut_inputs, cut_targets = rows[:, 1] > self.input_length, rows[:, 3] > self.target_length
+        self._count_truncations(int(cut_inputs.sum()), int(cut_targets.sum()))
+        pairs = [self._pair(row) for row in rows]
+        return self._to_device(pair_batch(pairs, self.tokenizer.eot_id, self._start_id()))
+
+    def _pair(self, row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The (input, target) token arrays of one index row, cut to input_length and target_length (cut_pair)."""
+        in_start, in_len, tgt_start, tgt_len = (int(v) for v in row)
+        input_ids, target_ids = self.data[in_start : in_start + in_len], self.data[tgt_start : tgt_start + tgt_len]
+        return cut_pair(input_ids, target_ids, self.input_length, self.target_length, self.tokenizer.eot_id)
+
+    def cut_pairs(self) -> list[tuple[list[int], list[int]]]:
+        """Every pair of the split in file order, cut as the batches cut them (cut_pair): what evaluation scores."""
         eot = self.tokenizer.eot_id
-        S, T = int(in_len.max()), int(tgt_len.max())
-        enc_idx = np.full((len(rows), S), eot, dtype=np.int64)
-        targets = np.full((len(rows), T), IGNORE_INDEX, dtype=np.int64)
-        for i, (in_start, _, tgt_start, _) in enumerate(rows):
-            enc_idx[i, : in_len[i]] = self.data[in_start : in_start + in_len[i]]
-            targets[i, : tgt_len[i]] = self.data[tgt_start : tgt_start + tgt_len[i]]
-            targets[i, tgt_len[i] - 1] = eot  # a cut target still ends in eot
-        enc_mask = np.arange(S) < in_len[:, None]  # (B, S) True = real token
-        batch = {
-            "enc_idx": torch.from_numpy(enc_idx),
-            "enc_mask": torch.from_numpy(enc_mask),
-            "dec_idx": torch.from_numpy(_decoder_inputs(targets, self._start_id())),
-            "targets": torch.from_numpy(targets),
-        }
-        return self._to_device(batch)
+        return [cut_pair(i, t, self.input_length, self.target_length, eot) for i, t in self.pairs()]
 
     def _count_truncations(self, inputs: int, targets: int) -> None:
         self.truncated_inputs += inputs
@@ -415,3 +455,106 @@ class Seq2SeqLoader(BatchLoader):
             f"batch_size={self.batch_size}, input_length={self.input_length}, target_length={self.target_length}, "
             f"rank {self.rank}/{self.world_size})"
         )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Fixed batches for evaluation: every token, pair or window of a whole split once, in order
+
+
+def strided_windows(num_tokens: int, length: int, stride: int | None = None) -> list[tuple[int, int]]:
+    """(start, first scored position) of the windows that score a stream of num_tokens tokens, each target once.
+
+    A window feeds tokens[start : start + length] and predicts tokens[start + 1 : start + length + 1]; it scores
+    the predictions from its first scored position on, the ones no earlier window scored. Windows start every
+    `stride` tokens (None: length, so they do not overlap); the last one is moved back to end at the last token, so
+    every window has the same length. A smaller stride gives every scored token more context, as in transformers'
+    perplexity guide: with stride s < length, each token after the first window sees at least length - s tokens.
+    """
+    if num_tokens < 2:
+        raise ValueError(f"{num_tokens} token(s) hold no prediction to score: at least 2 are needed")
+    length = min(length, num_tokens - 1)
+    stride = length if stride is None else stride
+    if not 0 < stride <= length:
+        raise ValueError(f"stride={stride} must be in [1, block_size={length}]")
+    windows, scored_to = [], 0  # predictions [0, scored_to) are scored (prediction j is of token j + 1)
+    for start in range(0, num_tokens - 1, stride):
+        start = min(start, num_tokens - 1 - length)
+        windows.append((start, scored_to - start))
+        scored_to = start + length
+        if scored_to >= num_tokens - 1:
+            break
+    return windows
+
+
+def window_batches(
+    tokens: Any, length: int, stride: int | None, batch_size: int, rank: int = 0, world_size: int = 1
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Causal batches {"idx", "targets"} (B, length) of the strided_windows of a token stream (1-D array or tensor);
+    a target an earlier window scored is IGNORE_INDEX, so every prediction is scored once.
+
+    Window i belongs to rank i % world_size. Every rank yields the same number of batches of batch_size rows (the
+    last ones padded with windows that score nothing), so DDP-wrapped and compiled models see one batch shape.
+    """
+    tokens = torch.as_tensor(np.asarray(tokens, dtype=np.int64))
+    windows = strided_windows(len(tokens), length, stride)
+    length = min(length, len(tokens) - 1)
+    per_step = batch_size * world_size
+    windows += [(0, length)] * (-len(windows) % per_step)  # padding: nothing scored
+    span = torch.arange(length + 1)
+    for first in range(0, len(windows), per_step):
+        mine = windows[first + rank : first + per_step : world_size]
+        rows = tokens[torch.tensor([s for s, _ in mine])[:, None] + span]  # (B, length + 1)
+        targets = rows[:, 1:].clone()
+        targets[span[:-1][None, :] < torch.tensor([o for _, o in mine])[:, None]] = IGNORE_INDEX  # scored before
+        yield {"idx": rows[:, :-1], "targets": targets}
+
+
+def pair_batches(
+    pairs: list[tuple[list[int], list[int]]], batch_size: int, eot_id: int, start_id: int
+) -> Iterator[dict[str, torch.Tensor]]:
+    """pair_batch of every batch_size cut pairs in their order: every target token once."""
+    for first in range(0, len(pairs), batch_size):
+        yield pair_batch(pairs[first : first + batch_size], eot_id, start_id)
+
+
+def span_corruption_windows(num_tokens: int, raw_length: int) -> list[int]:
+    """Starts of the consecutive windows of raw_length tokens that cover a stream; the last one is moved back to
+    end at the last token."""
+    starts = list(range(0, num_tokens - raw_length + 1, raw_length))
+    if starts[-1] + raw_length < num_tokens:
+        starts.append(num_tokens - raw_length)  # the tail, in a window moved back
+    return starts
+
+
+def span_corruption_batches(
+    tokens: Any,
+    tokenizer: Tokenizer,
+    input_length: int,
+    start_id: int,
+    batch_size: int,
+    seed: int = 0,
+    noise_density: float = NOISE_DENSITY,
+    mean_span_length: float = MEAN_SPAN_LENGTH,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """corrupt_batch of the span_corruption_windows of a stream, window i with the noise mask of default_rng([seed,
+    i]): the same batches on every call. Checked first: the stream holds a window, the tokenizer enough sentinels."""
+    raw_length, _ = span_corruption_lengths(input_length, noise_density, mean_span_length)
+    if len(tokens) < raw_length:
+        raise ValueError(
+            f"the text has {len(tokens)} tokens, fewer than the {raw_length} of one span-corruption window "
+            f"(block_size={input_length}); give more text"
+        )
+    num_spans = noise_counts(raw_length, noise_density, mean_span_length)[1]
+    if getattr(tokenizer, "num_sentinels", 0) < num_spans:
+        raise ValueError(
+            f"span corruption of block_size={input_length} windows needs {num_spans} sentinels, but the checkpoint's "
+            f"tokenizer has {getattr(tokenizer, 'num_sentinels', 0)}; score this t5 checkpoint on pairs (data=)"
+        )
+    sentinel_ids = np.array([tokenizer.sentinel_id(i) for i in range(num_spans)], dtype=np.int64)
+    starts = span_corruption_windows(len(tokens), raw_length)
+    for first in range(0, len(starts), batch_size):
+        index = range(first, min(first + batch_size, len(starts)))
+        windows = np.stack([np.asarray(tokens[starts[i] : starts[i] + raw_length], dtype=np.int64) for i in index])
+        rngs = [np.random.default_rng([seed, i]) for i in index]
+        masks = np.stack([random_spans_noise_mask(raw_length, noise_density, mean_span_length, r) for r in rngs])
+        yield corrupt_batch(windows, masks, sentinel_ids, tokenizer.eot_id, start_id)

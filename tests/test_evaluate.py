@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from train.evaluate import estimate_loss, exact_match, rouge_l, score_tokens, strided_windows
+from data.loader import strided_windows
+from train.scoring import estimate_loss, exact_match, rouge_l, score_tokens
 
 
 def test_rouge_l_hand_computed():
@@ -102,3 +103,45 @@ def test_whole_split_is_refused_for_batch_objectives():
                 {"model": {"kind": "t5"}, "task": {"objective": "span_corruption"}, "trainer": {"eval_batches": None}},
             )
         )
+
+
+def test_scoring_gives_back_train_mode_even_when_a_batch_fails():
+    """mean_loss runs the model in eval mode and restores the mode it found, also when the forward raises."""
+    from train.scoring import mean_loss
+
+    class Failing(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.modes = []
+
+        def forward(self, idx, targets):
+            self.modes.append(self.training)
+            raise RuntimeError("boom")
+
+    model = Failing().train()
+    batch = {"idx": torch.zeros(1, 2, dtype=torch.long), "targets": torch.zeros(1, 2, dtype=torch.long)}
+    with pytest.raises(RuntimeError, match="boom"):
+        mean_loss(model, [batch])
+    assert model.modes == [False] and model.training  # scored in eval mode, left in train mode
+
+
+def test_mean_loss_weights_batches_by_their_scored_tokens():
+    """Per token: a batch with 3 scored targets counts three times one with 1; per_batch: each batch once."""
+    from data.loader import IGNORE_INDEX
+    from train.scoring import mean_loss
+
+    class Fixed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, idx, targets):
+            return None, idx.float().mean()  # the batch's "loss" is carried in idx
+
+    one = {"idx": torch.full((1, 3), 1), "targets": torch.tensor([[5, IGNORE_INDEX, IGNORE_INDEX]])}
+    three = {"idx": torch.full((1, 3), 5), "targets": torch.tensor([[5, 5, 5]])}
+    padding = {"idx": torch.full((1, 3), 99), "targets": torch.full((1, 3), IGNORE_INDEX)}
+    scores = mean_loss(Fixed(), [one, three, padding])
+    assert scores["loss"] == pytest.approx((1 * 1 + 5 * 3) / 4) and scores["tokens"] == 4
+    assert mean_loss(Fixed(), [one, three], per_batch=True)["loss"] == pytest.approx(3.0)

@@ -179,7 +179,7 @@ def test_training_bits_per_byte_is_the_commands(world, capsys):
     """val/bpb in training is val/loss / ln 2 / bytes_per_token(val split): on a whole split, the command's bpb."""
     from data.loader import CausalLMLoader, Seq2SeqLoader, SpanCorruptionLoader
     from model.checkpoint import load_model
-    from train.evaluate import bytes_per_token
+    from train.scoring import bytes_per_token
 
     _, char = load_model(world["gpt"])
     loader = CausalLMLoader(world["data"], "val", batch_size=2, block_size=BLOCK)
@@ -198,11 +198,11 @@ def test_training_bits_per_byte_is_the_commands(world, capsys):
 
 
 def test_pairs_are_cut_as_the_loader_cuts_them():
-    from train.evaluate import fit_pair
+    from data.loader import cut_pair
 
-    source, target = fit_pair(list(range(30)), list(range(30)), 24, 10, eot_id=99)
+    source, target = cut_pair(list(range(30)), list(range(30)), 24, 10, eot_id=99)
     assert source == list(range(24)) and target == [*range(9), 99]  # a cut target still ends in eot
-    assert fit_pair([1], [2, 99], 24, 10, eot_id=99) == ([1], [2, 99])
+    assert cut_pair([1], [2, 99], 24, 10, eot_id=99) == ([1], [2, 99])
 
 
 def test_t5_on_documents_is_span_corruption_without_bpb(world, capsys):

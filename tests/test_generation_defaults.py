@@ -18,7 +18,7 @@ from model.checkpoint import read_generation_defaults, read_model_json, save_mod
 from model.export import export_hf
 from sample.pipeline import pipeline
 from sample.sampling import GenerationConfig
-from train import loop
+from train import loop, periodic
 
 pipeline_module = importlib.import_module("sample.pipeline")  # sample.pipeline is also the function's name
 pytestmark = pytest.mark.filterwarnings("ignore:prompt of 40 tokens is longer")  # cropped, and then not limiting
@@ -36,17 +36,17 @@ def tiny_gpt() -> GPT:
 def code_run(tmp_path_factory) -> Path:
     """A tiny run trained with task=code; the controls its in-training samples used are kept in CAPTURED."""
     tmp = tmp_path_factory.mktemp("code")
-    real = loop.generate
+    real = periodic.generate
 
     def spy(model, tokenizer, prompts, config=None, **kwargs):
         CAPTURED.append(config)
         return real(model, tokenizer, prompts, config, **kwargs)
 
-    loop.generate = spy
+    periodic.generate = spy
     try:
         loop.run(compose_train(tiny_run_overrides(tmp, zen_of_python(tmp), **{"task": "code"})))
     finally:
-        loop.generate = real
+        periodic.generate = real
     return tmp / "run"
 
 

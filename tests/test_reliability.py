@@ -19,7 +19,7 @@ from train_helpers import compose_train, lock_holder, losses, tiny_run_overrides
 
 from model import GPT, GPTConfig
 from model.checkpoint import load_model, resolve_checkpoint, save_model
-from train import loop
+from train import loop, periodic
 from train.config import TrainerConfig
 from train.log import Tracker
 from train.optim import get_lr
@@ -439,8 +439,8 @@ def test_resume_refuses_another_tokenizer_naming_the_difference(tmp_path):
 
 def test_pruning_keeps_the_last_k_and_the_best_by_val_loss(tmp_path, monkeypatch):
     scripted = iter([9.0, 3.0, 1.0, 2.0, 4.0, 1.5])  # val loss at steps 0, 2, 4, 6, 8 and the final 10
-    monkeypatch.setattr(loop, "estimate_loss", lambda *a, **k: {"loss": (v := next(scripted)), "ppl": math.exp(v)})
-    real_save, after_each_save = loop.save_checkpoint, []
+    monkeypatch.setattr(periodic, "estimate_loss", lambda *a, **k: {"loss": (v := next(scripted)), "ppl": math.exp(v)})
+    real_save, after_each_save = periodic.save_checkpoint, []
 
     def save_and_look(checkpoints_dir, *args, **kwargs):
         path = real_save(checkpoints_dir, *args, **kwargs)
@@ -448,7 +448,7 @@ def test_pruning_keeps_the_last_k_and_the_best_by_val_loss(tmp_path, monkeypatch
         after_each_save.append((path.name, (checkpoints_dir / "best").read_text().strip(), names))
         return path
 
-    monkeypatch.setattr(loop, "save_checkpoint", save_and_look)
+    monkeypatch.setattr(periodic, "save_checkpoint", save_and_look)
     steps = {"trainer.max_steps": 10, "trainer.eval_interval": 2, "trainer.save_interval": 2, "trainer.keep_last": 2}
     loop.run(compose_train(tiny_run_overrides(tmp_path, zen_of_python(tmp_path), **FAST, **steps)))
     s = "step_{:07d}".format

@@ -435,7 +435,7 @@ def test_whole_split_val_loss_is_score_tokens_over_the_val_split(tmp_path):
     import numpy as np
 
     from data.prepare import load_meta
-    from train.evaluate import score_tokens
+    from train.scoring import score_tokens
 
     overrides = tiny_run_overrides(tmp_path, zen_of_python(tmp_path), **{"trainer.eval_batches": "null"})
     result = run(compose_train(overrides))

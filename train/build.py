@@ -24,8 +24,8 @@ from model.registry import build_model
 from nanoloom.device import resolve_dtype
 from train import dist
 from train.config import TrainConfig
-from train.evaluate import loss_only
 from train.optim import build_optimizer
+from train.scoring import loss_only
 
 
 @dataclass

@@ -1,19 +1,19 @@
 """The training loop: run(cfg) sets everything up, then steps in nanoGPT's order.
 
 Order of one step: set lr -> micro-steps (autocast forward, loss / micro-steps, backward) -> clip -> non-finite
-guard -> optimizer step -> zero_grad -> maybe_log -> maybe_eval -> maybe_save (evaluated first, a checkpoint knows
-its val loss). The same loop trains every model kind: a batch is a dict of the model's forward arguments, so
-`logits, loss = model(**batch)`. Reliability: one process per run directory (a lock), checkpoints written
-atomically and never with non-finite weights, an out-of-memory step retried with half the micro-batch.
+guard -> optimizer step -> zero_grad -> log line -> evaluator -> checkpointer, each when due (train/periodic.py;
+evaluated first, so a checkpoint knows its val loss). The same loop trains every model kind: a batch is a dict of
+the model's forward arguments, so `logits, loss = model(**batch)`. Reliability: one process per run directory (a
+lock), checkpoints written atomically and never with non-finite weights, an out-of-memory step retried with half the
+micro-batch.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +26,13 @@ from data.loader import CausalLMLoader
 from model.checkpoint import WEIGHTS
 from nanoloom.device import autocast, resolve_device
 from nanoloom.files import write_text_atomic
-from sample.generate import generate
-from sample.quality import sample_quality
 from train import dist
 from train.build import apply_update, build_loader, build_parts, forward_backward, tokens_per_row, unscale_and_clip
 from train.config import TrainConfig, config_dict, to_yaml
-from train.evaluate import bytes_per_token, estimate_loss, seq2seq_scores
 from train.log import Meter, Tracker, format_step, warn
 from train.optim import DeviceSkips, UpdateRatio, get_lr, set_lr
 from train.perf import maybe_keep_freed_memory, peak_flops, use_compile
-from train.plots import plot_run
+from train.periodic import Checkpointer, Evaluator, due
 from train.state import (
     TrainState,
     changed_settings,
@@ -46,30 +43,28 @@ from train.state import (
     maybe_fault,
     plain_model,
     remove_leftovers,
-    save_checkpoint,
     set_rng_state,
 )
 
 
 @dataclass
 class Run:
-    """What the periodic helpers need: the built components of one training run."""
+    """One training run in progress: its built parts and the periodic components the loop calls."""
 
     cfg: TrainConfig
     raw_model: nn.Module  # the unwrapped model: checkpoints and sampling use it
     model: nn.Module  # what trains: raw_model, compiled and/or DDP-wrapped
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler | None  # fp16 only
-    train_loader: CausalLMLoader
-    val_loader: CausalLMLoader
-    tokenizer: Any
-    prompts: list[str]  # sample prompts this tokenizer can encode
+    train_loader: Any
     ctx: Any  # autocast context
     tracker: Tracker
     info: dist.DistInfo
-    config_yaml: str
     settings: dict[str, Any]  # the config as plain containers: saved in checkpoints, compared on resume
-    bytes_per_token: float | None = None  # of the val split: val/bpb = val/loss / ln 2 / bytes_per_token
+    evaluator: Evaluator
+    checkpointer: Checkpointer
+    meter: Meter  # throughput and MFU of the training steps
+    tokens_per_step: int  # every rank's
 
 
 def run(cfg: TrainConfig, on_start: Callable[[Path], None] | None = None) -> dict[str, float]:
@@ -112,9 +107,10 @@ def _run_dir_locked(run_dir: Path, info: dist.DistInfo, device: torch.device) ->
         yield
 
 
-def _train(
-    cfg: TrainConfig, info: dist.DistInfo, device: torch.device, on_start: Callable[[Path], None] | None = None
-) -> dict[str, float]:
+def _start(
+    cfg: TrainConfig, info: dist.DistInfo, device: torch.device, on_start: Callable[[Path], None] | None
+) -> tuple[Run, TrainState, bool]:
+    """Build the run's parts, restore a checkpoint to resume from; (the run, its state, whether it resumed)."""
     tcfg = cfg.trainer
     run_dir, cache_dir = Path(cfg.paths.run_dir), Path(cfg.paths.cache_dir)
     parts = build_parts(cfg, info, device)
@@ -131,23 +127,38 @@ def _train(
         state.micro_batch = micro_batch  # a fresh run, or a checkpoint's micro-batch (halved after OOM) that won't do
     model = torch.compile(raw_model) if use_compile(tcfg.compile, device, tcfg.max_steps) else raw_model
     settings = config_dict(cfg, model_cfg)
-    tracker = Tracker(cfg.logger, run_dir, info.is_main, config=settings, run_name=cfg.run_name,
-                      resume_step=state.step if resume_from is not None else None)  # fmt: skip
+    resume_step = state.step if resume_from is not None else None
+    tracker = Tracker(
+        cfg.logger, run_dir, info.is_main, config=settings, run_name=cfg.run_name, resume_step=resume_step
+    )
     val_loader = build_loader(cfg, data_dir, "val", tokenizer, model_cfg, info, device)
-    r = Run(
-        cfg, raw_model, dist.wrap(model, info, device), optimizer, scaler, train_loader, val_loader, tokenizer,
-        _encodable_prompts(cfg.samples.prompts, tokenizer) if cfg.task.objective != "seq2seq" else [],
-        autocast(device, dtype), tracker, info, to_yaml(cfg, model_cfg), settings,
-        bytes_per_token(tokenizer, val_loader),
-    )  # fmt: skip
-    if info.is_main:
-        if on_start is not None:
-            on_start(run_dir)
-        write_text_atomic(run_dir / "config.yaml", r.config_yaml)
     tokens_per_step = tcfg.batch_size * tcfg.grad_accum * tokens_per_row(train_loader, T) * info.world_size
     # MFU: the whole job's FLOPs (tokens_per_step counts every rank's) over the whole job's peak, one device's each
     peak = peak_flops(device, dtype, cache_dir) * info.world_size if info.is_main else 0.0
     meter = Meter(tokens_per_step, raw_model.flops_per_token(T) * tokens_per_step, peak, device)
+    model, ctx, config_yaml = dist.wrap(model, info, device), autocast(device, dtype), to_yaml(cfg, model_cfg)
+    r = Run(
+        cfg=cfg,
+        raw_model=raw_model,
+        model=model,
+        optimizer=optimizer,
+        scaler=scaler,
+        train_loader=train_loader,
+        ctx=ctx,
+        tracker=tracker,
+        info=info,
+        settings=settings,
+        evaluator=Evaluator(cfg, model, raw_model, val_loader, tokenizer, ctx, tracker, info),
+        meter=meter,
+        tokens_per_step=tokens_per_step,
+        checkpointer=Checkpointer(
+            cfg, raw_model, optimizer, scaler, train_loader, tokenizer, config_yaml, settings, info
+        ),
+    )
+    if info.is_main:
+        if on_start is not None:
+            on_start(run_dir)
+        write_text_atomic(run_dir / "config.yaml", config_yaml)
     tracker.print(
         f"nanoloom: {raw_model.num_params() / 1e6:.2f}M params | {tokens_per_step:,} tokens/step | device {device} "
         f"{str(dtype).removeprefix('torch.')} | world {info.world_size} | run dir {run_dir}"
@@ -155,19 +166,32 @@ def _train(
     )
     if resume_from is not None:
         _report_changes(r, state, saved_settings)
+    return r, state, resume_from is not None
 
+
+def _train(
+    cfg: TrainConfig, info: dist.DistInfo, device: torch.device, on_start: Callable[[Path], None] | None = None
+) -> dict[str, float]:
+    """The loop: steps until trainer.max_steps or trainer.max_time, then a final evaluation and checkpoint."""
+    r, state, resumed = _start(cfg, info, device, on_start)
+    tcfg, optimizer, scaler, meter = cfg.trainer, r.optimizer, r.scaler, r.meter
+    evaluator, checkpointer, tracker = r.evaluator, r.checkpointer, r.tracker
     t_start, step_time_before = time.perf_counter(), state.step_time
     skips = DeviceSkips(device) if DeviceSkips.supported(optimizer, scaler) else None
     budget_left = tcfg.max_time is None or state.train_time < tcfg.max_time  # a resumed run may have spent it
-    if resume_from is None and _due(0, tcfg.eval_interval):
+
+    def log_due(step: int) -> bool:  # a log line every trainer.log_interval steps, and at the last one
+        return due(step, tcfg.log_interval) or step == tcfg.max_steps
+
+    if not resumed and evaluator.due(0):
         with meter.paused():  # throughput counts training time only
-            maybe_eval(r, state)
+            evaluator(state)
     while budget_left and state.step < tcfg.max_steps:
         lr = get_lr(state.step, cfg.optim.lr, tcfg.max_steps, cfg.schedule)
         set_lr(optimizer, lr)
         loss = forward_backward_safely(r, state)
         maybe_fault("kill_in_step", state.step + 1)  # crash tests: gradients computed, weights not yet updated
-        grad_norm = unscale_and_clip(raw_model, optimizer, scaler, cfg.optim.grad_clip)
+        grad_norm = unscale_and_clip(r.raw_model, optimizer, scaler, cfg.optim.grad_clip)
         # The non-finite guard, before the update. A fused AdamW skips the update on the device (DeviceSkips: no
         # host sync, the skips are read at log and save steps); otherwise it is one host-device sync per step.
         # With fp16, inf gradients are the grad scaler's business: scaler.step skips the update and scaler.update
@@ -179,10 +203,10 @@ def _train(
             skip_step(optimizer, scaler)
             _nonfinite(r, state)
             continue
-        logs = _due(state.step + 1, tcfg.log_interval) or state.step + 1 == tcfg.max_steps  # as maybe_log's test
-        health = optimizer_step(r, track=logs and tcfg.log_update_ratio)
+        # the update/weight ratio is measured on the steps that will be logged (log_due of the step this completes)
+        health = optimizer_step(r, track=log_due(state.step + 1) and tcfg.log_update_ratio)
         state.step += 1
-        state.tokens_seen += tokens_per_step
+        state.tokens_seen += r.tokens_per_step
         meter.add(loss, ok if skips is not None else None)  # stays on the device: no sync until logged
         state.step_time = step_time_before + meter.seconds()
 
@@ -190,21 +214,21 @@ def _train(
         # a collective (and a host sync) per step only when there is a time budget to agree on
         out_of_time = tcfg.max_time is not None and dist.any_rank(elapsed >= tcfg.max_time, info, device)
         last = state.step == tcfg.max_steps or out_of_time  # the final eval and save follow the loop
-        saves = _due(state.step, tcfg.save_interval) and not last
-        if skips is not None and (_due(state.step, tcfg.log_interval) or saves or last):
+        saves = checkpointer.due(state.step) and not last
+        if skips is not None and (log_due(state.step) or saves or last):
             _read_skips(r, state, skips)  # before a checkpoint is written: nonfinite=stop keeps the last good one
-        if _due(state.step, tcfg.log_interval) or last:
-            maybe_log(r, state, meter, lr, grad_norm, health)
+        if log_due(state.step) or last:
+            log_step(r, state, meter, lr, grad_norm, health)
         with meter.paused():
-            val = maybe_eval(r, state) if _due(state.step, tcfg.eval_interval) and not last else None
+            val = evaluator(state) if evaluator.due(state.step) and not last else None
             if saves:
-                maybe_save(r, state, t_start, val)  # after the eval: the checkpoint records its val loss (`best`)
+                checkpointer(state, t_start, val)  # after the eval: the checkpoint records its val loss (`best`)
         if out_of_time:
             tracker.print(f"time budget of {tcfg.max_time:.0f}s reached at step {state.step}: stopping")
             break
 
-    val = maybe_eval(r, state)
-    maybe_save(r, state, t_start, val)
+    val = evaluator(state)
+    checkpointer(state, t_start, val)
     tracker.close()
     return {"val/loss": val["loss"], "val/ppl": val["ppl"], "step": state.step}
 
@@ -287,40 +311,7 @@ def _set_rng_snapshot(snapshot: tuple[torch.Tensor, torch.Tensor | None]) -> Non
         torch.cuda.set_rng_state(snapshot[1])
 
 
-def maybe_eval(r: Run, state: TrainState) -> dict[str, float]:
-    """Val loss and perplexity on fixed batches; completions of the sample prompts (rank 0)."""
-    tcfg = r.cfg.trainer
-    reduce = lambda t: dist.total(t, r.info)  # noqa: E731
-    val = estimate_loss(r.model, r.val_loader, tcfg.eval_batches, r.ctx, reduce, tcfg.eval_stride)
-    state.best_val_loss = min(state.best_val_loss, val["loss"])
-    scores = {"val/loss": val["loss"], "val/ppl": val["ppl"]}
-    if r.bytes_per_token:  # bits per byte: comparable across tokenizers (char vs BPE)
-        scores["val/bpb"] = val["bpb"] = val["loss"] / math.log(2) / r.bytes_per_token
-    r.tracker.log({**scores, "train/tokens": state.tokens_seen, "train/time": round(state.step_time, 3)}, state.step)
-    bpb = f" | val bpb {val['bpb']:.4f}" if "bpb" in val else ""
-    r.tracker.print(f"step {state.step:>6}: val loss {val['loss']:.4f} | val ppl {val['ppl']:.2f}{bpb}")
-    everyone = dist.is_sharded(r.raw_model)  # FSDP: a forward is a collective, so every rank generates alike
-    if (r.info.is_main or everyone) and r.prompts:
-        s = r.cfg.samples
-        config = r.cfg.task.generation(r.tokenizer, num_return_sequences=1, **s.overrides())  # the task's decoding
-        outputs = generate(r.raw_model, r.tokenizer, r.prompts, config, seed=s.seed)
-        # one batch; private generators seeded from s.seed: the training RNG is untouched
-        texts = [c[0].text for c in outputs]
-        r.tracker.log_samples([{"prompt": p, "completion": t} for p, t in zip(r.prompts, texts)], state.step)
-        quality = sample_quality(r.prompts, texts)  # distinct-n, repetition, parses
-        r.tracker.log({f"val/{k}": v for k, v in quality.items()}, state.step)
-    if (r.info.is_main or everyone) and r.cfg.task.objective == "seq2seq" and r.cfg.samples.eval_pairs > 0:
-        scores, shown = seq2seq_scores(r.raw_model, r.tokenizer, r.val_loader, r.cfg.samples, r.cfg.task)
-        val.update(scores)
-        r.tracker.log({f"val/{k}": v for k, v in scores.items()}, state.step)
-        r.tracker.print(f"step {state.step:>6}: " + " | ".join(f"{k} {v:.3f}" for k, v in scores.items()))
-        r.tracker.log_samples(shown, state.step)
-    if r.info.is_main:
-        plot_run(Path(r.cfg.paths.run_dir))  # loss_vs_tokens.png, loss_vs_time.png in the run directory
-    return val
-
-
-def maybe_log(
+def log_step(
     r: Run, state: TrainState, meter: Meter, lr: float, grad_norm: torch.Tensor, health: dict[str, torch.Tensor]
 ) -> None:
     """Log the mean loss since the last log line (averaged over ranks), the lr, throughput and MFU, the gradient
@@ -333,37 +324,6 @@ def maybe_log(
                     "train/time": round(state.step_time, 3)})  # fmt: skip
     r.tracker.log(metrics, state.step)
     r.tracker.print(format_step(metrics, state.step, r.cfg.trainer.max_steps))
-
-
-def maybe_save(r: Run, state: TrainState, t_start: float, val: dict[str, float] | None = None) -> None:
-    """Checkpoint the unwrapped model and the training state (rank 0 writes; everyone waits).
-
-    val: this step's evaluation, if there was one (its loss may make the checkpoint the run's `best`).
-    Non-finite weights are never written: the run stops and the last checkpoint stays the newest.
-    """
-    full = dist.full_state(r.raw_model, r.optimizer) if dist.is_sharded(r.raw_model) else None  # all ranks
-    if full is None:
-        finite = bool(torch.stack([torch.isfinite(p.detach()).all() for p in r.raw_model.parameters()]).all())
-    else:  # FSDP: rank 0 holds the gathered weights and tells the others
-        finite = dist.shared(r.info.is_main and all(bool(torch.isfinite(w).all()) for w in full[0].values()), r.info)
-    if not finite:  # a host-device sync per save
-        raise FloatingPointError(
-            f"the weights hold non-finite values at step {state.step}: not saving them; the last checkpoint is "
-            "intact. Lower optim.lr or enable optim.grad_clip, then continue with resume=auto"
-        )
-    if r.info.is_main:
-        model, optimizer = r.raw_model, r.optimizer
-        if full:  # FSDP: rank 0 writes the gathered state as one process would, through a model made of it
-            model, optimizer = plain_model(r.raw_model.config, full[0]), full[1]
-        saved = replace(state, train_time=state.train_time + time.perf_counter() - t_start)
-        path = save_checkpoint(
-            Path(r.cfg.paths.run_dir) / "checkpoints", model, optimizer, saved, r.train_loader.state_dict(),
-            r.tokenizer.spec(), r.config_yaml, r.cfg.trainer.keep_last, r.scaler,
-            val_loss=val["loss"] if val is not None else None, settings=r.settings,
-            generation=asdict(r.cfg.task),
-        )  # fmt: skip
-        print(f"saved {path}", flush=True)
-    dist.barrier(r.info)
 
 
 def _report_changes(r: Run, state: TrainState, saved: dict[str, Any]) -> None:
@@ -408,18 +368,6 @@ def _restore(
     if info.world_size == 1:  # per-rank dropout streams are not saved; one process resumes bit-exactly
         set_rng_state(saved["rng"], device)
     return TrainState(**saved["state"]), saved.get("settings", {})
-
-
-def _encodable_prompts(prompts: list[str], tokenizer: Any) -> list[str]:
-    """The sample prompts this tokenizer can encode (a char vocabulary may lack their characters)."""
-    kept = []
-    for prompt in prompts:
-        try:
-            tokenizer.encode(prompt)
-            kept.append(prompt)
-        except ValueError as e:
-            warn(f"samples.prompts: skipping {prompt!r} ({e})")
-    return kept
 
 
 def skip_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
@@ -467,7 +415,3 @@ def _finite(loss: torch.Tensor, grad_norm: torch.Tensor | None, info: dist.DistI
     if grad_norm is not None:
         ok = ok & torch.isfinite(grad_norm)
     return dist.every_rank(ok, info)
-
-
-def _due(step: int, interval: int) -> bool:
-    return interval > 0 and step % interval == 0

@@ -1,0 +1,254 @@
+"""Scoring a model on fixed batches: one loop (mean_loss) behind the training loop's val loss, the evaluate command
+and the benchmarks, and the metrics beside it (bits per byte, exact match, ROUGE-L of generated targets).
+
+mean_loss averages the loss over the target tokens of every batch (or over batches, for training's fixed val
+batches), summed on the device in float64 with one host sync at the end; it runs the model in eval mode and gives
+back the mode it found even when a batch fails. The batches come from data/loader.py: a loader's batch_at(n) for
+training's val batches, and window_batches, pair_batches or span_corruption_batches to score a whole split.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from data.loader import (
+    IGNORE_INDEX,
+    Seq2SeqLoader,
+    pair_batches,
+    span_corruption_batches,
+    span_corruption_windows,
+    window_batches,
+)
+from data.span_corruption import MEAN_SPAN_LENGTH, NOISE_DENSITY, span_corruption_lengths
+
+PPL_CAP = 80.0  # exp(loss) of a loss above this is reported as exp(80): a diverged run prints inf-free numbers
+Reduce = Callable[[torch.Tensor], torch.Tensor]  # sums a tensor over processes
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """The model in eval mode (no dropout) for the body; the mode it was in afterwards, whatever the body raised."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def perplexity(loss: float) -> float:
+    """exp(loss), capped at exp(PPL_CAP)."""
+    return math.exp(min(loss, PPL_CAP))
+
+
+@torch.no_grad()
+def mean_loss(
+    model: nn.Module,
+    batches: Iterable[dict[str, torch.Tensor]],
+    ctx: contextlib.AbstractContextManager | None = None,
+    reduce: Reduce | None = None,
+    per_batch: bool = False,
+) -> dict[str, float]:
+    """The model's mean loss over batches of its forward arguments: {"loss" (nats/token), "ppl", "tokens" (target
+    tokens scored)}. Each batch's mean is weighted by its scored targets, so every token counts once; a batch that
+    scores nothing (padding) adds nothing. per_batch: every batch counts once instead (training's fixed val batches,
+    all of one shape), and "batches" replaces "tokens". reduce sums the totals over ranks, each of which scored its
+    own batches.
+    """
+    device = next(model.parameters()).device
+    total = torch.zeros((), dtype=torch.float64, device=device)  # sum of loss x weight
+    weight = torch.zeros((), dtype=torch.float64, device=device)  # sum of weights: tokens, or batches
+    one = torch.ones((), dtype=torch.float64, device=device)
+    with evaluating(model):
+        for batch in batches:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with ctx or contextlib.nullcontext():
+                _, loss = model(**batch, **loss_only(model))
+            w = one if per_batch else (batch["targets"] != IGNORE_INDEX).sum().double()
+            total += torch.where(w > 0, loss.double() * w, 0.0)  # a batch of padding has a nan mean
+            weight += w
+    if reduce is not None:
+        total, weight = reduce(total), reduce(weight)
+    mean, count = torch.stack([total / weight, weight]).tolist()  # one host-device sync per evaluation
+    return {"loss": mean, "ppl": perplexity(mean), "batches" if per_batch else "tokens": int(count)}
+
+
+def estimate_loss(
+    model: nn.Module,
+    loader: Any,
+    num_batches: int | None,
+    ctx: contextlib.AbstractContextManager | None = None,
+    reduce: Reduce | None = None,
+    stride: int | None = None,
+) -> dict[str, float]:
+    """Mean loss (nats/token) and perplexity over batches 0..num_batches-1 of loader (the same ones every call);
+    num_batches=None: over every token of a causal loader's split (score_tokens: strided windows of its block_size).
+    reduce: sums a tensor over processes (each rank scores its slice of every global batch or of the windows).
+    """
+    if num_batches is None:
+        if not hasattr(loader, "block_size"):
+            raise ValueError(f"{type(loader).__name__} has no token stream to score whole: give a number of batches")
+        return score_tokens(model, loader.data, loader.block_size, stride, loader.batch_size, ctx,
+                            loader.rank, loader.world_size, reduce)  # fmt: skip
+    scores = mean_loss(model, (loader.batch_at(i) for i in range(num_batches)), ctx, reduce, per_batch=True)
+    return {"loss": scores["loss"], "ppl": scores["ppl"]}
+
+
+def score_tokens(
+    model: nn.Module,
+    tokens: Any,
+    length: int,
+    stride: int | None = None,
+    batch_size: int = 8,
+    ctx: contextlib.AbstractContextManager | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    reduce: Reduce | None = None,
+) -> dict[str, float]:
+    """Cross-entropy of a causal model over every prediction of a token stream (1-D array or tensor), in the
+    window_batches of its strided windows (window i on rank i % world_size; reduce sums over ranks).
+    Returns {"loss" (nats/token), "ppl", "tokens" (predictions scored)}."""
+    return mean_loss(model, window_batches(tokens, length, stride, batch_size, rank, world_size), ctx, reduce)
+
+
+def score_pairs(
+    model: nn.Module,
+    pairs: list[tuple[list[int], list[int]]],
+    eot_id: int,
+    start_id: int,
+    batch_size: int = 8,
+    ctx: contextlib.AbstractContextManager | None = None,
+) -> dict[str, float]:
+    """Teacher-forced cross-entropy of a T5 over every target token of the (input ids, target ids) pairs, once each,
+    batch_size pairs at a time in their order (cut them first: data.loader.cut_pair). Returns {"loss", "ppl",
+    "tokens"}."""
+    return mean_loss(model, pair_batches(pairs, batch_size, eot_id, start_id), ctx)
+
+
+def score_span_corruption(
+    model: nn.Module,
+    tokens: Any,
+    tokenizer: Any,
+    input_length: int,
+    start_id: int,
+    batch_size: int = 8,
+    ctx: contextlib.AbstractContextManager | None = None,
+    seed: int = 0,
+    noise_density: float = NOISE_DENSITY,
+    mean_span_length: float = MEAN_SPAN_LENGTH,
+) -> dict[str, float]:
+    """T5's span-corruption loss over a whole token stream, the same on every call (data.loader's
+    span_corruption_batches: consecutive windows, window i corrupted with the mask of default_rng([seed, i])).
+
+    What it measures: the mean cross-entropy of the targets (each masked span after its sentinel, then eot) given
+    the corrupted windows, i.e. T5's pre-training objective on about noise_density of the tokens. It compares T5
+    checkpoints with one tokenizer; it is not a loss over every token, so it has no bits per byte and does not
+    compare with a GPT's loss. Returns {"loss", "ppl", "tokens" (targets scored), "windows"}.
+    """
+    batches = span_corruption_batches(tokens, tokenizer, input_length, start_id, batch_size, seed, noise_density,
+                                      mean_span_length)  # fmt: skip
+    scores = mean_loss(model, batches, ctx)
+    raw_length, _ = span_corruption_lengths(input_length, noise_density, mean_span_length)
+    return {**scores, "windows": len(span_corruption_windows(len(tokens), raw_length))}
+
+
+def loss_only(model: nn.Module) -> dict[str, Any]:
+    """Forward keywords that make the model return its loss without materialising the (B, T, V) logits (GPT's
+    chunked linear cross-entropy); none for a model without that option. Sees through DDP and torch.compile."""
+    raw = getattr(model, "module", model)
+    raw = getattr(raw, "_orig_mod", raw)
+    return {"return_logits": False} if getattr(getattr(raw, "config", None), "kind", None) == "gpt" else {}
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    """1.0 when the texts are equal after stripping surrounding whitespace, else 0.0."""
+    return float(prediction.strip() == reference.strip())
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F1 over whitespace tokens (Lin 2004): longest common subsequence, precision and recall."""
+    pred, ref = prediction.split(), reference.split()
+    if not pred or not ref:
+        return float(pred == ref)
+    lcs = [0] * (len(ref) + 1)  # one row of the LCS table, updated in place
+    for p in pred:
+        diag = 0
+        for j, r in enumerate(ref, start=1):
+            diag, lcs[j] = lcs[j], diag + 1 if p == r else max(lcs[j], lcs[j - 1])
+    if lcs[-1] == 0:
+        return 0.0
+    precision, recall = lcs[-1] / len(pred), lcs[-1] / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def seq2seq_scores(
+    model: nn.Module, tokenizer: Any, loader: Any, samples: Any, task: Any
+) -> tuple[dict[str, float], list[dict[str, str]]]:
+    """Generate the targets of the first samples.eval_pairs val pairs with the task's decoding settings.
+
+    Returns ({"exact_match", "rouge_l"} averaged over the pairs, the first samples.shown_pairs as
+    {"prompt", "completion", "reference"} records).
+    """
+    from sample.generate import generate  # train may use sample; imported here to keep this module light
+
+    eot = tokenizer.eot_id
+    scores: dict[str, list[float]] = {"exact_match": [], "rouge_l": []}
+    shown = []
+    pairs = list(loader.pairs(limit=samples.eval_pairs))  # both sides end with eot in the data
+    sources = [tokenizer.decode([t for t in source_ids if t != eot]) for source_ids, _ in pairs]
+    with warnings.catch_warnings():  # the loader already reported over-long pairs once; no warning per pair here
+        warnings.simplefilter("ignore", UserWarning)
+        config = task.generation(tokenizer, num_return_sequences=1)
+        outputs = generate(model, tokenizer, sources, config, seed=samples.seed) if sources else []
+        predictions = [c[0].text for c in outputs]
+    for source, (_, target_ids), prediction in zip(sources, pairs, predictions):
+        reference = tokenizer.decode([t for t in target_ids if t != eot])
+        scores["exact_match"].append(exact_match(prediction, reference))
+        scores["rouge_l"].append(rouge_l(prediction, reference))
+        if len(shown) < samples.shown_pairs:
+            shown.append({"prompt": source, "completion": prediction, "reference": reference})
+    return {k: sum(v) / max(len(v), 1) for k, v in scores.items()}, shown
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# bits per byte: a loss per token made comparable across tokenizers
+
+
+def bits_per_byte(total_nats: float, num_bytes: int) -> float | None:
+    """Bits per UTF-8 byte: total nats / ln 2 / bytes; None without bytes. Unlike loss per token, this compares
+    models with different tokenizers (a tokenizer with longer tokens has a higher loss per token)."""
+    return total_nats / math.log(2) / num_bytes if num_bytes > 0 else None
+
+
+def text_bytes(tokenizer: Any, tokens: Any, chunk: int = 1 << 20) -> int:
+    """UTF-8 bytes of the text a token stream spells, end-of-text separators left out (they stand for no text).
+
+    Decoded chunk by chunk; exact for tokenizers whose tokens are byte strings (gpt2, byte, char).
+    """
+    n = 0
+    for i in range(0, len(tokens), chunk):
+        part = np.asarray(tokens[i : i + chunk])
+        n += len(tokenizer.decode_bytes(part[part != tokenizer.eot_id]))
+    return n
+
+
+def bytes_per_token(tokenizer: Any, loader: Any) -> float | None:
+    """UTF-8 bytes per scored token of a val split, which turns a loss per token into bits per byte (val/bpb in
+    training): a causal split's text bytes over its tokens; a pair split's target bytes over its target tokens
+    (cut as the loader cuts them). None for span corruption, whose targets are not text of their own."""
+    if isinstance(loader, Seq2SeqLoader):
+        targets = [t for _, t in loader.cut_pairs()]
+        tokens, num_bytes = sum(len(t) for t in targets), sum(text_bytes(tokenizer, t) for t in targets)
+    elif hasattr(loader, "block_size"):
+        tokens, num_bytes = len(loader.data), text_bytes(tokenizer, loader.data)
+    else:
+        return None
+    return num_bytes / tokens if tokens and num_bytes else None
