@@ -13,7 +13,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from hydra.errors import MissingConfigException, OverrideParseException
@@ -21,17 +21,10 @@ from omegaconf import MISSING
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from data.config import check_seed
-from sample.sampling import GenerationConfig, bad_words_ids
+from sample.sampling import GenerationConfig, apply_overrides, bad_words_ids, scalar_controls
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 OBJECTIVES = ("causal", "span_corruption", "seq2seq")  # causal trains gpt models; the other two t5 models
-# SampleConfig fields that override the task preset's control of the same name when they are not null: every
-# decoding control of GenerationConfig except the ones only a preset sets (token-id lists, stop rules)
-OVERRIDES = (
-    "max_new_tokens", "max_length", "min_new_tokens", "do_sample", "temperature", "top_k", "top_p", "min_p",
-    "typical_p", "repetition_penalty", "presence_penalty", "frequency_penalty", "no_repeat_ngram_size", "num_beams",
-    "length_penalty", "early_stopping",
-)  # fmt: skip
 
 
 @dataclass
@@ -69,8 +62,26 @@ class TaskConfig(GenerationConfig):
         return config
 
 
+def with_overrides(base: type, name: str, **defaults: Any) -> type:
+    """The dataclass `base` with one field per command-line decoding control (sampling.scalar_controls: the
+    controls' names, each Optional of its type, null by default or as `defaults` says) appended: a non-null value
+    overrides the task preset's. The one list of override keys is GenerationConfig's own fields."""
+    fields = [(k, Optional[t], field(default=defaults.get(k))) for k, t in scalar_controls().items()]
+    made = dataclasses.make_dataclass(name, fields, bases=(base,))
+    made.__module__, made.__doc__ = base.__module__, base.__doc__
+    return made
+
+
+def overrides_of(config: Any) -> dict[str, Any]:
+    """The decoding controls a with_overrides config sets (non-null)."""
+    return {k: getattr(config, k) for k in scalar_controls() if getattr(config, k) is not None}
+
+
 @dataclass
-class SampleConfig:
+class _SampleArgs:
+    """The schema of configs/sample.yaml: what to sample, and (appended by with_overrides) every decoding control of
+    GenerationConfig as an override of the task preset (null: the preset's value)."""
+
     checkpoint: str = MISSING  # checkpoint directory, or a run directory (its checkpoints/latest is used)
     prompt: Optional[str] = None  # text to continue (gpt) or the input to map (t5); "" = just end-of-text
     prompt_file: Optional[str] = None  # read the prompt from this file instead (used as is, newlines included)
@@ -83,23 +94,6 @@ class SampleConfig:
     out: Optional[str] = None  # append every sample to this JSONL file with its provenance (see replay)
     replay: Optional[str] = None  # regenerate the samples of a JSONL file written by out= and check they match
     task: TaskConfig = field(default_factory=TaskConfig)  # preset: task=story|code|seq2seq|span_corruption
-    # Overrides of the task preset; null = use the task's value (task.<key>=... edits the preset itself).
-    max_new_tokens: Optional[int] = None  # tokens generated per sample
-    max_length: Optional[int] = None  # prompt + generated tokens (used when max_new_tokens is null everywhere)
-    min_new_tokens: Optional[int] = None  # no end-of-text before this many tokens
-    do_sample: Optional[bool] = None  # false: greedy (or beam search)
-    temperature: Optional[float] = None  # 0 = greedy; > 0 here also means do_sample=true (unless num_beams > 1)
-    top_k: Optional[int] = None  # 0 switches a task's top_k off
-    top_p: Optional[float] = None  # 1.0 switches nucleus filtering off
-    min_p: Optional[float] = None  # keep tokens with p >= min_p * p(top token); 0 = off
-    typical_p: Optional[float] = None  # locally typical sampling mass; 1.0 = off
-    repetition_penalty: Optional[float] = None  # > 1 discourages repeats of prompt and output tokens
-    presence_penalty: Optional[float] = None  # subtracted from every token already generated
-    frequency_penalty: Optional[float] = None  # subtracted per occurrence of a generated token
-    no_repeat_ngram_size: Optional[int] = None  # no n-gram of this size twice
-    num_beams: Optional[int] = None  # > 1: beam search (do_sample=false); the num_samples best beams are printed
-    length_penalty: Optional[float] = None  # beam search: > 0 favours longer outputs, < 0 shorter ones
-    early_stopping: Optional[bool] = None  # beam search: stop once num_beams outputs are finished
 
     def __post_init__(self) -> None:
         if self.replay is not None:
@@ -130,16 +124,13 @@ class SampleConfig:
 
     def settings(self, task: TaskConfig | None = None) -> TaskConfig:
         """The task preset (self.task, or `task`) with this config's overrides (the non-null ones) and num_samples."""
-        overrides = {name: getattr(self, name) for name in OVERRIDES if getattr(self, name) is not None}
-        if "do_sample" not in overrides:
-            if overrides.get("num_beams", 1) > 1:
-                overrides["do_sample"] = False  # num_beams=4 on the command line means: beam search
-            elif overrides.get("temperature", 0) > 0:
-                overrides["do_sample"] = True  # temperature=0.8 on the command line means: sample
         try:
-            return dataclasses.replace(task or self.task, num_return_sequences=self.num_samples, **overrides)
+            return apply_overrides(task or self.task, {**overrides_of(self), "num_return_sequences": self.num_samples})
         except ValueError as e:  # name the command-line keys, not the preset's
             raise ValueError(str(e).removeprefix("task.").replace("num_return_sequences", "num_samples")) from None
+
+
+SampleConfig = with_overrides(_SampleArgs, "SampleConfig")
 
 
 def recorded_task(task: TaskConfig, record: dict[str, object], edits: set[str]) -> TaskConfig:

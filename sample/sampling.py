@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
@@ -90,6 +91,38 @@ class GenerationConfig:
     def to_dict(self) -> dict[str, object]:
         """Every control, JSON-serialisable (a sample's provenance)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(GenerationConfig)}
+
+
+def scalar_controls() -> dict[str, type]:
+    """The controls a command line sets one value at a time, with their types: every int, float or bool control
+    (optional or not), num_return_sequences aside (the commands call it num_samples). Token-id lists, stop strings
+    and eos ids are a task preset's. sample/config.py and train/config.py derive their override keys from this."""
+    hints = typing.get_type_hints(GenerationConfig)
+    controls = {}
+    for f in dataclasses.fields(GenerationConfig):
+        kind = hints[f.name]
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        base = args[0] if typing.get_origin(kind) is typing.Union and len(args) == 1 else kind
+        if base in (int, float, bool) and f.name != "num_return_sequences":
+            controls[f.name] = base
+    return controls
+
+
+def override_values(overrides: dict[str, Any]) -> dict[str, Any]:
+    """The command line's non-null decoding overrides, read as a user means them: num_beams > 1 alone means beam
+    search (do_sample=False), a temperature alone means sampling when it is > 0 and greedy when it is 0."""
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if "do_sample" not in overrides:
+        if overrides.get("num_beams", 1) > 1:
+            overrides["do_sample"] = False
+        elif "temperature" in overrides:
+            overrides["do_sample"] = overrides["temperature"] > 0
+    return overrides
+
+
+def apply_overrides(config: Any, overrides: dict[str, Any]) -> Any:
+    """config (a GenerationConfig or a task preset) with override_values(overrides) applied, validated again."""
+    return dataclasses.replace(config, **override_values(overrides))
 
 
 def bad_words_ids(tokenizer: Any, words: Sequence[str]) -> List[List[int]]:

@@ -184,3 +184,27 @@ def test_hf_folder_generation_config_is_read(tmp_path):
     hf = {"do_sample": True, "temperature": 0.6, "max_length": 20, "early_stopping": "never", "eos_token_id": 50256}
     (folder / "generation_config.json").write_text(json.dumps({**hf, "transformers_version": "4.0"}))
     assert read_generation_defaults(f"hf:{folder}") == {"do_sample": True, "temperature": 0.6, "eos_token_id": 50256}
+
+
+def test_every_scalar_decoding_control_is_a_command_line_override_of_the_preset():
+    """The sampler's and training's override keys are GenerationConfig's own int/float/bool fields (no hand-kept
+    list): each one, set on the command line, reaches the decoding config; the list-valued controls stay a preset's."""
+    import dataclasses
+
+    from sample.config import SampleConfig, TaskConfig
+    from sample.sampling import scalar_controls
+
+    controls = scalar_controls()
+    generation_fields = {f.name for f in dataclasses.fields(GenerationConfig)}
+    assert set(controls) == generation_fields - {
+        "num_return_sequences", "bad_words_ids", "suppress_tokens", "eos_token_id", "stop_strings"
+    }  # fmt: skip
+    changed = {"max_new_tokens": 7, "max_length": 30, "min_new_tokens": 2, "do_sample": True, "temperature": 0.5,
+               "top_k": 3, "top_p": 0.9, "min_p": 0.05, "typical_p": 0.8, "repetition_penalty": 1.2,
+               "presence_penalty": 0.1, "frequency_penalty": 0.2, "no_repeat_ngram_size": 3, "num_beams": 1,
+               "length_penalty": 0.5, "early_stopping": True, "stop_at_top_level": True}  # fmt: skip
+    assert set(changed) == set(controls)
+    settings = SampleConfig(checkpoint="x", prompt="p", task=TaskConfig(), **changed).settings()
+    assert {k: getattr(settings, k) for k in changed} == changed
+    train = compose_train([f"samples.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in changed.items()])
+    assert train.samples.overrides() == changed

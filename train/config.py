@@ -17,9 +17,9 @@ from omegaconf import MISSING, OmegaConf
 
 from data.config import DataConfig, check_seed
 from model.config import GPTConfig, T5Config
-from sample.config import TaskConfig
+from sample.config import TaskConfig, overrides_of, with_overrides
 from sample.config import register_schema as register_sample_schema
-from sample.sampling import GenerationConfig
+from sample.sampling import GenerationConfig, override_values
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 SCHEDULES = ("cosine", "constant", "wsd")
@@ -163,14 +163,13 @@ class LoggerConfig:
 
 
 @dataclass
-class SamplesConfig:
+class _SamplesArgs:
+    """samples.*: completions of the sample prompts at every evaluation. The task preset's decoding (task.temperature,
+    top_k, top_p, stop strings ...) is what they use, as the checkpoint records it and python -m sample / pipeline()
+    use it; every decoding control is also a key here (with_overrides), whose non-null value overrides the preset's
+    for these samples (samples.max_new_tokens: 64, a budget per evaluation)."""
+
     prompts: List[str] = field(default_factory=lambda: ["Once upon a time,", "def fibonacci(n):"])  # at each eval
-    # The task preset's decoding (task.temperature, top_k, top_p, stop strings ...), as the checkpoint records it and
-    # python -m sample / pipeline() use it; a non-null value here overrides it for the samples during training.
-    max_new_tokens: Optional[int] = 64  # a budget per evaluation; null: the task's max_new_tokens
-    temperature: Optional[float] = None  # null: the task's; 0 = greedy, > 0 samples
-    top_k: Optional[int] = None  # null: the task's; 0 = off
-    top_p: Optional[float] = None  # null: the task's; 1.0 = off
     seed: int = 1234  # a private generator: sampling never disturbs the training RNG
     eval_pairs: int = 16  # seq2seq: val pairs generated at each eval for exact match and ROUGE-L (0 = none)
     shown_pairs: int = 3  # seq2seq: how many of them are printed and written to samples.jsonl
@@ -187,12 +186,12 @@ class SamplesConfig:
             raise ValueError(f"samples.{e}") from None
 
     def overrides(self) -> dict[str, Any]:
-        """The decoding controls set here (non-null), to apply over the task preset's; temperature sets do_sample."""
-        out = {k: getattr(self, k) for k in ("max_new_tokens", "temperature", "top_k", "top_p")}
-        out = {k: v for k, v in out.items() if v is not None}
-        if "temperature" in out:
-            out["do_sample"] = out["temperature"] > 0
-        return out
+        """The decoding controls set here (non-null, do_sample as temperature and num_beams imply), to apply over the
+        task preset's."""
+        return override_values(overrides_of(self))
+
+
+SamplesConfig = with_overrides(_SamplesArgs, "SamplesConfig", max_new_tokens=64)
 
 
 @dataclass
