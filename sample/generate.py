@@ -131,51 +131,64 @@ def _left_pad(attention_mask: torch.Tensor | None, idx: torch.Tensor) -> torch.T
     return pad if bool(pad.any()) else None
 
 
+@dataclass
+class _Inputs:
+    """One generation's checked inputs, as the cached decoding reads them."""
+
+    idx: torch.Tensor  # (B, T) prompt ids (gpt, whole), or the encoder input fitted to the context (t5)
+    pad: torch.Tensor | None  # gpt: left padding (B,) of each row, None when no row is padded
+    enc_mask: torch.Tensor | None  # t5: (B, S) True = real token, None when nothing is padded
+    max_new_tokens: int
+    start: int | None  # t5's decoder start when its config has none: the first eos id
+    vocab_limit: int | None  # ids >= this are never produced (a T5 embedding padded past its tokenizer)
+    compile: bool = False  # the one-token step under torch.compile
+
+
 def _fit_inputs(
-    model: LM, idx: torch.Tensor, attention_mask: torch.Tensor | None, max_new_tokens: int
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    model: LM,
+    idx: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    max_new_tokens: int,
+    eos: list[int],
+    vocab_limit: int | None,
+    compile: bool = False,
+) -> _Inputs:
     """Check the shared arguments of generate_tokens and beam_search; fit a t5 encoder input to the context.
 
-    Returns (idx, left padding (B,) of a gpt batch or None, encoder mask of a t5 batch or None). A gpt prompt is
-    returned whole: the processors see all of it, and _Decoder crops what the model reads (fit_context).
+    A gpt prompt is kept whole: the processors see all of it, and _Decoder crops what the model reads (fit_context).
     """
     if idx.dim() != 2 or idx.size(1) == 0:
         raise ValueError(f"idx must be a (B, T) tensor of prompt ids with T >= 1, got shape {tuple(idx.shape)}")
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 0")
+    pad = enc_mask = None
     if model_kind(model) == "t5":
         if attention_mask is not None and attention_mask.shape != idx.shape:
             raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)} but idx has {tuple(idx.shape)}")
         enc_mask = attention_mask.bool() if attention_mask is not None else None  # True = real token
         idx, enc_mask = fit_encoder_input(idx, enc_mask, model.config.block_size)
-        return idx, None, enc_mask
-    return idx, _left_pad(attention_mask, idx), None
+    else:
+        pad = _left_pad(attention_mask, idx)
+    start = eos[0] if eos else None
+    return _Inputs(idx, pad, enc_mask, max_new_tokens, start, vocab_limit, compile)
 
 
 class _Decoder:
     """Next-token logits (B, V) of one cached generation, alike for both model kinds, at any output length.
 
-    gpt: the prompt idx (left-padded by `pad` (B,) columns, or None) is the decoder's first input, cropped by
-    fit_context when a row is longer than block_size. t5: idx is encoded once here and the decoder's first input is
-    the decoder start token (model.config.decoder_start_id, else `start`). The constructor sets the model's KV cache
-    (the caller clears it): t5 for the whole output (relative positions have no limit); gpt for at most block_size
-    slots, and when a row's window would grow past block_size, the window slides (see step).
+    gpt: the prompt inputs.idx (left-padded by inputs.pad (B,) columns, or None) is the decoder's first input, cropped
+    by fit_context when a row is longer than block_size. t5: inputs.idx is encoded once here and the decoder's first
+    input is the decoder start token (model.config.decoder_start_id, else inputs.start). The constructor sets the
+    model's KV cache (the caller clears it): t5 for the whole output (relative positions have no limit); gpt for at
+    most block_size slots, and when a row's window would grow past block_size, the window slides (see step).
     """
 
-    def __init__(
-        self,
-        model: LM,
-        idx: torch.Tensor,
-        pad: torch.Tensor | None,
-        enc_mask: torch.Tensor | None,
-        max_new_tokens: int,
-        start: int | None,
-        vocab_limit: int | None = None,
-        compile: bool = False,
-    ) -> None:
+    def __init__(self, model: LM, inputs: _Inputs) -> None:
+        idx, pad, enc_mask, max_new_tokens = inputs.idx, inputs.pad, inputs.enc_mask, inputs.max_new_tokens
+        start, compile = inputs.start, inputs.compile
         self.model, self.dtype = model, _compute_dtype(model)
         self.step_forward = _compiled_step(model) if compile else functools.partial(_forward, model)
-        self.vocab_limit = vocab_limit  # ids >= this are never produced (a T5 embedding padded past its tokenizer)
+        self.vocab_limit = inputs.vocab_limit  # ids >= this are never produced
         self.enc_out: torch.Tensor | None = None
         self.enc_mask = enc_mask
         self.tokens: torch.Tensor | None = None  # gpt: (B, L) the ids in the cache slots, to re-prefill from
@@ -299,16 +312,7 @@ def cache_length(needed: int, limit: int | None, compiled: bool) -> int:
 
 
 @contextlib.contextmanager
-def _cached_decoding(
-    model: LM,
-    idx: torch.Tensor,
-    pad: torch.Tensor | None,
-    enc_mask: torch.Tensor | None,
-    max_new_tokens: int,
-    start: int | None,
-    vocab_limit: int | None = None,
-    compile: bool = False,
-) -> Iterator[tuple[_Decoder, torch.Tensor]]:
+def _cached_decoding(model: LM, inputs: _Inputs) -> Iterator[tuple[_Decoder, torch.Tensor]]:
     """Yield (decoder, logits (B, V) of the first new token) with the model in eval mode and its KV cache set.
 
     On exit, also when the caller stops iterating early, the KV cache is cleared and train/eval mode restored.
@@ -316,7 +320,7 @@ def _cached_decoding(
     was_training = model.training
     try:
         model.eval()
-        decoder = _Decoder(model, idx, pad, enc_mask, max_new_tokens, start, vocab_limit, compile)
+        decoder = _Decoder(model, inputs)
         yield decoder, decoder.prefill()
     finally:
         model.clear_kv_cache()
@@ -402,14 +406,14 @@ def generate_tokens(
         raise ValueError(f"generate_tokens samples or decodes greedily; num_beams={cfg.num_beams} needs beam_search")
     if max_new_tokens is None:
         max_new_tokens = _max_new_tokens(cfg, idx.size(1), model_kind(model))
-    idx, pad, enc_mask = _fit_inputs(model, idx, attention_mask, max_new_tokens)
+    eos = cfg.eos_ids(None)
+    inputs = _fit_inputs(model, idx, attention_mask, max_new_tokens, eos, vocab_limit, compile)
     if max_new_tokens == 0:
         return
-    eos = cfg.eos_ids(None)
+    idx, pad = inputs.idx, inputs.pad
     eos_ids = torch.tensor(eos, dtype=torch.long, device=idx.device)
     process = _needs_processing(cfg)
-    start = eos[0] if eos else None
-    with _cached_decoding(model, idx, pad, enc_mask, max_new_tokens, start, vocab_limit, compile) as (decoder, logits):
+    with _cached_decoding(model, inputs) as (decoder, logits):
         history = _history(model, idx, pad, max_new_tokens, logits.size(-1), cfg) if process else None
         finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
         for step in range(max_new_tokens):
@@ -493,19 +497,19 @@ def beam_search(
     cfg = _config(config, controls)
     if max_new_tokens is None:
         max_new_tokens = _max_new_tokens(cfg, idx.size(1), model_kind(model))
-    idx, pad, enc_mask = _fit_inputs(model, idx, attention_mask, max_new_tokens)
+    eos = cfg.eos_ids(None)
+    inputs = _fit_inputs(model, idx, attention_mask, max_new_tokens, eos, vocab_limit)
+    idx, pad = inputs.idx, inputs.pad
     B, K = idx.size(0), cfg.num_beams
     if max_new_tokens == 0:
         return [[([], 0.0)] for _ in range(B)]
-    eos = cfg.eos_ids(None)
     finished = [_Finished(K, cfg.length_penalty) for _ in range(B)]
     done = [False] * B
     beams: list[list[int]] = [[] for _ in range(B * K)]  # tokens of each running beam; row b owns b*K .. b*K+K-1
     scores = torch.full((B, K), NEG_INF, device=idx.device)
     scores[:, 0] = 0.0  # the K beams of a row start identical: only the first may grow at the first step
     idle = eos[0] if eos else 0  # fed to the beams of finished rows, whose outputs nobody reads
-    start = eos[0] if eos else None
-    with _cached_decoding(model, idx, pad, enc_mask, max_new_tokens, start, vocab_limit) as (decoder, logits):
+    with _cached_decoding(model, inputs) as (decoder, logits):
         # prefill (and encode) each row once, then copy its cache rows and encoder output to its K beams
         expand = torch.arange(B, device=idx.device).repeat_interleave(K)  # cache rows: B -> B*K
         decoder.reorder(expand)
