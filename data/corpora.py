@@ -433,8 +433,9 @@ def load_python_docstrings(cfg: DataConfig) -> list[Pair]:
     return _from_modules("python-docstrings", files, lambda n, t: docstring_pairs(n, t, cfg.pairs_direction), cfg)
 
 
-def _from_modules(corpus: str, files: list[tuple[str, Path]], extract: Callable[[str, str], list[T]],
-                  cfg: DataConfig) -> list[T]:  # fmt: skip
+def _from_modules(
+    corpus: str, files: list[tuple[str, Path]], extract: Callable[[str, str], list[T]], cfg: DataConfig
+) -> list[T]:
     """extract(name, source) of every module in files, in order, the first cfg.max_documents of them; a module that
     is not UTF-8 Python (or has syntax of another Python version) is skipped, and counted in one warning."""
     items: list[T] = []

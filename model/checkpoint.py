@@ -90,9 +90,13 @@ def read_pointer(checkpoints_dir: str | Path, pointer: str = LATEST) -> str | No
         return None
     name = _pointer_name(file)
     if (
-        not name or name in (".", "..") or "/" in name or "\\" in name or Path(name).is_absolute()
+        not name
+        or name in (".", "..")
+        or "/" in name
+        or "\\" in name
+        or Path(name).is_absolute()
         or (Path(checkpoints_dir) / name).resolve().parent != Path(checkpoints_dir).resolve()  # a link leading out
-    ):  # fmt: skip
+    ):
         raise ValueError(
             f"{file} names {name!r}, which is not a checkpoint directory inside {Path(checkpoints_dir)}; refusing "
             "to follow it (the file should hold a name like step_0001000)"
@@ -113,11 +117,14 @@ def _pointer_name(file: Path) -> str:
         why = f"not UTF-8 text: byte {e.start}"
     else:
         why = (
-            "empty" if not name
-            else f"more than {POINTER_MAX_BYTES} bytes" if len(raw) > POINTER_MAX_BYTES
-            else f"{name[:40]!r} is not one directory name" if not name.isprintable() or any(c.isspace() for c in name)
+            "empty"
+            if not name
+            else f"more than {POINTER_MAX_BYTES} bytes"
+            if len(raw) > POINTER_MAX_BYTES
+            else f"{name[:40]!r} is not one directory name"
+            if not name.isprintable() or any(c.isspace() for c in name)
             else None
-        )  # fmt: skip
+        )
     if why is not None:
         raise ValueError(f"{file} is damaged ({why}); {_pointer_fix(file.parent)}")
     return name
@@ -126,9 +133,10 @@ def _pointer_name(file: Path) -> str:
 def _pointer_fix(checkpoints_dir: Path) -> str:
     """What to do about a pointer file that names no complete checkpoint: which one to write into it."""
     complete = sorted(
-        p.name for p in checkpoints_dir.iterdir()
+        p.name
+        for p in checkpoints_dir.iterdir()
         if not p.name.startswith(".") and (p / MODEL_JSON).is_file() and (p / WEIGHTS).is_file()
-    )  # fmt: skip
+    )
     if not complete:
         return f"no complete checkpoint is left in {checkpoints_dir}: train again or use another run"
     return f"write the name of a checkpoint into it (the newest complete one here: {complete[-1]})"
@@ -216,8 +224,12 @@ _MODEL_JSON_KEYS = {
     "meta": (False, dict, "an object"),
 }
 _TOKENIZER_KEYS = {"name": (True, str, "a string"), "vocab_size": (False, int, "a whole number")}
-_META_KEYS = {"step": (False, int, "a whole number"), "tokens_seen": (False, int, "a whole number"),
-              "val_loss": (False, (int, float), "a number"), "generation": (False, dict, "an object")}  # fmt: skip
+_META_KEYS = {
+    "step": (False, int, "a whole number"),
+    "tokens_seen": (False, int, "a whole number"),
+    "val_loss": (False, (int, float), "a number"),
+    "generation": (False, dict, "an object"),
+}
 
 
 # meta.generation, the decoding defaults training records (sample.config.TaskConfig's fields): the type of each value

@@ -218,11 +218,16 @@ class T5Config:
         if self.kind != "t5":
             raise ValueError(f"T5Config got kind={self.kind!r}; use kind=t5 (GPT models have their own config)")
         _check_positive(
-            block_size=self.block_size, n_encoder_layer=self.n_encoder_layer, n_decoder_layer=self.n_decoder_layer,
-            n_head=self.n_head, n_embd=self.n_embd, intermediate_size=self.intermediate_size,
-            rel_pos_buckets=self.rel_pos_buckets, rel_pos_max_distance=self.rel_pos_max_distance,
+            block_size=self.block_size,
+            n_encoder_layer=self.n_encoder_layer,
+            n_decoder_layer=self.n_decoder_layer,
+            n_head=self.n_head,
+            n_embd=self.n_embd,
+            intermediate_size=self.intermediate_size,
+            rel_pos_buckets=self.rel_pos_buckets,
+            rel_pos_max_distance=self.rel_pos_max_distance,
             padding_multiple=self.padding_multiple,
-        )  # fmt: skip
+        )
         if self.vocab_size is not None:
             _check_positive(vocab_size=self.vocab_size)
         _check_choice("mlp", self.mlp, T5_MLPS)

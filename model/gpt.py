@@ -55,8 +55,14 @@ class CausalSelfAttention(nn.Module):
         # aligned and would be wrong for q_len != k_len, pytorch/pytorch#108108).
         # torch's CPU flash-attention backward in bf16 is about 4x slower than in fp32 at head sizes below 64
         # (torch 2.13, AVX-512): there attention runs in fp32, which is faster and at least as precise.
-        slow_bf16 = q.device.type == "cpu" and self.head_size < 64 and (q.dtype == torch.bfloat16 or (
-            torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16))  # fmt: skip
+        slow_bf16 = (
+            q.device.type == "cpu"
+            and self.head_size < 64
+            and (
+                q.dtype == torch.bfloat16
+                or (torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+            )
+        )
         with torch.autocast("cpu", enabled=False) if slow_bf16 else contextlib.nullcontext():
             dtype = q.dtype  # the output goes back to it (bf16 weights without autocast need bf16 inputs)
             if slow_bf16:

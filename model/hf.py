@@ -44,8 +44,11 @@ def gpt_config_from_hf(hf_config: dict[str, Any], **overrides: Any) -> GPTConfig
     act = hf_config.get("activation_function", "gelu_new")
     if act not in ("gelu_new", "gelu_pytorch_tanh"):
         raise ValueError(f"GPT-2 activation {act!r} has no nanoloom equivalent (only the tanh GELU)")
-    for key, plain in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
-                       ("add_cross_attention", False)):  # fmt: skip
+    for key, plain in (
+        ("scale_attn_weights", True),
+        ("scale_attn_by_inverse_layer_idx", False),
+        ("add_cross_attention", False),
+    ):
         if hf_config.get(key, plain) != plain:
             raise ValueError(f"GPT-2 config has {key}={hf_config[key]}; nanoloom's GPT supports only {key}={plain}")
     n_embd = hf_config["n_embd"]
@@ -171,8 +174,16 @@ def t5_state_dict_from_hf(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.
 # ----------------------------------------------------------------------------------------------------------------
 # Where a checkpoint is: a local folder or a hub name
 
-_HUB_FILES = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-              "special_tokens_map.json", "spiece.model", "vocab.json", "merges.txt"]  # fmt: skip
+_HUB_FILES = [
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "spiece.model",
+    "vocab.json",
+    "merges.txt",
+]
 _SAFETENSORS_FILES = ["model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json"]
 _BIN_FILES = ["pytorch_model.bin", "pytorch_model-*-of-*.bin", "pytorch_model.bin.index.json"]
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
@@ -394,8 +405,11 @@ def _load_state_dict(model: nn.Module, state: dict[str, torch.Tensor], directory
     expected = model.state_dict()
     missing = sorted(expected.keys() - state.keys())
     unexpected = sorted(state.keys() - expected.keys())
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-             if k in state and state[k].shape != v.shape]  # fmt: skip
+    wrong = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
     if missing or unexpected or wrong:
         arch = ", ".join(hf_config.get("architectures") or []) or "unknown"
         raise ValueError(

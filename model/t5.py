@@ -199,10 +199,16 @@ class T5(nn.Module):
         for name, p in self.named_parameters():
             leaf = name.rsplit(".", 2)[-2] if name.endswith(".weight") else ""
             std = {
-                "q": (c * hs) ** -0.5, "k": c**-0.5, "v": c**-0.5, "o": (nh * hs) ** -0.5,
-                "wi": c**-0.5, "wi_0": c**-0.5, "wi_1": c**-0.5, "wo": self.config.intermediate_size**-0.5,
+                "q": (c * hs) ** -0.5,
+                "k": c**-0.5,
+                "v": c**-0.5,
+                "o": (nh * hs) ** -0.5,
+                "wi": c**-0.5,
+                "wi_0": c**-0.5,
+                "wi_1": c**-0.5,
+                "wo": self.config.intermediate_size**-0.5,
                 "relative_attention_bias": c**-0.5,
-            }.get(leaf)  # fmt: skip
+            }.get(leaf)
             if std is not None:
                 nn.init.normal_(p, std=f * std)
 

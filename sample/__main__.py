@@ -253,12 +253,19 @@ def run(cfg: SampleConfig, edits: set[str] | None = None) -> None:
         text_input = {"prefix": prefix, "suffix": suffix} if infilling else {"prompt": prompt}
         records = [
             sample_record(
-                identity, task=settings.name, mode="infill" if infilling else "complete", text_input=text_input,
-                completion=c, generation=generation.to_dict(), index=i, device=device, dtype=_model_dtype(model),
+                identity,
+                task=settings.name,
+                mode="infill" if infilling else "complete",
+                text_input=text_input,
+                completion=c,
+                generation=generation.to_dict(),
+                index=i,
+                device=device,
+                dtype=_model_dtype(model),
                 parses=parsed[i],
             )
             for i, c in enumerate(completions)
-        ]  # fmt: skip
+        ]
         try:
             append_records(cfg.out, records)
         except OSError as e:  # disk full, quota ...: append_records left the file as it was

@@ -354,9 +354,14 @@ def _max_new_tokens(cfg: GenerationConfig, prompt_len: int, kind: str) -> int:
 def _needs_processing(cfg: GenerationConfig) -> bool:
     """Whether any of the processors (steps 1-5 of sample.sampling) is on."""
     return bool(
-        cfg.repetition_penalty != 1.0 or cfg.presence_penalty or cfg.frequency_penalty or cfg.no_repeat_ngram_size
-        or cfg.bad_words_ids or cfg.suppress_tokens or cfg.min_new_tokens
-    )  # fmt: skip
+        cfg.repetition_penalty != 1.0
+        or cfg.presence_penalty
+        or cfg.frequency_penalty
+        or cfg.no_repeat_ngram_size
+        or cfg.bad_words_ids
+        or cfg.suppress_tokens
+        or cfg.min_new_tokens
+    )
 
 
 def _history(model: LM, idx: torch.Tensor, pad: torch.Tensor | None, max_new: int, V: int, cfg: GenerationConfig):
@@ -650,20 +655,29 @@ class _Request:
         code = code_prompts if cfg.stop_at_top_level and self.kind == "gpt" else None
         self.rows = [
             TextRow(
-                tokenizer, eos_ids=self.eos, stop_strings=cfg.stop_strings, max_tokens=limit,
-                prompt=None if code is None else code[j // n], strip_leading_space=_strips_space(model, tokenizer),
+                tokenizer,
+                eos_ids=self.eos,
+                stop_strings=cfg.stop_strings,
+                max_tokens=limit,
+                prompt=None if code is None else code[j // n],
+                strip_leading_space=_strips_space(model, tokenizer),
             )
             for j, limit in enumerate(self.limits)
-        ]  # fmt: skip
+        ]
 
     def steps(self) -> Iterator[list[str]]:
         """Sample every row as one batch; per step, the newly final text of each row; then the rest."""
         idx, mask = _batch(self.ids, self.kind, self.eos[0] if self.eos else 0, self.device)
         tokens = generate_tokens(
-            self.model, idx, max(self.limits), config=self.cfg.replace(num_return_sequences=1),
-            generator=_generators(self.seeds, self.device), attention_mask=mask, eos_token_id=self.eos or None,
+            self.model,
+            idx,
+            max(self.limits),
+            config=self.cfg.replace(num_return_sequences=1),
+            generator=_generators(self.seeds, self.device),
+            attention_mask=mask,
+            eos_token_id=self.eos or None,
             vocab_limit=_vocab_limit(self.model, self.tokenizer),
-        )  # fmt: skip
+        )
         try:
             for step in tokens:
                 yield [row.push(t) for row, t in zip(self.rows, step.tolist())]  # .tolist() syncs: text needs ids
@@ -680,9 +694,13 @@ class _Request:
         for j in range(0, len(self.ids), n):
             idx = torch.tensor([self.ids[j]], dtype=torch.long, device=self.device)
             hyps = beam_search(
-                self.model, idx, self.limits[j], config=self.cfg, eos_token_id=self.eos or None,
+                self.model,
+                idx,
+                self.limits[j],
+                config=self.cfg,
+                eos_token_id=self.eos or None,
                 vocab_limit=_vocab_limit(self.model, self.tokenizer),
-            )[0]  # fmt: skip
+            )[0]
             for r, (tokens, score) in enumerate(hyps):
                 row = self.rows[j + r]
                 text = "".join(row.push(t) for t in tokens) + row.finish()

@@ -34,9 +34,14 @@ from sample.sampling import GenerationConfig, recorded_controls
 CONTROLS = frozenset(f.name for f in dataclasses.fields(GenerationConfig)) - {"do_sample"}
 CONTROL_TYPES = {f.name: f.type for f in dataclasses.fields(GenerationConfig)}  # "Optional[int]", "float", ...
 # what a control of each annotated type takes, as the error says it
-TYPE_WORDS = {"int": "a whole number", "float": "a number", "bool": "True or False",
-              "List[str]": "a string or a list of strings", "List[int]": "a list of token ids",
-              "List[List[int]]": "a list of lists of token ids"}  # fmt: skip
+TYPE_WORDS = {
+    "int": "a whole number",
+    "float": "a number",
+    "bool": "True or False",
+    "List[str]": "a string or a list of strings",
+    "List[int]": "a list of token ids",
+    "List[List[int]]": "a list of lists of token ids",
+}
 INPUTS = "a string or a non-empty list of strings"
 KIND_NAMES = {"gpt": "a decoder-only (gpt) model", "t5": "an encoder-decoder (t5) model"}
 TASK_OF_KIND = {"gpt": "text-generation", "t5": "text2text-generation"}
@@ -195,9 +200,14 @@ class TextGenerationPipeline(_GenerationPipeline):
                 num_beams ...) means not given, as null on the command line.
         """
         return self._generate(
-            text_inputs, do_sample=do_sample, return_full_text=return_full_text, return_tensors=return_tensors,
-            batch_size=batch_size, seed=seed, generate_kwargs=generate_kwargs,
-        )  # fmt: skip
+            text_inputs,
+            do_sample=do_sample,
+            return_full_text=return_full_text,
+            return_tensors=return_tensors,
+            batch_size=batch_size,
+            seed=seed,
+            generate_kwargs=generate_kwargs,
+        )
 
 
 class Text2TextGenerationPipeline(_GenerationPipeline):
@@ -229,9 +239,14 @@ class Text2TextGenerationPipeline(_GenerationPipeline):
         The generated text is the decoder's output alone; it ends at the tokenizer's end-of-text token.
         """
         return self._generate(
-            text_inputs, do_sample=do_sample, return_full_text=False, return_tensors=return_tensors,
-            batch_size=batch_size, seed=seed, generate_kwargs=generate_kwargs,
-        )  # fmt: skip
+            text_inputs,
+            do_sample=do_sample,
+            return_full_text=False,
+            return_tensors=return_tensors,
+            batch_size=batch_size,
+            seed=seed,
+            generate_kwargs=generate_kwargs,
+        )
 
 
 def _prompts(text_inputs: object) -> tuple[list[str], bool]:
@@ -350,14 +365,17 @@ def pipeline(
     if task not in SUPPORTED_TASKS:
         raise ValueError(f"unknown task {task!r}; nanoloom supports: {', '.join(SUPPORTED_TASKS)}")
     if isinstance(device, bool) or not (device is None or isinstance(device, (str, int, torch.device))):
-        raise TypeError(f"device must be a name ('cpu', 'cuda:0', 'auto'), an int or a torch.device, got "
-                        f"{_describe(device)}")  # fmt: skip
+        raise TypeError(
+            f"device must be a name ('cpu', 'cuda:0', 'auto'), an int or a torch.device, got {_describe(device)}"
+        )
     if isinstance(device, int):
         device = "cpu" if device < 0 else f"cuda:{device}"
     if tokenizer is not None and not isinstance(tokenizer, str):
         if not all(hasattr(tokenizer, a) for a in ("encode", "decode", "vocab_size")):
-            raise TypeError(f"tokenizer must be a nanoloom Tokenizer or a tokenizer name ('gpt2', 'byte'), got "
-                            f"{_describe(tokenizer)}")  # fmt: skip
+            raise TypeError(
+                f"tokenizer must be a nanoloom Tokenizer or a tokenizer name ('gpt2', 'byte'), got "
+                f"{_describe(tokenizer)}"
+            )
     if isinstance(generation_config, GenerationConfig):
         generation_config = generation_config.to_dict()
     elif generation_config is not None:

@@ -486,7 +486,11 @@ def sample_next(
     if logits.dim() != 2:
         raise ValueError(f"sample_next expects logits of shape (B, V), got {tuple(logits.shape)}")
     cfg = GenerationConfig(
-        do_sample=True, temperature=temperature, top_k=top_k, top_p=1.0 if top_p is None else top_p, min_p=min_p,
+        do_sample=True,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=1.0 if top_p is None else top_p,
+        min_p=min_p,
         typical_p=1.0 if typical_p is None else typical_p,
-    )  # fmt: skip
+    )
     return choose(logits.float(), cfg, generator)

@@ -41,8 +41,15 @@ from train.config import LoggerConfig, OptimConfig, ScheduleConfig, TrainConfig,
 register_schema()
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
-               PermissionError, FloatingPointError)  # fmt: skip
+USER_ERRORS = (
+    ValueError,
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+    FloatingPointError,
+)
 SCHEMAS = {  # where "did you mean ...?" looks for a mistyped key
     "": TrainConfig,
     "model": (GPTConfig, T5Config),
@@ -123,8 +130,11 @@ def check_run_dir(run_dir: Path, runs_dir: Path, chosen_by: str) -> None:
     chosen_by: how the user chose the directory ("run_name='x'", "paths.run_dir=..."), for the message.
     """
     run, runs = run_dir.resolve(), runs_dir.resolve()
-    fix = "choose a run_name of its own, e.g. run_name=myrun" if chosen_by.startswith("run_name") else (
-        "choose a directory of its own for paths.run_dir")  # fmt: skip
+    fix = (
+        "choose a run_name of its own, e.g. run_name=myrun"
+        if chosen_by.startswith("run_name")
+        else ("choose a directory of its own for paths.run_dir")
+    )
     if run == runs:
         raise ValueError(
             f"{chosen_by} makes the run directory paths.runs_dir ({runs_dir}) itself, where every run has a "

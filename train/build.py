@@ -198,14 +198,25 @@ def build_loader(
     """The batch source of the task's objective: dicts of the model's forward arguments."""
     T = model_cfg.block_size
     start_id = getattr(model_cfg, "decoder_start_id", None)  # T5 trains from the start id it generates from
-    common = dict(batch_size=cfg.trainer.batch_size, seed=cfg.trainer.seed, rank=info.rank,
-                  world_size=info.world_size, device=device)  # fmt: skip
+    common = dict(
+        batch_size=cfg.trainer.batch_size,
+        seed=cfg.trainer.seed,
+        rank=info.rank,
+        world_size=info.world_size,
+        device=device,
+    )
     objective = cfg.task.objective
     if objective == "span_corruption":
         return SpanCorruptionLoader(
-            data_dir, split, input_length=T, tokenizer=tokenizer, noise_density=cfg.task.noise_density,
-            mean_span_length=cfg.task.mean_span_length, start_id=start_id, **common,
-        )  # fmt: skip
+            data_dir,
+            split,
+            input_length=T,
+            tokenizer=tokenizer,
+            noise_density=cfg.task.noise_density,
+            mean_span_length=cfg.task.mean_span_length,
+            start_id=start_id,
+            **common,
+        )
     if objective == "seq2seq":
         return Seq2SeqLoader(
             data_dir, split, input_length=T, target_length=T, tokenizer=tokenizer, start_id=start_id, **common

@@ -261,15 +261,19 @@ def table(result: dict[str, Any]) -> str:
     lines = [f"{'group':<{width}}  runs  {'best val loss (95% CI)':<24}{'final val loss (95% CI)':<25}tokens/s"]
     for g in result["groups"]:
         speed = f"{g['tokens_per_sec']:,.0f}" if g["tokens_per_sec"] is not None else "n/a"
-        lines.append(f"{g['name']:<{width}}  {len(g['runs']):>4}  {pm(g['best_val_loss']):<24}"
-                     f"{pm(g['final_val_loss']):<25}{speed}")  # fmt: skip
+        lines.append(
+            f"{g['name']:<{width}}  {len(g['runs']):>4}  {pm(g['best_val_loss']):<24}"
+            f"{pm(g['final_val_loss']):<25}{speed}"
+        )
     c = result["comparison"]
     if c is not None:
         for axis, unit in (("tokens", "tokens"), ("time", "training seconds")):
             d = c[f"at_{axis}"]
             p = f"{d['p_value']:.3g}" if d["p_value"] is not None else "n/a (needs >= 2 runs per group)"
-            lines.append(f"at {d[axis]:,.6g} {unit}: {c['b']} - {c['a']} = {d['difference']:+.4f} val loss "
-                         f"({d['val_loss'][1]:.4f} vs {d['val_loss'][0]:.4f}), Welch's t-test p = {p}")  # fmt: skip
+            lines.append(
+                f"at {d[axis]:,.6g} {unit}: {c['b']} - {c['a']} = {d['difference']:+.4f} val loss "
+                f"({d['val_loss'][1]:.4f} vs {d['val_loss'][0]:.4f}), Welch's t-test p = {p}"
+            )
     return "\n".join(lines)
 
 
@@ -283,8 +287,12 @@ def compare(patterns: list[str], out: str | None = None, x: str = "both") -> dic
     comparison = None
     if len(groups) == 2:
         a, b = groups
-        comparison = {"a": a.name, "b": b.name, "at_tokens": difference(a, b, "tokens"),
-                      "at_time": difference(a, b, "time")}  # fmt: skip
+        comparison = {
+            "a": a.name,
+            "b": b.name,
+            "at_tokens": difference(a, b, "tokens"),
+            "at_time": difference(a, b, "time"),
+        }
     return {"groups": [summarize(g) for g in groups], "differs": differs, "comparison": comparison, "plot": str(plot)}
 
 

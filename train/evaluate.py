@@ -138,8 +138,15 @@ def score_text(
     scores = score_tokens(model, tokens, length, stride, batch_size, ctx)
     windows = len(strided_windows(len(tokens), length, stride))
     bpb = bits_per_byte(scores["loss"] * scores["tokens"], num_bytes)
-    return {"method": "strided windows", **scores, "stride": stride, "windows": windows, "bytes": num_bytes,
-            "bpb": bpb, "bpb_note": None}  # fmt: skip
+    return {
+        "method": "strided windows",
+        **scores,
+        "stride": stride,
+        "windows": windows,
+        "bytes": num_bytes,
+        "bpb": bpb,
+        "bpb_note": None,
+    }
 
 
 def score_pair_split(
@@ -154,10 +161,13 @@ def score_pair_split(
     scores = score_pairs(model, pairs, tokenizer.eot_id, _start_id(model, tokenizer), batch_size, ctx)
     num_bytes = sum(text_bytes(tokenizer, t) for _, t in pairs)
     return {
-        "method": "seq2seq targets, teacher-forced", **scores, "pairs": len(pairs),
-        "bytes": num_bytes, "bpb": bits_per_byte(scores["loss"] * scores["tokens"], num_bytes),
+        "method": "seq2seq targets, teacher-forced",
+        **scores,
+        "pairs": len(pairs),
+        "bytes": num_bytes,
+        "bpb": bits_per_byte(scores["loss"] * scores["tokens"], num_bytes),
         "bpb_note": "bits per byte of the target texts given their inputs",
-    }  # fmt: skip
+    }
 
 
 def _start_id(model: nn.Module, tokenizer: Any) -> int:
@@ -240,13 +250,23 @@ def evaluate_checkpoint(
             scores = score_span_corruption(model, tokens, tokenizer, block_size, start_id, batch_size, ctx)
             scores.update(method="span corruption", bytes=None, bpb=None, bpb_note=f"null: {NO_BPB_SPAN}")
     result = {
-        "checkpoint": source, "kind": kind, "step": info.get("meta", {}).get("step"),
-        "data": data, "file": file, "split": split if data is not None else None,
-        "method": scores.pop("method"), "loss": scores.pop("loss"), "ppl": scores.pop("ppl"), "bpb": scores.pop("bpb"),
-        "bpb_note": scores.pop("bpb_note"), **scores,
-        "block_size": block_size, "batch_size": batch_size,
-        "device": str(torch_device), "dtype": str(amp).removeprefix("torch."),
-    }  # fmt: skip
+        "checkpoint": source,
+        "kind": kind,
+        "step": info.get("meta", {}).get("step"),
+        "data": data,
+        "file": file,
+        "split": split if data is not None else None,
+        "method": scores.pop("method"),
+        "loss": scores.pop("loss"),
+        "ppl": scores.pop("ppl"),
+        "bpb": scores.pop("bpb"),
+        "bpb_note": scores.pop("bpb_note"),
+        **scores,
+        "block_size": block_size,
+        "batch_size": batch_size,
+        "device": str(torch_device),
+        "dtype": str(amp).removeprefix("torch."),
+    }
     if out is not None:
         try:
             Path(out).parent.mkdir(parents=True, exist_ok=True)

@@ -99,8 +99,11 @@ class Tracker:
         self._append("samples.jsonl", [{"step": step, **s} for s in samples])
         for s in samples:
             if "reference" in s:  # text-to-text: input, output and the expected output, each on its own
-                print(f"--- pair @ step {step} ---\n[input] {s['prompt']}\n[output] {s['completion']}\n"
-                      f"[reference] {s['reference']}", flush=True)  # fmt: skip
+                print(
+                    f"--- pair @ step {step} ---\n[input] {s['prompt']}\n[output] {s['completion']}\n"
+                    f"[reference] {s['reference']}",
+                    flush=True,
+                )
             else:
                 print(f"--- sample @ step {step} ---\n{s['prompt']}{s['completion']}", flush=True)
         if self.wandb_run is not None:

@@ -287,8 +287,11 @@ def forward_backward_safely(r: Run, state: TrainState) -> torch.Tensor:
             f"{state.micro_batch} rows x {micro_steps} micro-steps (the same tokens per step); "
             f"trainer.micro_batch_size={state.micro_batch} starts a run there"
         )
-        r.tracker.event("out_of_memory", state.step + 1, **{"train/micro_batch": state.micro_batch,
-                                                           "train/micro_steps": micro_steps})  # fmt: skip
+        r.tracker.event(
+            "out_of_memory",
+            state.step + 1,
+            **{"train/micro_batch": state.micro_batch, "train/micro_steps": micro_steps},
+        )
 
 
 def _smaller_micro_batch(micro_batch: int, batch_size: int, state: TrainState) -> int:
@@ -319,9 +322,16 @@ def log_step(
     metrics = meter.read(lambda t: dist.mean(t, r.info))  # .item() inside: a host-device sync per log interval
     values = torch.stack([grad_norm.float(), *(v.float() for v in health.values())]).tolist()  # one more sync
     metrics.update({f"train/{k}": v for k, v in zip(health, values[1:])})
-    metrics.update({"train/lr": lr, "train/grad_norm": values[0], "train/tokens": state.tokens_seen,
-                    "train/skipped_steps": state.skipped_steps, "train/micro_batch": state.micro_batch,
-                    "train/time": round(state.step_time, 3)})  # fmt: skip
+    metrics.update(
+        {
+            "train/lr": lr,
+            "train/grad_norm": values[0],
+            "train/tokens": state.tokens_seen,
+            "train/skipped_steps": state.skipped_steps,
+            "train/micro_batch": state.micro_batch,
+            "train/time": round(state.step_time, 3),
+        }
+    )
     r.tracker.log(metrics, state.step)
     r.tracker.print(format_step(metrics, state.step, r.cfg.trainer.max_steps))
 

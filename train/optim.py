@@ -69,8 +69,9 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, device_type: str) -> tor
     """
     if cfg.name == "muon":
         hidden, rest = muon_params(model)
-        muon = torch.optim.Muon(hidden, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
-                                adjust_lr_fn="match_rms_adamw")  # fmt: skip
+        muon = torch.optim.Muon(
+            hidden, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum, adjust_lr_fn="match_rms_adamw"
+        )
         return Optimizers(muon=muon, adamw=_adamw(rest, cfg, device_type))
     params = [p for p in model.parameters() if p.requires_grad]  # parameters() yields tied weights once
     return _adamw(params, cfg, device_type)
@@ -147,8 +148,11 @@ class UpdateRatio:
         delta, weight = sq.sum(0).sqrt()
         matrices = torch.tensor([p.ndim >= 2 for p in self.params], device=sq.device)
         per_tensor = torch.where(matrices, (sq[:, 0] / sq[:, 1].clamp_min(1e-30)).sqrt(), 0.0)
-        return {"update_ratio": delta / weight.clamp_min(1e-30), "update_ratio_max": per_tensor.max(),
-                "param_norm": weight}  # fmt: skip
+        return {
+            "update_ratio": delta / weight.clamp_min(1e-30),
+            "update_ratio_max": per_tensor.max(),
+            "param_norm": weight,
+        }
 
 
 class DeviceSkips:

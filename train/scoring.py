@@ -96,8 +96,17 @@ def estimate_loss(
     if num_batches is None:
         if not hasattr(loader, "block_size"):
             raise ValueError(f"{type(loader).__name__} has no token stream to score whole: give a number of batches")
-        return score_tokens(model, loader.data, loader.block_size, stride, loader.batch_size, ctx,
-                            loader.rank, loader.world_size, reduce)  # fmt: skip
+        return score_tokens(
+            model,
+            loader.data,
+            loader.block_size,
+            stride,
+            loader.batch_size,
+            ctx,
+            loader.rank,
+            loader.world_size,
+            reduce,
+        )
     scores = mean_loss(model, (loader.batch_at(i) for i in range(num_batches)), ctx, reduce, per_batch=True)
     return {"loss": scores["loss"], "ppl": scores["ppl"]}
 
@@ -153,8 +162,9 @@ def score_span_corruption(
     checkpoints with one tokenizer; it is not a loss over every token, so it has no bits per byte and does not
     compare with a GPT's loss. Returns {"loss", "ppl", "tokens" (targets scored), "windows"}.
     """
-    batches = span_corruption_batches(tokens, tokenizer, input_length, start_id, batch_size, seed, noise_density,
-                                      mean_span_length)  # fmt: skip
+    batches = span_corruption_batches(
+        tokens, tokenizer, input_length, start_id, batch_size, seed, noise_density, mean_span_length
+    )
     scores = mean_loss(model, batches, ctx)
     raw_length, _ = span_corruption_lengths(input_length, noise_density, mean_span_length)
     return {**scores, "windows": len(span_corruption_windows(len(tokens), raw_length))}

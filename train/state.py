@@ -468,8 +468,10 @@ def _check_rng(file: Path, rng: Any) -> None:
     except (TypeError, ValueError) as e:
         raise _damaged_state(file, f"rng.python is not a random module state: {_first_line(e)}") from None
     cuda = rng.get("cuda", [])  # the training GPU's state; a list (one per visible GPU) in older checkpoints
-    if not all(isinstance(t, torch.Tensor) and t.dtype == torch.uint8 for t in (
-            cuda if isinstance(cuda, (list, tuple)) else [cuda])):  # fmt: skip
+    if not all(
+        isinstance(t, torch.Tensor) and t.dtype == torch.uint8
+        for t in (cuda if isinstance(cuda, (list, tuple)) else [cuda])
+    ):
         raise _damaged_state(file, "rng.cuda is not a generator state (or a list of them)")
 
 

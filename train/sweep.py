@@ -164,9 +164,18 @@ def cells(summary: Summary, markdown: bool = False) -> list[list[str]]:
             best = f"**{best}**" if markdown else f"{best} *"
         elif not markdown:
             best += "  "  # the loss digits stay aligned with the marked row's
-        table.append([str(row["job"]), *(shown.get(k, "-") for k in summary.varying), _number(row["steps"], "d"),
-                      best, _number(row["final_val_loss"], ".4f"), _number(row["tokens_per_sec"], ",.0f"),
-                      _duration(row["train_time"]), row["status"]])  # fmt: skip
+        table.append(
+            [
+                str(row["job"]),
+                *(shown.get(k, "-") for k in summary.varying),
+                _number(row["steps"], "d"),
+                best,
+                _number(row["final_val_loss"], ".4f"),
+                _number(row["tokens_per_sec"], ",.0f"),
+                _duration(row["train_time"]),
+                row["status"],
+            ]
+        )
     return table
 
 

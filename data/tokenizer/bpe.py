@@ -139,8 +139,12 @@ class BPETokenizer(SentinelVocab):
         return b"".join(table[t] for t in ids)
 
     def _spec(self) -> dict[str, Any]:
-        return {"name": self.name, "vocab_size": self.vocab_size, "eot_id": self.eot_id,
-                "tokenizer_json": self.tokenizer_json}  # fmt: skip
+        return {
+            "name": self.name,
+            "vocab_size": self.vocab_size,
+            "eot_id": self.eot_id,
+            "tokenizer_json": self.tokenizer_json,
+        }
 
     def __repr__(self) -> str:
         return f"BPETokenizer(vocab_size={self.vocab_size}{self._sentinel_repr()})"

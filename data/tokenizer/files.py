@@ -92,8 +92,15 @@ def adds_tokens(processor: dict[str, Any] | None) -> bool:
 
 def added_token(token_id: int, content: str, special: bool) -> dict[str, Any]:
     """An added_tokens entry of a tokenizer.json (matched verbatim, no normalization)."""
-    return {"id": token_id, "content": content, "single_word": False, "lstrip": False, "rstrip": False,
-            "normalized": False, "special": special}  # fmt: skip
+    return {
+        "id": token_id,
+        "content": content,
+        "single_word": False,
+        "lstrip": False,
+        "rstrip": False,
+        "normalized": False,
+        "special": special,
+    }
 
 
 def appended_tokens(layout: SpecialLayout) -> list[dict[str, Any]]:
@@ -103,9 +110,18 @@ def appended_tokens(layout: SpecialLayout) -> list[dict[str, Any]]:
 
 def bpe_model(vocab: dict[str, int], merges: list[str]) -> dict[str, Any]:
     """The "model" of a tokenizer.json: a BPE with these ids and merge rules, no unknown token."""
-    return {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-            "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
-            "vocab": vocab, "merges": merges}  # fmt: skip
+    return {
+        "type": "BPE",
+        "dropout": None,
+        "unk_token": None,
+        "continuing_subword_prefix": None,
+        "end_of_word_suffix": None,
+        "fuse_unk": False,
+        "byte_fallback": False,
+        "ignore_merges": False,
+        "vocab": vocab,
+        "merges": merges,
+    }
 
 
 def eos_template(eot_id: int, eot_text: str = EOT_TEXT) -> dict[str, Any]:
