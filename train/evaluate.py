@@ -191,6 +191,61 @@ def evaluate_checkpoint(
 
     Every input is checked before the model is loaded; a bad one is a ValueError or OSError with a one-line message.
     """
+    checked = _check_inputs(checkpoint, data, file, split, stride, batch_size, dtype, out)
+    source, info, meta, split, text, num_bytes = checked
+    torch_device = resolve_device(device)
+    if dtype == "float16" and torch_device.type == "cpu":
+        raise ValueError("dtype=float16 is not supported on CPU; use bfloat16 or float32")
+    amp = resolve_dtype(dtype, torch_device)
+
+    model, tokenizer = load_model(source, device=torch_device)
+    if meta is not None:
+        check_tokenizer(tokenizer, meta, data)
+    ctx = autocast(torch_device, amp)
+    if meta is not None and layout(meta) == "pairs":
+        scores = score_pair_split(model, tokenizer, data, split, batch_size, ctx)
+    else:
+        if text is not None:
+            tokens = np.array(tokenizer.encode(text), dtype=np.int64)
+        else:
+            tokens = np.memmap(Path(data) / f"{split}.bin", dtype=np.dtype(meta["dtype"]), mode="r")
+            num_bytes = text_bytes(tokenizer, tokens)
+        scores = _score_documents(model, tokenizer, tokens, text is not None, num_bytes, stride, batch_size, ctx)
+    result = {
+        "checkpoint": source,
+        "kind": info["kind"],
+        "step": info.get("meta", {}).get("step"),
+        "data": data,
+        "file": file,
+        "split": split if data is not None else None,
+        "method": scores.pop("method"),
+        "loss": scores.pop("loss"),
+        "ppl": scores.pop("ppl"),
+        "bpb": scores.pop("bpb"),
+        "bpb_note": scores.pop("bpb_note"),
+        **scores,
+        "block_size": int(info["config"]["block_size"]),
+        "batch_size": batch_size,
+        "device": str(torch_device),
+        "dtype": str(amp).removeprefix("torch."),
+    }
+    if out is not None:
+        _write_out(out, result)
+    return result
+
+
+def _check_inputs(
+    checkpoint: str,
+    data: str | None,
+    file: str | None,
+    split: str | None,
+    stride: int | None,
+    batch_size: int,
+    dtype: str,
+    out: str | None,
+) -> tuple[str, dict[str, Any], dict[str, Any] | None, str, str | None, int]:
+    """Every check that needs no model. Returns (the checkpoint's source, its model.json, data='s meta.json or None,
+    the split, file='s text or None, its UTF-8 bytes)."""
     if not checkpoint:
         raise ValueError("checkpoint= is required: pass checkpoint=<run or checkpoint directory>")
     if (data is None) == (file is None):
@@ -219,61 +274,41 @@ def evaluate_checkpoint(
             f"stride={stride} must be in [1, block_size={block_size}] (the checkpoint's context); "
             "leave it out for windows that do not overlap"
         )
-    pairs = meta is not None and layout(meta) == "pairs"
-    if pairs and kind == "gpt":
+    if meta is not None and layout(meta) == "pairs" and kind == "gpt":
         raise ValueError(
             f"data={data!r} holds input/target pairs, which score a t5 checkpoint; give a gpt a "
             "document dataset or file=<text file>"
         )
-    torch_device = resolve_device(device)
-    if dtype == "float16" and torch_device.type == "cpu":
-        raise ValueError("dtype=float16 is not supported on CPU; use bfloat16 or float32")
-    amp = resolve_dtype(dtype, torch_device)
+    return source, info, meta, split, text, num_bytes
 
-    model, tokenizer = load_model(source, device=torch_device)
-    if meta is not None:
-        check_tokenizer(tokenizer, meta, data)
-    ctx = autocast(torch_device, amp)
-    if pairs:
-        scores = score_pair_split(model, tokenizer, data, split, batch_size, ctx)
-    else:
-        if text is not None:
-            tokens = np.array(tokenizer.encode(text), dtype=np.int64)
-        else:
-            tokens = np.memmap(Path(data) / f"{split}.bin", dtype=np.dtype(meta["dtype"]), mode="r")
-            num_bytes = text_bytes(tokenizer, tokens)
-        if kind == "gpt":
-            scores = score_text(model, tokenizer, tokens, num_bytes, stride, batch_size, ctx)
-        else:  # documents; a file is one, and ends with eot as a prepared one does
-            tokens = np.append(tokens, tokenizer.eot_id) if text is not None else tokens
-            start_id = _start_id(model, tokenizer)
-            scores = score_span_corruption(model, tokens, tokenizer, block_size, start_id, batch_size, ctx)
-            scores.update(method="span corruption", bytes=None, bpb=None, bpb_note=f"null: {NO_BPB_SPAN}")
-    result = {
-        "checkpoint": source,
-        "kind": kind,
-        "step": info.get("meta", {}).get("step"),
-        "data": data,
-        "file": file,
-        "split": split if data is not None else None,
-        "method": scores.pop("method"),
-        "loss": scores.pop("loss"),
-        "ppl": scores.pop("ppl"),
-        "bpb": scores.pop("bpb"),
-        "bpb_note": scores.pop("bpb_note"),
-        **scores,
-        "block_size": block_size,
-        "batch_size": batch_size,
-        "device": str(torch_device),
-        "dtype": str(amp).removeprefix("torch."),
-    }
-    if out is not None:
-        try:
-            Path(out).parent.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(out, json.dumps(result, indent=2) + "\n")
-        except OSError as e:  # disk full ...: the file as it was (written atomically); name it
-            raise ValueError(f"cannot write out={out!r}: {e.strerror or e}; the file is unchanged") from e
-    return result
+
+def _score_documents(
+    model: nn.Module,
+    tokenizer: Any,
+    tokens: np.ndarray,
+    from_file: bool,
+    num_bytes: int,
+    stride: int | None,
+    batch_size: int,
+    ctx: contextlib.AbstractContextManager,
+) -> dict[str, Any]:
+    """A gpt over every token (score_text); a t5 by span corruption (a file is one document, and ends with eot as
+    a prepared one does)."""
+    if model.config.kind == "gpt":
+        return score_text(model, tokenizer, tokens, num_bytes, stride, batch_size, ctx)
+    tokens = np.append(tokens, tokenizer.eot_id) if from_file else tokens
+    start_id = _start_id(model, tokenizer)
+    scores = score_span_corruption(model, tokens, tokenizer, model.config.block_size, start_id, batch_size, ctx)
+    return {**scores, "method": "span corruption", "bytes": None, "bpb": None, "bpb_note": f"null: {NO_BPB_SPAN}"}
+
+
+def _write_out(out: str, result: dict[str, Any]) -> None:
+    """The result as JSON in out=, atomically; a failed write is a one-line error and leaves the file as it was."""
+    try:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out, json.dumps(result, indent=2) + "\n")
+    except OSError as e:  # disk full ...: the file as it was (written atomically); name it
+        raise ValueError(f"cannot write out={out!r}: {e.strerror or e}; the file is unchanged") from e
 
 
 def summary(result: dict[str, Any]) -> str:
