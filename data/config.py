@@ -6,6 +6,7 @@ A dataset is either documents (GPT, T5 span corruption) or input/target pairs (T
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -20,6 +21,32 @@ PAIRS_DIRECTIONS = ("code", "docstring", "both")
 # Seeds: numpy's generators take integers >= 0, torch's at most 2**64 - 1, and nanoloom adds a rank or a row index to
 # a seed; every seed a config takes is therefore a non-negative signed 64-bit integer.
 SEED_LIMIT = 2**63
+
+
+OBJECTIVES = {"causal": "gpt", "span_corruption": "t5", "seq2seq": "t5"}  # what trains, and the model kind it trains
+NOISE_DENSITY = 0.15  # T5's span corruption: the fraction of tokens masked ...
+MEAN_SPAN_LENGTH = 3.0  # ... in spans of this mean length
+
+
+@dataclass
+class ObjectiveConfig:
+    """What a model trains on (the training half of a task preset, configs/task/*.yaml): causal windows (gpt), T5
+    span corruption of documents, or seq2seq input/target pairs (t5)."""
+
+    objective: str = "causal"  # causal (gpt) | span_corruption (t5 pretraining) | seq2seq (t5 on input/target pairs)
+    noise_density: float = NOISE_DENSITY  # span_corruption: fraction of input tokens masked, in (0, 1)
+    mean_span_length: float = MEAN_SPAN_LENGTH  # span_corruption: mean length of a masked span in tokens, >= 1
+
+    def check_objective(self) -> None:
+        """Raise a ValueError naming the task.* key that is out of range."""
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"task.objective={self.objective!r} is not one of {', '.join(OBJECTIVES)}")
+        if not 0.0 < self.noise_density < 1.0:
+            raise ValueError(f"task.noise_density={self.noise_density} must be in (0, 1); T5 uses {NOISE_DENSITY}")
+        if not (math.isfinite(self.mean_span_length) and self.mean_span_length >= 1.0):
+            raise ValueError(
+                f"task.mean_span_length={self.mean_span_length} must be >= 1 (tokens); T5 uses {MEAN_SPAN_LENGTH}"
+            )
 
 
 def check_seed(key: str, value: object) -> None:

@@ -36,12 +36,14 @@ IGNORE_INDEX = -1  # targets the loss skips (T5.forward, GPT.forward)
 _MASK_STREAM = 1  # tags the span-corruption mask seeds apart from the batch seed (see SpanCorruptionLoader)
 
 
-def same_tokenizer(spec: dict[str, Any], prepared: dict[str, Any]) -> bool:
+def same_tokenizer(spec: dict[str, Any], prepared: dict[str, Any], fim: bool = True) -> bool:
     """Whether a tokenizer spec reads a dataset prepared with the spec `prepared`: the same tokenizer, its T5
-    sentinels and fill-in-the-middle ids aside (ids appended after the text's own)."""
+    sentinels aside, and (fim=True) with the same fill-in-the-middle ids, or (fim=False) with or without them (a
+    model trained with FIM reads text prepared without it)."""
+    ignored = ("vocab_size", "sentinels") if fim else ("vocab_size", "sentinels", "fim")
 
     def base(spec: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in spec.items() if k not in ("vocab_size", "sentinels", "fim")}
+        return {k: v for k, v in spec.items() if k not in ignored}
 
     return base(spec) == base(prepared)
 

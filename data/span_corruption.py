@@ -12,8 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-NOISE_DENSITY = 0.15  # share of a window's tokens that are masked, as T5
-MEAN_SPAN_LENGTH = 3.0  # mean length of a masked span, as T5
+from data.config import MEAN_SPAN_LENGTH, NOISE_DENSITY  # T5's; defined with the objective settings
 
 
 def _check(noise_density: float, mean_span_length: float) -> None:

@@ -20,6 +20,7 @@ import re
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from hydra import compose, initialize_config_dir
@@ -202,18 +203,8 @@ def run(cfg: SampleConfig, edits: set[str] | None = None) -> None:
     if not infilling:  # a max_length the prompt already fills is refused before anything is printed
         _max_new_tokens(generation, len(prompt_ids(tokenizer, prompt, kind)), kind)
     seed = row_seeds(cfg.seed, 1)[0]  # drawn when null, and printed, so any run can be repeated
-    step = read_model_json(source).get("meta", {}).get("step")
     beams = settings.num_beams > 1
-    print(
-        f"sampling {cfg.checkpoint} ({kind}, {model.num_params() / 1e6:.2f}M params"
-        + (f", step {step}" if step is not None else "")
-        + f") on {device}, task={settings.name}"
-        + (" (recorded in the checkpoint)" if record else "")
-        + (", fill in the middle" if infilling else "")
-        + (f", beam search with {settings.num_beams} beams" if beams else f", seed={seed}")
-        + ("; t5: the prompt is the encoder input, each output is printed alone" if kind == "t5" else ""),
-        file=sys.stderr,
-    )
+    _print_header(cfg, source, model, kind, device, settings, bool(record), infilling, seed)
     if beams and any(getattr(cfg, k) is not None for k in ("temperature", "top_k", "top_p", "seed")):
         warnings.warn(
             f"num_beams={settings.num_beams}: beam search is deterministic; temperature, top_k, top_p and seed "
@@ -266,15 +257,46 @@ def run(cfg: SampleConfig, edits: set[str] | None = None) -> None:
             )
             for i, c in enumerate(completions)
         ]
-        try:
-            append_records(cfg.out, records)
-        except OSError as e:  # disk full, quota ...: append_records left the file as it was
-            raise ValueError(
-                f"cannot write the sample records to out={cfg.out!r}: {e.strerror or e}; the file is unchanged "
-                "(the samples are printed above)"
-            ) from e
-        print(f"wrote {len(records)} sample record(s) to {cfg.out}", file=sys.stderr)
+        _write_records(cfg.out, records)
     sys.stdout.flush()
+
+
+def _print_header(
+    cfg: SampleConfig,
+    source: str,
+    model: Any,
+    kind: str,
+    device: Any,
+    settings: Any,
+    recorded: bool,
+    infilling: bool,
+    seed: int,
+) -> None:
+    """The line on stderr that says what is sampled, from what, and how (the seed, so any run can be repeated)."""
+    step = read_model_json(source).get("meta", {}).get("step")
+    beams = settings.num_beams > 1
+    print(
+        f"sampling {cfg.checkpoint} ({kind}, {model.num_params() / 1e6:.2f}M params"
+        + (f", step {step}" if step is not None else "")
+        + f") on {device}, task={settings.name}"
+        + (" (recorded in the checkpoint)" if recorded else "")
+        + (", fill in the middle" if infilling else "")
+        + (f", beam search with {settings.num_beams} beams" if beams else f", seed={seed}")
+        + ("; t5: the prompt is the encoder input, each output is printed alone" if kind == "t5" else ""),
+        file=sys.stderr,
+    )
+
+
+def _write_records(out: str, records: list[dict[str, Any]]) -> None:
+    """Append the samples' records to out=; a failed write is a one-line error and leaves the file as it was."""
+    try:
+        append_records(out, records)
+    except OSError as e:  # disk full, quota ...: append_records left the file as it was
+        raise ValueError(
+            f"cannot write the sample records to out={out!r}: {e.strerror or e}; the file is unchanged "
+            "(the samples are printed above)"
+        ) from e
+    print(f"wrote {len(records)} sample record(s) to {out}", file=sys.stderr)
 
 
 def _full_text(c: Completion, prompt: str, prefix: str, suffix: str, infilling: bool) -> str:

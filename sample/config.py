@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -20,36 +19,27 @@ from hydra.errors import MissingConfigException, OverrideParseException
 from omegaconf import MISSING
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from data.config import check_seed
+from data.config import ObjectiveConfig, check_seed
 from sample.sampling import GenerationConfig, apply_overrides, bad_words_ids, scalar_controls
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
-OBJECTIVES = ("causal", "span_corruption", "seq2seq")  # causal trains gpt models; the other two t5 models
 
 
 @dataclass
-class TaskConfig(GenerationConfig):
-    """A preset of configs/task/: the decoding controls (GenerationConfig's fields) plus what training reads."""
+class TaskConfig(GenerationConfig, ObjectiveConfig):
+    """A preset of configs/task/: the decoding controls (GenerationConfig's fields) and, read by training alone, the
+    objective (data.config.ObjectiveConfig's fields)."""
 
     name: str = "default"  # preset label: story | code | seq2seq | span_corruption | configs/task/<yours>.yaml
     bad_words: List[str] = field(default_factory=list)  # text never generated (encoded as is and after a space)
     check_syntax: bool = False  # code: report whether prompt + completion parses as Python (ast.parse)
-    # Training reads these (python -m train task=...); sampling ignores them.
-    objective: str = "causal"  # causal (gpt) | span_corruption (t5 pretraining) | seq2seq (t5 on input/target pairs)
-    noise_density: float = 0.15  # span_corruption: fraction of input tokens masked, in (0, 1)
-    mean_span_length: float = 3.0  # span_corruption: mean length of a masked span in tokens, >= 1
 
     def __post_init__(self) -> None:
         try:
             super().__post_init__()
         except ValueError as e:
             raise ValueError(f"task.{e}") from None
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"task.objective={self.objective!r} is not one of {', '.join(OBJECTIVES)}")
-        if not 0.0 < self.noise_density < 1.0:
-            raise ValueError(f"task.noise_density={self.noise_density} must be in (0, 1); T5 uses 0.15")
-        if not (math.isfinite(self.mean_span_length) and self.mean_span_length >= 1.0):
-            raise ValueError(f"task.mean_span_length={self.mean_span_length} must be >= 1 (tokens); T5 uses 3.0")
+        self.check_objective()
 
     def generation(self, tokenizer: object | None = None, **changes: object) -> GenerationConfig:
         """The decoding controls alone; bad_words become bad_words_ids with tokenizer (required when set)."""

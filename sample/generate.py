@@ -535,15 +535,7 @@ def beam_search(
             for b, (cand_scores, cand_idx) in enumerate(zip(top.tolist(), flat.tolist())):  # one sync per step
                 live: list[tuple[float, int, int]] = []
                 if not done[b]:
-                    for rank, (score, i) in enumerate(zip(cand_scores, cand_idx)):
-                        parent, token = b * K + i // V, i % V
-                        if score <= NEG_INF / 2:
-                            continue  # a banned token (-inf): never a hypothesis
-                        if token in eos or last:
-                            if rank < K:  # a candidate outside the K best never finishes (transformers)
-                                finished[b].add(beams[parent] + [token], score)
-                        elif len(live) < K:
-                            live.append((score, parent, token))
+                    live = _row_candidates(finished[b], beams, b * K, K, V, cand_scores, cand_idx, eos, last)
                     best = live[0][0] if live else NEG_INF
                     done[b] = last or finished[b].is_done(best, length, cfg.early_stopping)
                 if done[b]:
@@ -561,6 +553,33 @@ def beam_search(
                 history.append(tokens)
             logits = decoder.step(tokens)  # (B*K, V)
     return [f.hyps[: cfg.num_return_sequences] for f in finished]
+
+
+def _row_candidates(
+    finished: _Finished,
+    beams: list[list[int]],
+    first_row: int,
+    K: int,
+    V: int,
+    cand_scores: list[float],
+    cand_idx: list[int],
+    eos: list[int],
+    last: bool,
+) -> list[tuple[float, int, int]]:
+    """One input row's step of beam search, from its 2K best continuations (cand_scores, flat indices into its K
+    beams x V tokens, best first): those ending in eos (or all, at the last step) among the K best become finished
+    hypotheses; the K best others run on, returned as (sum of log p, parent cache row, token)."""
+    live: list[tuple[float, int, int]] = []
+    for rank, (score, i) in enumerate(zip(cand_scores, cand_idx)):
+        parent, token = first_row + i // V, i % V
+        if score <= NEG_INF / 2:
+            continue  # a banned token (-inf): never a hypothesis
+        if token in eos or last:
+            if rank < K:  # a candidate outside the K best never finishes (transformers)
+                finished.add(beams[parent] + [token], score)
+        elif len(live) < K:
+            live.append((score, parent, token))
+    return live
 
 
 @dataclass

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from data.config import OBJECTIVES
 from data.loader import CausalLMLoader, Seq2SeqLoader, SpanCorruptionLoader
 from data.prepare import load_meta, prepare
 from data.tokenizer import tokenizer_from_spec
@@ -167,16 +168,15 @@ def _fit_to_tokenizer(model_cfg: Any, tokenizer: Any) -> Any:
     return model_cfg
 
 
-OBJECTIVES = {"gpt": ("causal",), "t5": ("span_corruption", "seq2seq")}
 T5_SENTINELS = 100  # <extra_id_0> .. <extra_id_99>, as in T5
 
 
 def _check_objective(kind: str, objective: str, layout: str, data_name: str) -> None:
     """The task's objective must suit the model kind and the prepared data (documents or pairs)."""
-    if objective not in OBJECTIVES[kind]:
+    if OBJECTIVES[objective] != kind:
         raise ValueError(
             f"task.objective={objective!r} does not train a {kind} model; use "
-            + " or ".join(f"task={o}" for o in OBJECTIVES[kind])
+            + " or ".join(f"task={o}" for o, trains in OBJECTIVES.items() if trains == kind)
         )
     wanted = "pairs" if objective == "seq2seq" else "documents"
     if layout != wanted:

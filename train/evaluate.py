@@ -104,7 +104,7 @@ def open_dataset(path: str, split: str) -> dict[str, Any]:
 def check_tokenizer(tokenizer: Any, meta: dict[str, Any], data: str) -> None:
     """The dataset must be tokenized by the checkpoint's tokenizer (its T5 sentinels and FIM ids aside)."""
 
-    if not same_tokenizer(tokenizer.spec(), meta["tokenizer"]):
+    if not same_tokenizer(tokenizer.spec(), meta["tokenizer"], fim=False):
         raise ValueError(
             f"data={data!r} was prepared with another tokenizer ({meta['tokenizer']['name']}) than the checkpoint's "
             f"({tokenizer.name}); prepare the text with data.tokenizer=model, or pass it as file=<text file>"

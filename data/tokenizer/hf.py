@@ -32,6 +32,37 @@ from data.tokenizer.files import byte_level_chars, decoder_types, folder_tokeniz
 BYTE_FALLBACK_PATTERN = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # SentencePiece byte-fallback pieces
 
 
+def _read_backend(tokenizer_json: str) -> tuple[Any, dict[str, Any]]:
+    """(the tokenizers library's Tokenizer, the parsed JSON) of a tokenizer.json text, set to encode every special
+    token's text as plain text (sentinels aside), never truncate and never pad."""
+    try:
+        from tokenizers import Tokenizer as BackendTokenizer
+    except ImportError:
+        raise ImportError(
+            "the hf tokenizer needs the tokenizers library: pip install tokenizers (or pip install 'nanoloom[hf]')"
+        ) from None
+    try:
+        data = json.loads(tokenizer_json)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"the hf tokenizer got text that is not a tokenizer.json ({e})") from None
+    # Sentinel text must stay recognised while other special tokens are read as plain text (encode_special_tokens
+    # below), so the sentinels become ordinary added tokens.
+    # FIM tokens, by contrast, must never come from text, whatever the file says.
+    for token in data.get("added_tokens") or []:
+        if SENTINEL_PATTERN.fullmatch(token.get("content", "")):
+            token["special"] = False
+        elif token.get("content") in FIM_TEXTS + STARCODER_FIM_TEXTS:
+            token["special"] = True
+    try:
+        backend = BackendTokenizer.from_str(json.dumps(data))
+    except Exception as e:  # the library raises its own exception type for malformed files
+        raise ValueError(f"the hf tokenizer cannot read this tokenizer.json: {e}") from None
+    backend.encode_special_tokens = True
+    backend.no_truncation()
+    backend.no_padding()
+    return backend, data
+
+
 class HFTokenizer:
     """A Hugging Face tokenizer.json through the `tokenizers` library: T5's SentencePiece vocabulary, GPT-2 variants.
 
@@ -51,33 +82,10 @@ class HFTokenizer:
     name = "hf"
 
     def __init__(self, tokenizer_json: str, eot_id: int | None = None, sentinels: int = 0, fim: bool = False) -> None:
-        try:
-            from tokenizers import AddedToken
-            from tokenizers import Tokenizer as BackendTokenizer
-        except ImportError:
-            raise ImportError(
-                "the hf tokenizer needs the tokenizers library: pip install tokenizers (or pip install 'nanoloom[hf]')"
-            ) from None
+        from tokenizers import AddedToken  # _read_backend checked the library is there
+
         self.tokenizer_json = tokenizer_json
-        try:
-            data = json.loads(tokenizer_json)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"the hf tokenizer got text that is not a tokenizer.json ({e})") from None
-        # Sentinel text must stay recognised while other special tokens are read as plain text (encode_special_tokens
-        # below), so the sentinels become ordinary added tokens.
-        # FIM tokens, by contrast, must never come from text, whatever the file says.
-        for token in data.get("added_tokens") or []:
-            if SENTINEL_PATTERN.fullmatch(token.get("content", "")):
-                token["special"] = False
-            elif token.get("content") in FIM_TEXTS + STARCODER_FIM_TEXTS:
-                token["special"] = True
-        try:
-            backend = BackendTokenizer.from_str(json.dumps(data))
-        except Exception as e:  # the library raises its own exception type for malformed files
-            raise ValueError(f"the hf tokenizer cannot read this tokenizer.json: {e}") from None
-        backend.encode_special_tokens = True
-        backend.no_truncation()
-        backend.no_padding()
+        backend, data = _read_backend(tokenizer_json)
         self._decoder_types = decoder_types(data.get("decoder"))
 
         vocab = backend.get_vocab(with_added_tokens=True)
