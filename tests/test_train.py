@@ -260,8 +260,9 @@ def test_nonfinite_loss_is_caught_before_the_step(tmp_path, monkeypatch, policy)
         assert state["state"]["skipped_steps"] == 1
 
 
-def test_wandb_logger_offline_keeps_the_run_id(tmp_path, monkeypatch):
-    """logger=wandb: metrics reach wandb.log, and a resumed run reuses the same wandb run id."""
+def test_wandb_logger_keeps_the_run_id_and_logs_samples_and_plots(tmp_path, monkeypatch):
+    """logger=wandb: metrics, the sample table and the loss plots reach wandb, and a resumed run reuses the same
+    wandb run id. Not logged in and no WANDB_MODE: offline, so the run never stops to ask for a key."""
     import types
 
     inits, logged = [], []
@@ -278,15 +279,47 @@ def test_wandb_logger_offline_keeps_the_run_id(tmp_path, monkeypatch):
         return FakeRun()
 
     fake = types.SimpleNamespace(init=fake_init, util=types.SimpleNamespace(generate_id=lambda: "abc123"))
-    fake.Table = lambda columns: types.SimpleNamespace(add_data=lambda *a: None)
+    fake.Table = lambda columns: types.SimpleNamespace(add_data=lambda *a: None, columns=columns)
+    fake.Image = lambda path: types.SimpleNamespace(path=path)
     monkeypatch.setitem(sys.modules, "wandb", fake)
+    for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: not logged in
     corpus = zen_of_python(tmp_path)
     run(compose_train(tiny_run_overrides(tmp_path, corpus, logger="wandb")))
     fake.util.generate_id = lambda: "different"
     run(compose_train(tiny_run_overrides(tmp_path, corpus, logger="wandb", resume="auto", **{"trainer.max_steps": 10})))
     assert [i["id"] for i in inits] == ["abc123", "abc123"] and inits[0]["mode"] == "offline"
-    assert inits[1]["resume"] == "allow"
+    assert inits[1]["resume"] == "allow" and inits[0]["config"]["optim"]["lr"] > 0  # the run's config
     assert any("train/loss" in m for _, m in logged) and any("val/loss" in m for _, m in logged)
+    assert any("samples" in m for _, m in logged)
+    images = [m["plots/loss_vs_tokens"] for _, m in logged if "plots/loss_vs_tokens" in m]
+    assert images and Path(images[-1].path).name == "loss_vs_tokens.png" and Path(images[-1].path).is_file()
+
+
+@pytest.mark.parametrize(
+    ("mode", "env", "netrc_line", "expected"),
+    [
+        (None, {}, None, "offline"),  # not logged in
+        (None, {"WANDB_API_KEY": "k" * 40}, None, "online"),
+        (None, {}, "machine api.wandb.ai login user password " + "k" * 40, "online"),  # `wandb login` wrote it
+        (None, {"WANDB_MODE": "disabled"}, "machine api.wandb.ai login user password x", "disabled"),
+        ("offline", {"WANDB_API_KEY": "k" * 40}, None, "offline"),  # logger.mode set: as it says
+    ],
+)
+def test_wandb_mode_follows_wandbs_rule(tmp_path, monkeypatch, mode, env, netrc_line, expected):
+    from train.log import wandb_mode
+
+    for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    netrc_file = tmp_path / ".netrc"
+    if netrc_line:
+        netrc_file.write_text(netrc_line + "\n")
+        netrc_file.chmod(0o600)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert wandb_mode(mode) == expected
 
 
 def test_sample_cli_on_a_training_run(trained):

@@ -153,13 +153,15 @@ class TrainerConfig:
 class LoggerConfig:
     name: str = "none"  # none | wandb (metrics.jsonl and the console are always written)
     project: str = "nanoloom"  # wandb project
-    mode: str = "offline"  # wandb mode: disabled | offline (no network needed; `wandb sync` later) | online
+    # wandb mode: null (WANDB_MODE if set, else online when logged in, offline otherwise) | disabled | offline | online
+    mode: Optional[str] = None
     entity: Optional[str] = None  # wandb team or user; the API key comes from WANDB_API_KEY, never from YAML
     tags: List[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _choice("logger.name", self.name, LOGGERS)
-        _choice("logger.mode", self.mode, WANDB_MODES)
+        if self.mode is not None:
+            _choice("logger.mode", self.mode, WANDB_MODES)
 
 
 @dataclass

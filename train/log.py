@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import netrc
 import os
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -52,7 +54,7 @@ class Tracker:
         for name in ("metrics.jsonl", "samples.jsonl", WANDB_ID_FILE):
             check_plain_file(run_dir / name, writing=False)  # a link is refused now, before the run starts
             # (hard links are not: _start replaces metrics.jsonl and samples.jsonl whole before appending to them)
-        if cfg.name == "wandb" and cfg.mode != "disabled":
+        if cfg.name == "wandb" and wandb_mode(cfg.mode) != "disabled":
             _import_wandb()
 
     def _start(self) -> None:
@@ -66,7 +68,7 @@ class Tracker:
         # none of an earlier attempt that died before its first checkpoint.
         for name in ("metrics.jsonl", "samples.jsonl"):
             _truncate_after(self.run_dir / name, resume_step if resume_step is not None else -1)
-        if cfg.name == "wandb" and cfg.mode != "disabled":
+        if cfg.name == "wandb" and wandb_mode(cfg.mode) != "disabled":
             self.wandb_run = _init_wandb(cfg, self.run_dir, config, run_name)
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
@@ -114,6 +116,13 @@ class Tracker:
                 table.add_data(step, s["prompt"], s["completion"])
             self.wandb_run.log({"samples": table}, step=step)
 
+    def log_images(self, paths: list[Path], step: int) -> None:
+        """The run's plots (PNG files) as wandb media, keyed by file name (loss_vs_tokens ...); wandb only."""
+        if self.wandb_run is not None and paths:
+            import wandb
+
+            self.wandb_run.log({f"plots/{Path(p).stem}": wandb.Image(str(p)) for p in paths}, step=step)
+
     def close(self) -> None:
         """End the run's logging (a run that logged nothing still trims the files it continues)."""
         if not self.enabled:
@@ -160,6 +169,27 @@ def _import_wandb() -> Any:
     return wandb
 
 
+def wandb_mode(mode: str | None) -> str:
+    """logger.mode as wandb should run: the one set, else WANDB_MODE, else online when this machine is logged in
+    (WANDB_API_KEY, or the key `wandb login` stores in ~/.netrc for the WANDB_BASE_URL host) and offline otherwise,
+    so a run never stops to ask for a key."""
+    if mode is not None:
+        return mode
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    return "online" if _wandb_logged_in() else "offline"
+
+
+def _wandb_logged_in() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urllib.parse.urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname or ""
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):  # no ~/.netrc, or one wandb cannot read either
+        return False
+
+
 def _init_wandb(cfg: LoggerConfig, run_dir: Path, config: dict[str, Any], run_name: str) -> Any:
     wandb = _import_wandb()
     id_file = run_dir / WANDB_ID_FILE
@@ -176,7 +206,7 @@ def _init_wandb(cfg: LoggerConfig, run_dir: Path, config: dict[str, Any], run_na
         id=run_id,
         resume="allow",
         dir=str(run_dir),
-        mode=cfg.mode,
+        mode=wandb_mode(cfg.mode),
         config=config,
         tags=list(cfg.tags),
     )

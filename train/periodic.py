@@ -74,7 +74,8 @@ class Evaluator:
             if self.cfg.task.objective == "seq2seq" and self.cfg.samples.eval_pairs > 0:
                 val.update(self._seq2seq(state.step))
         if self.info.is_main:
-            plot_run(Path(self.cfg.paths.run_dir))  # loss_vs_tokens.png, loss_vs_time.png in the run directory
+            plots = plot_run(Path(self.cfg.paths.run_dir))  # loss_vs_tokens.png, loss_vs_time.png in the run dir
+            self.tracker.log_images(plots, state.step)
         return val
 
     def _samples(self, step: int) -> None:
