@@ -253,6 +253,23 @@ class GPT(nn.Module):
             cache = block.attn.kv_cache
             cache.k, cache.v = cache.k.index_select(0, rows), cache.v.index_select(0, rows)  # (B', nkv, L, hs)
 
+    @torch.no_grad()
+    def generate(
+        self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None
+    ) -> torch.Tensor:
+        """nanoGPT's generate: idx (B, T) followed by max_new_tokens sampled tokens, (B, T + max_new_tokens).
+
+        Samples from softmax(logits / temperature) cropped to the top_k tokens (None: all; temperature 0: greedy)
+        with torch's global RNG, never stopping early. For users who copy nanoGPT code; it runs nanoloom's
+        generation core (sample.generate.generate_tokens: KV cache, windows sliding past block_size), where every
+        other decoding control lives.
+        """
+        from sample.generate import generate_tokens  # the one generation core; sample imports model, not back
+
+        # no eos_token_id: at this level no id ends a row (the tokenizer's end-of-text is the pipeline's default)
+        tokens = generate_tokens(self, idx, max_new_tokens, do_sample=True, temperature=temperature, top_k=top_k)
+        return torch.cat([idx, *(t[:, None] for t in tokens)], dim=1)
+
     def num_params(self, non_embedding: bool = False) -> int:
         """Number of parameters (tied weights counted once); non_embedding leaves out position embeddings."""
         n = sum(p.numel() for p in self.parameters())

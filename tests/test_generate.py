@@ -303,3 +303,27 @@ def test_a_gpu_with_bf16_tensor_cores_loads_the_model_in_bf16(monkeypatch, capab
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     assert inference_dtype("cuda") == expected
     assert inference_dtype(torch.device("cuda", 1)) == expected
+
+
+def test_gpt_generate_is_nanogpts_method_on_the_generation_core():
+    """model.generate(idx, max_new_tokens, temperature, top_k) as nanoGPT's: the prompt followed by the new tokens,
+    never stopping at end-of-text; top_k=1 is the argmax a cache-less forward per step gives; torch.manual_seed
+    seeds it."""
+    from model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=16)).eval()
+    idx = torch.randint(0, 40, (2, 5))
+    out = model.generate(idx, 20, top_k=1)  # past block_size: the window slides
+    assert out.shape == (2, 25) and torch.equal(out[:, :5], idx)
+    by_hand = idx
+    for _ in range(6):  # nanoGPT's loop, no cache, while the context fits
+        logits, _ = model(by_hand[:, -16:])
+        by_hand = torch.cat([by_hand, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(out[:, :11], by_hand)
+    torch.manual_seed(1)
+    a = model.generate(idx, 8, temperature=0.8, top_k=5)
+    torch.manual_seed(1)
+    assert torch.equal(a, model.generate(idx, 8, temperature=0.8, top_k=5))
+    logits, _ = model(idx)
+    assert int(a[0, 5]) in logits[0, -1].topk(5).indices.tolist()  # the first new token is among the top 5
