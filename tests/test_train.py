@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -513,3 +514,18 @@ def test_keep_freed_memory_is_for_cpu_training_only(monkeypatch):
     assert dev.maybe_keep_freed_memory(True, torch.device("cuda", 0)) is False
     assert dev.maybe_keep_freed_memory(False, torch.device("cpu")) is False and calls == []
     assert dev.maybe_keep_freed_memory(True, torch.device("cpu")) is True and calls == [1]
+
+
+def test_log_lines_show_elapsed_time_and_an_eta(tmp_path, capsys):
+    """Every training log line ends with the run's elapsed wall time and the time left at its pace so far."""
+    from train.log import eta_seconds, format_duration
+
+    assert [format_duration(s) for s in (7.4, 245, 3725)] == ["7s", "4m05s", "1h02m"]
+    assert eta_seconds(10, 100, 10, 20.0, 20.0, None) == pytest.approx(180.0)  # 90 steps left at 2 s each
+    assert eta_seconds(10, 100, 10, 20.0, 20.0, max_time=50.0) == pytest.approx(30.0)  # the budget ends it first
+    assert eta_seconds(5, 100, 0, 0.0, 3.0, None) is None  # a resumed run before its first step here
+    run(compose_train(tiny_run_overrides(tmp_path, zen_of_python(tmp_path))))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step") and "loss" in line]
+    step_lines = [line for line in lines if " ms/step" in line]
+    assert step_lines and all(re.search(r"\| elapsed \d+s eta \d+s$", line) for line in step_lines)
+    assert step_lines[-1].endswith("eta 0s")  # the last step: nothing left

@@ -260,8 +260,11 @@ class Meter:
         return metrics
 
 
-def format_step(metrics: dict[str, Any], step: int, max_steps: int) -> str:
-    """One console line: step, loss, lr, gradient norm, update/weight ratio, throughput, MFU, step time."""
+def format_step(
+    metrics: dict[str, Any], step: int, max_steps: int, elapsed: float | None = None, eta: float | None = None
+) -> str:
+    """One console line: step, loss, lr, gradient norm, update/weight ratio, throughput, MFU, step time, and the
+    run's elapsed wall time and estimated time left."""
     parts = [f"step {step:>6}/{max_steps}", f"loss {metrics['train/loss']:.4f}", f"lr {metrics['train/lr']:.2e}"]
     parts.append(f"grad norm {metrics['train/grad_norm']:.2f}")
     if "train/update_ratio" in metrics:
@@ -270,7 +273,32 @@ def format_step(metrics: dict[str, Any], step: int, max_steps: int) -> str:
     if "perf/mfu" in metrics:
         parts.append(f"mfu {100 * metrics['perf/mfu']:.1f}%")
     parts.append(f"{1000 * metrics['perf/step_time']:.0f} ms/step")
+    if elapsed is not None:
+        parts.append(
+            f"elapsed {format_duration(elapsed)}" + (f" eta {format_duration(eta)}" if eta is not None else "")
+        )
     return " | ".join(parts)
+
+
+def eta_seconds(
+    step: int, max_steps: int, steps_here: int, seconds_here: float, elapsed: float, max_time: float | None
+) -> float | None:
+    """Wall seconds left: the steps left at this process's pace so far (evaluations and saves included), or the
+    time budget left (trainer.max_time) when that ends the run first; None before a step has run here."""
+    if steps_here <= 0:
+        return None
+    left = max(max_steps - step, 0) * seconds_here / steps_here
+    return min(left, max(max_time - elapsed, 0.0)) if max_time is not None else left
+
+
+def format_duration(seconds: float) -> str:
+    """12s, 4m05s, 1h02m: a duration as a person reads it on a log line."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 def warn(message: str) -> None:

@@ -29,7 +29,7 @@ from nanoloom.files import write_text_atomic
 from train import dist
 from train.build import apply_update, build_loader, build_parts, forward_backward, tokens_per_row, unscale_and_clip
 from train.config import TrainConfig, config_dict, to_yaml
-from train.log import Meter, Tracker, format_step, warn
+from train.log import Meter, Tracker, eta_seconds, format_step, warn
 from train.optim import DeviceSkips, UpdateRatio, get_lr, set_lr
 from train.perf import maybe_keep_freed_memory, peak_flops, use_compile
 from train.periodic import Checkpointer, Evaluator, due
@@ -176,7 +176,7 @@ def _train(
     r, state, resumed = _start(cfg, info, device, on_start)
     tcfg, optimizer, scaler, meter = cfg.trainer, r.optimizer, r.scaler, r.meter
     evaluator, checkpointer, tracker = r.evaluator, r.checkpointer, r.tracker
-    t_start, step_time_before = time.perf_counter(), state.step_time
+    t_start, step_time_before, first_step = time.perf_counter(), state.step_time, state.step
     skips = DeviceSkips(device) if DeviceSkips.supported(optimizer, scaler) else None
     budget_left = tcfg.max_time is None or state.train_time < tcfg.max_time  # a resumed run may have spent it
 
@@ -218,7 +218,9 @@ def _train(
         if skips is not None and (log_due(state.step) or saves or last):
             _read_skips(r, state, skips)  # before a checkpoint is written: nonfinite=stop keeps the last good one
         if log_due(state.step) or last:
-            log_step(r, state, meter, lr, grad_norm, health)
+            here = (state.step - first_step, elapsed - state.train_time)  # steps and seconds of this process
+            eta = eta_seconds(state.step, tcfg.max_steps, *here, elapsed, tcfg.max_time)
+            log_step(r, state, meter, lr, grad_norm, health, elapsed, eta)
         with meter.paused():
             val = evaluator(state) if evaluator.due(state.step) and not last else None
             if saves:
@@ -315,10 +317,18 @@ def _set_rng_snapshot(snapshot: tuple[torch.Tensor, torch.Tensor | None]) -> Non
 
 
 def log_step(
-    r: Run, state: TrainState, meter: Meter, lr: float, grad_norm: torch.Tensor, health: dict[str, torch.Tensor]
+    r: Run,
+    state: TrainState,
+    meter: Meter,
+    lr: float,
+    grad_norm: torch.Tensor,
+    health: dict[str, torch.Tensor],
+    elapsed: float | None = None,
+    eta: float | None = None,
 ) -> None:
     """Log the mean loss since the last log line (averaged over ranks), the lr, throughput and MFU, the gradient
-    norm and, in health, this step's update/weight ratios and weight norm (UpdateRatio.read)."""
+    norm and, in health, this step's update/weight ratios and weight norm (UpdateRatio.read); the console line
+    also shows the run's elapsed wall time and the estimated time left."""
     metrics = meter.read(lambda t: dist.mean(t, r.info))  # .item() inside: a host-device sync per log interval
     values = torch.stack([grad_norm.float(), *(v.float() for v in health.values())]).tolist()  # one more sync
     metrics.update({f"train/{k}": v for k, v in zip(health, values[1:])})
@@ -333,7 +343,7 @@ def log_step(
         }
     )
     r.tracker.log(metrics, state.step)
-    r.tracker.print(format_step(metrics, state.step, r.cfg.trainer.max_steps))
+    r.tracker.print(format_step(metrics, state.step, r.cfg.trainer.max_steps, elapsed, eta))
 
 
 def _report_changes(r: Run, state: TrainState, saved: dict[str, Any]) -> None:
