@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from tqdm import tqdm
 
 from model.checkpoint import (
     WEIGHTS,
@@ -424,7 +425,9 @@ def export_hf(checkpoint: str | Path, out: str | Path, *, dtype: str | None = No
     convert = {"gpt2": gpt2_state_dict, "llama": llama_state_dict, "t5": t5_state_dict}[arch]
     hf_state = convert(state, config)
     target = DTYPES[dtype] if dtype is not None else next(iter(hf_state.values())).dtype
-    hf_state = {k: _owned(v.to(target) if v.is_floating_point() else v) for k, v in hf_state.items()}
+    # a bar on stderr (on a terminal only): casting and copying a large model's tensors takes a while
+    tensors = tqdm(hf_state.items(), total=len(hf_state), desc="converting", unit="tensor", leave=False, disable=None)
+    hf_state = {k: _owned(v.to(target) if v.is_floating_point() else v) for k, v in tensors}
     eot_id = spec.get("eot_id")
     hf_config = {"gpt2": gpt2_config, "llama": llama_config, "t5": t5_config}[arch](config, eot_id, target)
     files["config.json"] = _dumps(hf_config)

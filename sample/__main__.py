@@ -215,10 +215,12 @@ def run(cfg: SampleConfig, edits: set[str] | None = None) -> None:
     label = "beam" if beams else ("sample" if kind == "gpt" else "output")
     n = cfg.num_samples
 
+    bar = not cfg.stream  # a bar of the decoding steps on stderr, on a terminal only (a stream shows the text)
+
     def one_call(config: GenerationConfig, call_seed: int, on_text=None) -> list[Completion]:
         if infilling:
-            return infill(model, tokenizer, prefix, suffix, config, seed=call_seed, on_text=on_text)
-        return generate(model, tokenizer, prompt, config, seed=call_seed, on_text=on_text)[0]
+            return infill(model, tokenizer, prefix, suffix, config, seed=call_seed, on_text=on_text, progress=bar)
+        return generate(model, tokenizer, prompt, config, seed=call_seed, on_text=on_text, progress=bar)[0]
 
     parsed: list[bool | None] = []  # per sample, with check_syntax: whether prompt + completion parses
     if cfg.stream:  # one sample after another, each printed as it is generated (same samples as a batch)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+from tqdm import tqdm
 
 from data.tokenizer import Tokenizer
 from model import GPT, T5
@@ -477,6 +478,7 @@ def beam_search(
     config: GenerationConfig | None = None,
     attention_mask: torch.Tensor | None = None,
     vocab_limit: int | None = None,
+    progress: bool = False,
     **controls: object,
 ) -> list[list[tuple[list[int], float]]]:
     """Beam search with the KV cache; per input row, up to num_return_sequences (tokens, score), best first.
@@ -495,6 +497,7 @@ def beam_search(
         model, idx, max_new_tokens, attention_mask, vocab_limit: as for generate_tokens.
         config, **controls: num_beams, num_return_sequences (<= num_beams), length_penalty, early_stopping,
             eos_token_id (None: every hypothesis runs to max_new_tokens) and the processors.
+        progress: a progress bar of the decoding steps on stderr (only on a terminal).
     Returns:
         For each row of idx, a list of (generated token ids, score) sorted by score, best first. With
         max_new_tokens == 0, the one empty hypothesis ([], 0.0).
@@ -514,7 +517,10 @@ def beam_search(
     scores = torch.full((B, K), NEG_INF, device=idx.device)
     scores[:, 0] = 0.0  # the K beams of a row start identical: only the first may grow at the first step
     idle = eos[0] if eos else 0  # fed to the beams of finished rows, whose outputs nobody reads
-    with _cached_decoding(model, inputs) as (decoder, logits):
+    with (
+        _cached_decoding(model, inputs) as (decoder, logits),
+        progress_bar(progress, max_new_tokens, "beam search") as bar,
+    ):
         # prefill (and encode) each row once, then copy its cache rows and encoder output to its K beams
         expand = torch.arange(B, device=idx.device).repeat_interleave(K)  # cache rows: B -> B*K
         decoder.reorder(expand)
@@ -541,6 +547,7 @@ def beam_search(
                 if done[b]:
                     live = []
                 running += live + [(NEG_INF, b * K, idle)] * (K - len(live))  # finished rows idle along
+            bar.update()
             if last or all(done):
                 break
             beams = [beams[parent] + [token] for _, parent, token in running]
@@ -637,6 +644,11 @@ def prompt_ids(tokenizer: Tokenizer, prompt: str, kind: str) -> list[int]:
     return ids
 
 
+def progress_bar(enabled: bool, total: int, desc: str) -> tqdm:
+    """A bar of decoding steps on stderr, drawn only when enabled and stderr is a terminal (as data preparation's)."""
+    return tqdm(total=total, desc=desc, unit="tok", leave=False, disable=None if enabled else True)
+
+
 def _batch(rows: list[list[int]], kind: str, pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(idx, attention_mask), both (B, T): gpt rows padded on the left, t5 inputs on the right."""
     T = max(len(r) for r in rows)
@@ -661,8 +673,10 @@ class _Request:
         seed: int | None,
         device: str | torch.device | None,
         code_prompts: list[str] | None = None,
+        progress: bool = False,
     ) -> None:
         self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
+        self.progress = progress  # a progress bar on stderr (only on a terminal)
         self.kind = model_kind(model)
         self.device = _prompt_device(model, device)
         n = cfg.num_return_sequences
@@ -697,12 +711,15 @@ class _Request:
             eos_token_id=self.eos or None,
             vocab_limit=_vocab_limit(self.model, self.tokenizer),
         )
+        bar = progress_bar(self.progress, max(self.limits), f"generating {len(self.rows)} rows")
         try:
             for step in tokens:
                 yield [row.push(t) for row, t in zip(self.rows, step.tolist())]  # .tolist() syncs: text needs ids
+                bar.update()
                 if all(row.done for row in self.rows):
                     break
         finally:
+            bar.close()
             tokens.close()  # stops generation early (stop strings) and clears the KV cache
         yield [row.finish() for row in self.rows]
 
@@ -719,6 +736,7 @@ class _Request:
                 config=self.cfg,
                 eos_token_id=self.eos or None,
                 vocab_limit=_vocab_limit(self.model, self.tokenizer),
+                progress=self.progress,
             )[0]
             for r, (tokens, score) in enumerate(hyps):
                 row = self.rows[j + r]
@@ -757,6 +775,7 @@ def generate(
     seed: int | None = None,
     device: str | torch.device | None = None,
     on_text: Callable[[int, str], None] | None = None,
+    progress: bool = False,
     **controls: object,
 ) -> list[list[Completion]]:
     """Completions of one or several prompts, generated as one batch; per prompt, num_return_sequences of them.
@@ -767,6 +786,7 @@ def generate(
     with seed + j, so each completion is reproducible on its own (Completion.seed). seed None draws a seed.
     num_beams > 1 runs beam search (one prompt after another; deterministic). device=None: the model's device.
     on_text(row, piece) is called with each row's text as soon as it is final (a streamer; beams: at the end).
+    progress: a bar of the decoding steps on stderr, drawn only on a terminal.
     """
     cfg = _config(config, controls)
     single = isinstance(prompts, str)
@@ -775,7 +795,7 @@ def generate(
         raise TypeError("prompts must be a string or a non-empty list of strings")
     kind = model_kind(model)
     ids = [prompt_ids(tokenizer, p, kind) for p in texts]
-    completions = _Request(model, tokenizer, texts, ids, cfg, seed, device, code_prompts=texts).run(on_text)
+    completions = _Request(model, tokenizer, texts, ids, cfg, seed, device, texts, progress).run(on_text)
     n = cfg.num_return_sequences
     return [completions[i : i + n] for i in range(0, len(completions), n)]
 
@@ -830,6 +850,7 @@ def infill(
     seed: int | None = None,
     device: str | torch.device | None = None,
     on_text: Callable[[int, str], None] | None = None,
+    progress: bool = False,
     **controls: object,
 ) -> list[Completion]:
     """Fill in the middle between prefix and suffix with a model trained on fill-in-the-middle data.
@@ -849,7 +870,8 @@ def infill(
             "with data.fim_rate > 0 (e.g. experiment=gpt-mini_python-code_fim)"
         )
     ids = [infill_prompt_ids(tokenizer, prefix, suffix)]
-    request = _Request(model, tokenizer, [prefix], ids, cfg.replace(stop_at_top_level=False), seed, device)
+    cfg = cfg.replace(stop_at_top_level=False)
+    request = _Request(model, tokenizer, [prefix], ids, cfg, seed, device, progress=progress)
     completions = request.run(on_text)
     for c in completions:
         c.suffix = suffix

@@ -364,3 +364,23 @@ def test_bpe_run_fine_tunes_with_tokenizer_model_and_exports(tmp_path):
     hf_tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
     text = corpus.read_text()[:400] + BPE_TEXTS[-1]
     assert hf_tok(text)["input_ids"] == tokenizer.encode(text)
+
+
+def test_export_shows_its_conversion_on_a_terminal_only(tmp_path, monkeypatch):
+    """The tensors' conversion draws a bar on stderr when it is a terminal (a large model takes a while); the
+    exported files are the same either way."""
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tok = get_tokenizer("byte")
+    ckpt = save_model(_gpt(tok, **GPT2_OPTS), tmp_path / "ckpt", tok.spec())
+    for name, stream in (("quiet", io.StringIO()), ("terminal", Terminal())):
+        monkeypatch.setattr(sys, "stderr", stream)
+        export_hf(ckpt, tmp_path / name)
+        assert ("converting" in stream.getvalue()) == (name == "terminal")
+    quiet, shown = ((tmp_path / n / "model.safetensors").read_bytes() for n in ("quiet", "terminal"))
+    assert quiet == shown

@@ -1,5 +1,7 @@
 """Tests of sample/generate.py: KV-cached decoding equals a naive loop, eos, stop-string holdback, UTF-8 streaming."""
 
+import io
+import sys
 import warnings
 from types import SimpleNamespace
 
@@ -327,3 +329,35 @@ def test_gpt_generate_is_nanogpts_method_on_the_generation_core():
     assert torch.equal(a, model.generate(idx, 8, temperature=0.8, top_k=5))
     logits, _ = model(idx)
     assert int(a[0, 5]) in logits[0, -1].topk(5).indices.tolist()  # the first new token is among the top 5
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("on_a_terminal", [True, False])
+def test_long_waits_show_a_progress_bar_on_a_terminal_only(monkeypatch, on_a_terminal):
+    """Multi-sample generation, beam search and scoring draw a tqdm bar on stderr when asked and stderr is a
+    terminal (as data preparation does), and never otherwise; the results are the same either way."""
+    from data.tokenizer import ByteTokenizer
+    from model import GPT, GPTConfig
+    from sample.generate import generate
+    from train.scoring import score_tokens
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=257, block_size=16, n_layer=1, n_head=2, n_embd=16)).eval()
+    tok = ByteTokenizer()
+    err = _Terminal() if on_a_terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    controls = {"do_sample": True, "num_return_sequences": 3, "max_new_tokens": 6, "seed": 1}
+    sampled = generate(model, tok, "ab", progress=True, **controls)
+    beams = generate(model, tok, "ab", num_beams=2, max_new_tokens=6, progress=True)
+    scored = score_tokens(model, torch.arange(60) % 200, 16, progress=True)
+    shown = sys.stderr.getvalue()
+    assert ("generating 3 rows" in shown and "beam search" in shown and "scoring" in shown) == on_a_terminal
+    monkeypatch.setattr(sys, "stderr", _Terminal())
+    assert generate(model, tok, "ab", **controls) == sampled
+    assert generate(model, tok, "ab", num_beams=2, max_new_tokens=6) == beams
+    assert score_tokens(model, torch.arange(60) % 200, 16) == scored
+    assert sys.stderr.getvalue() == ""  # not asked: no bar even on a terminal

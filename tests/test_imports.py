@@ -22,10 +22,11 @@ PACKAGES = ("nanoloom", "model", "data", "sample", "train")
 STDLIB = set(sys.stdlib_module_names) | {"__future__"}
 THIRD_PARTY = {
     "nanoloom": {"torch"},
-    "model": {"torch", "safetensors"},
+    "model": {"torch", "safetensors", "tqdm"},  # tqdm: export's progress bar
     "data": {"numpy", "torch", "tiktoken", "tqdm", "huggingface_hub"},
-    "sample": {"torch"},
-    "train": {"torch", "safetensors", "numpy", "matplotlib", "scipy", "yaml", "submitit"},  # plots, compare, SLURM
+    "sample": {"torch", "tqdm"},  # tqdm: progress bars of long generations, on a terminal only
+    # plots, compare, SLURM, evaluation's progress bar
+    "train": {"torch", "safetensors", "numpy", "matplotlib", "scipy", "yaml", "submitit", "tqdm"},
 }
 OURS_ALLOWED = {
     "nanoloom": {"nanoloom"},

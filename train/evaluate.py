@@ -129,13 +129,14 @@ def score_text(
     stride: int | None,
     batch_size: int,
     ctx: contextlib.AbstractContextManager,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """A GPT over every token of a text (file= or a split), with end-of-text in front as the first one's context
     (in training, a document follows one); the separators between documents are scored and count no bytes."""
     tokens = np.concatenate([[tokenizer.eot_id], tokens]).astype(np.int64)
     length = min(model.config.block_size, len(tokens) - 1)
     stride = min(stride or length, length)  # a text shorter than block_size: one window
-    scores = score_tokens(model, tokens, length, stride, batch_size, ctx)
+    scores = score_tokens(model, tokens, length, stride, batch_size, ctx, progress=progress)
     windows = len(strided_windows(len(tokens), length, stride))
     bpb = bits_per_byte(scores["loss"] * scores["tokens"], num_bytes)
     return {
@@ -150,7 +151,13 @@ def score_text(
 
 
 def score_pair_split(
-    model: nn.Module, tokenizer: Any, data: str, split: str, batch_size: int, ctx: contextlib.AbstractContextManager
+    model: nn.Module,
+    tokenizer: Any,
+    data: str,
+    split: str,
+    batch_size: int,
+    ctx: contextlib.AbstractContextManager,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """A T5 on every target of a pair split, teacher-forced, pairs cut to block_size as in training."""
     T = model.config.block_size
@@ -158,7 +165,8 @@ def score_pair_split(
     pairs = loader.cut_pairs()
     if not pairs:
         raise ValueError(f"the {split} split of data={data!r} holds no pairs; prepare more pairs")
-    scores = score_pairs(model, pairs, tokenizer.eot_id, _start_id(model, tokenizer), batch_size, ctx)
+    start_id = _start_id(model, tokenizer)
+    scores = score_pairs(model, pairs, tokenizer.eot_id, start_id, batch_size, ctx, progress=progress)
     num_bytes = sum(text_bytes(tokenizer, t) for _, t in pairs)
     return {
         "method": "seq2seq targets, teacher-forced",
@@ -203,14 +211,15 @@ def evaluate_checkpoint(
         check_tokenizer(tokenizer, meta, data)
     ctx = autocast(torch_device, amp)
     if meta is not None and layout(meta) == "pairs":
-        scores = score_pair_split(model, tokenizer, data, split, batch_size, ctx)
+        scores = score_pair_split(model, tokenizer, data, split, batch_size, ctx, progress=True)
     else:
         if text is not None:
             tokens = np.array(tokenizer.encode(text), dtype=np.int64)
         else:
             tokens = np.memmap(Path(data) / f"{split}.bin", dtype=np.dtype(meta["dtype"]), mode="r")
             num_bytes = text_bytes(tokenizer, tokens)
-        scores = _score_documents(model, tokenizer, tokens, text is not None, num_bytes, stride, batch_size, ctx)
+        from_file = text is not None
+        scores = _score_documents(model, tokenizer, tokens, from_file, num_bytes, stride, batch_size, ctx, True)
     result = {
         "checkpoint": source,
         "kind": info["kind"],
@@ -291,14 +300,16 @@ def _score_documents(
     stride: int | None,
     batch_size: int,
     ctx: contextlib.AbstractContextManager,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """A gpt over every token (score_text); a t5 by span corruption (a file is one document, and ends with eot as
     a prepared one does)."""
     if model.config.kind == "gpt":
-        return score_text(model, tokenizer, tokens, num_bytes, stride, batch_size, ctx)
+        return score_text(model, tokenizer, tokens, num_bytes, stride, batch_size, ctx, progress)
     tokens = np.append(tokens, tokenizer.eot_id) if from_file else tokens
     start_id = _start_id(model, tokenizer)
-    scores = score_span_corruption(model, tokens, tokenizer, model.config.block_size, start_id, batch_size, ctx)
+    T = model.config.block_size
+    scores = score_span_corruption(model, tokens, tokenizer, T, start_id, batch_size, ctx, progress=progress)
     return {**scores, "method": "span corruption", "bytes": None, "bpb": None, "bpb_note": f"null: {NO_BPB_SPAN}"}
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
+from tqdm import tqdm
 
 from data.loader import (
     IGNORE_INDEX,
@@ -25,6 +26,7 @@ from data.loader import (
     pair_batches,
     span_corruption_batches,
     span_corruption_windows,
+    strided_windows,
     window_batches,
 )
 from data.span_corruption import MEAN_SPAN_LENGTH, NOISE_DENSITY, span_corruption_lengths
@@ -56,19 +58,21 @@ def mean_loss(
     ctx: contextlib.AbstractContextManager | None = None,
     reduce: Reduce | None = None,
     per_batch: bool = False,
+    progress: int | None = None,
 ) -> dict[str, float]:
     """The model's mean loss over batches of its forward arguments: {"loss" (nats/token), "ppl", "tokens" (target
     tokens scored)}. Each batch's mean is weighted by its scored targets, so every token counts once; a batch that
     scores nothing (padding) adds nothing. per_batch: every batch counts once instead (training's fixed val batches,
     all of one shape), and "batches" replaces "tokens". reduce sums the totals over ranks, each of which scored its
-    own batches.
+    own batches. progress: the number of batches, for a progress bar on stderr (drawn only on a terminal).
     """
     device = next(model.parameters()).device
     total = torch.zeros((), dtype=torch.float64, device=device)  # sum of loss x weight
     weight = torch.zeros((), dtype=torch.float64, device=device)  # sum of weights: tokens, or batches
     one = torch.ones((), dtype=torch.float64, device=device)
+    bar = tqdm(batches, total=progress, desc="scoring", unit="batch", leave=False, disable=None if progress else True)
     with evaluating(model):
-        for batch in batches:
+        for batch in bar:
             batch = {k: v.to(device) for k, v in batch.items()}
             with ctx or contextlib.nullcontext():
                 _, loss = model(**batch, **loss_only(model))
@@ -121,11 +125,14 @@ def score_tokens(
     rank: int = 0,
     world_size: int = 1,
     reduce: Reduce | None = None,
+    progress: bool = False,
 ) -> dict[str, float]:
     """Cross-entropy of a causal model over every prediction of a token stream (1-D array or tensor), in the
     window_batches of its strided windows (window i on rank i % world_size; reduce sums over ranks).
     Returns {"loss" (nats/token), "ppl", "tokens" (predictions scored)}."""
-    return mean_loss(model, window_batches(tokens, length, stride, batch_size, rank, world_size), ctx, reduce)
+    batches = window_batches(tokens, length, stride, batch_size, rank, world_size)
+    total = -(-len(strided_windows(len(tokens), length, stride)) // (batch_size * world_size)) if progress else None
+    return mean_loss(model, batches, ctx, reduce, progress=total)
 
 
 def score_pairs(
@@ -135,11 +142,13 @@ def score_pairs(
     start_id: int,
     batch_size: int = 8,
     ctx: contextlib.AbstractContextManager | None = None,
+    progress: bool = False,
 ) -> dict[str, float]:
     """Teacher-forced cross-entropy of a T5 over every target token of the (input ids, target ids) pairs, once each,
     batch_size pairs at a time in their order (cut them first: data.loader.cut_pair). Returns {"loss", "ppl",
     "tokens"}."""
-    return mean_loss(model, pair_batches(pairs, batch_size, eot_id, start_id), ctx)
+    total = -(-len(pairs) // batch_size) if progress else None
+    return mean_loss(model, pair_batches(pairs, batch_size, eot_id, start_id), ctx, progress=total)
 
 
 def score_span_corruption(
@@ -153,6 +162,7 @@ def score_span_corruption(
     seed: int = 0,
     noise_density: float = NOISE_DENSITY,
     mean_span_length: float = MEAN_SPAN_LENGTH,
+    progress: bool = False,
 ) -> dict[str, float]:
     """T5's span-corruption loss over a whole token stream, the same on every call (data.loader's
     span_corruption_batches: consecutive windows, window i corrupted with the mask of default_rng([seed, i])).
@@ -165,9 +175,10 @@ def score_span_corruption(
     batches = span_corruption_batches(
         tokens, tokenizer, input_length, start_id, batch_size, seed, noise_density, mean_span_length
     )
-    scores = mean_loss(model, batches, ctx)
     raw_length, _ = span_corruption_lengths(input_length, noise_density, mean_span_length)
-    return {**scores, "windows": len(span_corruption_windows(len(tokens), raw_length))}
+    windows = len(span_corruption_windows(len(tokens), raw_length)) if len(tokens) >= raw_length else 0
+    scores = mean_loss(model, batches, ctx, progress=-(-windows // batch_size) if progress else None)
+    return {**scores, "windows": windows}
 
 
 def loss_only(model: nn.Module) -> dict[str, Any]:
