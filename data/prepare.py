@@ -38,7 +38,7 @@ from data.config import DataConfig
 from data.corpora import CORPORA_VERSION, Document, Pair, load_documents, load_pairs, source_hashes
 from data.fim import fim_arrays, fim_plan
 from data.tokenizer import BPE_VERSION, BPETokenizer, CharTokenizer, Tokenizer, get_tokenizer
-from nanoloom.files import host_name, pid_alive
+from nanoloom.files import config_dir, host_name, pid_alive
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ CHUNK_CHARS = 1 << 22  # characters tokenized per batch: bounds memory, paces th
 # a preparation's temp dir in cache_dir: .tmp-<dataset>@<host>-<pid>-<8 hex> (without @<host>: from before hosts)
 _TEMP_DIR = re.compile(r"\.tmp-[^@/]+(?:@(?P<host>[^@/]+))?-(?P<pid>\d+)-[0-9a-f]{8}")
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"  # for the CLI
+CONFIG_DIR = config_dir()  # for the CLI
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -535,6 +535,8 @@ def main() -> None:
     import hydra
     from omegaconf import DictConfig, OmegaConf
 
+    from nanoloom.cli import debug_enabled
+
     register_schema()
     _check_overrides(sys.argv[1:])
 
@@ -545,7 +547,7 @@ def main() -> None:
             data_dir = prepare(cfg, dict_cfg.paths.cache_dir, progress=True)
             meta = load_meta(data_dir)
         except (ValueError, OSError) as e:  # user errors (bad text, missing or unreadable files): one line
-            if _debug():
+            if debug_enabled():
                 raise
             system = isinstance(e, OSError) and e.errno is not None  # raised by the OS, not with a nanoloom message
             print(f"error: {_os_error_message(e) if system else e}", file=sys.stderr)
@@ -561,11 +563,6 @@ def _os_error_message(e: OSError) -> str:
     return f"{e.strerror or e}{where}; check that the path exists and is readable (data.paths, paths.cache_dir)"
 
 
-def _debug() -> bool:
-    """NANOLOOM_DEBUG=1 (or HYDRA_FULL_ERROR=1): user errors raise with their traceback (as in every nanoloom CLI)."""
-    return os.environ.get("NANOLOOM_DEBUG", "") not in ("", "0") or os.environ.get("HYDRA_FULL_ERROR") == "1"
-
-
 def _check_overrides(args: list[str]) -> None:
     """Compose before Hydra runs, so a mistyped key or bad value is one `error:` line (exit 2), not a report."""
     from hydra import compose, initialize_config_dir
@@ -573,35 +570,18 @@ def _check_overrides(args: list[str]) -> None:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
+    from nanoloom.cli import config_error_message, debug_enabled
+
     if any(a.startswith("-") for a in args) or os.environ.get("HYDRA_FULL_ERROR") == "1":
         return
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="prepare"):
             OmegaConf.to_object(compose("prepare", overrides=args).data)
     except (HydraException, OmegaConfBaseException, ValueError) as e:
-        if _debug():
+        if debug_enabled():
             raise
-        first = [str(x).strip().splitlines()[0] for x in (e, e.__cause__) if x is not None and str(x).strip()]
-        print(f"error: {' '.join(first + _override_hint(e.__cause__)) or type(e).__name__}", file=sys.stderr)
+        print(f"error: {config_error_message(e, {'data': DataConfig})}", file=sys.stderr)
         sys.exit(2)
-
-
-def _override_hint(cause: BaseException | None) -> list[str]:
-    """The fix for a mistyped key (a close DataConfig field) or a value of the wrong type, when there is one."""
-    import dataclasses
-    import difflib
-
-    key = getattr(cause, "full_key", None)
-    if not key:
-        return []
-    text = str(cause)
-    if "not in 'DataConfig'" in text:
-        names = [f.name for f in dataclasses.fields(DataConfig)]
-        hint = difflib.get_close_matches(key.rpartition(".")[2], names, n=1)
-        return [f"(did you mean data.{hint[0]}?)" if hint else f"(valid data keys: {', '.join(sorted(names))})"]
-    wanted = {"Integer": "a whole number", "Float": "a number", "bool": "true or false", "ListConfig": "a list"}
-    found = re.search(r"converted to (Integer|Float)|not a valid (bool)|not a (ListConfig)", text)
-    return [f"(set {key} to {wanted[next(g for g in found.groups() if g)]})"] if found else []
 
 
 if __name__ == "__main__":

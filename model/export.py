@@ -15,8 +15,9 @@ import json
 import os
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from safetensors import SafetensorError
@@ -472,59 +473,42 @@ def _write_error(out: Path, e: OSError | SafetensorError) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 # CLI
 
-USAGE = "usage: python -m model.export checkpoint=<run or checkpoint dir> out=<dir> [dtype=bfloat16] [overwrite=true]"
-DEBUG_HELP = "a user error is one `error: ...` line (exit status 2); NANOLOOM_DEBUG=1 shows its traceback instead"
-ARGS = ("checkpoint", "out", "dtype", "overwrite")
+USAGE = """\
+usage: nanoloom export checkpoint=<run or checkpoint dir> out=<dir> [dtype=float32|bfloat16|float16] [overwrite=true]
+       (python -m model.export ... is the same command)
+
+Writes a folder transformers loads (GPT-2, Llama or T5 architecture as the model's options allow): config.json,
+generation_config.json, model.safetensors, the tokenizer files and a model card.
+options: --cfg  print the composed config and exit;  -h, --help  this message
+a user error is one `error: ...` line (exit status 2); NANOLOOM_DEBUG=1 shows its traceback instead
+"""
 
 
-def parse_args(argv: list[str]) -> dict[str, str]:
-    """key=value arguments as a dict; an unknown, repeated or malformed one is a one-line ValueError."""
-    args: dict[str, str] = {}
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep or not key:
-            raise ValueError(f"cannot parse argument {arg!r}; {USAGE.removeprefix('usage: ')}")
-        if key not in ARGS:
-            raise ValueError(f"unknown argument {key!r}; valid keys: {', '.join(ARGS)}")
-        if key in args:
-            raise ValueError(f"argument {key!r} given twice")
-        args[key] = value
-    for key in ("checkpoint", "out"):
-        if not args.get(key):
-            raise ValueError(f"missing {key}=...; {USAGE.removeprefix('usage: ')}")
-    if args.get("overwrite", "false").lower() not in ("true", "false"):
-        raise ValueError(f"overwrite={args['overwrite']!r} must be true or false")
-    return args
+@dataclass
+class ExportConfig:
+    """The schema of configs/export.yaml."""
+
+    checkpoint: str = ""  # a checkpoint directory, or a run directory (its latest checkpoint)
+    out: str = ""  # the folder to create (written atomically)
+    dtype: Optional[str] = None  # float32 | bfloat16 | float16; null: as stored
+    overwrite: bool = False  # replace an existing non-empty out
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point: exit status 0 on success, 2 (and one `error:` line) on a user error."""
-    argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help", "help") for a in argv):
-        print(f"{USAGE}\n{DEBUG_HELP}")
-        return 0
-    try:
-        args = parse_args(argv)
-        out = export_hf(
-            args["checkpoint"],
-            args["out"],
-            dtype=args.get("dtype"),
-            overwrite=args.get("overwrite", "false").lower() == "true",
-        )
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        if _debug():
-            raise
-        print(f"error: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}", file=sys.stderr)
-        return 2
-    arch = json.loads((out / "config.json").read_text())["architectures"][0]
-    print(f"exported {args['checkpoint']} -> {out} ({arch})")
-    return 0
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of `nanoloom export` / `python -m model.export`; a user error is one line and exit status 2."""
+    from nanoloom.cli import run_command  # Hydra: the command line's business, not the export's
 
+    def body(cfg: ExportConfig) -> Path:
+        for key in ("checkpoint", "out"):
+            if not getattr(cfg, key):
+                raise ValueError(f"missing {key}=...; {USAGE.splitlines()[0].removeprefix('usage: ')}")
+        out = export_hf(cfg.checkpoint, cfg.out, dtype=cfg.dtype, overwrite=cfg.overwrite)
+        arch = json.loads((out / "config.json").read_text())["architectures"][0]
+        print(f"exported {cfg.checkpoint} -> {out} ({arch})")
+        return out
 
-def _debug() -> bool:
-    """NANOLOOM_DEBUG=1 (or HYDRA_FULL_ERROR=1): user errors raise with their traceback (as in every nanoloom CLI)."""
-    return os.environ.get("NANOLOOM_DEBUG", "") not in ("", "0") or os.environ.get("HYDRA_FULL_ERROR") == "1"
+    run_command("export", ExportConfig, body, sys.argv[1:] if argv is None else list(argv), USAGE)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

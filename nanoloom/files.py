@@ -20,6 +20,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def config_dir() -> Path:
+    """The Hydra configs: nanoloom/configs in an installed package (the wheel ships the repository's configs/ there),
+    else the checkout's configs/ beside the packages (an editable install, or running from the repository)."""
+    installed = Path(__file__).resolve().parent / "configs"
+    return installed if installed.is_dir() else Path(__file__).resolve().parent.parent / "configs"
+
+
 @contextlib.contextmanager
 def atomic_directory(final: str | Path) -> Iterator[Path]:
     """Yield a temporary directory next to `final`; on success, fsync it and rename it to `final`.

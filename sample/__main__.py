@@ -35,12 +35,12 @@ from model.checkpoint import (
     read_model_json,
     resolve_checkpoint,
 )
+from nanoloom.cli import config_error_message, debug_enabled
 from nanoloom.device import inference_dtype, resolve_device
+from nanoloom.files import config_dir
 from sample.config import (
     SampleConfig,
     TaskConfig,
-    config_error_message,
-    debug_enabled,
     recorded_task,
     register_schema,
 )
@@ -57,7 +57,7 @@ from sample.provenance import append_records, check_identity, checkpoint_identit
 from sample.sampling import GenerationConfig
 from sample.stopping import parses
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = config_dir()
 SCHEMAS = {"": SampleConfig, "task": TaskConfig}  # where "did you mean ...?" looks for keys
 # values taken verbatim, outside Hydra's override grammar
 FREE_TEXT_KEYS = ("checkpoint", "prompt", "prompt_file", "prefix", "suffix", "out", "replay")

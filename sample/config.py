@@ -8,16 +8,12 @@ __post_init__, which OmegaConf.to_object runs.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from hydra.errors import MissingConfigException, OverrideParseException
 from omegaconf import MISSING
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from data.config import ObjectiveConfig, check_seed
 from sample.sampling import GenerationConfig, apply_overrides, bad_words_ids, scalar_controls
@@ -140,71 +136,3 @@ def register_schema() -> None:
     cs = ConfigStore.instance()
     cs.store(name="sample_schema", node=SampleConfig)
     cs.store(group="task", name="task_schema", node=TaskConfig)
-
-
-def debug_enabled() -> bool:
-    """True with NANOLOOM_DEBUG=1 (or Hydra's HYDRA_FULL_ERROR=1): a user error raises, showing its traceback.
-
-    Every command-line entry point honours it (data/prepare.py and model/export.py read the same variables).
-    """
-    return os.environ.get("NANOLOOM_DEBUG", "") not in ("", "0") or os.environ.get("HYDRA_FULL_ERROR") == "1"
-
-
-def config_error_message(e: BaseException, schemas: dict[str, type | tuple[type, ...]]) -> str:
-    """One line for a Hydra/OmegaConf composition error (or any user error), naming the key and a likely fix.
-
-    schemas maps a key prefix ("" for the top level, "task", "model", ...) to the dataclass whose field names
-    "did you mean ...?" suggests from. Shared by the command-line entry points.
-    """
-    if isinstance(e, OSError) and e.errno is not None and e.strerror:  # the system's error, not one of ours
-        where = f": {e.filename}" if e.filename else ""
-        return f"{e.strerror}{where}; check the path and its permissions"
-    if isinstance(e, MissingConfigException) and e.missing_cfg_file and e.options:
-        group, _, name = e.missing_cfg_file.rpartition("/")
-        options = sorted(o for o in e.options if not o.endswith("_schema") and o != "schema")
-        return f"unknown {group or 'config'} {name!r}; choose one of {', '.join(options)}"
-    lines = [str(e).strip().splitlines()[0]] if str(e).strip() else [type(e).__name__]
-    if isinstance(e, OverrideParseException):
-        what = [ln for ln in str(e).splitlines() if ln and not ln.startswith(("Error parsing override", "See http"))]
-        lines = [f"cannot parse override {e.override!r}:", *what[:1]]
-        lines.append("""(values with spaces, commas or brackets need Hydra quoting: key='"..."')""")
-    cause = e.__cause__
-    if isinstance(cause, OmegaConfBaseException):  # Hydra wraps the OmegaConf error that names the key
-        lines.append(str(cause).strip().splitlines()[0])
-        if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and cause.full_key:
-            lines.append(_did_you_mean(cause.full_key, schemas, cause.object_type))
-        elif isinstance(cause, ValidationError) and cause.full_key:
-            lines.append(_expected_type(cause))
-    return " ".join(line.strip() for line in lines if line)
-
-
-def _did_you_mean(full_key: str, schemas: dict[str, type | tuple[type, ...]], node_type: object = None) -> str:
-    """A close valid key for a mistyped one ("tempreature" -> "temperature"), else the valid keys; or "".
-
-    node_type: the dataclass the key was looked up in, when known (model: GPTConfig, not GPTConfig or T5Config).
-    """
-    parent, _, key = full_key.rpartition(".")
-    schema = node_type if dataclasses.is_dataclass(node_type) else schemas.get(parent)
-    if schema is None:
-        return ""
-    classes = schema if isinstance(schema, tuple) else (schema,)  # e.g. model: GPTConfig or T5Config
-    names = sorted({f.name for cls in classes for f in dataclasses.fields(cls)})
-    hint = difflib.get_close_matches(key, names, n=1)
-    if hint:
-        return f"(did you mean {parent + '.' if parent else ''}{hint[0]}?)"
-    return f"(valid {parent + ' ' if parent else ''}keys: {', '.join(names)})"
-
-
-# OmegaConf's name of the type a value failed to convert to -> what to write instead
-_TYPE_HINTS = {"Integer": "a whole number", "Float": "a number", "Boolean": "true or false", "bool": "true or false"}
-
-
-def _expected_type(cause: ValidationError) -> str:
-    """The fix for a value of the wrong type: what the key takes ("set model.n_layer to a whole number")."""
-    text = str(cause)
-    found = re.search(r"converted to (\w+)|not a valid (bool)", text)
-    if found:
-        return f"(set {cause.full_key} to {_TYPE_HINTS.get(found.group(1) or found.group(2), found.group(1))})"
-    if "is not a ListConfig" in text:
-        return f"(set {cause.full_key} to a list: {cause.full_key}='[a, b]')"
-    return f"(check the type of {cause.full_key}: its schema dataclass says what it takes)"

@@ -132,7 +132,7 @@ def test_writes_one_png_with_a_panel_per_axis(tmp_path, capsys):
     _, result, _, _ = run_main(capsys, str(tmp_path / "runs" / "*"))
     both = Path(result["plot"])
     assert both == tmp_path / "runs" / "compare.png"  # default: the folder holding the runs
-    _, result, _, _ = run_main(capsys, str(tmp_path / "runs" / "*"), "--out", str(tmp_path / "plots"), "--x", "time")
+    _, result, _, _ = run_main(capsys, f"runs={tmp_path / 'runs' / '*'}", f"out={tmp_path / 'plots'}", "x=time")
     one = Path(result["plot"])
     assert one == tmp_path / "plots" / "compare.png"
     assert png_width(both) == 2 * png_width(one) > 0

@@ -236,11 +236,16 @@ def test_out_writes_the_result(world, capsys, tmp_path):
         (("checkpoint={gpt}", "file={dir}/story.txt", "split=val"), "a file= is scored whole: leave split out"),
         (("checkpoint={gpt}", "data={data}", "split=test"), "split='test' is not a split; choose one of train, val"),
         (("checkpoint={gpt}", "file={dir}/story.txt", "stride=0"), "stride=0 must be in [1, block_size=16]"),
-        (("checkpoint={gpt}", "file={dir}/story.txt", "batch_size=x"), "batch_size='x' must be a whole number"),
+        (("checkpoint={gpt}", "file={dir}/story.txt", "batch_size=x"), "(set batch_size to a whole number)"),
         (("checkpoint={gpt}", "file={dir}/story.txt", "dtype=fp8"), "dtype='fp8' is not a dtype; choose one of"),
         (("checkpoint={gpt}", "file={dir}/story.txt", "out={dir}"), "is a directory; pass a file for the result"),
-        (("checkpoint={byte_gpt}", "file={dir}/story.txt", "colour=red"), "unknown argument 'colour'; valid keys:"),
-        (("checkpoint={gpt}", "story.txt"), "cannot parse argument 'story.txt': arguments are key=value"),
+        (
+            ("checkpoint={byte_gpt}", "file={dir}/story.txt", "colour=red"),
+            "Key 'colour' not in 'EvaluateConfig' (valid keys:",
+        ),
+        (("checkpoint={gpt}", "story.txt"), "cannot parse override 'story.txt'"),
+        (("checkpoint={gpt}", "file={dir}/story.txt", "btach_size=2"), "(did you mean batch_size?)"),
+        (("checkpoint={gpt}", "data=shakespeare", "data.tokeniser=gpt2"), "(did you mean data.tokenizer?)"),
     ],
 )
 def test_bad_input_is_one_error_line(world, capsys, monkeypatch, args, message):
@@ -260,7 +265,10 @@ def test_debug_switch_raises(world, monkeypatch):
 
 
 def test_help_and_the_command_line(world, capsys):
-    assert main(["--help"]) == {} and "usage: python -m train.evaluate checkpoint=" in capsys.readouterr().out
+    assert main(["--help"]) == {} and "usage: nanoloom evaluate checkpoint=" in capsys.readouterr().out
+    assert main(["--cfg", "job", f"checkpoint={world['gpt']}", "stride=4"]) == {}
+    shown = capsys.readouterr().out
+    assert f"checkpoint: {world['gpt']}" in shown and "stride: 4" in shown and "batch_size: 8" in shown
     cmd = [
         sys.executable,
         "-m",
@@ -272,3 +280,28 @@ def test_help_and_the_command_line(world, capsys):
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["bytes"] == result["tokens"] == len(STORY.encode("utf-8")) * 3  # byte tokenizer: a token a byte
+
+
+def test_a_sweep_evaluates_every_combination(world, capsys):
+    """-m: one evaluation per combination of the comma-separated values, in Hydra's order, each printed."""
+    story = world["dir"] / "story.txt"
+    results = main(["-m", f"checkpoint={world['gpt']},{world['byte_gpt']}", f"file={story}", "stride=4,8",
+                    "device=cpu", "dtype=float32"])  # fmt: skip
+    assert [(Path(r["checkpoint"]).name, r["stride"]) for r in results] == [
+        ("gpt", 4), ("gpt", 8), ("byte_gpt", 4), ("byte_gpt", 8)
+    ]  # fmt: skip
+    singles = [evaluate(capsys, f"checkpoint={world[k]}", f"file={story}", f"stride={n}")[0]["loss"]
+               for k in ("gpt", "byte_gpt") for n in (4, 8)]  # fmt: skip
+    assert [r["loss"] for r in results] == pytest.approx(singles, rel=1e-9)
+
+
+def test_data_names_a_data_config_prepared_with_the_checkpoints_tokenizer(world, capsys, tmp_path):
+    """data=<config name> composes configs/data/<name>.yaml (data.<key>= edits it) and prepares it with the
+    checkpoint's own tokenizer, as training's data.tokenizer=model does; the score equals the prepared directory's."""
+    args = (f"checkpoint={world['byte_gpt']}", "data=text", f"data.paths=[{world['dir'] / 'docs'}]",
+            "data.val_fraction=0.25", f"cache_dir={tmp_path}")  # fmt: skip
+    by_name, _ = evaluate(capsys, *args)
+    prepared = Path(by_name["data"])
+    assert prepared.parent == tmp_path and load_meta(prepared)["tokenizer"]["name"] == "byte"
+    by_dir, _ = evaluate(capsys, f"checkpoint={world['byte_gpt']}", f"data={prepared}")
+    assert by_dir["loss"] == pytest.approx(by_name["loss"], rel=1e-12) and by_dir["tokens"] == by_name["tokens"]

@@ -195,7 +195,7 @@ def test_cli_writes_the_files_and_refuses_to_clobber(tmp_path, capsys):
     ckpt = save_model(_gpt(tok, **GPT2_OPTS), tmp_path / "run" / "checkpoints" / "step_1", tok.spec())
     (ckpt.parent / "latest").write_text("step_1\n")
     out = tmp_path / "hf"
-    assert main([f"checkpoint={tmp_path / 'run'}", f"out={out}", "dtype=bfloat16"]) == 0  # a run dir: its latest
+    main([f"checkpoint={tmp_path / 'run'}", f"out={out}", "dtype=bfloat16"])  # a run dir: its latest
     names = {p.name for p in out.iterdir()}
     assert names == {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
                      "tokenizer_config.json", "README.md"}  # fmt: skip
@@ -206,13 +206,14 @@ def test_cli_writes_the_files_and_refuses_to_clobber(tmp_path, capsys):
     assert "nanoloom" in (out / "README.md").read_text()
 
     capsys.readouterr()
-    assert main([f"checkpoint={ckpt}", f"out={out}"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and "overwrite=true" in err and err.count("\n") == 1
-    assert main([f"checkpoint={ckpt}", f"out={out}", "overwrite=true"]) == 0
+    for args in ([f"out={out}"], ["outt=x"], [f"out={tmp_path / 'run'}", "overwrite=true"]):  # the last: the run
+        with pytest.raises(SystemExit) as e:
+            main([f"checkpoint={ckpt}", *args])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+        assert "overwrite=true" in err or "(did you mean out?)" in err or "run" in err
+    main([f"checkpoint={ckpt}", f"out={out}", "overwrite=true"])
     assert json.loads((out / "config.json").read_text())["dtype"] == "float32"
-    assert main([f"checkpoint={ckpt}", "outt=x"]) == 2
-    assert main([f"checkpoint={ckpt}", f"out={tmp_path / 'run'}", "overwrite=true"]) == 2  # would delete the run
     assert (ckpt / "model.json").exists()
 
 
@@ -360,7 +361,7 @@ def test_bpe_run_fine_tunes_with_tokenizer_model_and_exports(tmp_path):
     _, tokenizer = load_model(tmp_path / "tuned")
     assert tokenizer.spec() == source.spec()
 
-    assert main([f"checkpoint={tmp_path / 'tuned'}", f"out={tmp_path / 'hf'}"]) == 0
+    main([f"checkpoint={tmp_path / 'tuned'}", f"out={tmp_path / 'hf'}"])
     hf_tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
     text = corpus.read_text()[:400] + BPE_TEXTS[-1]
     assert hf_tok(text)["input_ids"] == tokenizer.encode(text)

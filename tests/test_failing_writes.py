@@ -161,7 +161,9 @@ def test_export_onto_a_full_disk_writes_nothing_and_names_the_folder(capsys, mon
                 m.setattr(export, "save_file", safetensors_full)
             else:
                 m.setattr(Path, "write_text", write_text)
-            assert export.main([f"checkpoint={checkpoint}", f"out={out}", *args]) == 2
+            with pytest.raises(SystemExit) as e:
+                export.main([f"checkpoint={checkpoint}", f"out={out}", *args])
+            assert e.value.code == 2
         return capsys.readouterr().err
 
     err = failing_export()
@@ -170,7 +172,7 @@ def test_export_onto_a_full_disk_writes_nothing_and_names_the_folder(capsys, mon
         "another disk\n"
     )
     assert not out.exists() and hidden(out.parent) == []  # no partial export, no temp dir
-    assert export.main([f"checkpoint={checkpoint}", f"out={out}"]) == 0
+    export.main([f"checkpoint={checkpoint}", f"out={out}"])
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     err = failing_export("overwrite=true")
     assert f"{out} is as it was: free space or choose another disk" in err and err.count("\n") == 1
@@ -304,7 +306,7 @@ def test_the_next_export_removes_the_temp_dir_of_a_killed_one_and_keeps_a_runnin
     old.mkdir()
     recent.mkdir()
     os.utime(old, (time.time() - 2 * 86400,) * 2)  # untouched for two days
-    assert export.main([f"checkpoint={checkpoint}", f"out={exports / 'second'}"]) == 0
+    export.main([f"checkpoint={checkpoint}", f"out={exports / 'second'}"])
     assert sorted(p.name for p in exports.iterdir()) == sorted(["second", live.name, elsewhere.name, recent.name])
 
 

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("nanoloom", "model", "data", "sample", "train")
 STDLIB = set(sys.stdlib_module_names) | {"__future__"}
 THIRD_PARTY = {
-    "nanoloom": {"torch"},
+    "nanoloom": {"torch"},  # and hydra/omegaconf in nanoloom/cli.py alone (HYDRA_FILES)
     "model": {"torch", "safetensors", "tqdm"},  # tqdm: export's progress bar
     "data": {"numpy", "torch", "tiktoken", "tqdm", "huggingface_hub"},
     "sample": {"torch", "tqdm"},  # tqdm: progress bars of long generations, on a terminal only
@@ -37,6 +37,7 @@ OURS_ALLOWED = {
 }
 # the entry points, and train/sweep.py: the callback Hydra itself calls when a multirun ends
 HYDRA_FILES = {
+    "nanoloom/cli.py",  # the command lines' shared machinery (Compose API, errors, sweeps)
     "train/__main__.py",
     "train/config.py",
     "train/sweep.py",

@@ -125,7 +125,7 @@ def run_cli(cli: str, args: list[str], monkeypatch, capsys, env: dict[str, str] 
         elif cli == "export":
             from model.export import main
 
-            code = main(args)
+            main(args)
         else:
             from data.prepare import main as prepare_main
             from train.__main__ import main as train_main

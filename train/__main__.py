@@ -35,12 +35,14 @@ from omegaconf.errors import OmegaConfBaseException
 
 from data.config import DataConfig
 from model.config import GPTConfig, T5Config
-from sample.config import TaskConfig, config_error_message, debug_enabled
+from nanoloom.cli import config_error_message, debug_enabled
+from nanoloom.files import config_dir
+from sample.config import TaskConfig
 from train.config import LoggerConfig, OptimConfig, ScheduleConfig, TrainConfig, TrainerConfig, register_schema
 
 register_schema()
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+CONFIG_DIR = str(config_dir())
 USER_ERRORS = (
     ValueError,
     FileNotFoundError,

@@ -1,4 +1,4 @@
-"""`python -m train.compare <run dirs or globs> [--out DIR] [--x tokens|time|both]`: runs' val loss, grouped by config.
+"""`nanoloom compare runs=<run dirs or globs> [out=DIR] [x=tokens|time|both]`: runs' val loss, grouped by config.
 
 Runs whose resolved configs (config.yaml) are equal except for the seed (trainer.seed) and per-run fields
 (run_name, paths.*, resume, logger.*) form a group: repeats of one experiment. Each group is named by the config
@@ -6,14 +6,13 @@ keys that differ between the groups ("optim.lr=0.001"). The command writes one P
 against training seconds; per group the mean curve and, with >= 2 runs, its 95% confidence band from Student's t),
 prints one table (per group: runs, best val loss as mean +- 95% CI half-width, final val loss, tokens/s) and, with
 exactly two groups, the difference of their val loss at equal tokens and at equal training seconds, each with the
-p-value of Welch's t-test (unequal variances). The last stdout line is all of it as one JSON object. --x picks the
-PNG's panels (default both); --out its folder (default: the one holding the runs).
+p-value of Welch's t-test (unequal variances). The last stdout line is all of it as one JSON object. x= picks the
+PNG's panels (default both); out= its folder (default: the one holding the runs).
 A user error (a glob matching nothing, a run without val records) is one `error: ...` line and exit status 2.
 """
 
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import math
@@ -21,7 +20,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import yaml
@@ -296,29 +295,55 @@ def compare(patterns: list[str], out: str | None = None, x: str = "both") -> dic
     return {"groups": [summarize(g) for g in groups], "differs": differs, "comparison": comparison, "plot": str(plot)}
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Entry point of `python -m train.compare`: prints the table and the JSON line, returns the result."""
-    from sample.config import config_error_message, debug_enabled  # the one-line errors every CLI shares
+USAGE = """\
+usage: nanoloom compare runs=<run dir or glob>[,...] [out=<dir>] [x=tokens|time|both]
+       nanoloom compare runs/sweep/*            (bare paths are runs too: a shell-expanded glob works)
+       (python -m train.compare ... is the same command)
 
-    parser = argparse.ArgumentParser(
-        prog="python -m train.compare",
-        description="Compare runs' val loss: seeds grouped, mean curves with 95% CIs, Welch's t-test.",
-    )
-    parser.add_argument("runs", nargs="+", help="run directories or globs (quote a glob to let this command expand it)")
-    parser.add_argument("--out", help=f"directory for {PLOT_NAME} (default: the folder holding the runs)")
-    parser.add_argument("--x", choices=("tokens", "time", "both"), default="both", help="x axes to plot")
-    args = parser.parse_args(argv)
-    try:
-        result = compare(args.runs, args.out, args.x)
-    except (ValueError, OSError) as e:
-        if debug_enabled():
-            raise
-        print(f"error: {config_error_message(e, {})}", file=sys.stderr)
-        sys.exit(2)
-    print(table(result))
-    print(f"plot: {result['plot']}")
-    print(json.dumps(result), flush=True)
-    return result
+Groups the runs by config (seeds of one experiment together), plots the val loss of each group with a 95% band
+(compare.png in out=, default the folder holding the runs), prints a table and, for two groups, Welch's t-test at
+equal tokens and equal training time; the last line is the result as JSON.
+runs= takes Hydra's list syntax too: runs='[runs/a,runs/b]'; quote a glob (runs='runs/sweep/*') to let this
+command expand it.
+options: --cfg  print the composed config and exit;  -h, --help  this message
+a user error is one "error: ..." line (exit status 2); NANOLOOM_DEBUG=1 shows its traceback instead
+"""
+
+
+@dataclass
+class CompareConfig:
+    """The schema of configs/compare.yaml."""
+
+    runs: Any = None  # a run directory or glob, or a list of them
+    out: Optional[str] = None  # folder for compare.png; null: the one holding the runs
+    x: str = "both"  # tokens | time | both: the plot's x axes
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Entry point of `nanoloom compare` / `python -m train.compare`: prints the table and the JSON line, returns the
+    result."""
+    from nanoloom.cli import run_command  # Hydra: the command line's business, not the comparison's
+
+    args = sys.argv[1:] if argv is None else list(argv)
+    bare = [a for a in args if "=" not in a and not a.startswith("-")]  # shell-expanded run paths
+    if bare:
+        quoted = ",".join(f"'{b}'" for b in bare)
+        args = [a for a in args if a not in bare] + [f"runs=[{quoted}]"]
+
+    def body(cfg: CompareConfig) -> dict[str, Any]:
+        patterns = [cfg.runs] if isinstance(cfg.runs, str) else list(cfg.runs or [])
+        if not patterns:
+            raise ValueError("runs= is required: pass runs=<run dir or glob>[,...] (or the run paths themselves)")
+        if cfg.x not in ("tokens", "time", "both"):
+            raise ValueError(f"x={cfg.x!r} is not one of tokens, time, both")
+        result = compare([str(p) for p in patterns], cfg.out, cfg.x)
+        print(table(result))
+        print(f"plot: {result['plot']}")
+        print(json.dumps(result), flush=True)
+        return result
+
+    results = run_command("compare", CompareConfig, body, args, USAGE)
+    return results[0] if results else {}
 
 
 if __name__ == "__main__":

@@ -7,64 +7,67 @@ the same functions the training loop's val metrics come from.
 from __future__ import annotations
 
 import contextlib
-import difflib
+import dataclasses
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch.nn as nn
 
+from data.config import DataConfig
 from data.loader import Seq2SeqLoader, same_tokenizer, strided_windows
-from data.prepare import SPLITS, is_complete, layout, load_meta
-from model.checkpoint import is_hf_source, load_model, read_model_json, resolve_checkpoint
+from data.prepare import SPLITS, is_complete, layout, load_meta, prepare
+from data.prepare import register_schema as register_data_schema
+from model.checkpoint import is_hf_source, load_model, read_model_json, read_tokenizer, resolve_checkpoint
 from nanoloom.device import autocast, resolve_device, resolve_dtype
-from nanoloom.files import write_text_atomic
+from nanoloom.files import config_dir, write_text_atomic
 from train.scoring import bits_per_byte, score_pairs, score_span_corruption, score_tokens, text_bytes
 
 USAGE = """\
-usage: python -m train.evaluate checkpoint=<run or checkpoint dir> (data=<prepared dataset dir> | file=<text file>)
-           [split=val] [stride=N] [batch_size=8] [device=auto] [dtype=auto] [out=<result.json>]
+usage: nanoloom evaluate checkpoint=<run or checkpoint dir | hf:name> (data=<dataset> | file=<text file>) [key=value]
+       (python -m train.evaluate ... is the same command)
 
-Scores every token of a prepared split (data=: a directory python -m data.prepare wrote, split=train|val) or of a
-UTF-8 text file (file=), prints a summary line, then the result as one JSON line (also written to out=):
+data= is a prepared dataset directory (python -m data.prepare wrote it) or the name of a data config
+(configs/data/<name>.yaml, as in training: it is prepared with the checkpoint's own tokenizer, data.<key>=... edits
+it, paths.cache_dir= says where); file= is a UTF-8 text file, scored whole. The score is printed as a summary line
+and one JSON line (also written to out=):
   gpt  windows of block_size tokens starting every stride tokens (default block_size: no overlap; a smaller stride
        gives every token more context and costs block_size/stride times the compute)
-  t5   pairs (data= of input/target pairs): every target, teacher-forced; documents (data= or file=): span
+  t5   pairs (a dataset of input/target pairs): every target, teacher-forced; documents (data= or file=): span
        corruption over windows covering the text, with fixed masks (T5's pre-training loss; no bits per byte)
 loss is the mean cross-entropy in nats/token, ppl = exp(loss), bpb the bits per UTF-8 byte of the scored text
-(comparable across tokenizers). device=auto|cpu|cuda|mps  dtype=auto|float32|bfloat16|float16 (autocast)
+(comparable across tokenizers).
+keys: split=val|train  stride=N  batch_size=8  device=auto|cpu|cuda|mps  dtype=auto|float32|bfloat16|float16
+      out=<result.json>  (all keys: configs/evaluate.yaml)
+options: -m  a sweep, one evaluation per value: checkpoint=runs/a,runs/b stride=64,128 (four results)
+         --cfg  print the composed config and exit;  -h, --help  this message
 a user error is one "error: ..." line (exit status 2); NANOLOOM_DEBUG=1 shows its traceback instead
 """
-ARGS = ("checkpoint", "data", "file", "split", "stride", "batch_size", "device", "dtype", "out")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 NO_BPB_SPAN = "span corruption scores the masked spans of each window, not every token of the text"
 
 
-def parse_args(argv: list[str]) -> dict[str, Any]:
-    """key=value arguments as a dict (stride and batch_size as ints); an unknown, repeated or malformed one is a
-    one-line ValueError."""
-    args: dict[str, Any] = {}
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep or not key:
-            raise ValueError(f"cannot parse argument {arg!r}: arguments are key=value (python -m train.evaluate -h)")
-        if key not in ARGS:
-            hint = difflib.get_close_matches(key, ARGS, n=1)
-            fix = f"did you mean {hint[0]}?" if hint else f"valid keys: {', '.join(ARGS)}"
-            raise ValueError(f"unknown argument {key!r}; {fix}")
-        if key in args:
-            raise ValueError(f"argument {key!r} given twice; keep one")
-        args[key] = value
-    for key in ("stride", "batch_size"):
-        if key in args:
-            try:
-                args[key] = int(args[key])
-            except ValueError:
-                raise ValueError(f"{key}={args[key]!r} must be a whole number") from None
-    return args
+@dataclass
+class EvaluateConfig:
+    """The schema of configs/evaluate.yaml: what to score, where, and how (see USAGE)."""
+
+    checkpoint: str = ""  # a checkpoint or run directory, or hf:<hub name or folder>
+    # data=<name>: a data config (configs/data/<name>.yaml, composed here as DataConfig); data=<directory> is read as
+    # dataset=<directory>, a prepared dataset
+    data: Any = None
+    dataset: Optional[str] = None
+    file: Optional[str] = None  # a UTF-8 text file, scored whole
+    split: Optional[str] = None  # data=: train | val (default val)
+    stride: Optional[int] = None  # gpt: windows start every stride tokens (default block_size: no overlap)
+    batch_size: int = 8
+    device: str = "auto"  # auto | cpu | cuda | cuda:<n> | mps
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (autocast)
+    out: Optional[str] = None  # also write the result here, as JSON
+    cache_dir: str = ".cache/nanoloom"  # where data=<config name> is prepared (training's paths.cache_dir)
 
 
 def read_text_file(path: str) -> tuple[str, int]:
@@ -194,11 +197,20 @@ def evaluate_checkpoint(
     device: str = "auto",
     dtype: str = "auto",
     out: str | None = None,
+    cache_dir: str = ".cache/nanoloom",
+    dataset: str | None = None,
 ) -> dict[str, Any]:
-    """Score a checkpoint on a prepared split or a text file (USAGE says how); the result as a JSON-ready dict.
+    """Score a checkpoint on a prepared split, a data config or a text file (USAGE says how); the result as a
+    JSON-ready dict. data: a prepared dataset directory, or a DataConfig (prepared here with the checkpoint's
+    tokenizer); dataset: a prepared dataset directory (the command line's data=<directory>).
 
     Every input is checked before the model is loaded; a bad one is a ValueError or OSError with a one-line message.
     """
+    if data is not None and dataset is not None:
+        raise ValueError("data= and dataset= both given: pass one dataset")
+    if isinstance(data, DataConfig):
+        data = str(_prepare_data_config(checkpoint, data, cache_dir))
+    data = dataset if dataset is not None else data
     checked = _check_inputs(checkpoint, data, file, split, stride, batch_size, dtype, out)
     source, info, meta, split, text, num_bytes = checked
     torch_device = resolve_device(device)
@@ -241,6 +253,22 @@ def evaluate_checkpoint(
     if out is not None:
         _write_out(out, result)
     return result
+
+
+def is_data_config(data: str) -> bool:
+    """Whether data= names a data config (configs/data/<name>.yaml) rather than a directory: a name with no path
+    separator that is not an existing path."""
+    return "/" not in data and not Path(data).exists() and (config_dir() / "data" / f"{data}.yaml").is_file()
+
+
+def _prepare_data_config(checkpoint: str, cfg: DataConfig, cache_dir: str) -> Path:
+    """The prepared directory of a data config tokenized with the checkpoint's own tokenizer (as training's
+    data.tokenizer=model does: a model scores only its own token ids), prepared now when it is not cached yet."""
+    if not checkpoint:
+        raise ValueError("checkpoint= is required: pass checkpoint=<run or checkpoint directory>")
+    source = checkpoint if is_hf_source(checkpoint) else str(resolve_checkpoint(checkpoint))
+    tokenizer = load_model(source)[1] if is_hf_source(source) else read_tokenizer(source)
+    return prepare(dataclasses.replace(cfg, tokenizer="model", fim_rate=0.0), cache_dir, tokenizer=tokenizer)
 
 
 def _check_inputs(
@@ -333,27 +361,35 @@ def summary(result: dict[str, Any]) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Entry point of `python -m train.evaluate`: prints the summary and the JSON line, returns the result dict."""
-    from sample.config import config_error_message, debug_enabled  # the one-line errors every CLI shares
+def _dataset_arg(arg: str) -> str:
+    """data=<directory> (or a sweep of directories) as dataset=...: data= itself selects a data config."""
+    key, sep, value = arg.partition("=")
+    if key == "data" and sep and not all(is_data_config(v) for v in value.split(",")):
+        return f"dataset={value}"
+    return arg
 
-    args = sys.argv[1:] if argv is None else argv
-    if "-h" in args or "--help" in args:
-        sys.stdout.write(USAGE)
-        return {}
-    try:
-        result = evaluate_checkpoint(**parse_args(args))
-    except (ValueError, OSError) as e:
-        if debug_enabled():
-            raise
-        print(f"error: {config_error_message(e, {})}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        sys.stderr.write("\n")
-        sys.exit(130)
-    print(summary(result))
-    print(json.dumps(result), flush=True)
-    return result
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]:
+    """Entry point of `nanoloom evaluate` / `python -m train.evaluate`: per evaluation, the summary and the JSON line.
+    Returns the result dict (with -m, the list of them)."""
+    from nanoloom.cli import run_command  # Hydra: the entry point's business, not the scoring's
+
+    args = [_dataset_arg(a) for a in (sys.argv[1:] if argv is None else argv)]
+
+    def body(cfg: EvaluateConfig) -> dict[str, Any]:
+        result = evaluate_checkpoint(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)})
+        print(summary(result))
+        print(json.dumps(result), flush=True)
+        return result
+
+    results = run_command(
+        "evaluate", EvaluateConfig, body, args, USAGE, schemas=SCHEMAS, sweeps=True, register=register_data_schema
+    )
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    return results if multirun else (results[0] if results else {})
+
+
+SCHEMAS = {"": EvaluateConfig, "data": DataConfig}  # where "did you mean" looks for a mistyped key
 
 
 if __name__ == "__main__":
