@@ -220,7 +220,8 @@ def run(cfg: SampleConfig, edits: set[str] | None = None) -> None:
     def one_call(config: GenerationConfig, call_seed: int, on_text=None) -> list[Completion]:
         if infilling:
             return infill(model, tokenizer, prefix, suffix, config, seed=call_seed, on_text=on_text, progress=bar)
-        return generate(model, tokenizer, prompt, config, seed=call_seed, on_text=on_text, progress=bar)[0]
+        scores = {"output_scores": cfg.logprobs is not None, "top_logprobs": cfg.logprobs or 0}
+        return generate(model, tokenizer, prompt, config, seed=call_seed, on_text=on_text, progress=bar, **scores)[0]
 
     parsed: list[bool | None] = []  # per sample, with check_syntax: whether prompt + completion parses
     if cfg.stream:  # one sample after another, each printed as it is generated (same samples as a batch)
@@ -233,12 +234,14 @@ def run(cfg: SampleConfig, edits: set[str] | None = None) -> None:
             sys.stdout.write(f"{suffix}\n")
             c = completions[-1]
             parsed.append(_report(settings, _full_text(c, prompt, prefix, suffix, infilling), c.finish_reason))
+            _print_logprobs(c, tokenizer, i, n)
     else:  # all samples as one batch; with beam search, the num_samples best beams, best first
         completions = one_call(generation, seed)
         for i, c in enumerate(completions):
             sys.stdout.write(f"--- {label} {i + 1}/{n} ---\n{echo}{c.text}{suffix}\n")
             sys.stdout.flush()
             parsed.append(_report(settings, _full_text(c, prompt, prefix, suffix, infilling), c.finish_reason))
+            _print_logprobs(c, tokenizer, i, n)
     if settings.check_syntax and n > 1:
         print(f"{sum(parsed)}/{n} samples parse as Python", file=sys.stderr)
     if cfg.out is not None:
@@ -260,6 +263,18 @@ def run(cfg: SampleConfig, edits: set[str] | None = None) -> None:
             for i, c in enumerate(completions)
         ]
         _write_records(cfg.out, records)
+    sys.stdout.flush()
+
+
+def _print_logprobs(c: Completion, tokenizer: Any, i: int, n: int) -> None:
+    """With logprobs=k: a line per generated token, its text, log-probability and the k likeliest alternatives."""
+    if c.logprobs is None:
+        return
+    lines = [f"--- logprobs {i + 1}/{n} ---"]
+    for t, lp, top in zip(c.token_ids, c.logprobs, c.top_logprobs):
+        others = "  ".join(f"{tokenizer.decode([a])!r} {v:.3f}" for a, v in top.items())
+        lines.append(f"{tokenizer.decode([t])!r:>16} {lp:8.3f}" + (f"  | {others}" if others else ""))
+    sys.stdout.write("\n".join(lines) + "\n")
     sys.stdout.flush()
 
 

@@ -79,6 +79,7 @@ class _SampleArgs:
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:<n> | mps
     out: Optional[str] = None  # append every sample to this JSONL file with its provenance (see replay)
     replay: Optional[str] = None  # regenerate the samples of a JSONL file written by out= and check they match
+    logprobs: Optional[int] = None  # k: print each token's log-probability and its k likeliest alternatives
     task: TaskConfig = field(default_factory=TaskConfig)  # preset: task=story|code|seq2seq|span_corruption
 
     def __post_init__(self) -> None:
@@ -97,6 +98,9 @@ class _SampleArgs:
             raise ValueError("both prompt and prompt_file are set; pass only one of them")
         if self.num_samples < 1:
             raise ValueError(f"num_samples={self.num_samples} must be >= 1")
+        if self.logprobs is not None and (self.logprobs < 0 or infill):
+            fix = "must be >= 0" if self.logprobs < 0 else "scores completions of a prompt, not infills: leave it out"
+            raise ValueError(f"logprobs={self.logprobs} {fix}")
         if self.seed is not None:
             check_seed("seed", self.seed)
         if not DEVICE_PATTERN.fullmatch(self.device):

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from data.tokenizer import Tokenizer
 from model import GPT, T5
-from sample.sampling import GenerationConfig, History, choose, process_logits
+from sample.sampling import GenerationConfig, History, choose, next_scores, process_logits
 from sample.stopping import TextRow
 
 LM = GPT | T5  # what generation accepts; anything with the same methods works (tests use scripted stand-ins)
@@ -382,6 +382,7 @@ def generate_tokens(
     attention_mask: torch.Tensor | None = None,
     vocab_limit: int | None = None,
     compile: bool = False,
+    on_scores: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
     **controls: object,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every row, one (B,) LongTensor per step, using the model's KV cache.
@@ -404,6 +405,8 @@ def generate_tokens(
         vocab_limit: only ids below it are generated (the tokenizer's size when the model's vocabulary is larger).
         compile: run the one-token decoding step under torch.compile (compiled on first use per model and batch
             size: pays off for long or repeated generations; bench/generate.py measures it).
+        on_scores: called at every step with (scores (B, V) the tokens were chosen from (sampling.next_scores),
+            the tokens (B,)), before they are yielded: per-token log-probabilities come from here.
     The model is put in eval mode while generating and restored afterwards; the KV cache is always cleared,
     including when the caller stops iterating early.
     """
@@ -426,6 +429,8 @@ def generate_tokens(
             if history is not None:
                 logits = process_logits(logits.float(), cfg, history, eos)
             token = choose(logits, cfg, generator)  # (B,)
+            if on_scores is not None:
+                on_scores(next_scores(logits, cfg), token)
             if eos:
                 token = token.masked_fill(finished, eos[0])  # finished rows repeat eos
                 finished |= torch.isin(token, eos_ids)
@@ -599,6 +604,10 @@ class Completion:
     finish_reason: str  # eos | stop (a stop string) | top_level (the code block ended) | length (token limit)
     seed: int | None  # the row's seed: generate(prompt, seed=seed, num_return_sequences=1) gives this output again
     score: float | None = None  # beam search: the hypothesis score
+    # output_scores: per generated token (as token_ids), its log-probability under the distribution it was drawn
+    # from (sampling.next_scores), and the top_logprobs most likely ids at that step with theirs
+    logprobs: list[float] | None = None
+    top_logprobs: list[dict[int, float]] | None = None
     suffix: str | None = None  # infill: the text after the generated middle
 
 
@@ -674,9 +683,20 @@ class _Request:
         device: str | torch.device | None,
         code_prompts: list[str] | None = None,
         progress: bool = False,
+        top_logprobs: int | None = None,
     ) -> None:
         self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
         self.progress = progress  # a progress bar on stderr (only on a terminal)
+        # None: no scores; k >= 0: each token's log-probability and the k most likely ids at its step
+        self.top_logprobs = top_logprobs
+        if top_logprobs is not None and cfg.num_beams > 1:
+            raise ValueError(
+                f"output_scores scores sampled or greedy tokens; with num_beams={cfg.num_beams} each output's "
+                "Completion.score is its beam score"
+            )
+        if top_logprobs is not None and top_logprobs < 0:
+            raise ValueError(f"top_logprobs={top_logprobs} must be >= 0")
+        self.scores: list[tuple[list[float], list[list[int]], list[list[float]]]] = []  # per step, per row
         self.kind = model_kind(model)
         self.device = _prompt_device(model, device)
         n = cfg.num_return_sequences
@@ -698,8 +718,9 @@ class _Request:
             for j, limit in enumerate(self.limits)
         ]
 
-    def steps(self) -> Iterator[list[str]]:
-        """Sample every row as one batch; per step, the newly final text of each row; then the rest."""
+    def steps(self, on_token: Callable[[int, int], None] | None = None) -> Iterator[list[str]]:
+        """Sample every row as one batch; per step, the newly final text of each row; then the rest.
+        on_token(row, id) sees each id a row takes (the one that ends it included) as it is generated."""
         idx, mask = _batch(self.ids, self.kind, self.eos[0] if self.eos else 0, self.device)
         tokens = generate_tokens(
             self.model,
@@ -710,11 +731,17 @@ class _Request:
             attention_mask=mask,
             eos_token_id=self.eos or None,
             vocab_limit=_vocab_limit(self.model, self.tokenizer),
+            on_scores=self._record if self.top_logprobs is not None else None,
         )
         bar = progress_bar(self.progress, max(self.limits), f"generating {len(self.rows)} rows")
         try:
             for step in tokens:
-                yield [row.push(t) for row, t in zip(self.rows, step.tolist())]  # .tolist() syncs: text needs ids
+                ids = step.tolist()  # a sync: text needs ids
+                if on_token is not None:
+                    for j, (row, t) in enumerate(zip(self.rows, ids)):
+                        if not row.done:
+                            on_token(j, t)
+                yield [row.push(t) for row, t in zip(self.rows, ids)]
                 bar.update()
                 if all(row.done for row in self.rows):
                     break
@@ -744,21 +771,40 @@ class _Request:
                 out.append(self._completion(j + r, text, score))
         return out
 
+    def _record(self, scores: torch.Tensor, token: torch.Tensor) -> None:
+        """One step's log-probabilities: each row's token's, and the top_logprobs most likely (ids, log-probs)."""
+        logprobs = torch.log_softmax(scores.float(), dim=-1)  # (B, V)
+        chosen = logprobs.gather(1, token[:, None])[:, 0]  # (B,)
+        top = logprobs.topk(min(self.top_logprobs, logprobs.size(-1)), dim=-1)
+        self.scores.append((chosen.tolist(), top.indices.tolist(), top.values.tolist()))
+
     def _completion(self, j: int, text: str, score: float | None = None) -> Completion:
         row = self.rows[j]
         seed = None if self.cfg.num_beams > 1 else self.seeds[j]
-        return Completion(self.prompts[j], text, row.token_ids, row.finish_reason or "length", seed, score)
+        completion = Completion(self.prompts[j], text, row.token_ids, row.finish_reason or "length", seed, score)
+        if self.top_logprobs is not None:
+            steps = self.scores[: len(row.token_ids)]  # the steps of this row's tokens (then it idled on eos)
+            completion.logprobs = [chosen[j] for chosen, _, _ in steps]
+            completion.top_logprobs = [dict(zip(ids[j], values[j])) for _, ids, values in steps]
+        return completion
 
-    def run(self, on_text: Callable[[int, str], None] | None = None) -> list[Completion]:
-        """Every row's Completion; on_text(row, piece) sees each piece of text as soon as it is final."""
+    def run(
+        self,
+        on_text: Callable[[int, str], None] | None = None,
+        on_token: Callable[[int, int], None] | None = None,
+    ) -> list[Completion]:
+        """Every row's Completion; on_text(row, piece) sees each piece of text as soon as it is final, on_token(row,
+        id) each generated id as soon as it is drawn (beam search: both at the end)."""
         if self.cfg.num_beams > 1:
             completions = self.beams()
             for j, c in enumerate(completions):
+                for t in c.token_ids if on_token is not None else ():
+                    on_token(j, t)
                 if on_text is not None and c.text:
                     on_text(j, c.text)
             return completions
         texts: list[list[str]] = [[] for _ in self.rows]
-        for pieces in self.steps():
+        for pieces in self.steps(on_token):
             for j, (text, piece) in enumerate(zip(texts, pieces)):
                 text.append(piece)
                 if on_text is not None and piece:
@@ -776,6 +822,10 @@ def generate(
     device: str | torch.device | None = None,
     on_text: Callable[[int, str], None] | None = None,
     progress: bool = False,
+    output_scores: bool = False,
+    top_logprobs: int = 0,
+    on_token: Callable[[int, int], None] | None = None,
+    input_ids: Sequence[Sequence[int]] | None = None,
     **controls: object,
 ) -> list[list[Completion]]:
     """Completions of one or several prompts, generated as one batch; per prompt, num_return_sequences of them.
@@ -785,8 +835,14 @@ def generate(
     defaults to the tokenizer's end-of-text. Row j (prompt-major: prompt i, sequence r is row i * n + r) samples
     with seed + j, so each completion is reproducible on its own (Completion.seed). seed None draws a seed.
     num_beams > 1 runs beam search (one prompt after another; deterministic). device=None: the model's device.
-    on_text(row, piece) is called with each row's text as soon as it is final (a streamer; beams: at the end).
+    on_text(row, piece) is called with each row's text as soon as it is final (a streamer; beams: at the end);
+    on_token(row, id) with each generated id as soon as it is drawn (transformers' streamers take ids).
+    input_ids: the prompts' token ids, one list per prompt, used instead of encoding them (the pipeline crops them
+    for handle_long_generation="hole"); the prompts then only label the Completions.
     progress: a bar of the decoding steps on stderr, drawn only on a terminal.
+    output_scores: each Completion also holds its tokens' log-probabilities (Completion.logprobs) and, per token,
+    the top_logprobs most likely ids with theirs (transformers' compute_transition_scores(normalize_logits=True);
+    OpenAI's logprobs); not with beam search, whose outputs carry their beam score.
     """
     cfg = _config(config, controls)
     single = isinstance(prompts, str)
@@ -794,8 +850,12 @@ def generate(
     if not texts or not all(isinstance(p, str) for p in texts):
         raise TypeError("prompts must be a string or a non-empty list of strings")
     kind = model_kind(model)
-    ids = [prompt_ids(tokenizer, p, kind) for p in texts]
-    completions = _Request(model, tokenizer, texts, ids, cfg, seed, device, texts, progress).run(on_text)
+    ids = [prompt_ids(tokenizer, p, kind) for p in texts] if input_ids is None else [list(i) for i in input_ids]
+    if len(ids) != len(texts) or not all(ids):
+        raise ValueError(f"input_ids must hold one non-empty list of ids per prompt ({len(texts)})")
+    scored = top_logprobs if output_scores else None
+    request = _Request(model, tokenizer, texts, ids, cfg, seed, device, texts, progress, scored)
+    completions = request.run(on_text, on_token)
     n = cfg.num_return_sequences
     return [completions[i : i + n] for i in range(0, len(completions), n)]
 

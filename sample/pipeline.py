@@ -17,7 +17,7 @@ import dataclasses
 import numbers
 import operator
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -26,7 +26,13 @@ import torch.nn as nn
 from data.config import check_seed
 from data.tokenizer import Tokenizer, get_tokenizer
 from model import GPT, T5
-from model.checkpoint import is_hf_source, load_model, read_generation_defaults, resolve_checkpoint
+from model.checkpoint import (
+    is_hf_source,
+    load_model,
+    read_generation_defaults,
+    read_model_json,
+    resolve_checkpoint,
+)
 from nanoloom.device import inference_dtype, resolve_device
 from sample.generate import Completion, generate, model_device, model_kind, prompt_ids, row_seeds
 from sample.sampling import GenerationConfig, recorded_controls
@@ -84,17 +90,30 @@ class _GenerationPipeline:
         text_inputs: str | list[str],
         *,
         do_sample: bool | None,
-        return_full_text: bool,
-        return_tensors: bool,
+        return_type: str,
         batch_size: int | None,
         seed: int | None,
         generate_kwargs: dict[str, object],
+        prefix: str = "",
+        stop_sequence: str | list[str] | None = None,
+        streamer: object = None,
+        generation_config: object = None,
+        clean_up_tokenization_spaces: bool | None = None,
+        handle_long_generation: str | None = None,
+        logprobs: int | None = None,
     ) -> list[dict[str, object]] | list[list[dict[str, object]]]:
-        """Validate the transformers-style arguments, then generate every prompt (in batches of batch_size)."""
+        """Validate the transformers-style arguments, then generate every prompt (in batches of batch_size).
+
+        return_type: "full_text" (prompt + generated text), "new_text" or "tensors" (see _return_type)."""
         prompts, single = _prompts(text_inputs)
         _check_bool("do_sample", do_sample, optional=True)
-        _check_bool("return_full_text", return_full_text)
-        _check_bool("return_tensors", return_tensors)
+        _check_bool("clean_up_tokenization_spaces", clean_up_tokenization_spaces, optional=True)
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a string, got {_describe(prefix)}")
+        if handle_long_generation not in (None, "hole"):
+            raise ValueError(f"handle_long_generation={handle_long_generation!r} is not valid; expected None or 'hole'")
+        if logprobs is not None:
+            logprobs = _whole_number("logprobs", logprobs, "a whole number >= 0 (alternatives per token) or None")
         if batch_size is not None:
             batch_size = _whole_number("batch_size", batch_size, "a whole number >= 1 (or None: all prompts at once)")
         if batch_size is not None and batch_size < 1:
@@ -103,6 +122,9 @@ class _GenerationPipeline:
             seed = _whole_number("seed", seed, "a whole number between 0 and 2**63 - 1 (or None: drawn)")
             check_seed("seed", seed)
         controls = checked_controls({k: v for k, v in generate_kwargs.items() if k in CONTROLS})
+        if stop_sequence is not None:  # transformers' name for stop strings
+            stops = checked_controls({"stop_strings": stop_sequence})["stop_strings"]
+            controls["stop_strings"] = [*(controls.get("stop_strings") or []), *stops]
         ignored = sorted(k for k in generate_kwargs if k not in CONTROLS)
         if ignored:
             warnings.warn(f"ignoring arguments nanoloom does not use: {', '.join(ignored)}", stacklevel=3)
@@ -112,28 +134,69 @@ class _GenerationPipeline:
                 "max_new_tokens wins",
                 stacklevel=3,
             )
-        config = GenerationConfig(**self._controls(controls, do_sample))  # ValueError names a bad or contradictory one
+        call_defaults = _call_generation_config(generation_config)
+        # ValueError names a bad or contradictory control
+        config = GenerationConfig(**self._controls(controls, do_sample, call_defaults))
         if seed is None:
             seed = row_seeds(None, 1)[0]  # one draw; every row then gets seed + row, as with an explicit seed
+        ids = [prompt_ids(self.tokenizer, prefix + p, self.kind) for p in prompts]
+        if handle_long_generation == "hole":
+            ids = [self._hole(i, config) for i in ids]
+        on_token = _streaming(streamer, ids, config.num_return_sequences)
         step = batch_size or len(prompts)
         n = config.num_return_sequences
         outputs = []
         for start in range(0, len(prompts), step):  # row j of the whole call samples with seed + j in any batch
             chunk = prompts[start : start + step]
-            outputs += generate(self.model, self.tokenizer, chunk, config, seed=seed + start * n)
-        full, tensors = return_full_text, return_tensors
-        results = [[self._record(p, c, full, tensors) for c in cs] for p, cs in zip(prompts, outputs)]
+            outputs += generate(
+                self.model,
+                self.tokenizer,
+                [prefix + p for p in chunk],
+                config,
+                seed=seed + start * n,
+                input_ids=ids[start : start + step],
+                output_scores=logprobs is not None,
+                top_logprobs=logprobs or 0,
+                on_token=on_token,
+            )
+        if streamer is not None:
+            streamer.end()
+        results = [
+            [self._record(p, i, c, return_type, bool(clean_up_tokenization_spaces)) for c in cs]
+            for p, i, cs in zip(prompts, ids, outputs)
+        ]
         return results[0] if single else results
 
-    def _controls(self, given: dict[str, object], do_sample: bool | None) -> dict[str, object]:
+    def _hole(self, ids: list[int], config: GenerationConfig) -> list[int]:
+        """handle_long_generation="hole" (transformers): a prompt that would not leave room for the new tokens in the
+        model's context keeps its last block_size - new tokens, so generation never slides its window."""
+        new = config.max_new_tokens
+        if new is None:
+            new = (config.max_length or 20) - len(ids)
+            if new < 0:
+                raise ValueError("handle_long_generation='hole' cannot tell how many new tokens are expected")
+        block_size = self.model.config.block_size
+        if len(ids) + new <= block_size:
+            return ids
+        keep = block_size - new
+        if keep <= 0:
+            raise ValueError(
+                f"handle_long_generation='hole' leaves no room for the prompt: {new} new tokens need the whole "
+                f"context of {block_size}; ask for fewer tokens"
+            )
+        return ids[-keep:]
+
+    def _controls(
+        self, given: dict[str, object], do_sample: bool | None, call_defaults: dict[str, object] | None = None
+    ) -> dict[str, object]:
         """The call's controls over the checkpoint's defaults, then the pipeline's own defaults.
 
         A length given in the call replaces the recorded one (an explicit max_length is not beaten by a recorded
         max_new_tokens); no length anywhere: default_max_new_tokens. do_sample: the call's, else False when the call
-        asks for beams, else the recorded one, else True for text-generation with num_beams=1 (nanoloom's
-        default; transformers' is False) and False for text2text-generation.
+        asks for beams, else the recorded one (or the call's generation_config's), else True for text-generation
+        with num_beams=1 (nanoloom's default; transformers' is False) and False for text2text-generation.
         """
-        base = dict(self.defaults)
+        base = {**self.defaults, **(call_defaults or {})}  # a call's generation_config over the pipeline's
         if "max_new_tokens" in given or "max_length" in given:
             base.pop("max_new_tokens", None), base.pop("max_length", None)
         controls = {**base, **given}
@@ -147,12 +210,28 @@ class _GenerationPipeline:
                 do_sample = bool(base.get("do_sample", self.kind == "gpt" and not beams))
         return {**controls, "do_sample": do_sample}
 
-    def _record(self, prompt: str, c: Completion, full_text: bool, tensors: bool) -> dict[str, object]:
-        """One output as transformers shapes it: generated_text, or generated_token_ids with return_tensors."""
-        if tensors:
-            ids = prompt_ids(self.tokenizer, prompt, "gpt") if full_text and self.kind == "gpt" else []
-            return {"generated_token_ids": ids + c.token_ids}
-        return {"generated_text": (prompt if full_text else "") + c.text}
+    def _record(self, prompt: str, ids: list[int], c: Completion, return_type: str, clean: bool) -> dict[str, object]:
+        """One output as transformers shapes it: generated_text (the prompt first with "full_text"), or with
+        "tensors" generated_token_ids (gpt: the ids the model saw, then the generated ones, as transformers'
+        generated sequence); logprobs: each generated token with its log-probability and the alternatives."""
+        if return_type == "tensors":
+            record: dict[str, object] = {"generated_token_ids": (ids if self.kind == "gpt" else []) + c.token_ids}
+        else:
+            text = clean_up_tokenization(c.text) if clean else c.text
+            record = {"generated_text": (prompt if return_type == "full_text" else "") + text}
+        if c.logprobs is not None:
+            record["logprobs"] = [
+                {
+                    "token_id": t,
+                    "token": self.tokenizer.decode([t]),
+                    "logprob": lp,
+                    "top_logprobs": [
+                        {"token_id": i, "token": self.tokenizer.decode([i]), "logprob": v} for i, v in top.items()
+                    ],
+                }
+                for t, lp, top in zip(c.token_ids, c.logprobs, c.top_logprobs)
+            ]
+        return record
 
 
 class TextGenerationPipeline(_GenerationPipeline):
@@ -167,10 +246,18 @@ class TextGenerationPipeline(_GenerationPipeline):
         text_inputs: str | list[str],
         *,
         do_sample: bool | None = None,
-        return_full_text: bool = True,
-        return_tensors: bool = False,
+        return_full_text: bool | None = None,
+        return_tensors: bool | None = None,
+        return_text: bool | None = None,
         batch_size: int | None = None,
         seed: int | None = None,
+        prefix: str = "",
+        stop_sequence: str | list[str] | None = None,
+        streamer: object = None,
+        generation_config: object = None,
+        clean_up_tokenization_spaces: bool | None = None,
+        handle_long_generation: str | None = None,
+        logprobs: int | None = None,
         **generate_kwargs: object,
     ) -> list[dict[str, object]] | list[list[dict[str, object]]]:
         """Generate continuations; [{"generated_text": ...}] per prompt, a list of those for a list of prompts.
@@ -182,12 +269,30 @@ class TextGenerationPipeline(_GenerationPipeline):
             do_sample: True samples, False is greedy (or beam search). None (the default): the checkpoint's
                 recorded default, else True with num_beams=1 (nanoloom's default; transformers defaults to False);
                 False when the call sets num_beams > 1.
-            return_full_text: prepend the prompt to the generated text (transformers' default).
-            return_tensors: return {"generated_token_ids": [...]} instead of text (the prompt's ids first when
-                return_full_text), the ids that ended generation (eos) included.
+            return_full_text: True (the default) puts the prompt before the generated text, False returns the new
+                text alone. return_tensors=True returns {"generated_token_ids": [...]}: the ids the model saw (the
+                prefix's and prompt's) and the generated ones, eos included, as transformers' generated sequence.
+                return_text=True asks for text (the default). As in transformers, return_full_text, return_tensors
+                and return_text exclude each other: giving two is a ValueError.
             batch_size: prompts per batch (None: all at once).
             seed: makes the samples reproducible; output j of the call (prompt-major) samples with seed + j. A whole
                 number in [0, 2**63), as every nanoloom seed; None draws one.
+            prefix: text put before every prompt for the model (transformers' prefix, e.g. a conditioning passage);
+                the returned full text starts with the prompt, not the prefix.
+            stop_sequence: a string or a list of strings that end generation (transformers' name for stop_strings).
+            streamer: an object with put(ids) and end(), as transformers' TextStreamer and TextIteratorStreamer:
+                put first gets the prompt's ids (1, T), then each generated id as a (1,) tensor as soon as it is
+                drawn; end() once generation is done. One prompt and one sequence, as transformers requires.
+            generation_config: decoding defaults for this call (sample.sampling.GenerationConfig, a dict, or a
+                transformers GenerationConfig: its values that differ from transformers' defaults), over the
+                checkpoint's recorded ones; the keyword controls still win.
+            clean_up_tokenization_spaces: True removes the spaces tokenizers put before punctuation and
+                contractions (" ." -> ".", " n't" -> "n't"), as transformers' decode does.
+            handle_long_generation: "hole" crops a prompt that leaves no room in the model's context for the new
+                tokens to its last block_size - max_new_tokens tokens (transformers' option); None (the default)
+                keeps it whole, and generation slides its window past block_size.
+            logprobs: k >= 0 adds "logprobs" to each output: per generated token its id, text and log-probability
+                under the distribution it was drawn from, and the k most likely alternatives (not with beams).
             **generate_kwargs: every control of sample.sampling.GenerationConfig, with transformers' names and
                 defaults, over the checkpoint's recorded ones: max_new_tokens (wins over max_length; the recorded
                 value, else 256 when no length is given, at any prompt length), max_length (prompt + new tokens),
@@ -202,11 +307,17 @@ class TextGenerationPipeline(_GenerationPipeline):
         return self._generate(
             text_inputs,
             do_sample=do_sample,
-            return_full_text=return_full_text,
-            return_tensors=return_tensors,
+            return_type=_return_type(return_full_text, return_tensors, return_text, "full_text"),
             batch_size=batch_size,
             seed=seed,
             generate_kwargs=generate_kwargs,
+            prefix=prefix,
+            stop_sequence=stop_sequence,
+            streamer=streamer,
+            generation_config=generation_config,
+            clean_up_tokenization_spaces=clean_up_tokenization_spaces,
+            handle_long_generation=handle_long_generation,
+            logprobs=logprobs,
         )
 
 
@@ -221,9 +332,15 @@ class Text2TextGenerationPipeline(_GenerationPipeline):
         text_inputs: str | list[str],
         *,
         do_sample: bool | None = None,
-        return_tensors: bool = False,
+        return_tensors: bool | None = None,
+        return_text: bool | None = None,
         batch_size: int | None = None,
         seed: int | None = None,
+        stop_sequence: str | list[str] | None = None,
+        streamer: object = None,
+        generation_config: object = None,
+        clean_up_tokenization_spaces: bool | None = None,
+        logprobs: int | None = None,
         **generate_kwargs: object,
     ) -> list[dict[str, object]] | list[list[dict[str, object]]]:
         """Generate outputs; [{"generated_text": ...}] per input, a list of those for a list of inputs.
@@ -232,7 +349,10 @@ class Text2TextGenerationPipeline(_GenerationPipeline):
             text_inputs: one input or a list of inputs (padded batches, each input encoded with its own mask).
             do_sample: False is greedy or beam search; True samples. None (the default): the checkpoint's recorded
                 default, else False (as in transformers).
-            return_tensors, batch_size, seed: as for text-generation.
+            return_tensors: {"generated_token_ids": [...]}, the decoder's generated ids, instead of text;
+                return_text=True asks for text (the default); the two exclude each other.
+            batch_size, seed, stop_sequence, streamer, generation_config, clean_up_tokenization_spaces, logprobs:
+                as for text-generation (the streamer's first put gets the encoder input's ids).
             **generate_kwargs: as for text-generation, except that max_length counts output tokens and the decoder
                 start token, as in transformers: at most max_length - 1 new tokens; the input is not counted. With
                 no length given and none recorded, transformers' max_length=20 applies.
@@ -241,12 +361,68 @@ class Text2TextGenerationPipeline(_GenerationPipeline):
         return self._generate(
             text_inputs,
             do_sample=do_sample,
-            return_full_text=False,
-            return_tensors=return_tensors,
+            return_type=_return_type(None, return_tensors, return_text, "new_text"),
             batch_size=batch_size,
             seed=seed,
             generate_kwargs=generate_kwargs,
+            stop_sequence=stop_sequence,
+            streamer=streamer,
+            generation_config=generation_config,
+            clean_up_tokenization_spaces=clean_up_tokenization_spaces,
+            logprobs=logprobs,
         )
+
+
+def _return_type(full_text: object, tensors: object, text: object, default: str) -> str:
+    """transformers' rule: return_full_text, return_tensors and return_text exclude each other; "full_text",
+    "new_text" or "tensors" (default when none is given)."""
+    for name, value in (("return_full_text", full_text), ("return_tensors", tensors), ("return_text", text)):
+        _check_bool(name, value, optional=True)
+    given = [n for n, v in (("return_full_text", full_text), ("return_tensors", tensors), ("return_text", text))
+             if v is not None]  # fmt: skip
+    if len(given) > 1:
+        raise ValueError(f"`{given[0]}` is mutually exclusive with `{given[1]}` (as in transformers); pass one")
+    if full_text is not None:
+        return "full_text" if full_text else "new_text"
+    if tensors:
+        return "tensors"
+    return default
+
+
+def clean_up_tokenization(text: str) -> str:
+    """transformers' clean_up_tokenization: the spaces a tokenizer's decode leaves before punctuation and
+    English contractions removed."""
+    for spaced, joined in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
+                           (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):  # fmt: skip
+        text = text.replace(spaced, joined)
+    return text
+
+
+def _call_generation_config(config: object) -> dict[str, object]:
+    """A call's generation_config as controls: ours (every control), a transformers GenerationConfig (the values
+    that differ from its defaults: what its owner set), or a dict; checked like the pipeline's."""
+    if config is None:
+        return {}
+    if isinstance(config, GenerationConfig):
+        return config.to_dict()
+    if not isinstance(config, Mapping) and hasattr(config, "to_diff_dict"):  # transformers' GenerationConfig
+        config = {k: v for k, v in config.to_diff_dict().items() if k != "transformers_version"}
+    return _checked_generation_config(config)
+
+
+def _streaming(streamer: object, ids: list[list[int]], n: int) -> Callable[[int, int], None] | None:
+    """The on_token hook that feeds a transformers-style streamer: put(prompt ids (1, T)) now, put(id as (1,)) per
+    generated token; None without a streamer. One prompt and one sequence, as transformers' streamers take."""
+    if streamer is None:
+        return None
+    if not (callable(getattr(streamer, "put", None)) and callable(getattr(streamer, "end", None))):
+        raise TypeError(
+            f"streamer must have put(ids) and end() (transformers' TextStreamer), got {_describe(streamer)}"
+        )
+    if len(ids) != 1 or n != 1:
+        raise ValueError("a streamer streams one prompt and one sequence (as transformers'): pass one prompt, n=1")
+    streamer.put(torch.tensor([ids[0]]))
+    return lambda row, token: streamer.put(torch.tensor([token]))
 
 
 def _prompts(text_inputs: object) -> tuple[list[str], bool]:
@@ -342,16 +518,20 @@ SUPPORTED_TASKS: dict[str, type[_GenerationPipeline]] = {
 
 
 def pipeline(
-    task: str,
-    model: str | Path | GPT | T5,
+    task: str | None = None,
+    model: str | Path | GPT | T5 | None = None,
     tokenizer: Tokenizer | str | None = None,
     device: str | int | torch.device | None = None,
     generation_config: GenerationConfig | dict[str, object] | None = None,
+    dtype: str | torch.dtype | None = None,
+    torch_dtype: str | torch.dtype | None = None,
+    model_kwargs: dict[str, object] | None = None,
 ) -> TextGenerationPipeline | Text2TextGenerationPipeline:
     """Build a pipeline for task from a checkpoint/run directory or an already-built model.
 
     Args:
-        task: "text-generation" (a gpt model) or "text2text-generation" (a t5 model).
+        task: "text-generation" (a gpt model) or "text2text-generation" (a t5 model); None: the one the model's
+            kind takes (as transformers picks a model's default task).
         model: a checkpoint directory, a run directory (its latest checkpoint is used) or a model object.
         tokenizer: a tokenizer object or name ("gpt2", "byte"); required with a model object, otherwise it
             replaces the checkpoint's own tokenizer.
@@ -361,7 +541,17 @@ def pipeline(
         generation_config: decoding defaults every call starts from (a call's arguments still win). None: the
             checkpoint's recorded ones (model.json meta.generation, written by training from its task preset; an
             "hf:" folder's generation_config.json), or none for a model object or an older checkpoint.
+        dtype (or transformers' older name torch_dtype): the weights' dtype, a torch.dtype or its name
+            ("float32", "bfloat16", "float16") or "auto" (the default: bf16 on a GPU with bf16 tensor cores, else
+            as stored). A model object is cast to it.
+        model_kwargs: transformers' from_pretrained arguments; nanoloom's loading takes dtype/torch_dtype there,
+            anything else (device_map, attn_implementation ...) is a ValueError naming it.
     """
+    if model is None:
+        raise ValueError("pipeline() needs model=<checkpoint or run directory, hf:name, or a model object>")
+    dtype = _load_dtype(dtype, torch_dtype, model_kwargs)
+    if task is None:
+        task = TASK_OF_KIND.get(_kind_of(model), "")
     if task not in SUPPORTED_TASKS:
         raise ValueError(f"unknown task {task!r}; nanoloom supports: {', '.join(SUPPORTED_TASKS)}")
     if isinstance(device, bool) or not (device is None or isinstance(device, (str, int, torch.device))):
@@ -386,13 +576,17 @@ def pipeline(
         if generation_config is None:
             generation_config = read_generation_defaults(model)
         where = resolve_device(device or "auto")
-        model, checkpoint_tokenizer = load_model(model, device=where, dtype=inference_dtype(where))
+        model, checkpoint_tokenizer = load_model(
+            model, device=where, dtype=inference_dtype(where) if dtype == "auto" else dtype
+        )
         tokenizer = tokenizer if tokenizer is not None else checkpoint_tokenizer
     elif isinstance(model, nn.Module):
         if tokenizer is None:
             raise ValueError("pipeline() got a model object without a tokenizer; pass tokenizer=<Tokenizer or name>")
         if device is not None:
             model.to(resolve_device(device))
+        if dtype != "auto":
+            model.to(dtype)
     else:
         raise TypeError(f"model must be a checkpoint path or a model, got {type(model).__name__}")
     if isinstance(tokenizer, str):
@@ -422,3 +616,42 @@ def _checked_generation_config(config: object) -> dict[str, object]:
     if words is not None and not (isinstance(words, (list, tuple)) and all(isinstance(w, str) for w in words)):
         raise TypeError(f"generation_config['bad_words'] takes a list of strings, got {_describe(words)}")
     return {**controls, **({"bad_words": list(words)} if words else {})}
+
+
+DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _load_dtype(dtype: object, torch_dtype: object, model_kwargs: object) -> torch.dtype | str:
+    """The weights' dtype from dtype=, torch_dtype= or model_kwargs (transformers' places for it): a torch.dtype,
+    or "auto"; anything else in model_kwargs is refused, naming it."""
+    given = {}
+    if model_kwargs is not None:
+        if not isinstance(model_kwargs, Mapping):
+            raise TypeError(f"model_kwargs must be a dict, got {_describe(model_kwargs)}")
+        unknown = sorted(str(k) for k in model_kwargs if k not in ("dtype", "torch_dtype"))
+        if unknown:
+            raise ValueError(
+                f"model_kwargs: nanoloom's loading takes dtype (or torch_dtype) only, not {', '.join(unknown)}; "
+                "place the model with device="
+            )
+        given.update({f"model_kwargs[{k!r}]": v for k, v in model_kwargs.items()})
+    given.update({k: v for k, v in (("dtype", dtype), ("torch_dtype", torch_dtype)) if v is not None})
+    if len(given) > 1:
+        raise ValueError(f"the dtype is given twice ({', '.join(given)}); pass one")
+    if not given:
+        return "auto"
+    ((name, value),) = given.items()
+    if isinstance(value, torch.dtype) and value in DTYPE_NAMES.values():
+        return value
+    if isinstance(value, str) and (value == "auto" or value.removeprefix("torch.") in DTYPE_NAMES):
+        return "auto" if value == "auto" else DTYPE_NAMES[value.removeprefix("torch.")]
+    raise ValueError(f"{name}={value!r} is not a dtype; use auto, float32, bfloat16 or float16")
+
+
+def _kind_of(model: object) -> str:
+    """The kind (gpt, t5) of a model object or a checkpoint path, without loading the weights."""
+    if isinstance(model, nn.Module):
+        return model_kind(model)
+    if isinstance(model, (str, Path)):
+        return str(read_model_json(model if is_hf_source(model) else resolve_checkpoint(model))["kind"])
+    return ""

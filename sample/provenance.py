@@ -91,6 +91,15 @@ def sample_record(
         "finish_reason": completion.finish_reason,
         "score": completion.score,
         "parses": parses,
+        # logprobs=k: per token its log-probability, and the k likeliest [id, log-probability] pairs
+        **(
+            {
+                "logprobs": completion.logprobs,
+                "top_logprobs": [[list(p) for p in t.items()] for t in completion.top_logprobs],
+            }
+            if completion.logprobs is not None
+            else {}
+        ),
     }
 
 

@@ -470,7 +470,16 @@ def choose(
     """The next token of each row (B,) from processed logits (B, V): argmax when greedy, else warp and draw."""
     if not cfg.do_sample or cfg.temperature == 0:
         return torch.argmax(logits, dim=-1)  # (B,)
-    return draw(torch.softmax(warp_logits(logits.float(), cfg), dim=-1), generators)
+    return draw(torch.softmax(next_scores(logits, cfg), dim=-1), generators)
+
+
+def next_scores(logits: torch.Tensor, cfg: GenerationConfig) -> torch.Tensor:
+    """The scores (B, V) choose() picks a token from: the processed logits when greedy, warped when sampling
+    (transformers' `scores` of generate(output_scores=True); log_softmax of them gives each token's
+    log-probability, as its compute_transition_scores(normalize_logits=True))."""
+    if not cfg.do_sample or cfg.temperature == 0:
+        return logits
+    return warp_logits(logits.float(), cfg)
 
 
 def sample_next(

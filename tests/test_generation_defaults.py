@@ -69,23 +69,23 @@ def pipeline_configs(monkeypatch) -> list[GenerationConfig]:
 def test_pipeline_generates_256_new_tokens_after_any_prompt():
     assert len(BYTE.encode(PROMPT_40)) == 40
     generator = pipeline("text-generation", model=tiny_gpt(), tokenizer=BYTE)
-    [out] = generator(PROMPT_40, return_tensors=True, return_full_text=False, seed=0)
-    ids = out["generated_token_ids"]
+    [out] = generator(PROMPT_40, return_tensors=True, seed=0)
+    ids = out["generated_token_ids"][40:]  # the prompt's ids come first, as in transformers' generated sequence
     assert len(ids) == 256 or (ids[-1] == EOT and len(ids) < 256)
-    [out] = generator(PROMPT_40, return_tensors=True, return_full_text=False, seed=0, suppress_tokens=[EOT])
-    assert len(out["generated_token_ids"]) == 256  # no end-of-text: exactly the default
+    [out] = generator(PROMPT_40, return_tensors=True, seed=0, suppress_tokens=[EOT])
+    assert len(out["generated_token_ids"]) == 40 + 256  # no end-of-text: exactly the default
 
 
 def test_pipeline_explicit_max_length_counts_the_prompt(tmp_path):
     generator = pipeline("text-generation", model=tiny_gpt(), tokenizer=BYTE)
-    kw = dict(return_tensors=True, return_full_text=False, seed=0, suppress_tokens=[EOT])
-    assert len(generator(PROMPT_40, max_length=50, **kw)[0]["generated_token_ids"]) == 10
-    assert len(generator(PROMPT_40, max_new_tokens=7, **kw)[0]["generated_token_ids"]) == 7
+    kw = dict(return_tensors=True, seed=0, suppress_tokens=[EOT])
+    assert len(generator(PROMPT_40, max_length=50, **kw)[0]["generated_token_ids"]) == 50  # the prompt's 40 too
+    assert len(generator(PROMPT_40, max_new_tokens=7, **kw)[0]["generated_token_ids"]) == 40 + 7
     # a recorded max_new_tokens never beats an explicit max_length
     ckpt = save_model(tiny_gpt(), tmp_path / "ckpt", BYTE.spec(), meta={"generation": {"max_new_tokens": 100}})
     generator = pipeline("text-generation", model=ckpt)
-    assert len(generator(PROMPT_40, max_length=45, **kw)[0]["generated_token_ids"]) == 5
-    assert len(generator(PROMPT_40, **kw)[0]["generated_token_ids"]) == 100
+    assert len(generator(PROMPT_40, max_length=45, **kw)[0]["generated_token_ids"]) == 45
+    assert len(generator(PROMPT_40, **kw)[0]["generated_token_ids"]) == 40 + 100
 
 
 def test_training_records_the_task_preset_and_samples_with_it(code_run):

@@ -27,7 +27,7 @@ from data.tokenizer import (
 from model.checkpoint import load_model, read_model_json, save_model
 from model.hf import _download, resolve_hf_source
 from sample import pipeline
-from sample.generate import generate_tokens
+from sample.generate import generate, generate_tokens
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
@@ -401,3 +401,47 @@ def test_t5_fine_tunes_from_an_hf_folder_with_its_own_tokenizer(tmp_path):
     assert result["step"] == 8
     model, tokenizer = load_model(tmp_path / "run")
     assert tokenizer.name == "hf" and model.config.vocab_size == 32 and model.config.n_embd == 32
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# per-token scores against transformers' compute_transition_scores
+
+
+@pytest.mark.parametrize("mode", ["greedy", "sample"])
+def test_output_scores_equal_transformers_transition_scores(tmp_path, mode):
+    """generate(output_scores=True): each token's log-probability under the distribution it was chosen from, as
+    transformers' compute_transition_scores(normalize_logits=True) on the same weights; greedy with a repetition
+    penalty (transformers generates the same tokens), sampling with temperature and top-k (transformers' warpers
+    applied to its own logits along our sampled tokens)."""
+    from transformers.generation.logits_process import (
+        LogitsProcessorList,
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+    )
+
+    V = 50
+    hf = gpt2_folder(tmp_path, "safetensors", n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=V)
+    (tmp_path / "tokenizer.json").write_text(wordlevel_json(V))
+    model, tok = load_model(f"hf:{tmp_path}")
+    controls = {"do_sample": False, "repetition_penalty": 1.3}
+    processors = LogitsProcessorList([RepetitionPenaltyLogitsProcessor(1.3)])
+    if mode == "sample":
+        controls = {"do_sample": True, "temperature": 0.7, "top_k": 5, "seed": 3}
+        processors = LogitsProcessorList([TemperatureLogitsWarper(0.7), TopKLogitsWarper(5)])
+    (c,) = generate(model, tok, "w1 w2 w3", max_new_tokens=10, output_scores=True, top_logprobs=3, **controls)[0]
+    prompt = torch.tensor([tok.encode("w1 w2 w3")])
+    seq = torch.cat([prompt, torch.tensor([c.token_ids])], dim=1)
+    with torch.no_grad():
+        logits = hf(seq).logits[0, prompt.size(1) - 1 : -1]  # (N, V): the logits each new token was chosen from
+    scores = tuple(processors(seq[:, : prompt.size(1) + t], logits[t : t + 1]) for t in range(len(c.token_ids)))
+    expected = hf.compute_transition_scores(seq, scores, normalize_logits=True)[0]
+    assert len(c.logprobs) == len(c.token_ids) == len(c.top_logprobs) > 0
+    torch.testing.assert_close(torch.tensor(c.logprobs), expected, rtol=1e-4, atol=1e-4)
+    for t, top in enumerate(c.top_logprobs):
+        values, ids = torch.log_softmax(scores[t][0].float(), -1).topk(3)
+        assert list(top) == ids.tolist() and list(top.values()) == pytest.approx(values.tolist(), abs=1e-4)
+    if mode == "greedy":  # transformers' own generate chooses the same tokens
+        out = hf.generate(prompt, max_new_tokens=len(c.token_ids), do_sample=False, repetition_penalty=1.3,
+                          eos_token_id=None, pad_token_id=0)  # fmt: skip
+        assert out[0, prompt.size(1) :].tolist() == c.token_ids

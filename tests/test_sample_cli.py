@@ -275,3 +275,20 @@ def test_infill_from_the_command_line(capsys, tmp_path):
 def test_contradictory_or_out_of_range_controls(capsys, checkpoint, args, message):
     code, _, err = run_sample_main(capsys, f"checkpoint={checkpoint}", "prompt=x", *args)
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+
+
+def test_logprobs_prints_and_records_each_tokens_log_probability(capsys, checkpoint, tmp_path):
+    """logprobs=k: after each sample, a line per generated token with its log-probability and k alternatives; the
+    same numbers go to out= records; the samples themselves do not change."""
+    args = [f"checkpoint={checkpoint}", f"prompt={PROMPT}", "max_new_tokens=6", "seed=2", "top_k=0"]
+    code, plain, _ = run_sample_main(capsys, *args)
+    out = tmp_path / "s.jsonl"
+    code, scored, _ = run_sample_main(capsys, *args, "logprobs=3", f"out={out}")
+    assert code == 0 and scored.startswith(plain.rstrip("\n").split("\n[ended")[0].rstrip("\n"))
+    block = scored.split("--- logprobs 1/1 ---\n")[1].splitlines()
+    (record,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(block) == len(record["token_ids"]) == len(record["logprobs"]) == len(record["top_logprobs"])
+    for line, lp, top in zip(block, record["logprobs"], record["top_logprobs"]):
+        assert f"{lp:8.3f}" in line and len(top) == 3 and lp <= max(v for _, v in top) + 1e-6
+    code, _, err = run_sample_main(capsys, f"checkpoint={checkpoint}", 'prefix="a"', 'suffix="b"', "logprobs=2")
+    assert code == 2 and "logprobs=2 scores completions of a prompt, not infills" in err
