@@ -10,13 +10,14 @@ run_command is the whole life of a Compose-API command (evaluate, compare, expor
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import os
 import re
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from hydra import compose, initialize_config_dir
@@ -166,21 +167,31 @@ def run_command(
     args = [a for a in args if a not in ("-m", "--multirun", "--cfg", "job")]
     schemas = schemas if schemas is not None else {"": schema}
     results = []
+    with one_line_errors(schemas):
+        if multirun and not sweeps:
+            raise ValueError(f"{name} runs once; -m (a sweep) is not one of its options")
+        jobs = sweep_jobs(args) if multirun else [args]
+        for i, job in enumerate(jobs):
+            cfg = compose_command(name, schema, job, register)
+            if show_cfg:
+                sys.stdout.write(OmegaConf.to_yaml(cfg))
+                continue
+            if multirun:
+                print(f"[{name} {i + 1}/{len(jobs)}] {' '.join(job)}", file=sys.stderr, flush=True)
+            results.append(body(to_schema(cfg)))
+    return results
+
+
+@contextlib.contextmanager
+def one_line_errors(schemas: Schemas) -> Iterator[None]:
+    """A command's body: a user error (bad override, a missing file, a bad value) is one `error:` line and exit status
+    2 (NANOLOOM_DEBUG=1: the traceback), a warning one `warning:` line, Ctrl-C exit status 130, and a stdout closed
+    early (piped into head) exit status 1 without a traceback."""
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         try:
-            if multirun and not sweeps:
-                raise ValueError(f"{name} runs once; -m (a sweep) is not one of its options")
-            jobs = sweep_jobs(args) if multirun else [args]
-            for i, job in enumerate(jobs):
-                cfg = compose_command(name, schema, job, register)
-                if show_cfg:
-                    sys.stdout.write(OmegaConf.to_yaml(cfg))
-                    continue
-                if multirun:
-                    print(f"[{name} {i + 1}/{len(jobs)}] {' '.join(job)}", file=sys.stderr, flush=True)
-                results.append(body(to_schema(cfg)))
-        except BrokenPipeError:  # stdout closed early (piped into head): not an error worth a traceback
+            yield
+        except BrokenPipeError:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(1)
         except (HydraException, OmegaConfBaseException, ValueError, OSError) as e:
@@ -191,7 +202,6 @@ def run_command(
         except KeyboardInterrupt:
             sys.stderr.write("\n")
             sys.exit(130)
-    return results
 
 
 def _show_warning(message: Warning | str, *_: object, **__: object) -> None:

@@ -24,9 +24,8 @@ from typing import Any
 
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+from omegaconf.errors import MissingMandatoryValue
 
 from model.checkpoint import (
     is_hf_source,
@@ -35,7 +34,7 @@ from model.checkpoint import (
     read_model_json,
     resolve_checkpoint,
 )
-from nanoloom.cli import config_error_message, debug_enabled
+from nanoloom.cli import config_error_message, one_line_errors
 from nanoloom.device import inference_dtype, resolve_device
 from nanoloom.files import config_dir
 from sample.config import (
@@ -377,32 +376,11 @@ def main(argv: list[str] | None = None) -> None:
     if "-h" in args or "--help" in args:
         sys.stdout.write(USAGE)
         return
-    with warnings.catch_warnings():  # warnings become one "warning: ..." line on stderr, for this run only
-        warnings.showwarning = _show_warning
-        _main(args)
-
-
-def _show_warning(message: Warning | str, *_: object, **__: object) -> None:
-    print(f"warning: {message}", file=sys.stderr)
-
-
-def _main(args: list[str]) -> None:
-    try:
+    with one_line_errors(SCHEMAS):  # OSError too: an unwritable out= ...
         if "--cfg" in args:
             sys.stdout.write(OmegaConf.to_yaml(compose_config([a for a in args if a != "--cfg"])))
             return
         run(load_config(args), task_edits(args))
-    except BrokenPipeError:  # stdout closed early (e.g. piped into head): not an error worth a traceback
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(1)
-    except (HydraException, OmegaConfBaseException, ValueError, OSError) as e:  # OSError: unwritable out= ...
-        if debug_enabled():
-            raise
-        print(f"error: {config_error_message(e, SCHEMAS)}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        sys.stderr.write("\n")
-        sys.exit(130)
 
 
 if __name__ == "__main__":
