@@ -27,6 +27,10 @@ FIM_MIDDLE_TEXT = "<|fim_middle|>"
 FIM_SUFFIX_TEXT = "<|fim_suffix|>"
 FIM_TEXTS = (FIM_PREFIX_TEXT, FIM_MIDDLE_TEXT, FIM_SUFFIX_TEXT)
 STARCODER_FIM_TEXTS = ("<fim_prefix>", "<fim_middle>", "<fim_suffix>")  # StarCoder/SantaCoder vocabularies' spelling
+# Chat ids (data/chat.py), in id order after the FIM ids: a turn is <|role|> content <|end|>
+CHAT_ROLES = ("system", "user", "assistant")
+CHAT_END_TEXT = "<|end|>"
+CHAT_TEXTS = (*(f"<|{role}|>" for role in CHAT_ROLES), CHAT_END_TEXT)
 
 IdSequence = Sequence[int] | np.ndarray  # also accepts torch tensors (anything with .tolist())
 
@@ -86,6 +90,15 @@ class Tokenizer(Protocol):
         """A tokenizer of the same kind with the fill-in-the-middle ids (after any sentinels); idempotent."""
         ...
 
+    @property
+    def chat_ids(self) -> tuple[int, int, int, int] | None:
+        """Chat (system, user, assistant, end of turn) ids, after the FIM ids; None without them (see with_chat)."""
+        ...
+
+    def with_chat(self) -> Tokenizer:
+        """A tokenizer of the same kind with the chat ids (after any sentinels and FIM ids); idempotent."""
+        ...
+
     def sentinel_id(self, i: int) -> int:
         """Id of sentinel i ("<extra_id_i>"), 0 <= i < num_sentinels."""
         ...
@@ -131,6 +144,7 @@ class SpecialLayout(NamedTuple):
     sentinels: int = 0  # sentinels in all: the vocabulary's own (first) and the appended ones
     fim: bool = False  # True: the FIM ids follow the appended sentinels
     first: int = 0  # sentinels the native vocabulary holds; appended ones are first..sentinels-1
+    chat: bool = False  # True: the four chat ids (system, user, assistant, end of turn) follow the FIM ids
 
     @property
     def appended_sentinels(self) -> int:
@@ -140,7 +154,7 @@ class SpecialLayout(NamedTuple):
     @property
     def vocab_size(self) -> int:
         """Ids in all: the native vocabulary and the appended ones."""
-        return self.base + self.appended_sentinels + (len(FIM_TEXTS) if self.fim else 0)
+        return self.base + self.appended_sentinels + (len(FIM_TEXTS) if self.fim else 0) + self._chat_count
 
     @property
     def fim_ids(self) -> tuple[int, int, int] | None:
@@ -149,6 +163,18 @@ class SpecialLayout(NamedTuple):
             return None
         start = self.base + self.appended_sentinels
         return start, start + 1, start + 2
+
+    @property
+    def _chat_count(self) -> int:
+        return len(CHAT_TEXTS) if self.chat else 0
+
+    @property
+    def chat_ids(self) -> tuple[int, int, int, int] | None:
+        """The appended (system, user, assistant, end of turn) ids; None without chat."""
+        if not self.chat:
+            return None
+        start = self.base + self.appended_sentinels + (len(FIM_TEXTS) if self.fim else 0)
+        return start, start + 1, start + 2, start + 3
 
     def sentinel_id(self, i: int) -> int:
         """Id of appended sentinel i (first <= i < sentinels)."""
@@ -160,12 +186,19 @@ class SpecialLayout(NamedTuple):
         out = [(self.sentinel_id(i), sentinel_text(i), False) for i in range(self.first, self.sentinels)]
         if self.fim_ids is not None:
             out += [(i, text, True) for i, text in zip(self.fim_ids, FIM_TEXTS)]
+        if self.chat_ids is not None:
+            out += [(i, text, True) for i, text in zip(self.chat_ids, CHAT_TEXTS)]
         return out
 
     def text(self, token_id: int) -> str:
         """The text of an appended id (base <= token_id < vocab_size)."""
         k = token_id - self.base
-        return sentinel_text(self.first + k) if k < self.appended_sentinels else FIM_TEXTS[k - self.appended_sentinels]
+        if k < self.appended_sentinels:
+            return sentinel_text(self.first + k)
+        k -= self.appended_sentinels
+        if self.fim and k < len(FIM_TEXTS):
+            return FIM_TEXTS[k]
+        return CHAT_TEXTS[k - (len(FIM_TEXTS) if self.fim else 0)]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -185,16 +218,23 @@ class SentinelVocab:
     eot_id: int
     num_sentinels: int = 0
     _fim: bool = False  # True: the three FIM ids follow the sentinels
+    _chat: bool = False  # True: the four chat ids follow them
 
     @property
     def layout(self) -> SpecialLayout:
-        """Where this tokenizer's sentinels and FIM ids sit."""
-        return SpecialLayout(self.base_vocab_size, self.num_sentinels, self._fim)
+        """Where this tokenizer's sentinels, FIM and chat ids sit."""
+        return SpecialLayout(self.base_vocab_size, self.num_sentinels, self._fim, chat=self._chat)
 
     @property
     def base_vocab_size(self) -> int:
-        """Number of ids without the sentinels and FIM ids."""
-        return self.vocab_size - self.num_sentinels - (len(FIM_TEXTS) if self._fim else 0)
+        """Number of ids without the sentinels, FIM and chat ids."""
+        appended = len(FIM_TEXTS) if self._fim else 0
+        return self.vocab_size - self.num_sentinels - appended - (len(CHAT_TEXTS) if self._chat else 0)
+
+    @property
+    def chat_ids(self) -> tuple[int, int, int, int] | None:
+        """The chat (system, user, assistant, end of turn) ids, after the FIM ids; None without them (with_chat)."""
+        return self.layout.chat_ids
 
     @property
     def fim_ids(self) -> tuple[int, int, int] | None:
@@ -216,6 +256,15 @@ class SentinelVocab:
         out = copy.copy(self)
         out.vocab_size = self.layout._replace(fim=True).vocab_size
         out._fim = True
+        return out
+
+    def with_chat(self) -> SentinelVocab:
+        """A tokenizer of the same kind with the chat ids (after any sentinels and FIM ids); idempotent."""
+        if self._chat:
+            return self
+        out = copy.copy(self)
+        out.vocab_size = self.layout._replace(chat=True).vocab_size
+        out._chat = True
         return out
 
     def sentinel_id(self, i: int) -> int:
@@ -301,10 +350,13 @@ class SentinelVocab:
             spec["sentinels"] = self.num_sentinels
         if self._fim:  # absent when False, likewise
             spec["fim"] = True
+        if self._chat:
+            spec["chat"] = True
         return spec
 
     def _sentinel_repr(self) -> str:
-        return (f", sentinels={self.num_sentinels}" if self.num_sentinels else "") + (", fim=True" if self._fim else "")
+        sentinels = f", sentinels={self.num_sentinels}" if self.num_sentinels else ""
+        return sentinels + (", fim=True" if self._fim else "") + (", chat=True" if self._chat else "")
 
     # Implemented by each tokenizer, for text without sentinels and ids below base_vocab_size.
     def _encode(self, text: str) -> list[int]:

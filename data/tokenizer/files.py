@@ -104,8 +104,11 @@ def added_token(token_id: int, content: str, special: bool) -> dict[str, Any]:
 
 
 def appended_tokens(layout: SpecialLayout) -> list[dict[str, Any]]:
-    """The added_tokens entries of the ids a layout appends after a vocabulary (sentinels, then FIM ids)."""
-    return [added_token(i, text, special) for i, text, special in layout.tokens()]
+    """The added_tokens entries of the ids a layout appends after a vocabulary (sentinels, then FIM ids, then chat
+    ids). Chat ids are written non-special, as sentinels are: with split_special_tokens (special text is plain text,
+    as nanoloom encodes it), transformers' apply_chat_template still finds them in the text its template renders."""
+    chat = set(layout.chat_ids or ())
+    return [added_token(i, text, special and i not in chat) for i, text, special in layout.tokens()]
 
 
 def bpe_model(vocab: dict[str, int], merges: list[str]) -> dict[str, Any]:
@@ -190,7 +193,11 @@ def embedded_tokenizer_json(spec: dict[str, Any], encoder_input: bool) -> tuple[
     native = native_sentinels(vocab)
     # a vocabulary's own FIM tokens are already in it: the spec says fim only when they were appended
     layout = SpecialLayout(
-        max(vocab.values(), default=-1) + 1, max(int(spec.get("sentinels", 0)), native), bool(spec.get("fim")), native
+        max(vocab.values(), default=-1) + 1,
+        max(int(spec.get("sentinels", 0)), native),
+        bool(spec.get("fim")),
+        native,
+        chat=bool(spec.get("chat")),
     )
     added += appended_tokens(layout)
     if added:

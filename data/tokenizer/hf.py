@@ -81,7 +81,14 @@ class HFTokenizer:
 
     name = "hf"
 
-    def __init__(self, tokenizer_json: str, eot_id: int | None = None, sentinels: int = 0, fim: bool = False) -> None:
+    def __init__(
+        self,
+        tokenizer_json: str,
+        eot_id: int | None = None,
+        sentinels: int = 0,
+        fim: bool = False,
+        chat: bool = False,
+    ) -> None:
         from tokenizers import AddedToken  # _read_backend checked the library is there
 
         self.tokenizer_json = tokenizer_json
@@ -95,7 +102,7 @@ class HFTokenizer:
         native = native_sentinels(vocab)
         own_fim = next((texts for texts in (FIM_TEXTS, STARCODER_FIM_TEXTS) if all(t in vocab for t in texts)), None)
         # What is missing is appended where SpecialLayout puts it: sentinels, then the FIM ids.
-        layout = SpecialLayout(base, max(sentinels, native), fim and own_fim is None, first=native)
+        layout = SpecialLayout(base, max(sentinels, native), fim and own_fim is None, first=native, chat=chat)
         appended = layout.tokens()
         for kind in (False, True):  # sentinels (not special), then FIM tokens (special): id order
             backend.add_tokens([AddedToken(t, special=kind, normalized=False) for _, t, s in appended if s == kind])
@@ -110,6 +117,7 @@ class HFTokenizer:
             tuple(vocab[t] for t in own_fim) if own_fim is not None else layout.fim_ids
         )
         self._fim_appended = layout.fim
+        self.chat_ids: tuple[int, int, int, int] | None = layout.chat_ids
         self._backend = backend
         self.vocab_size = layout.vocab_size
         # index i: the id of "<extra_id_i>"
@@ -201,13 +209,23 @@ class HFTokenizer:
         """This tokenizer when it has >= n sentinels already; else one with the missing ones appended."""
         if check_sentinel_count(n) <= self.num_sentinels:
             return self
-        return HFTokenizer(self.tokenizer_json, eot_id=self.eot_id, sentinels=n, fim=self._fim_appended)
+        return HFTokenizer(
+            self.tokenizer_json, eot_id=self.eot_id, sentinels=n, fim=self._fim_appended, chat=self.chat_ids is not None
+        )
 
     def with_fim(self) -> HFTokenizer:
         """This tokenizer when it has fill-in-the-middle ids already; else one with them after its sentinels."""
         if self.fim_ids is not None:
             return self
-        return HFTokenizer(self.tokenizer_json, eot_id=self.eot_id, sentinels=self.num_sentinels, fim=True)
+        chat = self.chat_ids is not None
+        return HFTokenizer(self.tokenizer_json, eot_id=self.eot_id, sentinels=self.num_sentinels, fim=True, chat=chat)
+
+    def with_chat(self) -> HFTokenizer:
+        """This tokenizer when it has the chat ids already; else one with them after its sentinels and FIM ids."""
+        if self.chat_ids is not None:
+            return self
+        fim = self._fim_appended
+        return HFTokenizer(self.tokenizer_json, eot_id=self.eot_id, sentinels=self.num_sentinels, fim=fim, chat=True)
 
     def sentinel_id(self, i: int) -> int:
         """Id of sentinel i ("<extra_id_i>"), 0 <= i < num_sentinels."""
@@ -228,9 +246,11 @@ class HFTokenizer:
             spec["sentinels"] = self.num_sentinels
         if self._fim_appended:  # likewise: the vocabulary's own FIM tokens need no entry
             spec["fim"] = True
+        if self.chat_ids is not None:
+            spec["chat"] = True
         spec["tokenizer_json"] = self.tokenizer_json
         return spec
 
     def __repr__(self) -> str:
-        fim = ", fim=True" if self.fim_ids is not None else ""
+        fim = (", fim=True" if self.fim_ids is not None else "") + (", chat=True" if self.chat_ids is not None else "")
         return f"HFTokenizer(vocab_size={self.vocab_size}, eot_id={self.eot_id}, sentinels={self.num_sentinels}{fim})"

@@ -47,6 +47,10 @@ def tokenizer_files(spec: dict[str, Any], kind: str, block_size: int) -> dict[st
         for key in ("add_bos_token", "add_eos_token"):  # either would make transformers rewrite the post-processor
             config.pop(key)
         config["split_special_tokens"] = True
+        if spec.get("chat"):
+            from data.chat import CHAT_TEMPLATE
+
+            config["chat_template"] = CHAT_TEMPLATE
         return {"tokenizer.json": text, "tokenizer_config.json": dumps(config)}
     if spec.get("name") not in TOKENIZER_NAMES:
         raise ValueError(
@@ -65,6 +69,10 @@ def tokenizer_files(spec: dict[str, Any], kind: str, block_size: int) -> dict[st
     # nanoloom encodes the text "<|endoftext|>" as ordinary text; only the id is end-of-text. Sentinels are
     # non-special added tokens, so they are still matched.
     config["split_special_tokens"] = True
+    if tokenizer.chat_ids is not None:  # apply_chat_template on the export gives nanoloom's ids (data/chat.py)
+        from data.chat import CHAT_TEMPLATE
+
+        config["chat_template"] = CHAT_TEMPLATE
     files["tokenizer_config.json"] = dumps(config)
     return files
 

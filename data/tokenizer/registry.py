@@ -28,13 +28,13 @@ _CLASSES: dict[str, tuple[type, tuple[str, str] | None]] = {
 TOKENIZER_NAMES = tuple(_CLASSES)
 
 
-def get_tokenizer(name: str, sentinels: int = 0, fim: bool = False, **kwargs: Any) -> Tokenizer:
+def get_tokenizer(name: str, sentinels: int = 0, fim: bool = False, chat: bool = False, **kwargs: Any) -> Tokenizer:
     """Tokenizer by name: "gpt2", "byte", "char", "bpe" or "hf".
 
     gpt2 takes optional vocab_bpe=, encoder_json= paths; char needs chars=; bpe needs tokenizer_json= (its trained
     vocabulary); hf needs tokenizer_json= (the text of a Hugging Face tokenizer.json) and takes an optional eot_id=.
-    sentinels=n gives the tokenizer n T5 sentinel ids and fim=True the fill-in-the-middle ids after them (see
-    base.SpecialLayout).
+    sentinels=n gives the tokenizer n T5 sentinel ids, fim=True the fill-in-the-middle ids after them and chat=True
+    the chat ids after those (see base.SpecialLayout).
     """
     if name not in _CLASSES:
         raise ValueError(f"unknown tokenizer {name!r}; choose from {', '.join(TOKENIZER_NAMES)}")
@@ -43,7 +43,8 @@ def get_tokenizer(name: str, sentinels: int = 0, fim: bool = False, **kwargs: An
         raise ValueError(needs[1])
     tokenizer: Tokenizer = cls(**kwargs)
     tokenizer = tokenizer.with_sentinels(sentinels) if sentinels else tokenizer
-    return tokenizer.with_fim() if fim else tokenizer
+    tokenizer = tokenizer.with_fim() if fim else tokenizer
+    return tokenizer.with_chat() if chat else tokenizer
 
 
 def tokenizer_from_spec(spec: dict[str, Any]) -> Tokenizer:
@@ -58,7 +59,12 @@ def tokenizer_from_spec(spec: dict[str, Any]) -> Tokenizer:
         kwargs = {"tokenizer_json": spec.get("tokenizer_json", "")}
     elif name == "hf":
         kwargs = {"tokenizer_json": spec.get("tokenizer_json", ""), "eot_id": spec.get("eot_id")}
-    tokenizer = get_tokenizer(name, sentinels=int(spec.get("sentinels", 0)), fim=bool(spec.get("fim", False)), **kwargs)
+    appended = {
+        "sentinels": int(spec.get("sentinels", 0)),
+        "fim": bool(spec.get("fim")),
+        "chat": bool(spec.get("chat")),
+    }
+    tokenizer = get_tokenizer(name, **appended, **kwargs)
     for key in ("vocab_size", "eot_id"):
         if key in spec and spec[key] != getattr(tokenizer, key):
             raise ValueError(
