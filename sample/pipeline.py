@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from data.chat import check_messages, render
 from data.config import check_seed
 from data.tokenizer import Tokenizer, get_tokenizer
 from model import GPT, T5
@@ -104,8 +105,11 @@ class _GenerationPipeline:
     ) -> list[dict[str, object]] | list[list[dict[str, object]]]:
         """Validate the transformers-style arguments, then generate every prompt (in batches of batch_size).
 
-        return_type: "full_text" (prompt + generated text), "new_text" or "tensors" (see _return_type)."""
-        prompts, single = _prompts(text_inputs)
+        return_type: "full_text" (prompt + generated text), "new_text" or "tensors" (see _return_type). A chat (a
+        list of {role, content} messages, or a list of such lists) is rendered with the chat template and answered:
+        "full_text" returns the conversation with the assistant's reply appended, as transformers does."""
+        chats, single = _conversations(text_inputs) if self.kind == "gpt" else (None, False)
+        prompts, single = ([""] * len(chats), single) if chats is not None else _prompts(text_inputs)
         _check_bool("do_sample", do_sample, optional=True)
         _check_bool("clean_up_tokenization_spaces", clean_up_tokenization_spaces, optional=True)
         if not isinstance(prefix, str):
@@ -134,12 +138,19 @@ class _GenerationPipeline:
                 "max_new_tokens wins",
                 stacklevel=3,
             )
+        if chats is not None:  # a tokenizer without chat ids: a ValueError that says so
+            chat_ids = [render(self.tokenizer, chat, add_generation_prompt=True)[0] for chat in chats]
         call_defaults = _call_generation_config(generation_config)
+        if chats is not None and "eos_token_id" not in controls and "eos_token_id" not in call_defaults:
+            controls["eos_token_id"] = [self.tokenizer.chat_ids[-1], self.tokenizer.eot_id]  # a reply ends its turn
         # ValueError names a bad or contradictory control
         config = GenerationConfig(**self._controls(controls, do_sample, call_defaults))
         if seed is None:
             seed = row_seeds(None, 1)[0]  # one draw; every row then gets seed + row, as with an explicit seed
-        ids = [prompt_ids(self.tokenizer, prefix + p, self.kind) for p in prompts]
+        if chats is not None:
+            ids = chat_ids
+        else:
+            ids = [prompt_ids(self.tokenizer, prefix + p, self.kind) for p in prompts]
         if handle_long_generation == "hole":
             ids = [self._hole(i, config) for i in ids]
         on_token = _streaming(streamer, ids, config.num_return_sequences)
@@ -165,6 +176,11 @@ class _GenerationPipeline:
             [self._record(p, i, c, return_type, bool(clean_up_tokenization_spaces)) for c in cs]
             for p, i, cs in zip(prompts, ids, outputs)
         ]
+        if chats is not None and return_type == "full_text":  # the conversation, the assistant's reply appended
+            for chat, records in zip(chats, results):
+                for record in records:
+                    reply = {"role": "assistant", "content": record["generated_text"]}
+                    record["generated_text"] = [*chat, reply]
         return results[0] if single else results
 
     def _hole(self, ids: list[int], config: GenerationConfig) -> list[int]:
@@ -264,8 +280,12 @@ class TextGenerationPipeline(_GenerationPipeline):
 
         Args:
             text_inputs: one prompt or a list of prompts; a list is generated as padded batches whose results equal
-                generating each prompt alone. Anything else (a chat of role/content messages: nanoloom's models have
-                no chat template) is a TypeError naming what was passed.
+                generating each prompt alone. A chat (a list of {"role", "content"} messages, roles system, user and
+                assistant, ending with a user turn) or a list of chats, for a model tuned with task=instruct (its
+                tokenizer has the chat ids, data/chat.py): the reply is generated after <|assistant|> and ends at
+                <|end|>; the output's generated_text is the conversation with {"role": "assistant", "content":
+                reply} appended (return_full_text=False: the reply alone), as in transformers. Anything else is a
+                TypeError naming what was passed.
             do_sample: True samples, False is greedy (or beam search). None (the default): the checkpoint's
                 recorded default, else True with num_beams=1 (nanoloom's default; transformers defaults to False);
                 False when the call sets num_beams > 1.
@@ -425,14 +445,43 @@ def _streaming(streamer: object, ids: list[list[int]], n: int) -> Callable[[int,
     return lambda row, token: streamer.put(torch.tensor([token]))
 
 
+def _conversations(text_inputs: object) -> tuple[list[list[dict[str, str]]] | None, bool]:
+    """(the conversations, whether one was given) when text_inputs is a chat or a list of chats, else (None, False).
+
+    A conversation must end with a user (or system) turn: the reply is generated after it. A ValueError names a
+    message without a role, an unknown role, or a conversation that ends with the assistant's turn."""
+    if _is_chat(text_inputs) and isinstance(text_inputs, Mapping):
+        text_inputs = [text_inputs]  # one message
+    if isinstance(text_inputs, (list, tuple)) and text_inputs and all(isinstance(m, Mapping) for m in text_inputs):
+        chats, single = [list(text_inputs)], True
+    elif (
+        isinstance(text_inputs, (list, tuple))
+        and text_inputs
+        and all(isinstance(c, (list, tuple)) and c and all(isinstance(m, Mapping) for m in c) for c in text_inputs)
+    ):
+        chats, single = [list(c) for c in text_inputs], False
+    else:
+        return None, False
+    checked = []
+    for n, chat in enumerate(chats):
+        where = "text_inputs" if single else f"text_inputs[{n}]"
+        chat = check_messages(chat, where)
+        if chat[-1]["role"] == "assistant":
+            raise ValueError(
+                f"{where} ends with the assistant's turn; end it with the user's message the reply answers"
+            )
+        checked.append(chat)
+    return checked, single
+
+
 def _prompts(text_inputs: object) -> tuple[list[str], bool]:
     """(the prompts, whether one string was given); TypeError/ValueError naming what was passed instead."""
     if isinstance(text_inputs, str):
         return [text_inputs], True
     if _is_chat(text_inputs) or (isinstance(text_inputs, (list, tuple)) and any(map(_is_chat, text_inputs))):
         raise TypeError(
-            "text_inputs is a chat (messages with 'role' and 'content'); nanoloom's models are plain language models "
-            f"without a chat template: pass {INPUTS} (the text to continue)"
+            "text_inputs is a chat (messages with 'role' and 'content'); text2text-generation maps text to text: "
+            f"pass {INPUTS} (a chat goes to a text-generation model tuned for chat)"
         )
     if isinstance(text_inputs, (bytes, bytearray)):
         raise TypeError(f"text_inputs is {_describe(text_inputs)}; decode it to a str (text.decode('utf-8')) first")

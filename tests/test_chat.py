@@ -95,3 +95,34 @@ def test_exported_chat_template_gives_our_ids_in_transformers(tmp_path, name):
     ids = torch.tensor([render(tok, MESSAGES, True)[0]])
     with torch.no_grad():
         torch.testing.assert_close(hf_model(ids).logits[..., : tok.vocab_size], model(ids)[0][..., : tok.vocab_size])
+
+
+def test_the_pipeline_answers_a_conversation_as_transformers_shapes_it():
+    """A chat in, the conversation with the assistant's reply appended out (one or several chats); the reply is
+    the text generated after <|assistant|> up to <|end|>; return_full_text=False gives the reply alone."""
+    from sample.pipeline import pipeline
+
+    tok = get_tokenizer("byte").with_chat()
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=16, block_size=128)).eval()
+    end = tok.chat_ids[-1]
+    with torch.no_grad():  # make <|end|> likely after a few tokens: the reply then ends its turn
+        model.lm_head.weight[end] += 0.5 * model.lm_head.weight.mean(0)
+    chat = pipeline("text-generation", model=model, tokenizer=tok)
+    question = MESSAGES[:2]
+    [out] = chat(question, max_new_tokens=12, seed=1)
+    conversation = out["generated_text"]
+    assert conversation[:2] == question and conversation[2]["role"] == "assistant" and len(conversation) == 3
+    [reply] = chat(question, max_new_tokens=12, seed=1, return_full_text=False)
+    assert reply["generated_text"] == conversation[2]["content"]
+    [ids] = chat(question, max_new_tokens=12, seed=1, return_tensors=True)
+    prompt = render(tok, question, add_generation_prompt=True)[0]
+    generated = ids["generated_token_ids"][len(prompt) :]
+    assert ids["generated_token_ids"][: len(prompt)] == prompt
+    assert end not in generated[:-1] and tok.decode([t for t in generated if t != end]) == reply["generated_text"]
+    both = chat([question, MESSAGES[:1] + MESSAGES[3:]], max_new_tokens=5, seed=1)
+    assert len(both) == 2 and both[0][0]["generated_text"][:2] == question
+    with pytest.raises(ValueError, match="ends with the assistant's turn"):
+        chat(MESSAGES[:3])
+    with pytest.raises(ValueError, match=r"text_inputs\[1\]\[0\] has role 'bot'"):
+        chat([MESSAGES[:2], [{"role": "bot", "content": "x"}]])

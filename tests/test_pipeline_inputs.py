@@ -34,9 +34,10 @@ def generator():
         ([], ValueError, f"text_inputs is an empty list; pass {STRINGS}"),
         (["Once", 7], TypeError, f"text_inputs[1] is int 7; text_inputs must be {STRINGS}"),
         ([["Once"]], TypeError, "text_inputs[0] is list ['Once']"),
-        ([{"role": "user", "content": "hi"}], TypeError, "text_inputs is a chat (messages with 'role' and 'content')"),
-        ({"role": "user", "content": "hi"}, TypeError, "without a chat template"),
-        ([[{"role": "user", "content": "hi"}]], TypeError, "text_inputs is a chat"),
+        # a chat needs a model tuned for chat: this one's tokenizer has no chat ids
+        ([{"role": "user", "content": "hi"}], ValueError, "the byte tokenizer has no chat ids"),
+        ({"role": "user", "content": "hi"}, ValueError, "fine-tune it with task=instruct"),
+        ([[{"role": "user", "content": "hi"}]], ValueError, "has no chat ids"),
     ],
     ids=["int", "none", "float", "dict", "bytes", "empty", "int-in-list", "nested-list", "chat", "message", "chats"],
 )
