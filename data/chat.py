@@ -48,6 +48,15 @@ def render(
 ) -> tuple[list[int], list[bool]]:
     """(ids, learned) of a conversation: learned[i] is True for the tokens of assistant turns and their end of turn
     (what fine-tuning's loss counts). add_generation_prompt: end with <|assistant|>, where a reply starts."""
+    turns = [(m["role"], tokenizer.encode(m["content"])) for m in check_messages(messages)]
+    return turn_ids(tokenizer, turns, add_generation_prompt)
+
+
+def turn_ids(
+    tokenizer: Any, turns: Sequence[tuple[str, Sequence[int]]], add_generation_prompt: bool = False
+) -> tuple[list[int], list[bool]]:
+    """(ids, learned) of (role, content ids) turns laid out by the template: the role's id, the content, the end of
+    turn; learned for an assistant turn's content and end. The one layout render() and the instruction loader use."""
     chat_ids = getattr(tokenizer, "chat_ids", None)
     if chat_ids is None:
         raise ValueError(
@@ -58,10 +67,10 @@ def render(
     role_id = dict(zip(CHAT_ROLES, role_ids))
     ids: list[int] = []
     learned: list[bool] = []
-    for message in check_messages(messages):
-        body = [*tokenizer.encode(message["content"]), end_id]
-        ids += [role_id[message["role"]], *body]
-        learned += [False] + [message["role"] == "assistant"] * len(body)
+    for role, content in turns:
+        body = [*(int(t) for t in content), end_id]
+        ids += [role_id[role], *body]
+        learned += [False] + [role == "assistant"] * len(body)
     if add_generation_prompt:
         ids.append(role_id["assistant"])
         learned.append(False)

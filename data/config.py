@@ -23,7 +23,7 @@ PAIRS_DIRECTIONS = ("code", "docstring", "both")
 SEED_LIMIT = 2**63
 
 
-OBJECTIVES = {"causal": "gpt", "span_corruption": "t5", "seq2seq": "t5"}  # what trains, and the model kind it trains
+OBJECTIVES = {"causal": "gpt", "instruct": "gpt", "span_corruption": "t5", "seq2seq": "t5"}  # objective -> model kind
 NOISE_DENSITY = 0.15  # T5's span corruption: the fraction of tokens masked ...
 MEAN_SPAN_LENGTH = 3.0  # ... in spans of this mean length
 
@@ -33,7 +33,8 @@ class ObjectiveConfig:
     """What a model trains on (the training half of a task preset, configs/task/*.yaml): causal windows (gpt), T5
     span corruption of documents, or seq2seq input/target pairs (t5)."""
 
-    objective: str = "causal"  # causal (gpt) | span_corruption (t5 pretraining) | seq2seq (t5 on input/target pairs)
+    # causal (gpt) | instruct (gpt on pairs as user turn and reply) | span_corruption (t5) | seq2seq (t5 on pairs)
+    objective: str = "causal"
     noise_density: float = NOISE_DENSITY  # span_corruption: fraction of input tokens masked, in (0, 1)
     mean_span_length: float = MEAN_SPAN_LENGTH  # span_corruption: mean length of a masked span in tokens, >= 1
 

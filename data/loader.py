@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from data.chat import turn_ids
 from data.prepare import PAIRS_INDEX_COLUMNS, SPLITS, layout, load_meta
 from data.span_corruption import (
     MEAN_SPAN_LENGTH,
@@ -38,9 +39,9 @@ _MASK_STREAM = 1  # tags the span-corruption mask seeds apart from the batch see
 
 def same_tokenizer(spec: dict[str, Any], prepared: dict[str, Any], fim: bool = True) -> bool:
     """Whether a tokenizer spec reads a dataset prepared with the spec `prepared`: the same tokenizer, its T5
-    sentinels aside, and (fim=True) with the same fill-in-the-middle ids, or (fim=False) with or without them (a
-    model trained with FIM reads text prepared without it)."""
-    ignored = ("vocab_size", "sentinels") if fim else ("vocab_size", "sentinels", "fim")
+    sentinels and chat ids aside (text never holds them), and (fim=True) with the same fill-in-the-middle ids, or
+    (fim=False) with or without them (a model trained with FIM reads text prepared without it)."""
+    ignored = ("vocab_size", "sentinels", "chat") if fim else ("vocab_size", "sentinels", "chat", "fim")
 
     def base(spec: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in spec.items() if k not in ignored}
@@ -456,6 +457,83 @@ class Seq2SeqLoader(BatchLoader):
             f"Seq2SeqLoader({self.data_dir.name}/{self.split}: {self.num_pairs:,} pairs, "
             f"batch_size={self.batch_size}, input_length={self.input_length}, target_length={self.target_length}, "
             f"rank {self.rank}/{self.world_size})"
+        )
+
+
+class InstructLoader(Seq2SeqLoader):
+    """GPT instruction-tuning batches {"idx": (B, T), "targets": (B, T)} of a pair dataset, read as one user turn and
+    the assistant's reply each, laid out by the chat template (data/chat.py):
+
+        <|user|> input <|end|> <|assistant|> target <|end|>
+
+    targets are the next ids where they belong to the reply (its tokens and its <|end|>) and IGNORE_INDEX elsewhere:
+    the loss learns the reply, the prompt is context. One conversation per row, padded on the right to the longest
+    of the batch (causal attention never looks at the padding after a row's tokens, and each row's positions start
+    at 0). A conversation longer than block_size + 1 ids keeps its first block_size + 1 (the reply's end cut first);
+    the count is kept and the first cut warns. The tokenizer must have the chat ids (tokenizer.with_chat()). Pairs
+    are drawn as Seq2SeqLoader draws them, so a run resumes from the same state_dict.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        split: str,
+        batch_size: int,
+        block_size: int,
+        tokenizer: Tokenizer,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if getattr(tokenizer, "chat_ids", None) is None:
+            raise ValueError(f"{tokenizer!r} has no chat ids; build it with tokenizer.with_chat()")
+        loader_args = dict(seed=seed, rank=rank, world_size=world_size, device=device)
+        super().__init__(data_dir, split, batch_size, block_size, block_size, tokenizer, **loader_args)
+        self.block_size = block_size
+        self.truncated = 0  # conversations cut to block_size + 1 ids, over every batch
+
+    def conversation(self, row: np.ndarray) -> tuple[list[int], list[bool]]:
+        """(ids, learned) of one index row: its input as the user's turn and its target as the reply, without the
+        end-of-text ids the pair dataset ends each side with."""
+        in_start, in_len, tgt_start, tgt_len = (int(v) for v in row)
+        eot = self.tokenizer.eot_id
+        prompt = self.data[in_start : in_start + in_len].tolist()
+        reply = self.data[tgt_start : tgt_start + tgt_len].tolist()
+        prompt, reply = prompt[:-1] if prompt[-1:] == [eot] else prompt, reply[:-1] if reply[-1:] == [eot] else reply
+        return turn_ids(self.tokenizer, [("user", prompt), ("assistant", reply)])
+
+    def batch_at(self, n: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, n])
+        ids = self._rank_rows(rng.integers(0, self.num_pairs, size=self.batch_size * self.world_size))
+        rows = [self.conversation(r) for r in self.index[ids].astype(np.int64)]
+        cut = sum(len(i) > self.block_size + 1 for i, _ in rows)
+        rows = [(i[: self.block_size + 1], m[: self.block_size + 1]) for i, m in rows]
+        self._count_cuts(cut)
+        T = max(len(i) for i, _ in rows) - 1
+        idx = np.full((len(rows), T), self.tokenizer.eot_id, dtype=np.int64)
+        targets = np.full((len(rows), T), IGNORE_INDEX, dtype=np.int64)
+        for r, (row_ids, learned) in enumerate(rows):
+            length = len(row_ids) - 1
+            idx[r, :length] = row_ids[:-1]
+            targets[r, :length] = np.where(learned[1:], row_ids[1:], IGNORE_INDEX)
+        return self._to_device({"idx": torch.from_numpy(idx), "targets": torch.from_numpy(targets)})
+
+    def _count_cuts(self, cut: int) -> None:
+        self.truncated += cut
+        if cut and not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"{self.data_dir.name}/{self.split}: {self.truncated} conversation(s) longer than block_size + 1 = "
+                f"{self.block_size + 1} ids cut so far (their replies' ends are not learned); raise model.block_size "
+                "to keep them whole",
+                stacklevel=3,
+            )
+
+    def __repr__(self) -> str:
+        return (
+            f"InstructLoader({self.data_dir.name}/{self.split}: {self.num_pairs:,} pairs, "
+            f"batch_size={self.batch_size}, block_size={self.block_size}, rank {self.rank}/{self.world_size})"
         )
 
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from data.config import OBJECTIVES
-from data.loader import CausalLMLoader, Seq2SeqLoader, SpanCorruptionLoader
+from data.loader import CausalLMLoader, InstructLoader, Seq2SeqLoader, SpanCorruptionLoader
 from data.prepare import load_meta, prepare
 from data.tokenizer import tokenizer_from_spec
 from model.checkpoint import load_model
@@ -68,6 +68,8 @@ def build_parts(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> 
         tokenizer = tokenizer.with_sentinels(source[1].num_sentinels)
     elif source is None and kind == "t5":  # span corruption needs sentinels; seq2seq keeps the vocabulary alike
         tokenizer = tokenizer.with_sentinels(T5_SENTINELS)
+    if cfg.task.objective == "instruct":  # the chat template's ids, appended (new rows of a fine-tuned model)
+        tokenizer = tokenizer.with_chat()
     _check_objective(kind, cfg.task.objective, meta.get("layout", "documents"), cfg.data.name)
     model_cfg = _init_config(cfg, source, tokenizer) if source else _fit_to_tokenizer(cfg.model, tokenizer)
 
@@ -131,23 +133,36 @@ def _split(batch: dict[str, torch.Tensor], rows: int | None) -> list[dict[str, t
 def _init_config(cfg: TrainConfig, source: tuple[nn.Module, Any], tokenizer: Any) -> Any:
     """The architecture of init_from's model; model.dropout applies, and a smaller model.block_size crops it."""
     model, source_tokenizer = source
+    if tokenizer.chat_ids is not None and source_tokenizer.chat_ids is None:  # instruct: the chat ids are new
+        source_tokenizer = source_tokenizer.with_chat()
     if source_tokenizer.spec() != tokenizer.spec():
         raise ValueError(
             f"init_from={cfg.init_from} uses the {source_tokenizer.name!r} tokenizer but data={cfg.data.name} is "
             f"tokenized with {tokenizer.name!r}; prepare the data with the same tokenizer (data.tokenizer=...)"
         )
     changes: dict[str, Any] = {"dropout": cfg.model.dropout}
+    if tokenizer.vocab_size > model.config.vocab_size:  # the chat ids: new embedding rows (_load_source_weights)
+        changes["vocab_size"] = tokenizer.vocab_size
     if cfg.model.block_size < model.config.block_size:
         changes["block_size"] = cfg.model.block_size  # fine-tune on shorter windows (learned positions cropped)
     return replace(model.config, **changes)
 
 
 def _load_source_weights(model: nn.Module, source: nn.Module, name: str) -> None:
-    """Copy init_from's weights; learned position embeddings are cropped to a smaller block_size."""
+    """Copy init_from's weights; learned position embeddings are cropped to a smaller block_size. A vocabulary grown
+    by new ids (the chat ids of task=instruct) gives their embedding and output rows the mean of the source's rows,
+    as is common practice: a start the softmax neither favours nor ignores."""
     state = source.state_dict()
+    old, new = source.config.vocab_size, model.config.vocab_size
     for key, value in model.state_dict().items():
         if key.endswith("wpe.weight") and state[key].shape != value.shape:
             state[key] = state[key][: value.shape[0]]  # (block_size, C): the first positions
+        elif new > old and key.endswith(("wte.weight", "lm_head.weight")):  # (padded vocabulary, C)
+            grown = value.clone()
+            rows = min(len(grown), len(state[key]))
+            grown[:rows] = state[key][:rows]
+            grown[old:new] = state[key][:old].mean(dim=0)
+            state[key] = grown
     model.load_state_dict(state)
     print(f"init_from={name}: {model.num_params() / 1e6:.2f}M parameters loaded", flush=True)
 
@@ -178,7 +193,7 @@ def _check_objective(kind: str, objective: str, layout: str, data_name: str) -> 
             f"task.objective={objective!r} does not train a {kind} model; use "
             + " or ".join(f"task={o}" for o, trains in OBJECTIVES.items() if trains == kind)
         )
-    wanted = "pairs" if objective == "seq2seq" else "documents"
+    wanted = "pairs" if objective in ("seq2seq", "instruct") else "documents"
     if layout != wanted:
         raise ValueError(
             f"task={objective} needs {wanted} but data={data_name} holds {layout}; "
@@ -217,6 +232,8 @@ def build_loader(
             start_id=start_id,
             **common,
         )
+    if objective == "instruct":
+        return InstructLoader(data_dir, split, block_size=T, tokenizer=tokenizer, **common)
     if objective == "seq2seq":
         return Seq2SeqLoader(
             data_dir, split, input_length=T, target_length=T, tokenizer=tokenizer, start_id=start_id, **common
@@ -228,6 +245,8 @@ def tokens_per_row(loader: Any, T: int) -> int:
     """Tokens one batch row feeds the model: T (causal), encoder + decoder lengths (T5; at most, for seq2seq)."""
     if isinstance(loader, SpanCorruptionLoader):
         return loader.input_length + loader.target_length
+    if isinstance(loader, InstructLoader):  # a GPT row: at most T
+        return T
     return 2 * T if isinstance(loader, Seq2SeqLoader) else T
 
 

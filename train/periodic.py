@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from data.chat import render
 from sample.generate import generate
 from sample.quality import sample_quality
 from train import dist
@@ -49,6 +50,7 @@ class Evaluator:
         self.tokenizer, self.ctx, self.tracker, self.info = tokenizer, ctx, tracker, info
         self.interval = cfg.trainer.eval_interval
         self.prompts = _encodable_prompts(cfg.samples.prompts, tokenizer) if cfg.task.objective != "seq2seq" else []
+        self.chat = cfg.task.objective == "instruct"  # samples are replies to the prompts as the user's turn
         self.bytes_per_token = bytes_per_token(tokenizer, val_loader)  # val/bpb = val/loss / ln 2 / bytes_per_token
 
     def due(self, step: int) -> bool:
@@ -71,7 +73,7 @@ class Evaluator:
         if self.info.is_main or everyone:
             if self.prompts:
                 self._samples(state.step)
-            if self.cfg.task.objective == "seq2seq" and self.cfg.samples.eval_pairs > 0:
+            if self.cfg.task.objective in ("seq2seq", "instruct") and self.cfg.samples.eval_pairs > 0:
                 val.update(self._seq2seq(state.step))
         if self.info.is_main:
             plots = plot_run(Path(self.cfg.paths.run_dir))  # loss_vs_tokens.png, loss_vs_time.png in the run dir
@@ -83,7 +85,11 @@ class Evaluator:
         samples.seed: the training RNG is untouched), logged with their quality (distinct-n, repetition, parses)."""
         s = self.cfg.samples
         config = self.cfg.task.generation(self.tokenizer, num_return_sequences=1, **s.overrides())
-        outputs = generate(self.raw_model, self.tokenizer, self.prompts, config, seed=s.seed)
+        ids = None
+        if self.chat:  # each prompt as the user's turn; the reply ends at <|end|>
+            config = config.replace(eos_token_id=[self.tokenizer.chat_ids[-1], self.tokenizer.eot_id])
+            ids = [render(self.tokenizer, [{"role": "user", "content": p}], True)[0] for p in self.prompts]
+        outputs = generate(self.raw_model, self.tokenizer, self.prompts, config, seed=s.seed, input_ids=ids)
         texts = [c[0].text for c in outputs]
         self.tracker.log_samples([{"prompt": p, "completion": t} for p, t in zip(self.prompts, texts)], step)
         quality = sample_quality(self.prompts, texts)

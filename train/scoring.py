@@ -20,8 +20,10 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from data.chat import turn_ids
 from data.loader import (
     IGNORE_INDEX,
+    InstructLoader,
     Seq2SeqLoader,
     pair_batches,
     span_corruption_batches,
@@ -215,7 +217,9 @@ def seq2seq_scores(
 ) -> tuple[dict[str, float], list[dict[str, str]]]:
     """Generate the targets of the first samples.eval_pairs val pairs with the task's decoding settings.
 
-    Returns ({"exact_match", "rouge_l"} averaged over the pairs, the first samples.shown_pairs as
+    An InstructLoader's pairs are answered by a GPT as a chat: the input as the user's turn, the reply generated
+    after <|assistant|> up to <|end|>. Returns ({"exact_match", "rouge_l"} averaged over the pairs, the first
+    samples.shown_pairs as
     {"prompt", "completion", "reference"} records).
     """
     from sample.generate import generate  # train may use sample; imported here to keep this module light
@@ -225,10 +229,15 @@ def seq2seq_scores(
     shown = []
     pairs = list(loader.pairs(limit=samples.eval_pairs))  # both sides end with eot in the data
     sources = [tokenizer.decode([t for t in source_ids if t != eot]) for source_ids, _ in pairs]
+    chat = isinstance(loader, InstructLoader)  # a GPT answering the input as the user's turn
     with warnings.catch_warnings():  # the loader already reported over-long pairs once; no warning per pair here
         warnings.simplefilter("ignore", UserWarning)
         config = task.generation(tokenizer, num_return_sequences=1)
-        outputs = generate(model, tokenizer, sources, config, seed=samples.seed) if sources else []
+        ids = None
+        if chat:
+            config = config.replace(eos_token_id=[tokenizer.chat_ids[-1], eot])  # a reply ends its turn
+            ids = [turn_ids(tokenizer, [("user", [t for t in s if t != eot])], True)[0] for s, _ in pairs]
+        outputs = generate(model, tokenizer, sources, config, seed=samples.seed, input_ids=ids) if sources else []
         predictions = [c[0].text for c in outputs]
     for source, (_, target_ids), prediction in zip(sources, pairs, predictions):
         reference = tokenizer.decode([t for t in target_ids if t != eot])

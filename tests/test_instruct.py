@@ -1,0 +1,106 @@
+"""Instruction tuning (task=instruct): a GPT learns replies to prompts laid out by the chat template, with the loss
+on the replies alone; a base model grows its vocabulary by the chat ids; the run resumes exactly; the result
+answers chats through the pipeline."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from train_helpers import compose_train, losses, tiny_run_overrides, train_killed_then_resumed, zen_of_python
+
+from data.config import DataConfig
+from data.loader import IGNORE_INDEX, InstructLoader
+from data.prepare import prepare
+from data.tokenizer import get_tokenizer
+from model.checkpoint import load_model
+from sample.pipeline import pipeline
+from train.loop import run
+
+WORDS = "red green blue cat dog sun moon tree bird fish".split()
+
+
+def instructions(path: Path, n: int = 60) -> Path:
+    """A jsonl of "reverse: a b c" -> "c b a" pairs (a task a tiny model can start to learn in seconds)."""
+    rng = __import__("random").Random(0)
+    lines = []
+    for _ in range(n):
+        words = rng.sample(WORDS, 3)
+        lines.append(json.dumps({"input": "reverse: " + " ".join(words), "target": " ".join(reversed(words))}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def instruct_overrides(tmp_path: Path, run_name: str = "tuned", **extra: object) -> list[str]:
+    corpus = instructions(tmp_path / "instructions.jsonl")
+    base = {"task": "instruct", "data": "pairs", "data.paths": f"[{corpus}]", "data.tokenizer": "byte",
+            "model.block_size": 64, "samples.eval_pairs": 4, "samples.prompts": "['reverse: red cat sun']"}  # fmt: skip
+    return tiny_run_overrides(tmp_path, corpus, run_name, **{**base, **extra})
+
+
+def test_the_loss_learns_the_reply_and_its_end_only(tmp_path):
+    corpus = instructions(tmp_path / "i.jsonl", n=10)
+    data = prepare(DataConfig(name="i", corpora=["pairs"], tokenizer="byte", paths=[str(corpus)], val_fraction=0.2),
+                   tmp_path / "cache", progress=False)  # fmt: skip
+    tok = get_tokenizer("byte").with_chat()
+    loader = InstructLoader(data, "train", batch_size=4, block_size=64, tokenizer=tok, seed=1)
+    batch = loader.batch_at(0)
+    for idx, targets in zip(batch["idx"].tolist(), batch["targets"].tolist()):
+        last = max(i for i, t in enumerate(targets) if t != IGNORE_INDEX)  # the reply's <|end|> is the last target
+        row = idx[: last + 1] + [targets[last]]  # the conversation: the inputs, then the final id
+        assert all(t == IGNORE_INDEX for t in targets[last + 1 :])  # padding learns nothing
+        assert row[0] == tok.chat_ids[1]  # <|user|> first
+        start = row.index(tok.chat_ids[2]) + 1  # the reply starts after <|assistant|>
+        learned = [t for t in targets if t != IGNORE_INDEX]
+        end = start + learned.index(tok.chat_ids[3]) + 1
+        assert learned == row[start:end] and learned[-1] == tok.chat_ids[3]  # the reply and its <|end|>, nothing else
+        assert tok.decode(learned[:-1]).count(" ") == 2  # three words
+    assert torch.equal(loader.batch_at(0)["targets"], batch["targets"])  # deterministic
+    short = InstructLoader(data, "train", batch_size=4, block_size=12, tokenizer=tok, seed=1)
+    with pytest.warns(UserWarning, match=r"conversation\(s\) longer than block_size \+ 1 = 13 ids cut"):
+        cut = short.batch_at(0)
+    assert cut["idx"].shape[1] == 12 and short.truncated == 4
+    with pytest.raises(ValueError, match="has no chat ids"):
+        InstructLoader(data, "train", batch_size=4, block_size=64, tokenizer=get_tokenizer("byte"))
+
+
+def test_instruct_from_scratch_learns_and_answers_chats(tmp_path):
+    result = run(compose_train(instruct_overrides(tmp_path, **{"trainer.max_steps": 30, "optim.lr": 3e-3})))
+    run_dir = tmp_path / "tuned"
+    val = losses(run_dir, "val/loss")
+    assert val[30] < val[0] and result["step"] == 30
+    assert "val/exact_match" in {k for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+                                 for k in json.loads(line)}  # fmt: skip
+    model, tok = load_model(run_dir)
+    assert tok.chat_ids is not None and model.config.vocab_size == tok.vocab_size == 257 + 4
+    [out] = pipeline("text-generation", model=run_dir)([{"role": "user", "content": "reverse: red cat sun"}])
+    assert out["generated_text"][-1]["role"] == "assistant"
+
+
+def test_fine_tuning_a_base_grows_the_vocabulary_by_the_mean_row_and_resumes_exactly(tmp_path, monkeypatch):
+    base_run = run(compose_train(tiny_run_overrides(tmp_path, zen_of_python(tmp_path), "base")))
+    assert base_run["step"] == 8
+    base, base_tok = load_model(tmp_path / "base")
+    assert base_tok.chat_ids is None
+    from train.build import build_parts
+    from train.dist import DistInfo
+
+    overrides = instruct_overrides(tmp_path, "tuned", init_from=tmp_path / "base", **{"data.tokenizer": "model"})
+    parts = build_parts(compose_train(overrides), DistInfo(), torch.device("cpu"))  # the model before any step
+    grown, tok = parts.raw_model, parts.tokenizer
+    old = base.config.vocab_size
+    assert grown.config.vocab_size == old + 4 and list(tok.chat_ids) == list(range(old, old + 4))
+    wte, base_wte = grown.transformer.wte.weight, base.transformer.wte.weight
+    torch.testing.assert_close(wte[:old], base_wte[:old])
+    torch.testing.assert_close(wte[old : old + 4], base_wte[:old].mean(0).expand(4, -1))
+    # resume: killed during step 6, continued with resume=auto: the losses of an uninterrupted run
+    straight = instruct_overrides(tmp_path, "straight", init_from=tmp_path / "base", **{"data.tokenizer": "model"})
+    run(compose_train(straight))
+    killed = instruct_overrides(tmp_path, "killed", init_from=tmp_path / "base", **{"data.tokenizer": "model"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train_killed_then_resumed(monkeypatch, killed)
+    assert losses(tmp_path / "killed") == pytest.approx(losses(tmp_path / "straight"), abs=1e-6)
