@@ -27,6 +27,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from data.chat import render
 from model.checkpoint import (
     is_hf_source,
     load_model,
@@ -64,8 +65,9 @@ USAGE = """\
 usage: python -m sample checkpoint=<run or checkpoint dir> (prompt="..." | prompt_file=<path>) [key=value ...]
        python -m sample checkpoint=<dir> prefix="..." suffix="..."   fill in the middle (a model trained with FIM)
        python -m sample replay=<samples.jsonl>                         regenerate recorded samples and compare
+       python -m sample checkpoint=<dir> chat=true [system="..."]     chat in the terminal (a task=instruct model)
 
-keys: task=story|code|seq2seq|span_corruption (default: the one the checkpoint records, else story)
+keys: task=story|code|instruct|seq2seq|span_corruption (default: the one the checkpoint records, else story)
       num_samples=N  seed=S  stream=true  out=<samples.jsonl>
       max_new_tokens=N  min_new_tokens=N  do_sample=true|false  temperature=T  top_k=K  top_p=P  min_p=P
       typical_p=P  repetition_penalty=R  presence_penalty=P  frequency_penalty=F  no_repeat_ngram_size=N
@@ -185,6 +187,9 @@ def run(cfg: SampleConfig, edits: set[str] | None = None) -> None:
     if cfg.replay is not None:
         replay(cfg.replay, cfg.device)
         return
+    if cfg.chat:
+        chat(cfg, edits)
+        return
     settings = cfg.settings()
     infilling = cfg.prefix is not None or cfg.suffix is not None
     prefix, suffix = cfg.prefix or "", cfg.suffix or ""
@@ -263,6 +268,106 @@ def run(cfg: SampleConfig, edits: set[str] | None = None) -> None:
         ]
         _write_records(cfg.out, records)
     sys.stdout.flush()
+
+
+CHAT_HELP = "/reset forgets the conversation, /set key=value changes a decoding control, Ctrl-D quits"
+
+
+def chat(cfg: SampleConfig, edits: set[str] | None = None, lines: Any = None) -> list[dict[str, str]]:
+    """chat=true: a conversation in the terminal with a model tuned for chat (task=instruct), loaded once.
+
+    Each line read is the user's turn; the reply streams as it is generated (after <|assistant|>, up to <|end|>).
+    The history is kept while it fits in the model's context with room for a reply; older turns (the system
+    message excepted) are dropped first. /reset, /set key=value (a decoding control: temperature=0.5,
+    max_new_tokens=64 ...), Ctrl-D (end of input) ends it. lines: the input (default: stdin). Returns the
+    conversation as it ended."""
+    device = resolve_device(cfg.device)
+    source = cfg.checkpoint if is_hf_source(cfg.checkpoint) else str(resolve_checkpoint(cfg.checkpoint))
+    model, tokenizer, kind = _load(source, device)
+    if kind != "gpt" or tokenizer.chat_ids is None:
+        raise ValueError(
+            f"chat=true needs a gpt tuned for chat (task=instruct: its tokenizer has the chat ids); {cfg.checkpoint} "
+            "is not one: sample it with prompt=..."
+        )
+    record = read_generation_defaults(source) if edits is not None else None
+    settings = cfg.settings(recorded_task(cfg.task, record, edits)) if record else cfg.settings()
+    generation = settings.generation(tokenizer).replace(eos_token_id=[tokenizer.chat_ids[-1], tokenizer.eot_id])
+    seed = row_seeds(cfg.seed, 1)[0]
+    system = [{"role": "system", "content": cfg.system}] if cfg.system else []
+    messages = list(system)
+    print(f"chat with {cfg.checkpoint} on {device}, seed={seed}: {CHAT_HELP}", file=sys.stderr, flush=True)
+    interactive = lines is None and sys.stdin.isatty()
+    for turn, line in enumerate(_user_lines(lines, interactive)):
+        text = line.rstrip("\n")
+        if text.strip() in ("/reset", "/set") or text.startswith("/set "):
+            if text.strip() == "/reset":
+                messages = list(system)
+                print("(conversation reset)", file=sys.stderr, flush=True)
+            else:
+                generation = _set_control(generation, text.removeprefix("/set").strip())
+            continue
+        messages.append({"role": "user", "content": text})
+        ids = _fit_history(tokenizer, messages, generation, model.config.block_size, len(system))
+        write = lambda _row, piece: (sys.stdout.write(piece), sys.stdout.flush())  # noqa: E731
+        sys.stdout.write("assistant> " if interactive else "")
+        reply = generate(model, tokenizer, [""], generation, seed=seed + turn, on_text=write, input_ids=[ids])[0][0]
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        messages.append({"role": "assistant", "content": reply.text})
+    return messages
+
+
+def _user_lines(lines: Any, interactive: bool) -> Any:
+    """The user's turns: the given lines, or stdin read line by line (with a prompt on a terminal) until Ctrl-D."""
+    if lines is not None:
+        yield from lines
+        return
+    while True:
+        try:
+            line = input("you> ") if interactive else sys.stdin.readline()
+        except EOFError:
+            sys.stderr.write("\n")
+            return
+        if not interactive and line == "":
+            return
+        if line.strip():
+            yield line
+
+
+def _set_control(generation: GenerationConfig, assignment: str) -> GenerationConfig:
+    """/set key=value: a decoding control changed for the rest of the chat; a bad one is a warning, not the end."""
+    key, _, value = assignment.partition("=")
+    key, value = key.strip(), value.strip()
+    parsed: Any = value
+    for cast in (int, float):
+        try:
+            parsed = cast(value)
+            break
+        except ValueError:
+            continue
+    if value.lower() in ("true", "false"):
+        parsed = value.lower() == "true"
+    try:
+        changes = {key: parsed, **({"do_sample": parsed > 0} if key == "temperature" else {})}
+        updated = generation.replace(**changes)
+    except (TypeError, ValueError) as e:
+        print(f"warning: /set {assignment}: {e}", file=sys.stderr, flush=True)
+        return generation
+    print(f"({key} = {parsed!r})", file=sys.stderr, flush=True)
+    return updated
+
+
+def _fit_history(
+    tokenizer: Any, messages: list[dict[str, str]], generation: GenerationConfig, block_size: int, keep: int
+) -> list[int]:
+    """The conversation's ids with the generation prompt, its oldest turns after the first `keep` (the system
+    message) dropped until it leaves room for max_new_tokens in the model's context; the latest turn always stays."""
+    room = block_size - (generation.max_new_tokens or 64)
+    while True:
+        ids = render(tokenizer, messages, add_generation_prompt=True)[0]
+        if len(ids) <= room or len(messages) <= keep + 1:
+            return ids
+        del messages[keep]
 
 
 def _print_logprobs(c: Completion, tokenizer: Any, i: int, n: int) -> None:

@@ -26,7 +26,7 @@ class TaskConfig(GenerationConfig, ObjectiveConfig):
     """A preset of configs/task/: the decoding controls (GenerationConfig's fields) and, read by training alone, the
     objective (data.config.ObjectiveConfig's fields)."""
 
-    name: str = "default"  # preset label: story | code | seq2seq | span_corruption | configs/task/<yours>.yaml
+    name: str = "default"  # preset label: story | code | instruct | seq2seq | span_corruption | configs/task/<yours>.yaml
     bad_words: List[str] = field(default_factory=list)  # text never generated (encoded as is and after a space)
     check_syntax: bool = False  # code: report whether prompt + completion parses as Python (ast.parse)
 
@@ -80,11 +80,19 @@ class _SampleArgs:
     out: Optional[str] = None  # append every sample to this JSONL file with its provenance (see replay)
     replay: Optional[str] = None  # regenerate the samples of a JSONL file written by out= and check they match
     logprobs: Optional[int] = None  # k: print each token's log-probability and its k likeliest alternatives
-    task: TaskConfig = field(default_factory=TaskConfig)  # preset: task=story|code|seq2seq|span_corruption
+    chat: bool = False  # an interactive chat in the terminal (a model tuned with task=instruct); system= starts it
+    system: Optional[str] = None  # chat: the system message every conversation starts with
+    task: TaskConfig = field(default_factory=TaskConfig)  # preset: task=story|code|instruct|seq2seq|span_corruption
 
     def __post_init__(self) -> None:
         if self.replay is not None:
             return  # everything else comes from the file
+        if self.chat:
+            given = [k for k in ("prompt", "prompt_file", "prefix", "suffix", "out") if getattr(self, k) is not None]
+            if given or self.stream or self.num_samples != 1:
+                what = given[0] if given else "stream" if self.stream else "num_samples"
+                raise ValueError(f"chat=true reads the conversation from the terminal: leave {what} out")
+            return
         infill = self.prefix is not None or self.suffix is not None
         given = [k for k in ("prompt", "prompt_file") if getattr(self, k) is not None]
         if infill and given:

@@ -12,6 +12,7 @@ import pytest
 import torch
 from train_helpers import compose_train, losses, tiny_run_overrides, train_killed_then_resumed, zen_of_python
 
+from data.chat import render
 from data.config import DataConfig
 from data.loader import IGNORE_INDEX, InstructLoader
 from data.prepare import prepare
@@ -104,3 +105,55 @@ def test_fine_tuning_a_base_grows_the_vocabulary_by_the_mean_row_and_resumes_exa
         warnings.simplefilter("ignore")
         train_killed_then_resumed(monkeypatch, killed)
     assert losses(tmp_path / "killed") == pytest.approx(losses(tmp_path / "straight"), abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("chat")
+    run(compose_train(instruct_overrides(tmp, **{"trainer.max_steps": 10})))
+    return tmp / "tuned"
+
+
+def test_chat_in_the_terminal_keeps_the_history_and_takes_commands(tuned):
+    """python -m sample chat=true: one reply line per user line, /set changes a control, /reset forgets, Ctrl-D
+    (end of input) ends; the same conversation through chat() holds each turn."""
+    import subprocess
+    import sys
+
+    lines = "reverse: red cat sun\n/set max_new_tokens=4\nreverse: dog sun moon\n/reset\nhello\n"
+    proc = subprocess.run([sys.executable, "-m", "sample", f"checkpoint={tuned}", "chat=true", "seed=0"],
+                          input=lines, capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.splitlines()) == 3 and "(max_new_tokens = 4)" in proc.stderr
+    assert "(conversation reset)" in proc.stderr
+    from sample.__main__ import chat, load_config
+
+    cfg = load_config([f"checkpoint={tuned}", "chat=true", "seed=0", "system=Be brief.", "max_new_tokens=6"])
+    messages = chat(cfg, lines=["reverse: red cat sun", "/reset", "reverse: dog sun moon", "again"])
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "assistant"]
+    assert messages[1]["content"] == "reverse: dog sun moon"  # the turn before /reset is forgotten
+
+
+def test_chat_needs_a_model_tuned_for_chat(tmp_path, capsys):
+    from train_helpers import run_sample_main
+
+    run(compose_train(tiny_run_overrides(tmp_path, zen_of_python(tmp_path), "plain")))
+    code, _, err = run_sample_main(capsys, f"checkpoint={tmp_path / 'plain'}", "chat=true")
+    assert code == 2 and "chat=true needs a gpt tuned for chat" in err
+    code, _, err = run_sample_main(capsys, f"checkpoint={tmp_path / 'plain'}", "chat=true", "prompt=x")
+    assert code == 2 and "chat=true reads the conversation from the terminal: leave prompt out" in err
+
+
+def test_a_long_chat_drops_its_oldest_turns_to_leave_room_for_the_reply(tuned):
+    from sample.__main__ import chat, load_config
+
+    cfg = load_config([f"checkpoint={tuned}", "chat=true", "seed=0", "system=Hi.", "max_new_tokens=6"])
+    messages = chat(cfg, lines=[f"reverse: {w} cat sun" for w in WORDS[:6]])
+    assert (
+        messages[0] == {"role": "system", "content": "Hi."}
+        and messages[-2]["content"] == f"reverse: {WORDS[5]} cat sun"
+    )
+    assert len(messages) < 1 + 2 * 6  # the oldest turns went; the block is 64 ids
+    ids = render(load_model(tuned)[1], messages[:-1], add_generation_prompt=True)[0]
+    assert len(ids) + 6 <= 64

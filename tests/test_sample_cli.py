@@ -82,7 +82,7 @@ def test_task_config_validates_the_new_fields():
     assert (task.objective, task.noise_density, task.mean_span_length) == ("causal", 0.15, 3.0)
     assert (task.num_beams, task.length_penalty, task.early_stopping) == (1, 1.0, False)
     for bad, message in [
-        (dict(objective="mlm"), "task.objective='mlm' is not one of causal, span_corruption, seq2seq"),
+        (dict(objective="mlm"), "task.objective='mlm' is not one of causal, instruct, span_corruption, seq2seq"),
         (dict(noise_density=0.0), "task.noise_density=0.0 must be in (0, 1)"),
         (dict(noise_density=1.0), "task.noise_density=1.0"),
         (dict(mean_span_length=0.5), "task.mean_span_length=0.5 must be >= 1"),
@@ -131,7 +131,7 @@ def test_long_prompt_is_cropped_with_a_warning(capsys, checkpoint):
         (["checkpoint={ckpt}"], "no prompt"),
         (
             ["checkpoint={ckpt}", "prompt=x", "task=poem"],
-            "unknown task 'poem'; choose one of code, seq2seq, span_corruption, story",
+            "unknown task 'poem'; choose one of code, instruct, seq2seq, span_corruption, story",
         ),
         (["checkpoint={ckpt}", "prompt=x", "num_beams=0"], "num_beams=0 must be >= 1"),
         (["checkpoint={ckpt}", "prompt=x", "num_beams=2", "num_samples=3"], "num_samples=3 > num_beams=2"),
