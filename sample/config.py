@@ -26,7 +26,7 @@ class TaskConfig(GenerationConfig, ObjectiveConfig):
     """A preset of configs/task/: the decoding controls (GenerationConfig's fields) and, read by training alone, the
     objective (data.config.ObjectiveConfig's fields)."""
 
-    name: str = "default"  # preset label: story | code | instruct | seq2seq | span_corruption | configs/task/<yours>.yaml
+    name: str = "default"  # preset: story | code | instruct | seq2seq | span_corruption | configs/task/<yours>.yaml
     bad_words: List[str] = field(default_factory=list)  # text never generated (encoded as is and after a space)
     check_syntax: bool = False  # code: report whether prompt + completion parses as Python (ast.parse)
 
