@@ -37,6 +37,7 @@ class ObjectiveConfig:
     objective: str = "causal"
     noise_density: float = NOISE_DENSITY  # span_corruption: fraction of input tokens masked, in (0, 1)
     mean_span_length: float = MEAN_SPAN_LENGTH  # span_corruption: mean length of a masked span in tokens, >= 1
+    pack: bool = True  # instruct: several conversations per row, each attending to itself only; false: one, padded
 
     def check_objective(self) -> None:
         """Raise a ValueError naming the task.* key that is out of range."""

@@ -467,10 +467,12 @@ class InstructLoader(Seq2SeqLoader):
         <|user|> input <|end|> <|assistant|> target <|end|>
 
     targets are the next ids where they belong to the reply (its tokens and its <|end|>) and IGNORE_INDEX elsewhere:
-    the loss learns the reply, the prompt is context. One conversation per row, padded on the right to the longest
-    of the batch (causal attention never looks at the padding after a row's tokens, and each row's positions start
-    at 0). A conversation longer than block_size + 1 ids keeps its first block_size + 1 (the reply's end cut first);
-    the count is kept and the first cut warns. The tokenizer must have the chat ids (tokenizer.with_chat()). Pairs
+    the loss learns the reply, the prompt is context. pack=True (the default): each row of block_size ids holds as
+    many whole conversations as fit, with "doc_ids" (B, T) so that each attends only to itself and its positions
+    start at 0 (GPT.forward's document masking). pack=False: one conversation per row, padded on the right to the
+    longest of the batch (causal attention never looks at the padding after a row's tokens). A conversation longer
+    than block_size + 1 ids keeps its first block_size + 1 (the reply's end cut first); the count is kept and the
+    first cut warns. The tokenizer must have the chat ids (tokenizer.with_chat()). Pairs
     are drawn as Seq2SeqLoader draws them, so a run resumes from the same state_dict.
     """
 
@@ -485,12 +487,14 @@ class InstructLoader(Seq2SeqLoader):
         rank: int = 0,
         world_size: int = 1,
         device: str | torch.device = "cpu",
+        pack: bool = True,
     ) -> None:
         if getattr(tokenizer, "chat_ids", None) is None:
             raise ValueError(f"{tokenizer!r} has no chat ids; build it with tokenizer.with_chat()")
         loader_args = dict(seed=seed, rank=rank, world_size=world_size, device=device)
         super().__init__(data_dir, split, batch_size, block_size, block_size, tokenizer, **loader_args)
         self.block_size = block_size
+        self.pack = pack
         self.truncated = 0  # conversations cut to block_size + 1 ids, over every batch
 
     def conversation(self, row: np.ndarray) -> tuple[list[int], list[bool]]:
@@ -505,11 +509,10 @@ class InstructLoader(Seq2SeqLoader):
 
     def batch_at(self, n: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, n])
+        if self.pack:
+            return self._packed(rng)
         ids = self._rank_rows(rng.integers(0, self.num_pairs, size=self.batch_size * self.world_size))
-        rows = [self.conversation(r) for r in self.index[ids].astype(np.int64)]
-        cut = sum(len(i) > self.block_size + 1 for i, _ in rows)
-        rows = [(i[: self.block_size + 1], m[: self.block_size + 1]) for i, m in rows]
-        self._count_cuts(cut)
+        rows = [self._cut(self.conversation(r)) for r in self.index[ids].astype(np.int64)]
         T = max(len(i) for i, _ in rows) - 1
         idx = np.full((len(rows), T), self.tokenizer.eot_id, dtype=np.int64)
         targets = np.full((len(rows), T), IGNORE_INDEX, dtype=np.int64)
@@ -518,6 +521,58 @@ class InstructLoader(Seq2SeqLoader):
             idx[r, :length] = row_ids[:-1]
             targets[r, :length] = np.where(learned[1:], row_ids[1:], IGNORE_INDEX)
         return self._to_device({"idx": torch.from_numpy(idx), "targets": torch.from_numpy(targets)})
+
+    def _packed(self, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        """Rows of block_size + 1 ids, each filled with whole conversations drawn from rng until the next one would
+        not fit (a first one longer than the row is cut), the rest padding; doc_ids keeps each conversation to itself
+        (GPT.forward's document masking) and targets never cross from one conversation to the next. Every rank
+        draws the whole global batch's conversations and keeps its rows."""
+        L = self.block_size + 1
+        rows = []
+        pending = None
+        for _ in range(self.batch_size * self.world_size):
+            ids: list[int] = []
+            learned: list[bool] = []
+            docs: list[int] = []
+            while True:
+                conv = pending if pending is not None else self._cut(self.conversation(self._draw(rng)))
+                pending = None
+                if ids and len(ids) + len(conv[0]) > L:
+                    pending = conv  # starts the next row
+                    break
+                docs += [len(set(docs))] * len(conv[0])
+                ids += conv[0]
+                learned += conv[1]
+                if len(ids) >= L:
+                    break
+            rows.append((ids, learned, docs))
+        T = self.block_size
+        local = self._rank_rows(np.arange(len(rows)))
+        idx = np.full((len(local), T), self.tokenizer.eot_id, dtype=np.int64)
+        targets = np.full((len(local), T), IGNORE_INDEX, dtype=np.int64)
+        doc_ids = np.full((len(local), T), -1, dtype=np.int64)
+        for r, g in enumerate(local):
+            ids, learned, docs = rows[g]
+            length = len(ids) - 1
+            idx[r, :length] = ids[:-1]
+            # a target belongs to the conversation of its input; the next conversation's first id is never learned
+            targets[r, :length] = np.where(learned[1:], ids[1:], IGNORE_INDEX)
+            doc_ids[r, :length] = docs[:-1]
+            doc_ids[r, length:] = max(docs) + 1  # the padding: a document of its own that nothing learns
+        batch = {"idx": idx, "targets": targets, "doc_ids": doc_ids}
+        return self._to_device({k: torch.from_numpy(v) for k, v in batch.items()})
+
+    def _draw(self, rng: np.random.Generator) -> np.ndarray:
+        """One index row, drawn uniformly (with replacement)."""
+        return self.index[int(rng.integers(0, self.num_pairs))].astype(np.int64)
+
+    def _cut(self, conv: tuple[list[int], list[bool]]) -> tuple[list[int], list[bool]]:
+        """A conversation of at most block_size + 1 ids; a longer one is counted (and the first cut warns)."""
+        ids, learned = conv
+        if len(ids) > self.block_size + 1:
+            self._count_cuts(1)
+            return ids[: self.block_size + 1], learned[: self.block_size + 1]
+        return conv
 
     def _count_cuts(self, cut: int) -> None:
         self.truncated += cut

@@ -143,6 +143,7 @@ class GPT(nn.Module):
         left_pad: torch.Tensor | None = None,
         return_logits: bool = True,
         logits_to_keep: int = 0,
+        doc_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Logits for every position, and the mean cross-entropy when targets are given.
 
@@ -158,6 +159,9 @@ class GPT(nn.Module):
                 (model.layers.linear_cross_entropy; training does this) and logits is None.
             logits_to_keep: n > 0: logits of the last n positions only (B, n, V), as transformers' argument of that
                 name; generation's prefill needs the last one and skips the output head's matmul for the rest.
+            doc_ids: (B, T) packed rows (no KV cache): which document each position belongs to, documents
+                contiguous. A token attends only to the earlier tokens of its document, and positions restart at 0
+                with each document, so a packed document computes what it would alone (document masking).
         Returns:
             (logits (B, T, V) over the real vocabulary or None, loss or None).
         """
@@ -171,6 +175,8 @@ class GPT(nn.Module):
                 raise ValueError("a KV cache is set: pass input_pos, or call clear_kv_cache() first")
             pos = torch.arange(T, device=idx.device)
             mask = None
+            if doc_ids is not None:
+                pos, mask = _documents(doc_ids)  # (B, T), (B, 1, T, T)
         else:
             pos = input_pos
             mask = self.mask_cache.index_select(0, input_pos) if self.mask_cache is not None else None  # (T, L)
@@ -284,3 +290,16 @@ class GPT(nn.Module):
         if not self.config.tie_embeddings:
             n -= self.transformer.wte.weight.numel()  # an untied input embedding is a lookup, not a matmul
         return 6 * n + 12 * self.config.n_layer * self.config.n_embd * T
+
+
+def _documents(doc_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row positions (B, T), restarting at each document's first token, and the attention mask (B, 1, T, T) of
+    packed rows: causal, within a document. doc_ids (B, T): contiguous runs of one id per document."""
+    B, T = doc_ids.shape
+    steps = torch.arange(T, device=doc_ids.device)
+    first = torch.ones_like(doc_ids, dtype=torch.bool)
+    first[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]  # (B, T): a document starts here
+    start = torch.cummax(torch.where(first, steps, 0), dim=1).values  # (B, T): where each position's document starts
+    causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()
+    mask = causal & (doc_ids[:, :, None] == doc_ids[:, None, :])  # (B, T, T)
+    return steps - start, mask[:, None]

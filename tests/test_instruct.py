@@ -47,7 +47,7 @@ def test_the_loss_learns_the_reply_and_its_end_only(tmp_path):
     data = prepare(DataConfig(name="i", corpora=["pairs"], tokenizer="byte", paths=[str(corpus)], val_fraction=0.2),
                    tmp_path / "cache", progress=False)  # fmt: skip
     tok = get_tokenizer("byte").with_chat()
-    loader = InstructLoader(data, "train", batch_size=4, block_size=64, tokenizer=tok, seed=1)
+    loader = InstructLoader(data, "train", batch_size=4, block_size=64, tokenizer=tok, seed=1, pack=False)
     batch = loader.batch_at(0)
     for idx, targets in zip(batch["idx"].tolist(), batch["targets"].tolist()):
         last = max(i for i, t in enumerate(targets) if t != IGNORE_INDEX)  # the reply's <|end|> is the last target
@@ -60,7 +60,7 @@ def test_the_loss_learns_the_reply_and_its_end_only(tmp_path):
         assert learned == row[start:end] and learned[-1] == tok.chat_ids[3]  # the reply and its <|end|>, nothing else
         assert tok.decode(learned[:-1]).count(" ") == 2  # three words
     assert torch.equal(loader.batch_at(0)["targets"], batch["targets"])  # deterministic
-    short = InstructLoader(data, "train", batch_size=4, block_size=12, tokenizer=tok, seed=1)
+    short = InstructLoader(data, "train", batch_size=4, block_size=12, tokenizer=tok, seed=1, pack=False)
     with pytest.warns(UserWarning, match=r"conversation\(s\) longer than block_size \+ 1 = 13 ids cut"):
         cut = short.batch_at(0)
     assert cut["idx"].shape[1] == 12 and short.truncated == 4
@@ -157,3 +157,36 @@ def test_a_long_chat_drops_its_oldest_turns_to_leave_room_for_the_reply(tuned):
     assert len(messages) < 1 + 2 * 6  # the oldest turns went; the block is 64 ids
     ids = render(load_model(tuned)[1], messages[:-1], add_generation_prompt=True)[0]
     assert len(ids) + 6 <= 64
+
+
+@pytest.mark.parametrize("pos", ["learned", "rope"])
+def test_packed_rows_compute_what_each_conversation_computes_alone(tmp_path, pos):
+    """pack=True: full rows of whole conversations; with doc_ids each conversation's logits equal its own forward
+    (attention kept inside it, positions from 0), and the learned targets are exactly each reply and its <|end|>."""
+    from model import GPT, GPTConfig
+
+    corpus = instructions(tmp_path / "i.jsonl", n=12)
+    data = prepare(DataConfig(name="i", corpora=["pairs"], tokenizer="byte", paths=[str(corpus)], val_fraction=0.2),
+                   tmp_path / "cache", progress=False)  # fmt: skip
+    tok = get_tokenizer("byte").with_chat()
+    loader = InstructLoader(data, "train", batch_size=2, block_size=96, tokenizer=tok, seed=3)
+    batch = loader.batch_at(0)
+    assert batch["idx"].shape == (2, 96) and set(batch) == {"idx", "targets", "doc_ids"}
+    torch.manual_seed(0)
+    options = {"pos": "rope", "norm": "rmsnorm"} if pos == "rope" else {}
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, n_layer=2, n_head=2, n_embd=16, block_size=96, **options)).eval()
+    with torch.no_grad():
+        packed, _ = model(batch["idx"], doc_ids=batch["doc_ids"])
+    for r in range(2):
+        docs = batch["doc_ids"][r].tolist()
+        conversations = [d for d in dict.fromkeys(docs) if docs.count(d) > 1 or d != max(docs)]
+        assert len(conversations) >= 2  # several conversations share the row
+        for d in conversations[:-1]:  # whole conversations (the last run may be the padding)
+            cols = [i for i, x in enumerate(docs) if x == d]
+            assert cols == list(range(cols[0], cols[-1] + 1))  # contiguous
+            ids = batch["idx"][r, cols][None]
+            with torch.no_grad():
+                alone, _ = model(ids)
+            torch.testing.assert_close(packed[r, cols], alone[0], rtol=1e-5, atol=1e-5)
+            learned = [t for t in batch["targets"][r, cols].tolist() if t != IGNORE_INDEX]
+            assert learned[-1] == tok.chat_ids[3] and tok.chat_ids[2] in ids[0].tolist()

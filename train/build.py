@@ -233,7 +233,7 @@ def build_loader(
             **common,
         )
     if objective == "instruct":
-        return InstructLoader(data_dir, split, block_size=T, tokenizer=tokenizer, **common)
+        return InstructLoader(data_dir, split, block_size=T, tokenizer=tokenizer, pack=cfg.task.pack, **common)
     if objective == "seq2seq":
         return Seq2SeqLoader(
             data_dir, split, input_length=T, target_length=T, tokenizer=tokenizer, start_id=start_id, **common
