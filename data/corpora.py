@@ -2,10 +2,11 @@
 
 `load_documents(cfg)` returns the Documents of every corpus in `cfg.corpora`, in order; `load_pairs(cfg)` the
 input/target Pairs of the seq2seq corpora (the user's .jsonl pairs; python-docstrings, code <-> docstring from the
-stdlib). `source_hashes(cfg)` hashes the raw files behind them without parsing, so data preparation can key its
-cache by content. Everything is real text already on the machine (an installed package, the interpreter's stdlib,
-the user's files, the TinyStories subset shipped in data/assets/tinystories/); the whole TinyStories dataset is
-downloaded from the Hugging Face hub only when asked for (`data.source=hub`, or read from `data.hub_local_dir`).
+stdlib), and the Conversations of .jsonl lines holding a `messages` list (instruction tuning). `source_hashes(cfg)`
+hashes the raw files behind them without parsing, so data preparation can key its cache by content. Everything is
+real text already on the machine (an installed package, the interpreter's stdlib, the user's files, the TinyStories
+subset shipped in data/assets/tinystories/); the whole TinyStories dataset is downloaded from the Hugging Face hub
+only when asked for (`data.source=hub`, or read from `data.hub_local_dir`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from data.chat import check_messages
 from data.config import PAIR_CORPORA, DataConfig
 from nanoloom.net import resolves
 
@@ -63,6 +65,21 @@ class Pair:
     target: str
     source: str  # "path:line", "stdlib:textwrap.py:dedent", ...
     group: str  # the unit of the train/val split: pairs of one group land in the same split (a line, a module)
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """A chat of (role, content) turns from a .jsonl line's `messages` (roles system, user, assistant): the example
+    of instruction tuning, which learns the assistant turns. A Pair is the conversation (user: input, assistant:
+    target)."""
+
+    turns: tuple[tuple[str, str], ...]
+    source: str
+    group: str
+
+    @staticmethod
+    def of(pair: Pair) -> Conversation:
+        return Conversation((("user", pair.input), ("assistant", pair.target)), pair.source, pair.group)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -321,11 +338,20 @@ def pairs_files(cfg: DataConfig) -> list[tuple[str, Path]]:
     return text_files(cfg, extensions=[".jsonl"])
 
 
-def read_pairs(path: Path, cfg: DataConfig) -> list[Pair]:
-    """One pair per non-blank line of a .jsonl file: data.prefix + the input field, and the target field."""
-    pairs = []
+def read_pairs(path: Path, cfg: DataConfig) -> list[Pair | Conversation]:
+    """One example per non-blank line of a .jsonl file: a Pair of data.prefix + the input field and the target
+    field, or a Conversation where the line holds a `messages` list instead."""
+    pairs: list[Pair | Conversation] = []
     for lineno, record in jsonl_records(path):
         where = f"{path}:{lineno}"
+        if "messages" in record and cfg.input_field not in record:
+            pairs.append(read_conversation(record["messages"], where, cfg.prefix))
+            continue
+        if cfg.input_field not in record and cfg.target_field not in record:
+            raise ValueError(
+                f"{where}: neither '{cfg.input_field}'/'{cfg.target_field}' fields nor a 'messages' list; give one "
+                "of the two forms (or set data.input_field / data.target_field to your field names)"
+            )
         text = jsonl_text(record, cfg.input_field, where, "data.input_field")
         target = jsonl_text(record, cfg.target_field, where, "data.target_field")
         if not target.strip():
@@ -336,10 +362,25 @@ def read_pairs(path: Path, cfg: DataConfig) -> list[Pair]:
     return pairs
 
 
-def load_user_pairs(cfg: DataConfig) -> list[Pair]:
-    """The user's pairs, in file and line order; each pair is its own unit of the split."""
+def read_conversation(messages: object, where: str, prefix: str = "") -> Conversation:
+    """A Conversation of a .jsonl line's messages (check_messages' rules); it must end with a non-empty assistant
+    turn, the reply a model learns. prefix is prepended to the first user turn, as to a pair's input."""
+    turns = [(m["role"], m["content"]) for m in check_messages(messages, f"{where}: messages")]
+    if turns[-1][0] != "assistant" or not turns[-1][1].strip():
+        raise ValueError(
+            f"{where}: messages must end with a non-empty assistant turn, the reply to learn (drop the line or "
+            "complete it)"
+        )
+    first_user = next((i for i, (role, _) in enumerate(turns) if role == "user"), None)
+    if first_user is not None and prefix:
+        turns[first_user] = ("user", prefix + turns[first_user][1])
+    return Conversation(tuple(turns), where, where)
+
+
+def load_user_pairs(cfg: DataConfig) -> list[Pair | Conversation]:
+    """The user's pairs and conversations, in file and line order; each line is its own unit of the split."""
     files = pairs_files(cfg)
-    pairs: list[Pair] = []
+    pairs: list[Pair | Conversation] = []
     for _, path in files:
         pairs += read_pairs(path, cfg)
         if cfg.max_documents is not None and len(pairs) >= cfg.max_documents:
@@ -611,7 +652,7 @@ _LOADERS: dict[str, Callable[[DataConfig], list[Document]]] = {
 }
 
 
-_PAIR_LOADERS: dict[str, Callable[[DataConfig], list[Pair]]] = {
+_PAIR_LOADERS: dict[str, Callable[[DataConfig], list[Pair | Conversation]]] = {
     "pairs": load_user_pairs,
     "python-docstrings": load_python_docstrings,
 }
@@ -656,13 +697,14 @@ def load_documents(cfg: DataConfig) -> list[Document]:
     return docs
 
 
-def load_pairs(cfg: DataConfig) -> list[Pair]:
-    """Pairs of every corpus in cfg.corpora, in order; max_documents keeps the first N pairs of each corpus."""
+def load_pairs(cfg: DataConfig) -> list[Pair | Conversation]:
+    """Pairs (and the user's conversations) of every corpus in cfg.corpora, in order; max_documents keeps the first
+    N of each corpus."""
     if not cfg.is_pairs:
         raise ValueError(
             f"data.corpora={cfg.corpora} are documents, not input/target pairs; use {' or '.join(PAIR_CORPORA)}"
         )
-    pairs: list[Pair] = []
+    pairs: list[Pair | Conversation] = []
     for corpus in cfg.corpora:
         pairs += _PAIR_LOADERS[corpus](cfg)
     return pairs

@@ -7,6 +7,7 @@ memory-mapped, never read whole.
 - CausalLMLoader: random windows of the document shards, as in nanoGPT.
 - SpanCorruptionLoader: random windows of the same shards, corrupted T5-style (data/span_corruption.py).
 - Seq2SeqLoader: random input/target pairs of a pair dataset, padded to the longest in the batch.
+- InstructLoader: random conversations (or pairs, as a user turn and a reply) laid out by the chat template, packed.
 Evaluation reads a whole split in order instead: window_batches, pair_batches and span_corruption_batches give
 every token, pair or window once, built by the same functions as the training batches (pair_batch, corrupt_batch).
 """
@@ -22,7 +23,14 @@ import numpy as np
 import torch
 
 from data.chat import turn_ids
-from data.prepare import PAIRS_INDEX_COLUMNS, SPLITS, layout, load_meta
+from data.prepare import (
+    CHATS_INDEX_COLUMNS,
+    PAIRS_INDEX_COLUMNS,
+    SPLITS,
+    TURNS_INDEX_COLUMNS,
+    layout,
+    load_meta,
+)
 from data.span_corruption import (
     MEAN_SPAN_LENGTH,
     NOISE_DENSITY,
@@ -32,6 +40,7 @@ from data.span_corruption import (
     span_corruption_lengths,
 )
 from data.tokenizer import Tokenizer, tokenizer_from_spec
+from data.tokenizer.base import CHAT_ROLES
 
 IGNORE_INDEX = -1  # targets the loss skips (T5.forward, GPT.forward)
 _MASK_STREAM = 1  # tags the span-corruption mask seeds apart from the batch seed (see SpanCorruptionLoader)
@@ -52,10 +61,10 @@ def same_tokenizer(spec: dict[str, Any], prepared: dict[str, Any], fim: bool = T
 class BatchLoader:
     """What every loader shares: arguments, meta.json, the rank's rows of global batch n, the cursor and its state.
 
-    A subclass sets `layout` (the kind of dataset it reads) and implements batch_at(n).
+    A subclass sets `layout` (the kind of dataset it reads, or a tuple of kinds) and implements batch_at(n).
     """
 
-    layout = "documents"
+    layout: str | tuple[str, ...] = "documents"
 
     def __init__(
         self,
@@ -78,11 +87,16 @@ class BatchLoader:
             raise ValueError(f"seed={seed} must be >= 0")
         self.data_dir = Path(data_dir)
         self.meta = load_meta(self.data_dir)
-        if layout(self.meta) != self.layout:
-            readers = {"documents": "CausalLMLoader or SpanCorruptionLoader", "pairs": "Seq2SeqLoader"}
+        accepted = (self.layout,) if isinstance(self.layout, str) else self.layout
+        if layout(self.meta) not in accepted:
+            readers = {
+                "documents": "CausalLMLoader or SpanCorruptionLoader",
+                "pairs": "Seq2SeqLoader or InstructLoader",
+                "conversations": "InstructLoader",
+            }
             raise ValueError(
-                f"{self.data_dir.name} holds {layout(self.meta)}, but {type(self).__name__} reads {self.layout}; "
-                f"read it with {readers[layout(self.meta)]}"
+                f"{self.data_dir.name} holds {layout(self.meta)}, but {type(self).__name__} reads "
+                f"{' or '.join(accepted)}; read it with {readers[layout(self.meta)]}"
             )
         self.split = split
         self.batch_size = batch_size
@@ -460,21 +474,24 @@ class Seq2SeqLoader(BatchLoader):
         )
 
 
-class InstructLoader(Seq2SeqLoader):
-    """GPT instruction-tuning batches {"idx": (B, T), "targets": (B, T)} of a pair dataset, read as one user turn and
-    the assistant's reply each, laid out by the chat template (data/chat.py):
+class InstructLoader(BatchLoader):
+    """GPT instruction-tuning batches {"idx": (B, T), "targets": (B, T)} of conversations, laid out by the chat
+    template (data/chat.py). A conversation dataset's conversations are read as they are; a pair dataset's pairs as
+    one user turn and the assistant's reply each:
 
         <|user|> input <|end|> <|assistant|> target <|end|>
 
-    targets are the next ids where they belong to the reply (its tokens and its <|end|>) and IGNORE_INDEX elsewhere:
-    the loss learns the reply, the prompt is context. pack=True (the default): each row of block_size ids holds as
-    many whole conversations as fit, with "doc_ids" (B, T) so that each attends only to itself and its positions
-    start at 0 (GPT.forward's document masking). pack=False: one conversation per row, padded on the right to the
-    longest of the batch (causal attention never looks at the padding after a row's tokens). A conversation longer
-    than block_size + 1 ids keeps its first block_size + 1 (the reply's end cut first); the count is kept and the
-    first cut warns. The tokenizer must have the chat ids (tokenizer.with_chat()). Pairs
-    are drawn as Seq2SeqLoader draws them, so a run resumes from the same state_dict.
+    targets are the next ids where they belong to an assistant turn (its tokens and its <|end|>) and IGNORE_INDEX
+    elsewhere: the loss learns the replies, the system and user turns are context. pack=True (the default): each
+    row of block_size ids holds as many whole conversations as fit, with "doc_ids" (B, T) so that each attends only
+    to itself and its positions start at 0 (GPT.forward's document masking). pack=False: one conversation per row,
+    padded on the right to the longest of the batch (causal attention never looks at the padding after a row's
+    tokens). A conversation longer than block_size + 1 ids keeps its first block_size + 1 (the last reply's end cut
+    first); the count is kept and the first cut warns. The tokenizer must have the chat ids (tokenizer.with_chat()).
+    Batch n draws conversations uniformly (with replacement) from default_rng([seed, n]), so a run resumes exactly.
     """
+
+    layout = ("pairs", "conversations")
 
     def __init__(
         self,
@@ -491,28 +508,64 @@ class InstructLoader(Seq2SeqLoader):
     ) -> None:
         if getattr(tokenizer, "chat_ids", None) is None:
             raise ValueError(f"{tokenizer!r} has no chat ids; build it with tokenizer.with_chat()")
-        loader_args = dict(seed=seed, rank=rank, world_size=world_size, device=device)
-        super().__init__(data_dir, split, batch_size, block_size, block_size, tokenizer, **loader_args)
+        if block_size < 1:
+            raise ValueError(f"block_size={block_size} must be >= 1")
+        loader_args = dict(seed=seed, rank=rank, world_size=world_size, device=device, tokenizer=tokenizer)
+        super().__init__(data_dir, split, batch_size, **loader_args)
         self.block_size = block_size
         self.pack = pack
         self.truncated = 0  # conversations cut to block_size + 1 ids, over every batch
+        self._warned = False
+        info = self.meta["splits"][split]
+        self.data = np.memmap(self.data_dir / info["file"], dtype=np.dtype(self.meta["dtype"]), mode="r")
+        index = np.memmap(self.data_dir / info["index"], dtype=np.uint64, mode="r")
+        if layout(self.meta) == "pairs":  # pair i is turns 2i (user: its input) and 2i + 1 (assistant: its target)
+            pairs = index.reshape(-1, len(PAIRS_INDEX_COLUMNS)).astype(np.int64)
+            n = len(pairs)
+            self.turn_index = np.empty((2 * n, len(TURNS_INDEX_COLUMNS)), dtype=np.int64)
+            self.turn_index[0::2] = np.stack([pairs[:, 0], pairs[:, 1], np.full(n, CHAT_ROLES.index("user"))], 1)
+            self.turn_index[1::2] = np.stack([pairs[:, 2], pairs[:, 3], np.full(n, CHAT_ROLES.index("assistant"))], 1)
+            self.chats = np.stack([np.arange(0, 2 * n, 2), np.full(n, 2)], axis=1)
+        else:
+            self.turn_index = index.reshape(-1, len(TURNS_INDEX_COLUMNS))  # (M, 3): start, length, role
+            chats = np.memmap(self.data_dir / info["chats"], dtype=np.uint64, mode="r")
+            self.chats = chats.reshape(-1, len(CHATS_INDEX_COLUMNS))  # (N, 2): first turn, number of turns
 
-    def conversation(self, row: np.ndarray) -> tuple[list[int], list[bool]]:
-        """(ids, learned) of one index row: its input as the user's turn and its target as the reply, without the
-        end-of-text ids the pair dataset ends each side with."""
-        in_start, in_len, tgt_start, tgt_len = (int(v) for v in row)
+    @property
+    def num_conversations(self) -> int:
+        return len(self.chats)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.data)
+
+    def turns(self, i: int) -> list[tuple[str, list[int]]]:
+        """(role, content ids) of conversation i's turns, without the end-of-text id the dataset ends each with."""
+        first, count = (int(v) for v in self.chats[i])
         eot = self.tokenizer.eot_id
-        prompt = self.data[in_start : in_start + in_len].tolist()
-        reply = self.data[tgt_start : tgt_start + tgt_len].tolist()
-        prompt, reply = prompt[:-1] if prompt[-1:] == [eot] else prompt, reply[:-1] if reply[-1:] == [eot] else reply
-        return turn_ids(self.tokenizer, [("user", prompt), ("assistant", reply)])
+        out = []
+        for start, length, role in self.turn_index[first : first + count].astype(np.int64).tolist():
+            ids = self.data[start : start + length].tolist()
+            out.append((CHAT_ROLES[role], ids[:-1] if ids[-1:] == [eot] else ids))
+        return out
+
+    def conversation(self, i: int) -> tuple[list[int], list[bool]]:
+        """(ids, learned) of conversation i, laid out by the chat template (data/chat.py turn_ids)."""
+        return turn_ids(self.tokenizer, self.turns(i))
+
+    def exchanges(self, limit: int | None = None) -> Iterator[tuple[list[tuple[str, list[int]]], list[int]]]:
+        """(the turns before its last reply, the last reply's ids) of each conversation in file order (the first
+        `limit`): what a chat model is asked and what it should answer (every conversation ends with a reply)."""
+        for i in range(self.num_conversations if limit is None else min(limit, self.num_conversations)):
+            turns = self.turns(i)
+            yield turns[:-1], turns[-1][1]
 
     def batch_at(self, n: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, n])
         if self.pack:
             return self._packed(rng)
-        ids = self._rank_rows(rng.integers(0, self.num_pairs, size=self.batch_size * self.world_size))
-        rows = [self._cut(self.conversation(r)) for r in self.index[ids].astype(np.int64)]
+        draws = self._rank_rows(rng.integers(0, self.num_conversations, size=self.batch_size * self.world_size))
+        rows = [self._cut(self.conversation(int(i))) for i in draws]
         T = max(len(i) for i, _ in rows) - 1
         idx = np.full((len(rows), T), self.tokenizer.eot_id, dtype=np.int64)
         targets = np.full((len(rows), T), IGNORE_INDEX, dtype=np.int64)
@@ -562,9 +615,9 @@ class InstructLoader(Seq2SeqLoader):
         batch = {"idx": idx, "targets": targets, "doc_ids": doc_ids}
         return self._to_device({k: torch.from_numpy(v) for k, v in batch.items()})
 
-    def _draw(self, rng: np.random.Generator) -> np.ndarray:
-        """One index row, drawn uniformly (with replacement)."""
-        return self.index[int(rng.integers(0, self.num_pairs))].astype(np.int64)
+    def _draw(self, rng: np.random.Generator) -> int:
+        """One conversation's number, drawn uniformly (with replacement)."""
+        return int(rng.integers(0, self.num_conversations))
 
     def _cut(self, conv: tuple[list[int], list[bool]]) -> tuple[list[int], list[bool]]:
         """A conversation of at most block_size + 1 ids; a longer one is counted (and the first cut warns)."""
@@ -587,7 +640,7 @@ class InstructLoader(Seq2SeqLoader):
 
     def __repr__(self) -> str:
         return (
-            f"InstructLoader({self.data_dir.name}/{self.split}: {self.num_pairs:,} pairs, "
+            f"InstructLoader({self.data_dir.name}/{self.split}: {self.num_conversations:,} conversations, "
             f"batch_size={self.batch_size}, block_size={self.block_size}, rank {self.rank}/{self.world_size})"
         )
 

@@ -3,7 +3,11 @@
 A .bin file is a flat array of token ids (uint16, or uint32 when the vocabulary needs it) in which every document is
 followed by eot_id, memory-mapped by the loader as in nanoGPT. Pair corpora (meta.json "layout": "pairs") write
 <split>_pairs.bin instead, each input and each target followed by eot_id, plus <split>_pairs.idx: a uint64 (N, 4)
-array of (input start, input length, target start, target length) in tokens, lengths counting the eot.
+array of (input start, input length, target start, target length) in tokens, lengths counting the eot. A pair
+corpus with a conversation (a .jsonl line's `messages`; "layout": "conversations") writes <split>_turns.bin, each
+turn's content followed by eot_id, <split>_turns.idx, a uint64 (M, 3) array of (start, length, role) per turn, and
+<split>_chats.idx, a uint64 (N, 2) array of (first turn, number of turns) per conversation; its pairs are
+conversations of a user turn and the assistant's reply.
 With data.fim_rate > 0, that share of the train documents is rearranged to fill-in-the-middle order (data/fim.py) and
 the tokenizer gets its FIM ids (tokenizer.with_fim(), recorded in meta.json); val is never rearranged.
 The hash covers the bytes of every source file, the tokenizer and the split parameters: re-running with nothing
@@ -35,9 +39,10 @@ import numpy as np
 from tqdm import tqdm
 
 from data.config import DataConfig
-from data.corpora import CORPORA_VERSION, Document, Pair, load_documents, load_pairs, source_hashes
+from data.corpora import CORPORA_VERSION, Conversation, Document, Pair, load_documents, load_pairs, source_hashes
 from data.fim import fim_arrays, fim_plan
 from data.tokenizer import BPE_VERSION, BPETokenizer, CharTokenizer, Tokenizer, get_tokenizer
+from data.tokenizer.base import CHAT_ROLES
 from nanoloom.files import config_dir, host_name, pid_alive
 
 logger = logging.getLogger(__name__)
@@ -62,6 +67,8 @@ WEIGHT_FIELDS = ("weights",)
 WEIGHT_STREAM = 3  # tags the corpus weights' seed apart from the split shuffle's and fim_rate's
 FIM_STREAM = 2  # tags the fill-in-the-middle plan's seed apart from the split shuffle's (split_seed alone)
 PAIRS_INDEX_COLUMNS = ("input_start", "input_length", "target_start", "target_length")
+TURNS_INDEX_COLUMNS = ("start", "length", "role")  # role: its index in CHAT_ROLES
+CHATS_INDEX_COLUMNS = ("first_turn", "turns")
 CHUNK_CHARS = 1 << 22  # characters tokenized per batch: bounds memory, paces the progress bar
 # a preparation's temp dir in cache_dir: .tmp-<dataset>@<host>-<pid>-<8 hex> (without @<host>: from before hosts)
 _TEMP_DIR = re.compile(r"\.tmp-[^@/]+(?:@(?P<host>[^@/]+))?-(?P<pid>\d+)-[0-9a-f]{8}")
@@ -177,8 +184,9 @@ def weigh_documents(docs: list[Document], corpora: list[str], weights: list[floa
     return out
 
 
-def split_pairs(pairs: list[Pair], val_fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
-    """Train and val pairs, both non-empty and each in corpus order; the unit of the split is a pair's group.
+def split_pairs(pairs: list[P], val_fraction: float, seed: int) -> tuple[list[P], list[P]]:
+    """Train and val pairs (or conversations), both non-empty and each in corpus order; the unit of the split is a
+    pair's group.
 
     The groups (a jsonl line, a stdlib module) are shuffled with `seed` and the first round(n * val_fraction) of
     them (at least one, at most n - 1) go to val, so val pairs come from groups train never sees.
@@ -198,6 +206,7 @@ def split_pairs(pairs: list[Pair], val_fraction: float, seed: int) -> tuple[list
 # tokenize and write
 
 T = TypeVar("T")
+P = TypeVar("P", Pair, Conversation)
 
 
 def _chunks(items: list[T], sizes: list[int], max_chars: int) -> list[list[T]]:
@@ -288,6 +297,49 @@ def write_pairs(
     return counts
 
 
+def write_conversations(
+    bin_path: Path,
+    turns_path: Path,
+    chats_path: Path,
+    chats: list[Conversation],
+    tokenizer: Tokenizer,
+    num_workers: int,
+    progress: bool,
+    desc: str,
+) -> dict[str, int]:
+    """Tokenize conversations into bin_path (each turn's content, then eot), their turns' (M, 3) index (start,
+    length, role) into turns_path and the (N, 2) index of each conversation's turns into chats_path.
+
+    Returns the counts meta.json records: tokens, conversations, turns and the longest conversation (eots included).
+    """
+    dtype = token_dtype(tokenizer.vocab_size)
+    eot = np.array([tokenizer.eot_id], dtype=dtype)
+    sizes = [sum(len(c) for _, c in chat.turns) for chat in chats]
+    counts = {"tokens": 0, "conversations": len(chats), "turns": 0, "conversation_tokens_max": 0}
+    bar = tqdm(total=sum(sizes), unit="char", unit_scale=True, desc=desc, disable=None if progress else True)
+    with open(bin_path, "wb") as fb, open(turns_path, "wb") as ft, open(chats_path, "wb") as fc, bar:
+        for chunk in _chunks(chats, sizes, CHUNK_CHARS):
+            turns = [turn for chat in chunk for turn in chat.turns]
+            arrays = tokenizer.encode_arrays([content for _, content in turns], num_threads=num_workers)
+            lengths = np.array([len(a) + 1 for a in arrays], dtype=np.uint64)  # + 1: the eot after each turn
+            starts = counts["tokens"] + np.cumsum(lengths, dtype=np.uint64) - lengths
+            roles = np.array([CHAT_ROLES.index(role) for role, _ in turns], dtype=np.uint64)
+            num_turns = np.array([len(chat.turns) for chat in chunk], dtype=np.uint64)
+            first = counts["turns"] + np.cumsum(num_turns, dtype=np.uint64) - num_turns
+            fb.write(np.concatenate([part for a in arrays for part in (a.astype(dtype), eot)]).tobytes())
+            ft.write(np.stack([starts, lengths, roles], axis=1).tobytes())  # (M, 3) uint64
+            fc.write(np.stack([first, num_turns], axis=1).tobytes())  # (N, 2) uint64
+            per_chat = np.add.reduceat(lengths, (first - counts["turns"]).astype(np.int64))
+            counts["tokens"] += int(lengths.sum())
+            counts["turns"] += len(turns)
+            counts["conversation_tokens_max"] = max(counts["conversation_tokens_max"], int(per_chat.max()))
+            bar.update(sum(len(c) for _, c in turns))
+        for f in (fb, ft, fc):
+            f.flush()
+            os.fsync(f.fileno())
+    return counts
+
+
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=2)
@@ -317,7 +369,8 @@ def load_meta(data_dir: str | Path) -> dict[str, Any]:
 
 
 def layout(meta: dict[str, Any]) -> str:
-    """The kind of a prepared dataset: documents or pairs (no layout entry, from before pairs existed: documents)."""
+    """The kind of a prepared dataset: documents, pairs or conversations (no layout entry, from before pairs
+    existed: documents)."""
     return meta.get("layout", "documents")
 
 
@@ -335,8 +388,12 @@ def is_complete(data_dir: Path, key: str | None = None) -> bool:
         for split in SPLITS:
             info = meta["splits"][split]
             sizes[info["file"]] = info["tokens"] * itemsize
+            index_bytes = np.dtype(np.uint64).itemsize
             if layout(meta) == "pairs":
-                sizes[info["index"]] = info["pairs"] * len(PAIRS_INDEX_COLUMNS) * np.dtype(np.uint64).itemsize
+                sizes[info["index"]] = info["pairs"] * len(PAIRS_INDEX_COLUMNS) * index_bytes
+            elif layout(meta) == "conversations":
+                sizes[info["index"]] = info["turns"] * len(TURNS_INDEX_COLUMNS) * index_bytes
+                sizes[info["chats"]] = info["conversations"] * len(CHATS_INDEX_COLUMNS) * index_bytes
     except (KeyError, TypeError):
         return False
     return all((data_dir / name).is_file() and (data_dir / name).stat().st_size == size for name, size in sizes.items())
@@ -413,8 +470,12 @@ def _write_documents(
 def _write_pairs(
     cfg: DataConfig, tmp: Path, progress: bool, desc: str, given: Tokenizer | None = None
 ) -> tuple[Tokenizer, dict[str, Any], float | None]:
-    """<split>_pairs.bin/.idx of a pair dataset into tmp; returns what _write_documents returns."""
+    """<split>_pairs.bin/.idx of a pair dataset into tmp; returns what _write_documents returns. A corpus with a
+    conversation (a .jsonl line's `messages`) is written as conversations instead (_write_conversations)."""
     pairs = load_pairs(cfg)
+    if any(isinstance(p, Conversation) for p in pairs):
+        chats = [p if isinstance(p, Conversation) else Conversation.of(p) for p in pairs]
+        return _write_conversations(cfg, tmp, progress, desc, given, chats)
     train_pairs, val_pairs = split_pairs(pairs, cfg.val_fraction, cfg.split_seed)
     texts = [t for p in pairs for t in (p.input, p.target)]
     train_texts = [t for p in train_pairs for t in (p.input, p.target)]
@@ -425,6 +486,24 @@ def _write_pairs(
         args = (tokenizer, cfg.num_workers, progress, f"{desc} {split}")
         counts = write_pairs(tmp / files["file"], tmp / files["index"], split_pairs_, *args)
         splits[split] = {**files, **counts, "groups": len({p.group for p in split_pairs_})}
+    return tokenizer, splits, seconds
+
+
+def _write_conversations(
+    cfg: DataConfig, tmp: Path, progress: bool, desc: str, given: Tokenizer | None, chats: list[Conversation]
+) -> tuple[Tokenizer, dict[str, Any], float | None]:
+    """<split>_turns.bin, <split>_turns.idx and <split>_chats.idx of a conversation dataset into tmp (split as pairs
+    are); returns what _write_documents returns."""
+    train, val = split_pairs(chats, cfg.val_fraction, cfg.split_seed)
+    texts = [content for chat in chats for _, content in chat.turns]
+    train_texts = [content for chat in train for _, content in chat.turns]
+    tokenizer, seconds = _tokenizer_for(cfg, texts, train_texts, progress, given)
+    splits = {}
+    for split, part in zip(SPLITS, (train, val)):
+        files = {"file": f"{split}_turns.bin", "index": f"{split}_turns.idx", "chats": f"{split}_chats.idx"}
+        args = (tokenizer, cfg.num_workers, progress, f"{desc} {split}")
+        counts = write_conversations(*(tmp / name for name in files.values()), part, *args)
+        splits[split] = {**files, **counts, "groups": len({c.group for c in part})}
     return tokenizer, splits, seconds
 
 
@@ -467,7 +546,7 @@ def prepare(cfg: DataConfig, cache_dir: str | Path, progress: bool = True, token
             "name": cfg.name,
             "fingerprint": key,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "layout": "pairs" if cfg.is_pairs else "documents",
+            "layout": _layout_of(splits, cfg),
             "tokenizer": tokenizer.spec(),
             **({"tokenizer_train_seconds": round(tokenizer_seconds, 3)} if tokenizer_seconds is not None else {}),
             "vocab_size": tokenizer.vocab_size,
@@ -489,6 +568,13 @@ def prepare(cfg: DataConfig, cache_dir: str | Path, progress: bool = True, token
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful publish
     return final
+
+
+def _layout_of(splits: dict[str, Any], cfg: DataConfig) -> str:
+    """What the writer wrote: conversations (turn indexes), pairs or documents."""
+    if "chats" in splits["train"]:
+        return "conversations"
+    return "pairs" if cfg.is_pairs else "documents"
 
 
 def remove_stale_temp_dirs(cache_dir: Path) -> None:
@@ -519,7 +605,11 @@ def summary(data_dir: Path, meta: dict[str, Any]) -> str:
     lines = [f"dataset   {data_dir.resolve()}"]
     for split in SPLITS:
         info = meta["splits"][split]
-        if layout(meta) == "pairs":
+        if layout(meta) == "conversations":
+            longest = f"(longest {info['conversation_tokens_max']:,} tokens)"
+            counts = f"{info['conversations']:>9,} conversations of {info['turns']:,} turns"
+            lines.append(f"{split:<9} {info['tokens']:>13,} tokens  {counts}  {longest}")
+        elif layout(meta) == "pairs":
             longest = f"(longest input {info['input_tokens_max']:,}, target {info['target_tokens_max']:,} tokens)"
             lines.append(f"{split:<9} {info['tokens']:>13,} tokens  {info['pairs']:>9,} pairs  {longest}")
         else:

@@ -190,3 +190,107 @@ def test_packed_rows_compute_what_each_conversation_computes_alone(tmp_path, pos
             torch.testing.assert_close(packed[r, cols], alone[0], rtol=1e-5, atol=1e-5)
             learned = [t for t in batch["targets"][r, cols].tolist() if t != IGNORE_INDEX]
             assert learned[-1] == tok.chat_ids[3] and tok.chat_ids[2] in ids[0].tolist()
+
+
+def chats(path: Path) -> Path:
+    """A .jsonl mixing the two forms: multi-turn `messages` (with a system turn) and prompt/response lines."""
+    lines = []
+    for i, word in enumerate(WORDS * 2):
+        if i % 2:
+            lines.append({"prompt": f"say {word}", "response": word})
+        else:
+            lines.append({"messages": [{"role": "system", "content": "Be brief."},
+                                       {"role": "user", "content": f"say {word}"},
+                                       {"role": "assistant", "content": word},
+                                       {"role": "user", "content": "twice"},
+                                       {"role": "assistant", "content": f"{word} {word}"}]})  # fmt: skip
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    return path
+
+
+def chat_data(tmp_path: Path) -> Path:
+    cfg = DataConfig(name="c", corpora=["pairs"], tokenizer="byte", paths=[str(chats(tmp_path / "c.jsonl"))],
+                     input_field="prompt", target_field="response", val_fraction=0.2)  # fmt: skip
+    return prepare(cfg, tmp_path / "cache", progress=False)
+
+
+@pytest.mark.parametrize("pack", [True, False])
+def test_multi_turn_conversations_learn_every_assistant_turn_and_nothing_else(tmp_path, pack):
+    from data.prepare import load_meta
+
+    data = chat_data(tmp_path)
+    meta = load_meta(data)
+    assert meta["layout"] == "conversations" and meta["splits"]["train"]["conversations"] == 16
+    tok = get_tokenizer("byte").with_chat()
+    system, user, assistant, end = tok.chat_ids
+    loader = InstructLoader(data, "train", batch_size=2, block_size=128, tokenizer=tok, seed=0, pack=pack)
+    assert loader.turns(0)[0] == ("system", tok.encode("Be brief."))
+    batch = loader.batch_at(0)
+    seen_multi = False
+    for r, (idx, targets) in enumerate(zip(batch["idx"].tolist(), batch["targets"].tolist())):
+        last = max(i for i, t in enumerate(targets) if t != IGNORE_INDEX)  # a reply's <|end|> ends the row's data
+        docs = batch["doc_ids"][r].tolist() if pack else [0] * (last + 1) + [1] * (len(idx) - last - 1)
+        learned, expected = [], []
+        for d in dict.fromkeys(docs):  # each conversation of the row
+            cols = [i for i, x in enumerate(docs) if x == d]
+            ids = [idx[i] for i in cols] + [targets[cols[-1]]]  # the inputs, then the last position's target
+            learned += [targets[i] for i in cols if targets[i] != IGNORE_INDEX]
+            inside = False  # within an assistant turn: its content and its <|end|> are learned
+            for prev, nxt in zip(ids, ids[1:]):
+                inside = prev == assistant or (inside and prev != end)
+                if inside and nxt >= 0:
+                    expected.append(nxt)
+            seen_multi |= [i for i in ids if i >= 0].count(assistant) == 2
+        assert learned == expected and learned  # every assistant token and its <|end|>; no system or user token
+        assert system not in learned and user not in learned
+    assert seen_multi  # a conversation with two replies, both learned
+    exchanges = list(loader.exchanges(limit=3))
+    assert all(reply and turns[-1][0] == "user" for turns, reply in exchanges)
+
+
+def test_a_multi_turn_dataset_trains_a_chat_model_through_the_loop(tmp_path):
+    corpus = chats(tmp_path / "chats.jsonl")
+    overrides = tiny_run_overrides(tmp_path, corpus, "chat", **{
+        "task": "instruct", "data": "chat", "data.paths": f"[{corpus}]", "model.block_size": 64,
+        "samples.eval_pairs": 2, "trainer.max_steps": 6})  # fmt: skip
+    result = run(compose_train(overrides))
+    assert result["step"] == 6
+    metrics = [json.loads(line) for line in (tmp_path / "chat" / "metrics.jsonl").read_text().splitlines()]
+    assert any("val/exact_match" in m for m in metrics) and any("val/bpb" in m for m in metrics)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ({"question": "hi"}, r"c\.jsonl:2: neither 'prompt'/'response' fields nor a 'messages' list"),
+        ({"prompt": "hi", "response": " "}, r"c\.jsonl:2: field 'response' is empty"),
+        ({"messages": [{"content": "hi"}]}, r"c\.jsonl:2: messages\[0\] must be a \{'role'"),
+        ({"messages": [{"role": "robot", "content": "hi"}]}, r"c\.jsonl:2: messages\[0\] has role 'robot'"),
+        ({"messages": [{"role": "user", "content": "hi"}]}, r"c\.jsonl:2: messages must end with a non-empty"),
+        ({"messages": "hi"}, r"c\.jsonl:2: messages must be a non-empty list"),
+    ],
+)
+def test_bad_instruction_lines_are_one_error_naming_the_file_and_line(tmp_path, line, message):
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps({"prompt": "a", "response": "b"}) + "\n" + json.dumps(line) + "\n")
+    cfg = DataConfig(name="c", corpora=["pairs"], tokenizer="byte", paths=[str(path)], input_field="prompt",
+                     target_field="response")  # fmt: skip
+    with pytest.raises(ValueError, match=message):
+        prepare(cfg, tmp_path / "cache", progress=False)
+    assert not list((tmp_path / "cache").glob("c-*"))  # nothing written
+
+
+def test_bad_instruction_line_on_the_command_line_is_one_error_line(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    proc = subprocess.run([sys.executable, "-m", "data.prepare", "data=chat", f"data.paths=[{path}]",
+                           f"paths.cache_dir={tmp_path / 'cache'}"], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {path}:1: messages must end with a non-empty assistant turn, the reply to learn (drop the line or "
+        "complete it)"
+    ]

@@ -193,12 +193,12 @@ def _check_objective(kind: str, objective: str, layout: str, data_name: str) -> 
             f"task.objective={objective!r} does not train a {kind} model; use "
             + " or ".join(f"task={o}" for o, trains in OBJECTIVES.items() if trains == kind)
         )
-    wanted = "pairs" if objective in ("seq2seq", "instruct") else "documents"
-    if layout != wanted:
-        raise ValueError(
-            f"task={objective} needs {wanted} but data={data_name} holds {layout}; "
-            + ("use data=pairs or data=python-docstrings" if wanted == "pairs" else "use a text corpus")
-        )
+    wanted = {"seq2seq": ("pairs",), "instruct": ("pairs", "conversations")}.get(objective, ("documents",))
+    if layout not in wanted:
+        hint = "use a text corpus" if wanted == ("documents",) else "use data=pairs or data=python-docstrings"
+        if layout == "conversations":
+            hint = "conversations (a .jsonl line's messages) train a gpt with task=instruct"
+        raise ValueError(f"task={objective} needs {' or '.join(wanted)} but data={data_name} holds {layout}; {hint}")
 
 
 def build_loader(

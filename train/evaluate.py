@@ -311,6 +311,11 @@ def _check_inputs(
             f"stride={stride} must be in [1, block_size={block_size}] (the checkpoint's context); "
             "leave it out for windows that do not overlap"
         )
+    if meta is not None and layout(meta) == "conversations":
+        raise ValueError(
+            f"data={data!r} holds conversations, which python -m train.evaluate does not score yet; a chat model's "
+            "val loss and exact match are in its training log (task=instruct)"
+        )
     if meta is not None and layout(meta) == "pairs" and kind == "gpt":
         raise ValueError(
             f"data={data!r} holds input/target pairs, which score a t5 checkpoint; give a gpt a "

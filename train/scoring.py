@@ -217,30 +217,33 @@ def seq2seq_scores(
 ) -> tuple[dict[str, float], list[dict[str, str]]]:
     """Generate the targets of the first samples.eval_pairs val pairs with the task's decoding settings.
 
-    An InstructLoader's pairs are answered by a GPT as a chat: the input as the user's turn, the reply generated
-    after <|assistant|> up to <|end|>. Returns ({"exact_match", "rouge_l"} averaged over the pairs, the first
-    samples.shown_pairs as
-    {"prompt", "completion", "reference"} records).
+    An InstructLoader's conversations are answered by a GPT as a chat: the turns before the last reply are the
+    prompt, the reply is generated after <|assistant|> up to <|end|> and compared with the last reply (the prompt
+    shown is the last user turn). Returns ({"exact_match", "rouge_l"} averaged over the pairs, the first
+    samples.shown_pairs as {"prompt", "completion", "reference"} records).
     """
     from sample.generate import generate  # train may use sample; imported here to keep this module light
 
     eot = tokenizer.eot_id
+    text = lambda ids: tokenizer.decode([t for t in ids if t != eot])  # noqa: E731 (the data ends each side with eot)
     scores: dict[str, list[float]] = {"exact_match": [], "rouge_l": []}
     shown = []
-    pairs = list(loader.pairs(limit=samples.eval_pairs))  # both sides end with eot in the data
-    sources = [tokenizer.decode([t for t in source_ids if t != eot]) for source_ids, _ in pairs]
-    chat = isinstance(loader, InstructLoader)  # a GPT answering the input as the user's turn
+    config = task.generation(tokenizer, num_return_sequences=1)
+    ids = None
+    if isinstance(loader, InstructLoader):  # a GPT answering as a chat
+        exchanges = list(loader.exchanges(limit=samples.eval_pairs))
+        sources = [text(next((c for role, c in reversed(turns) if role == "user"), [])) for turns, _ in exchanges]
+        references = [text(reply) for _, reply in exchanges]
+        ids = [turn_ids(tokenizer, turns, add_generation_prompt=True)[0] for turns, _ in exchanges]
+        config = config.replace(eos_token_id=[tokenizer.chat_ids[-1], eot])  # a reply ends its turn
+    else:
+        pairs = list(loader.pairs(limit=samples.eval_pairs))
+        sources, references = [text(i) for i, _ in pairs], [text(t) for _, t in pairs]
     with warnings.catch_warnings():  # the loader already reported over-long pairs once; no warning per pair here
         warnings.simplefilter("ignore", UserWarning)
-        config = task.generation(tokenizer, num_return_sequences=1)
-        ids = None
-        if chat:
-            config = config.replace(eos_token_id=[tokenizer.chat_ids[-1], eot])  # a reply ends its turn
-            ids = [turn_ids(tokenizer, [("user", [t for t in s if t != eot])], True)[0] for s, _ in pairs]
         outputs = generate(model, tokenizer, sources, config, seed=samples.seed, input_ids=ids) if sources else []
         predictions = [c[0].text for c in outputs]
-    for source, (_, target_ids), prediction in zip(sources, pairs, predictions):
-        reference = tokenizer.decode([t for t in target_ids if t != eot])
+    for source, reference, prediction in zip(sources, references, predictions):
         scores["exact_match"].append(exact_match(prediction, reference))
         scores["rouge_l"].append(rouge_l(prediction, reference))
         if len(shown) < samples.shown_pairs:
@@ -273,8 +276,14 @@ def text_bytes(tokenizer: Any, tokens: Any, chunk: int = 1 << 20) -> int:
 def bytes_per_token(tokenizer: Any, loader: Any) -> float | None:
     """UTF-8 bytes per scored token of a val split, which turns a loss per token into bits per byte (val/bpb in
     training): a causal split's text bytes over its tokens; a pair split's target bytes over its target tokens
-    (cut as the loader cuts them). None for span corruption, whose targets are not text of their own."""
-    if isinstance(loader, Seq2SeqLoader):
+    (cut as the loader cuts them); a chat split's replies' bytes over their tokens and <|end|> ids. None for span
+    corruption, whose targets are not text of their own."""
+    if isinstance(loader, InstructLoader):
+        turns = (loader.turns(i) for i in range(loader.num_conversations))
+        replies = [ids for chat in turns for role, ids in chat if role == "assistant"]
+        tokens = sum(len(r) + 1 for r in replies)  # + 1: the reply's <|end|>, learned too
+        num_bytes = sum(text_bytes(tokenizer, r) for r in replies)
+    elif isinstance(loader, Seq2SeqLoader):
         targets = [t for _, t in loader.cut_pairs()]
         tokens, num_bytes = sum(len(t) for t in targets), sum(text_bytes(tokenizer, t) for t in targets)
     elif hasattr(loader, "block_size"):
