@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 DOCUMENT_CORPORA = ("shakespeare", "python-code", "python-functions", "python-methods", "text", "tinystories")
-PAIR_CORPORA = ("pairs", "python-docstrings")
+PAIR_CORPORA = ("pairs", "python-docstrings", "instructions")
 CORPORA = DOCUMENT_CORPORA + PAIR_CORPORA
 TOKENIZERS = ("gpt2", "char", "byte", "bpe", "model")  # model: the init_from model's own (python -m train)
 TINYSTORIES_SOURCES = ("shipped", "hub")
@@ -63,7 +63,7 @@ def check_seed(key: str, value: object) -> None:
 class DataConfig:
     name: str = "shakespeare"  # label of the prepared dataset (part of its cache key)
     # concatenated, in order. documents: shakespeare | python-code | python-functions | python-methods | text |
-    # tinystories; input/target pairs: pairs | python-docstrings (the two kinds do not mix)
+    # tinystories; input/target pairs: pairs | python-docstrings | instructions (the two kinds do not mix)
     corpora: List[str] = field(default_factory=lambda: ["shakespeare"])
     # gpt2 (tiktoken BPE, offline) | char (vocabulary from the corpus) | byte | bpe (byte-level BPE trained on the
     # train split at preparation, data.vocab_size ids)

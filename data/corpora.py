@@ -65,6 +65,7 @@ class Pair:
     target: str
     source: str  # "path:line", "stdlib:textwrap.py:dedent", ...
     group: str  # the unit of the train/val split: pairs of one group land in the same split (a line, a module)
+    split: str | None = None  # None: split_pairs decides; "train"/"val": fixed by the corpus (instructions)
 
 
 @dataclass(frozen=True)
@@ -76,10 +77,11 @@ class Conversation:
     turns: tuple[tuple[str, str], ...]
     source: str
     group: str
+    split: str | None = None  # as Pair's
 
     @staticmethod
     def of(pair: Pair) -> Conversation:
-        return Conversation((("user", pair.input), ("assistant", pair.target)), pair.source, pair.group)
+        return Conversation((("user", pair.input), ("assistant", pair.target)), pair.source, pair.group, pair.split)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -639,6 +641,32 @@ def load_tinystories(cfg: DataConfig) -> list[Document]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# instructions: the synthetic instruction set (data/instructions.py), with its held-out split fixed
+
+
+def instructions_files() -> list[tuple[str, Path]]:
+    """The generator's source: the set is a function of it (its VERSION and SEED included)."""
+    from data import instructions
+
+    return [("data/instructions.py", Path(instructions.__file__))]
+
+
+def load_instructions(cfg: DataConfig) -> list[Pair]:
+    """The instruction set as pairs (instruction -> answer), val items first; data.max_documents caps the train
+    items (the held-out ones are always all there)."""
+    from data import instructions
+
+    train_items = (
+        instructions.TRAIN_ITEMS if cfg.max_documents is None else min(cfg.max_documents, instructions.TRAIN_ITEMS)
+    )
+    items = instructions.generate(train_items=train_items)
+    return [
+        Pair(cfg.prefix + it.instruction, it.answer, f"instructions:{it.family}:{i}", f"instructions:{i}", it.split)
+        for i, it in enumerate(items)
+    ]
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # all corpora
 
 
@@ -655,6 +683,7 @@ _LOADERS: dict[str, Callable[[DataConfig], list[Document]]] = {
 _PAIR_LOADERS: dict[str, Callable[[DataConfig], list[Pair | Conversation]]] = {
     "pairs": load_user_pairs,
     "python-docstrings": load_python_docstrings,
+    "instructions": load_instructions,
 }
 
 
@@ -669,6 +698,7 @@ def source_files(cfg: DataConfig) -> dict[str, list[tuple[str, Path]]]:
         "tinystories": lambda: tinystories_files(cfg),
         "pairs": lambda: pairs_files(cfg),
         "python-docstrings": lambda: python_files(include_tests=False),
+        "instructions": instructions_files,
     }
     return {corpus: listers[corpus]() for corpus in cfg.corpora}
 

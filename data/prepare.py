@@ -14,8 +14,9 @@ The hash covers the bytes of every source file, the tokenizer and the split para
 changed returns at once, and any change gives a new directory. Writes are atomic (temp dir + os.replace), so a
 crash never leaves a dataset that looks complete; the temp dir a killed preparation leaves (.tmp-<dataset>@<host>-
 <pid>-<random>) is deleted by the next preparation into the same cache_dir once its process is gone.
-CLI: `python -m data.prepare data=<shakespeare|python-code|tinystories|text|demo|pairs|python-docstrings> [...]`; a
-user error is one `error: ...` line (exit status 2), and NANOLOOM_DEBUG=1 (or HYDRA_FULL_ERROR=1) shows its traceback.
+CLI: `python -m data.prepare data=<shakespeare|python-code|tinystories|text|demo|pairs|python-docstrings|
+instructions|chat> [...]`; a user error is one `error: ...` line (exit status 2), and NANOLOOM_DEBUG=1 (or
+HYDRA_FULL_ERROR=1) shows its traceback.
 """
 
 from __future__ import annotations
@@ -189,17 +190,22 @@ def split_pairs(pairs: list[P], val_fraction: float, seed: int) -> tuple[list[P]
     pair's group.
 
     The groups (a jsonl line, a stdlib module) are shuffled with `seed` and the first round(n * val_fraction) of
-    them (at least one, at most n - 1) go to val, so val pairs come from groups train never sees.
+    them (at least one, at most n - 1) go to val, so val pairs come from groups train never sees. A pair whose
+    corpus fixed its split (p.split: the instructions' held-out items) stays there.
     """
-    groups = list(dict.fromkeys(p.group for p in pairs))  # in order of first appearance
-    if len(groups) < 2:
+    free = [p for p in pairs if p.split is None]
+    groups = list(dict.fromkeys(p.group for p in free))  # in order of first appearance
+    val_groups: set[str] = set()
+    if len(groups) < 2 and len(free) == len(pairs):
         unit = "pair" if len(groups) == len(pairs) else "group (module)"
         raise ValueError(
             f"the pairs corpus has {len(groups)} {unit}(s); a train/val split needs at least 2: give more pairs"
         )
-    n_val = min(len(groups) - 1, max(1, round(len(groups) * val_fraction)))
-    val_groups = {groups[i] for i in np.random.default_rng(seed).permutation(len(groups))[:n_val].tolist()}
-    return [p for p in pairs if p.group not in val_groups], [p for p in pairs if p.group in val_groups]
+    if len(groups) >= 2:
+        n_val = min(len(groups) - 1, max(1, round(len(groups) * val_fraction)))
+        val_groups = {groups[i] for i in np.random.default_rng(seed).permutation(len(groups))[:n_val].tolist()}
+    is_val = [p.split == "val" or (p.split is None and p.group in val_groups) for p in pairs]
+    return [p for p, v in zip(pairs, is_val) if not v], [p for p, v in zip(pairs, is_val) if v]
 
 
 # ----------------------------------------------------------------------------------------------------------------

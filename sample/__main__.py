@@ -1,4 +1,5 @@
-"""`python -m sample checkpoint=<dir> prompt="..." [task=story|code|seq2seq] [key=value ...]`: print completions.
+"""`python -m sample checkpoint=<dir> prompt="..." [task=story|code|seq2seq] [key=value ...]`: print completions;
+`python -m sample checkpoint=<dir> chat=true`: chat in the terminal with a model tuned by task=instruct.
 
 Without task=, the checkpoint's recorded decoding defaults are used (the task preset it was trained with, or a
 Hugging Face folder's generation_config.json); checkpoints without a record use the story preset. task=<preset>,

@@ -216,11 +216,15 @@ def chat_data(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("pack", [True, False])
 def test_multi_turn_conversations_learn_every_assistant_turn_and_nothing_else(tmp_path, pack):
-    from data.prepare import load_meta
+    from data.prepare import is_complete, load_meta
 
     data = chat_data(tmp_path)
     meta = load_meta(data)
     assert meta["layout"] == "conversations" and meta["splits"]["train"]["conversations"] == 16
+    assert is_complete(data, meta["fingerprint"]) and chat_data(tmp_path) == data  # cached: prepared once
+    (data / "val_chats.idx").write_bytes(b"")  # a damaged index: the dataset is not complete any more
+    assert not is_complete(data, meta["fingerprint"])
+    data = chat_data(tmp_path)
     tok = get_tokenizer("byte").with_chat()
     system, user, assistant, end = tok.chat_ids
     loader = InstructLoader(data, "train", batch_size=2, block_size=128, tokenizer=tok, seed=0, pack=pack)
@@ -294,3 +298,27 @@ def test_bad_instruction_line_on_the_command_line_is_one_error_line(tmp_path):
         f"error: {path}:1: messages must end with a non-empty assistant turn, the reply to learn (drop the line or "
         "complete it)"
     ]
+
+
+def test_a_hugging_face_gpt2_folder_is_instruction_tuned(tmp_path):
+    """init_from=hf:<GPT-2 folder>: the GPT-2 tokenizer gains the chat ids after its 50,257, the model's rows grow
+    by the mean row, and the tuned run answers a chat."""
+    from test_hf_import import gpt2_folder
+
+    hf = gpt2_folder(tmp_path / "gpt2", "safetensors", n_layer=1, n_head=2, n_embd=16, n_positions=64, vocab_size=50257)
+    overrides = instruct_overrides(tmp_path, init_from=f"hf:{tmp_path / 'gpt2'}",
+                                   **{"data.tokenizer": "model", "trainer.max_steps": 2})  # fmt: skip
+    run(compose_train(overrides))
+    model, tok = load_model(tmp_path / "tuned")
+    assert tok.name == "gpt2" and list(tok.chat_ids) == [50257, 50258, 50259, 50260]
+    assert model.config.vocab_size >= 50261
+    [out] = pipeline("text-generation", model=tmp_path / "tuned")([{"role": "user", "content": "reverse: a b"}],
+                                                                   max_new_tokens=3)  # fmt: skip
+    assert out["generated_text"][-1]["role"] == "assistant"
+    from train.build import build_parts
+    from train.dist import DistInfo
+
+    grown = build_parts(compose_train(overrides), DistInfo(), torch.device("cpu")).raw_model  # before any step
+    old = hf.transformer.wte.weight.detach()
+    torch.testing.assert_close(grown.transformer.wte.weight[:50257], old)
+    torch.testing.assert_close(grown.transformer.wte.weight[50257:50261], old.mean(0).expand(4, -1))
