@@ -62,13 +62,14 @@ def score(items: list[Any], predictions: list[str]) -> dict[str, Any]:
     return {key: round(sum(v) / len(v), 4) for key, v in hits.items()}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", action="append", required=True, help="run or checkpoint dir (repeat)")
     parser.add_argument("--limit", type=int, default=None, help="score the first N held-out items only")
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--show", type=int, default=3, help="print this many answers per checkpoint")
-    args = parser.parse_args()
+    parser.add_argument("--out", default=None, help="also write the JSON result here")
+    args = parser.parse_args(argv)
 
     from data.instructions import held_out
 
@@ -88,16 +89,16 @@ def main() -> None:
             print(f"  {it.instruction!r} -> {prediction!r} (expected {it.answer!r})")
     baseline = args.checkpoint[0]
     base = results[baseline]["accuracy"]["all"]
-    emit_json(
-        {
-            "bench": "instruct",
-            "items": len(items),
-            "baseline": baseline,
-            "results": results,
-            "gain_vs_baseline_points": {c: round(100 * (r["accuracy"]["all"] - base), 1) for c, r in results.items()},
-            "machine": machine_info(),
-        }
-    )
+    result = {
+        "bench": "instruct",
+        "items": len(items),
+        "baseline": baseline,
+        "results": results,
+        "gain_vs_baseline_points": {c: round(100 * (r["accuracy"]["all"] - base), 1) for c, r in results.items()},
+        "machine": machine_info(),
+    }
+    emit_json(result, args.out)
+    return result
 
 
 if __name__ == "__main__":

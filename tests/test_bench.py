@@ -104,3 +104,30 @@ def test_quality_bench_scores_a_checkpoint_and_prints_json(capsys, tmp_path):
     assert result["story_bpb"] > 1.5  # an untrained model: bits per byte near log2(vocab) / bytes per token
     assert 0 <= result["story_dictionary_words"] <= 1 and 0 <= result["code_function_rate"] <= 1
     assert set(result["met"]) == set(result["targets"]) and result["met"]["story_bpb"] is False
+
+
+def test_instruct_bench_asks_each_kind_of_checkpoint_and_prints_json(capsys, tmp_path):
+    """A base GPT (plain prompt), a chat GPT (messages) and a T5 (text2text) are each asked the held-out items."""
+    from bench.instruct import main as instruct_main
+    from data.tokenizer import get_tokenizer
+    from model import GPT, T5, GPTConfig, T5Config
+    from model.checkpoint import save_model
+
+    byte = get_tokenizer("byte")
+    for name, tokenizer in (("base", byte), ("chat", byte.with_chat())):
+        model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=128, vocab_size=tokenizer.vocab_size))
+        save_model(model, tmp_path / name, tokenizer_spec=tokenizer.spec(), meta={"step": 0})
+    t5_tok = byte.with_sentinels(4)
+    t5 = T5(T5Config(n_encoder_layer=1, n_decoder_layer=1, n_head=2, n_embd=16, intermediate_size=32,
+                     block_size=128, vocab_size=t5_tok.vocab_size, decoder_start_id=t5_tok.eot_id,
+                     pad_id=t5_tok.eot_id))  # fmt: skip
+    save_model(t5, tmp_path / "t5", tokenizer_spec=t5_tok.spec(), meta={"step": 0})
+    argv = [arg for name in ("base", "chat", "t5") for arg in ("--checkpoint", str(tmp_path / name))]
+    result = instruct_main([*argv, "--limit", "12", "--out", str(tmp_path / "i.json")])
+
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert json.loads(lines[-1]) == result == json.loads((tmp_path / "i.json").read_text())
+    asked = [result["results"][str(tmp_path / n)]["asked_as"] for n in ("base", "chat", "t5")]
+    assert asked == ["completion", "chat", "text2text"] and result["items"] == 12
+    for r in result["results"].values():  # an untrained model answers (almost) nothing right
+        assert 0 <= r["accuracy"]["all"] <= 1 and {"seen", "unseen", "reverse", "larger"} <= set(r["accuracy"])
