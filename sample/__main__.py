@@ -47,10 +47,10 @@ from sample.config import (
 )
 from sample.generate import (
     Completion,
-    _max_new_tokens,  # the rule generation applies, checked before the header
     generate,
     infill,
     model_kind,
+    new_token_budget,  # the rule generation applies, checked before the header
     prompt_ids,
     row_seeds,
 )
@@ -206,7 +206,7 @@ def run(cfg: SampleConfig, edits: set[str] | None = None) -> None:
         settings = cfg.settings(recorded_task(cfg.task, record, edits))
     generation = settings.generation(tokenizer)
     if not infilling:  # a max_length the prompt already fills is refused before anything is printed
-        _max_new_tokens(generation, len(prompt_ids(tokenizer, prompt, kind)), kind)
+        new_token_budget(generation, len(prompt_ids(tokenizer, prompt, kind)), kind)
     seed = row_seeds(cfg.seed, 1)[0]  # drawn when null, and printed, so any run can be repeated
     beams = settings.num_beams > 1
     _print_header(cfg, source, model, kind, device, settings, bool(record), infilling, seed)

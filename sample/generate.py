@@ -337,7 +337,7 @@ def _config(config: GenerationConfig | None, controls: dict[str, object]) -> Gen
     return cfg.replace(**controls) if controls else cfg
 
 
-def _max_new_tokens(cfg: GenerationConfig, prompt_len: int, kind: str) -> int:
+def new_token_budget(cfg: GenerationConfig, prompt_len: int, kind: str) -> int:
     """New tokens allowed for a prompt of prompt_len tokens: max_new_tokens, else what max_length leaves.
 
     max_length counts the prompt for gpt and the decoder start token for t5, as in transformers.
@@ -352,7 +352,7 @@ def _max_new_tokens(cfg: GenerationConfig, prompt_len: int, kind: str) -> int:
     return max_length - used
 
 
-def _needs_processing(cfg: GenerationConfig) -> bool:
+def needs_processing(cfg: GenerationConfig) -> bool:
     """Whether any of the processors (steps 1-5 of sample.sampling) is on."""
     return bool(
         cfg.repetition_penalty != 1.0
@@ -414,14 +414,14 @@ def generate_tokens(
     if cfg.num_beams > 1:
         raise ValueError(f"generate_tokens samples or decodes greedily; num_beams={cfg.num_beams} needs beam_search")
     if max_new_tokens is None:
-        max_new_tokens = _max_new_tokens(cfg, idx.size(1), model_kind(model))
+        max_new_tokens = new_token_budget(cfg, idx.size(1), model_kind(model))
     eos = cfg.eos_ids(None)
     inputs = _fit_inputs(model, idx, attention_mask, max_new_tokens, eos, vocab_limit, compile)
     if max_new_tokens == 0:
         return
     idx, pad = inputs.idx, inputs.pad
     eos_ids = torch.tensor(eos, dtype=torch.long, device=idx.device)
-    process = _needs_processing(cfg)
+    process = needs_processing(cfg)
     with _cached_decoding(model, inputs) as (decoder, logits):
         history = _history(model, idx, pad, max_new_tokens, logits.size(-1), cfg) if process else None
         finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
@@ -509,7 +509,7 @@ def beam_search(
     """
     cfg = _config(config, controls)
     if max_new_tokens is None:
-        max_new_tokens = _max_new_tokens(cfg, idx.size(1), model_kind(model))
+        max_new_tokens = new_token_budget(cfg, idx.size(1), model_kind(model))
     eos = cfg.eos_ids(None)
     inputs = _fit_inputs(model, idx, attention_mask, max_new_tokens, eos, vocab_limit)
     idx, pad = inputs.idx, inputs.pad
@@ -531,7 +531,7 @@ def beam_search(
         decoder.reorder(expand)
         logits = logits.repeat_interleave(K, dim=0)  # (B*K, V)
         history = None
-        if _needs_processing(cfg):
+        if needs_processing(cfg):
             history = _history(model, idx, pad, max_new_tokens, logits.size(-1), cfg)
             history.reorder(expand)
         for length in range(1, max_new_tokens + 1):
@@ -611,13 +611,13 @@ class Completion:
     suffix: str | None = None  # infill: the text after the generated middle
 
 
-def _vocab_limit(model: LM, tokenizer: Tokenizer) -> int | None:
+def tokenizer_vocab_limit(model: LM, tokenizer: Tokenizer) -> int | None:
     """The tokenizer's size when the model predicts more ids than it can decode (T5's padded 32128 vs 32100)."""
     size = getattr(tokenizer, "vocab_size", None)
     return size if size is not None and size < model.config.vocab_size else None
 
 
-def _strips_space(model: LM, tokenizer: Tokenizer) -> bool:
+def strips_space(model: LM, tokenizer: Tokenizer) -> bool:
     """A T5 output decoded token by token with a SentencePiece vocabulary loses its leading word-boundary space."""
     return model_kind(model) == "t5" and bool(getattr(tokenizer, "strips_leading_space", False))
 
@@ -628,7 +628,7 @@ def row_seeds(seed: int | None, n: int) -> list[int]:
     return [base + i for i in range(n)]
 
 
-def _generators(seeds: list[int], device: torch.device) -> list[torch.Generator]:
+def row_generators(seeds: list[int], device: torch.device) -> list[torch.Generator]:
     return [torch.Generator(device=device).manual_seed(s) for s in seeds]
 
 
@@ -704,7 +704,7 @@ class _Request:
         self.ids = [i for i in ids for _ in range(n)]
         self.seeds = row_seeds(seed, len(self.ids))
         self.eos = cfg.eos_ids(getattr(tokenizer, "eot_id", None))
-        self.limits = [_max_new_tokens(cfg, len(i), self.kind) for i in self.ids]
+        self.limits = [new_token_budget(cfg, len(i), self.kind) for i in self.ids]
         code = code_prompts if cfg.stop_at_top_level and self.kind == "gpt" else None
         self.rows = [
             TextRow(
@@ -713,7 +713,7 @@ class _Request:
                 stop_strings=cfg.stop_strings,
                 max_tokens=limit,
                 prompt=None if code is None else code[j // n],
-                strip_leading_space=_strips_space(model, tokenizer),
+                strip_leading_space=strips_space(model, tokenizer),
             )
             for j, limit in enumerate(self.limits)
         ]
@@ -727,10 +727,10 @@ class _Request:
             idx,
             max(self.limits),
             config=self.cfg.replace(num_return_sequences=1),
-            generator=_generators(self.seeds, self.device),
+            generator=row_generators(self.seeds, self.device),
             attention_mask=mask,
             eos_token_id=self.eos or None,
-            vocab_limit=_vocab_limit(self.model, self.tokenizer),
+            vocab_limit=tokenizer_vocab_limit(self.model, self.tokenizer),
             on_scores=self._record if self.top_logprobs is not None else None,
         )
         bar = progress_bar(self.progress, max(self.limits), f"generating {len(self.rows)} rows")
@@ -762,7 +762,7 @@ class _Request:
                 self.limits[j],
                 config=self.cfg,
                 eos_token_id=self.eos or None,
-                vocab_limit=_vocab_limit(self.model, self.tokenizer),
+                vocab_limit=tokenizer_vocab_limit(self.model, self.tokenizer),
                 progress=self.progress,
             )[0]
             for r, (tokens, score) in enumerate(hyps):
