@@ -6,6 +6,7 @@
     nanoloom evaluate checkpoint=... file=  python -m train.evaluate
     nanoloom compare runs='runs/sweep/*'    python -m train.compare
     nanoloom export checkpoint=... out=     python -m model.export
+    nanoloom serve checkpoint=...           python -m sample.serve
 
 Each command keeps its own grammar, help (`nanoloom <command> --help`) and one-line errors; this file only picks the
 command's module by name and runs its main() with the rest of the command line. Run as an installed console script,
@@ -25,6 +26,7 @@ COMMANDS = {
     "evaluate": ("train.evaluate", "score a checkpoint on a prepared split, a data= config or a text file"),
     "compare": ("train.compare", "compare runs: seeds grouped, mean curves with 95% CIs, Welch's t-test"),
     "export": ("model.export", "write a checkpoint as a folder transformers loads"),
+    "serve": ("sample.serve", "serve a checkpoint over HTTP: OpenAI's API, continuous batching, a web playground"),
 }
 
 

@@ -202,6 +202,11 @@ class _GenerationPipeline:
             )
         return ids[-keep:]
 
+    def generation_config(self, controls: dict[str, object], do_sample: bool | None = None) -> GenerationConfig:
+        """The GenerationConfig a call with these controls (GenerationConfig's names) decodes with: over the
+        checkpoint's recorded defaults, as __call__ builds it (the server's requests use this)."""
+        return GenerationConfig(**self._controls(checked_controls(dict(controls)), do_sample))
+
     def _controls(
         self, given: dict[str, object], do_sample: bool | None, call_defaults: dict[str, object] | None = None
     ) -> dict[str, object]:

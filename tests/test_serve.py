@@ -1,0 +1,135 @@
+"""The OpenAI-compatible server (sample/serve.py), run in a subprocess on a free port of 127.0.0.1 and called over
+HTTP by the official openai client and by httpx: completions (streamed and not) and chat equal the pipeline's for
+the same seed, concurrent clients get their solo outputs, and bad requests are OpenAI-shaped errors."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import torch
+
+from data.tokenizer import get_tokenizer
+from model import GPT, GPTConfig
+from model.checkpoint import save_model
+from sample.pipeline import pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """(base URL, checkpoint) of a server on a tiny chat-capable GPT (random weights, byte tokens + chat ids)."""
+    ckpt = tmp_path_factory.mktemp("serve") / "tiny"
+    tok = get_tokenizer("byte").with_chat()
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, n_layer=2, n_head=2, n_embd=32, block_size=64, pos="rope",
+                          norm="rmsnorm"))  # fmt: skip
+    save_model(model, ckpt, tokenizer_spec=tok.spec(), meta={"step": 0})
+    port = free_port()
+    args = [f"checkpoint={ckpt}", f"port={port}", "max_batch_size=4", "max_queue=64"]
+    proc = subprocess.Popen([sys.executable, "-m", "sample.serve", *args], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+        if proc.poll() is not None:
+            raise RuntimeError(proc.stderr.read())
+    yield url, ckpt
+    proc.terminate()
+    proc.wait(10)
+
+
+def client(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
+
+
+def test_a_seeded_completion_is_the_pipelines_streamed_or_not(served):
+    url, ckpt = served
+    api = client(url)
+    out = api.completions.create(model="tiny", prompt="Once upon", max_tokens=12, temperature=0.8, seed=7, n=2)
+    pipe = pipeline("text-generation", model=ckpt)
+    want = pipe("Once upon", max_new_tokens=12, temperature=0.8, seed=7, num_return_sequences=2, return_full_text=False)
+    assert [c.text for c in out.choices] == [w["generated_text"] for w in want]
+    assert out.usage.prompt_tokens == len(pipe.tokenizer.encode("Once upon")) and out.model == "tiny"
+    assert all(c.finish_reason in ("stop", "length") for c in out.choices)
+    chunks = list(api.completions.create(model="tiny", prompt="Once upon", max_tokens=12, temperature=0.8, seed=7,
+                                         stream=True))  # fmt: skip
+    assert "".join(c.choices[0].text for c in chunks) == out.choices[0].text
+    assert chunks[-1].choices[0].finish_reason == out.choices[0].finish_reason
+    echoed = api.completions.create(model="tiny", prompt="Once upon", max_tokens=4, seed=1, echo=True)
+    assert echoed.choices[0].text.startswith("Once upon")
+
+
+def test_chat_completions_answer_as_the_pipelines_chat(served):
+    url, ckpt = served
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello"}]
+    out = client(url).chat.completions.create(model="tiny", messages=messages, max_tokens=8, temperature=0.5, seed=3)
+    [want] = pipeline("text-generation", model=ckpt)(messages, max_new_tokens=8, temperature=0.5, seed=3,
+                                                       return_full_text=False)  # fmt: skip
+    assert out.choices[0].message.role == "assistant" and out.choices[0].message.content == want["generated_text"]
+    streamed = client(url).chat.completions.create(model="tiny", messages=messages, max_tokens=8, temperature=0.5,
+                                                   seed=3, stream=True)  # fmt: skip
+    assert "".join(c.choices[0].delta.content or "" for c in streamed) == want["generated_text"]
+
+
+def test_sixteen_concurrent_clients_get_their_solo_outputs(served):
+    url, _ = served
+    prompts = [f"Story {i}: the" + " cat" * (i % 5) for i in range(16)]
+
+    def ask(i: int) -> str:
+        out = client(url).completions.create(model="tiny", prompt=prompts[i], max_tokens=10 + i % 7, seed=100 + i,
+                                             temperature=1.0)  # fmt: skip
+        return out.choices[0].text
+
+    solo = [ask(i) for i in range(16)]
+    with ThreadPoolExecutor(16) as pool:
+        together = list(pool.map(ask, range(16)))
+    assert together == solo
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        ("{not json", 400, None),
+        ({"model": "tiny", "prompt": 5}, 400, "prompt"),
+        ({"model": "tiny", "prompt": "a", "colour": "red"}, 400, "colour"),
+        ({"model": "tiny", "prompt": "a", "n": 99}, 400, "n"),
+        ({"model": "tiny", "prompt": "a", "max_tokens": 0}, 400, "max_tokens"),
+        ({"model": "tiny", "prompt": "a", "max_tokens": 500}, 400, "max_tokens"),
+        ({"model": "tiny", "prompt": "x" * 70, "max_tokens": 1}, 400, "prompt"),
+        ({"model": "tiny", "prompt": ""}, 400, "prompt"),
+        ({"model": "tiny", "prompt": "a", "temperature": "hot"}, 400, "temperature"),
+        ({"model": "gpt-4", "prompt": "a"}, 404, "model"),
+    ],
+)
+def test_bad_requests_are_openai_errors_naming_the_field_and_the_server_keeps_serving(served, body, status, param):
+    url, _ = served
+    content = body if isinstance(body, str) else json.dumps(body)
+    r = httpx.post(f"{url}/v1/completions", content=content, headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert error["param"] == param and error["message"] and error["type"]
+    assert httpx.get(f"{url}/health").json()["status"] == "ok"
+
+
+def test_models_lists_the_served_model(served):
+    url, _ = served
+    assert [m.id for m in client(url).models.list()] == ["tiny"]
