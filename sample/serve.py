@@ -8,7 +8,9 @@ events in OpenAI's chunk format, ending with `data: [DONE]`. Requests share deco
 batching engine (sample/engine.py); a seeded request gets what pipeline(...) gives for the same prompt, controls
 and seed (choice j of a call samples with seed + j, as the pipeline's rows do). A bad request is an HTTP 400 (404
 for an unknown model) with OpenAI's error JSON naming the field; a full queue is a 429 with Retry-After. The server
-keeps serving whatever a request holds.
+keeps serving whatever a request holds. GET / is the playground: one static page (sample/static/playground.html,
+no build step, no CDN) with a prompt box, presets (story, code, chat for a chat model), temperature, top-p, max
+tokens and seed, streaming the completion as it is generated with its tokens/s.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations (Request) at runtime.
@@ -34,6 +36,7 @@ keys: host (127.0.0.1) port (8000) device (auto) dtype (auto) max_batch_size (8)
       request_timeout (seconds, 600) model_name (default: the checkpoint directory's name)
 """
 MAX_N = 16  # choices per request
+PLAYGROUND = Path(__file__).resolve().parent / "static" / "playground.html"  # the page at /
 
 
 @dataclass
@@ -216,7 +219,14 @@ def create_app(server: Server) -> Any:
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": server.name, "running": server.engine.active}
+        chat = server.tokenizer.chat_ids is not None
+        return {"status": "ok", "model": server.name, "running": server.engine.active, "chat": chat}
+
+    @app.get("/")
+    async def playground() -> Any:
+        from fastapi.responses import HTMLResponse
+
+        return HTMLResponse(PLAYGROUND.read_text(encoding="utf-8"))
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:

@@ -133,3 +133,39 @@ def test_bad_requests_are_openai_errors_naming_the_field_and_the_server_keeps_se
 def test_models_lists_the_served_model(served):
     url, _ = served
     assert [m.id for m in client(url).models.list()] == ["tiny"]
+
+
+def test_the_playground_streams_a_completion_in_a_real_browser(served, tmp_path):
+    """The page at / in headless chromium (Debian's, driven by Playwright): type a prompt, press Generate, the text
+    streams in (several updates) and ends as the pipeline's completion for the same controls and seed."""
+    import shutil
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.fail("the playground's browser test needs Debian's chromium: apt-get install chromium (.ci/run does)")
+    from playwright.sync_api import sync_playwright
+
+    url, ckpt = served
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 900, "height": 640})
+            page.goto(f"{url}/")
+            page.wait_for_function("document.getElementById('model').textContent.startsWith('model: tiny')")
+            assert page.is_enabled("#chat-option")  # a chat model: the chat preset is offered
+            page.fill("#prompt", "Once upon")
+            page.fill("#max_tokens", "24")
+            page.fill("#seed", "5")
+            page.evaluate("""() => { window.updates = 0; new MutationObserver(() => window.updates++)
+                .observe(document.getElementById('output'), {childList: true, subtree: true}); }""")
+            page.click("#generate")
+            page.wait_for_function("document.getElementById('status').textContent.includes('finished')", timeout=30000)
+            text = page.inner_text("#output")
+            assert page.evaluate("window.updates") >= 3  # streamed: the output changed piece by piece
+            assert "tokens/s" in page.inner_text("#status") and not page.inner_text("#error")
+            page.screenshot(path=str(tmp_path / "playground.png"))
+        finally:
+            browser.close()
+    [want] = pipeline("text-generation", model=ckpt)("Once upon", max_new_tokens=24, temperature=0.8, top_p=0.95,
+                                                      seed=5)  # fmt: skip
+    assert text == want["generated_text"]
