@@ -131,3 +131,15 @@ def test_instruct_bench_asks_each_kind_of_checkpoint_and_prints_json(capsys, tmp
     assert asked == ["completion", "chat", "text2text"] and result["items"] == 12
     for r in result["results"].values():  # an untrained model answers (almost) nothing right
         assert 0 <= r["accuracy"]["all"] <= 1 and {"seen", "unseen", "reverse", "larger"} <= set(r["accuracy"])
+
+
+def test_serve_bench_loads_the_server_with_concurrent_clients_and_prints_json(capsys, tmp_path):
+    from bench.serve import main as serve_main
+
+    argv = ["--model", "gpt-nano", "--clients", "1", "3", "--requests", "1", "--max-tokens", "4"]
+    result = serve_main([*argv, "--out", str(tmp_path / "s.json")])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert json.loads(lines[-1]) == result == json.loads((tmp_path / "s.json").read_text())
+    assert [r["clients"] for r in result["results"]] == [1, 3] and result["speedup_vs_baseline"]["1"] == 1.0
+    assert [r["requests"] for r in result["results"]] == [1, 3]
+    assert all(r["tokens"] > 0 and r["ttft_p95_s"] <= r["latency_p95_s"] for r in result["results"])
