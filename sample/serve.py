@@ -121,7 +121,15 @@ class Server:
         from sample.pipeline import pipeline
 
         self.cfg = cfg
-        self.pipe = pipeline("text-generation", model=cfg.checkpoint, device=cfg.device, dtype=cfg.dtype)
+        try:
+            self.pipe = pipeline("text-generation", model=cfg.checkpoint, device=cfg.device, dtype=cfg.dtype)
+        except ValueError as e:
+            if "encoder-decoder" not in str(e):
+                raise
+            raise ValueError(
+                f"{cfg.checkpoint} holds a t5; the server serves gpt checkpoints (a t5 answers through "
+                "pipeline('text2text-generation'))"
+            ) from None
         self.tokenizer = self.pipe.tokenizer
         self.engine = Engine(self.pipe.model, self.tokenizer, cfg.max_batch_size)
         self.name = cfg.model_name or Path(cfg.checkpoint.rstrip("/")).name

@@ -24,7 +24,8 @@ THIRD_PARTY = {
     "nanoloom": {"torch"},  # and hydra/omegaconf in nanoloom/cli.py alone (HYDRA_FILES)
     "model": {"torch", "safetensors", "tqdm"},  # tqdm: export's progress bar
     "data": {"numpy", "torch", "tiktoken", "tqdm", "huggingface_hub"},
-    "sample": {"torch", "tqdm"},  # tqdm: progress bars of long generations, on a terminal only
+    # tqdm: progress bars of long generations, on a terminal only; fastapi, pydantic, uvicorn: the server (serve.py)
+    "sample": {"torch", "tqdm", "fastapi", "pydantic", "uvicorn"},
     # plots, compare, SLURM, evaluation's progress bar
     "train": {"torch", "safetensors", "numpy", "matplotlib", "scipy", "yaml", "submitit", "tqdm"},
 }

@@ -169,3 +169,17 @@ def test_the_playground_streams_a_completion_in_a_real_browser(served, tmp_path)
     [want] = pipeline("text-generation", model=ckpt)("Once upon", max_new_tokens=24, temperature=0.8, top_p=0.95,
                                                       seed=5)  # fmt: skip
     assert text == want["generated_text"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "error: checkpoint= is required"),
+        (["checkpoint=x", "port=99999"], "error: port=99999 must be in 0..65535"),
+        (["checkpoint=x", "max_batch_sise=4"], "max_batch_sise"),
+    ],
+)
+def test_bad_server_settings_are_one_error_line(args, message):
+    proc = subprocess.run([sys.executable, "-m", "sample.serve", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr
