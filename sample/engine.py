@@ -42,7 +42,7 @@ from sample.generate import (
     strips_space,
     tokenizer_vocab_limit,
 )
-from sample.sampling import GenerationConfig, History, choose, process_logits
+from sample.sampling import GenerationConfig, History, choose, next_scores, process_logits
 from sample.stopping import TextRow
 
 
@@ -55,6 +55,10 @@ class Job:
     seed: int
     on_text: Callable[[str], None] | None = None
     prompt: str = ""
+    top_logprobs: int | None = None  # k >= 0: record each token's log-probability and the k likeliest alternatives
+    # with top_logprobs: (token id, its log-probability, {id: log-probability} of the k likeliest) per drawn token, as
+    # generate(output_scores=True) scores them; appended as they are drawn (a stream reads them as they come)
+    scores: list[tuple[int, float, dict[int, float]]] = field(default_factory=list)
     cancelled: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
     result: Completion | None = None
@@ -136,11 +140,17 @@ class Engine:
         return budget
 
     def submit(
-        self, ids: list[int], config: GenerationConfig, seed: int, on_text: Callable[[str], None] | None = None
+        self,
+        ids: list[int],
+        config: GenerationConfig,
+        seed: int,
+        on_text: Callable[[str], None] | None = None,
+        top_logprobs: int | None = None,
     ) -> Job:
-        """Queue a generation (thread-safe); it joins the batch at the next step with a free slot."""
+        """Queue a generation (thread-safe); it joins the batch at the next step with a free slot. top_logprobs=k:
+        the Completion holds each token's log-probability and the k likeliest alternatives (Job.scores)."""
         self.check(ids, config)
-        job = Job(list(ids), config, seed, on_text)
+        job = Job(list(ids), config, seed, on_text, top_logprobs=top_logprobs)
         self.pending.put(job)
         return job
 
@@ -233,6 +243,12 @@ class Engine:
         if row.history is not None:
             row.history.append(token)
         row.last = int(token)
+        if row.job.top_logprobs is not None:  # the scores the token was drawn from, as generate() scores them
+            logprobs = torch.log_softmax(next_scores(logits, cfg).float(), dim=-1)[0]  # (V,)
+            top = logprobs.topk(min(row.job.top_logprobs, logprobs.numel()))
+            row.job.scores.append(
+                (row.last, float(logprobs[row.last]), dict(zip(top.indices.tolist(), top.values.tolist())))
+            )
         piece = row.text.push(row.last)
         if piece:
             row.pieces.append(piece)
@@ -250,6 +266,9 @@ class Engine:
                 job.on_text(tail)
         text = "".join(row.pieces)
         job.result = Completion(job.prompt, text, row.text.token_ids, row.text.finish_reason or reason, job.seed)
+        if job.top_logprobs is not None:
+            job.result.logprobs = [lp for _, lp, _ in job.scores]
+            job.result.top_logprobs = [top for _, _, top in job.scores]
         job.done.set()
 
     def _drop_cancelled(self) -> None:

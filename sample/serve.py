@@ -36,6 +36,7 @@ keys: host (127.0.0.1) port (8000) device (auto) dtype (auto) max_batch_size (8)
       request_timeout (seconds, 600) model_name (default: the checkpoint directory's name)
 """
 MAX_N = 16  # choices per request
+MAX_LOGPROBS = 20  # alternatives per token (OpenAI: 5)
 PLAYGROUND = Path(__file__).resolve().parent / "static" / "playground.html"  # the page at /
 
 
@@ -102,6 +103,7 @@ def _models() -> tuple[type, type]:
     class CompletionRequest(Sampling):
         prompt: Union[str, list[str]]
         echo: bool = False
+        logprobs: Optional[int] = Field(default=None, ge=0, le=MAX_LOGPROBS)  # alternatives per token
 
     class Message(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -168,14 +170,30 @@ class Server:
         except ValueError as e:
             raise APIError(400, str(e)) from None
 
-    def submit(self, ids: list[int], config: Any, seed: int, on_text: Any = None) -> Job:
+    def submit(self, ids: list[int], config: Any, seed: int, on_text: Any = None, logprobs: int | None = None) -> Job:
         if self.engine.pending.qsize() >= self.cfg.max_queue:
             raise APIError(429, "the server is busy: too many requests are waiting; retry shortly", None, "server_busy")
         try:
-            return self.engine.submit(ids, config, seed, on_text)
+            return self.engine.submit(ids, config, seed, on_text, top_logprobs=logprobs)
         except ValueError as e:
             param = "prompt" if len(ids) >= self.engine.block_size else "max_tokens"
             raise APIError(400, str(e), param) from None
+
+
+def logprobs_body(tokenizer: Any, scores: list[tuple[int, float, dict[int, float]]], offset: int) -> dict[str, Any]:
+    """OpenAI's completions logprobs of scored tokens: each token's text and log-probability, the alternatives by
+    text, and where each token starts in the choice's text (from offset)."""
+    tokens = [tokenizer.decode([t]) for t, _, _ in scores]
+    starts = []
+    for token in tokens:
+        starts.append(offset)
+        offset += len(token)
+    return {
+        "tokens": tokens,
+        "token_logprobs": [lp for _, lp, _ in scores],
+        "top_logprobs": [{tokenizer.decode([i]): v for i, v in top.items()} for _, _, top in scores],
+        "text_offset": starts,
+    }
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -279,7 +297,7 @@ def create_app(server: Server) -> Any:
         try:
             for j, (ids, _) in enumerate(rows):
                 put = (lambda q: lambda piece: loop.call_soon_threadsafe(q.put_nowait, piece))(queues[j])
-                jobs.append(server.submit(ids, config, seed + j, put))
+                jobs.append(server.submit(ids, config, seed + j, put, getattr(req, "logprobs", None)))
         except APIError:
             for job in jobs:
                 job.cancel()
@@ -287,7 +305,9 @@ def create_app(server: Server) -> Any:
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         kind = "chat.completion" if chat else "text_completion"
         if req.stream:
-            return StreamingResponse(stream(rid, kind, jobs, queues, rows, chat), media_type="text/event-stream")
+            scored = getattr(req, "logprobs", None) is not None
+            events = stream(rid, kind, jobs, queues, rows, chat, scored)
+            return StreamingResponse(events, media_type="text/event-stream")
         try:
             results = await asyncio.wait_for(
                 asyncio.gather(*(asyncio.to_thread(job.wait) for job in jobs)), server.cfg.request_timeout
@@ -304,24 +324,35 @@ def create_app(server: Server) -> Any:
                 choices.append({"index": j, "message": {"role": "assistant", "content": result.text},
                                 "finish_reason": reason})  # fmt: skip
             else:
-                choices.append({"index": j, "text": echo + result.text, "logprobs": None, "finish_reason": reason})
+                scored = (
+                    logprobs_body(server.tokenizer, jobs[j].scores, len(echo)) if req.logprobs is not None else None
+                )
+                choices.append({"index": j, "text": echo + result.text, "logprobs": scored, "finish_reason": reason})
         prompt_tokens = sum(len(ids) for ids, _ in rows[:: max(1, req.n)])
         body = {"id": rid, "object": kind, "created": int(time.time()), "model": server.name, "choices": choices,
                 "usage": usage(prompt_tokens, sum(len(r.token_ids) for r in results))}  # fmt: skip
         return JSONResponse(body)
 
     async def stream(
-        rid: str, kind: str, jobs: list[Job], queues: list[asyncio.Queue], rows: list[Any], chat: bool
+        rid: str, kind: str, jobs: list[Job], queues: list[asyncio.Queue], rows: list[Any], chat: bool, scored: bool
     ) -> AsyncIterator[str]:
         chunk_kind = "chat.completion.chunk" if chat else "text_completion"
         created = int(time.time())
+        sent = [0] * len(jobs)  # scored tokens already sent, per choice
+        offsets = [len(echo) for _, echo in rows]  # where the next token starts in the choice's text
 
-        def event(j: int, text: str | None, reason: str | None) -> str:
+        def event(j: int, text: str | None, reason: str | None, score: bool = True) -> str:
             if chat:
                 delta = {"role": "assistant", "content": text} if text is not None else {}
                 choice = {"index": j, "delta": delta, "finish_reason": reason}
             else:
-                choice = {"index": j, "text": text or "", "logprobs": None, "finish_reason": reason}
+                logprobs = None
+                if scored and score and text is not None:  # the tokens drawn since the last chunk
+                    new = jobs[j].scores[sent[j] :]
+                    sent[j] += len(new)
+                    logprobs = logprobs_body(server.tokenizer, new, offsets[j])
+                    offsets[j] += sum(len(t) for t in logprobs["tokens"])
+                choice = {"index": j, "text": text or "", "logprobs": logprobs, "finish_reason": reason}
             body = {"id": rid, "object": chunk_kind, "created": created, "model": server.name, "choices": [choice]}
             return f"data: {json.dumps(body)}\n\n"
 
@@ -329,7 +360,7 @@ def create_app(server: Server) -> Any:
         try:
             for j, (_, echo) in enumerate(rows):
                 if echo:
-                    yield event(j, echo, None)
+                    yield event(j, echo, None, score=False)  # the echoed prompt is not scored
             open_rows = set(range(len(jobs)))
             while open_rows and time.monotonic() < deadline:
                 for j in sorted(open_rows):

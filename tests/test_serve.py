@@ -183,3 +183,37 @@ def test_bad_server_settings_are_one_error_line(args, message):
     proc = subprocess.run([sys.executable, "-m", "sample.serve", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=60)  # fmt: skip
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr
+
+
+def test_logprobs_are_the_pipelines_streamed_or_not(served):
+    """logprobs=k: each token's log-probability and the k likeliest alternatives, as pipeline(..., logprobs=k)
+    scores them; a stream carries each chunk's tokens, which add up to the whole."""
+    url, ckpt = served
+    api = client(url)
+    out = api.completions.create(model="tiny", prompt="Once", max_tokens=8, temperature=0.9, seed=4, logprobs=3)
+    [want] = pipeline("text-generation", model=ckpt)("Once", max_new_tokens=8, temperature=0.9, seed=4, logprobs=3)
+    got = out.choices[0].logprobs
+    assert got.token_logprobs == pytest.approx([t["logprob"] for t in want["logprobs"]], abs=1e-5)
+    assert got.tokens == [t["token"] for t in want["logprobs"]] and all(len(top) <= 3 for top in got.top_logprobs)
+    assert got.text_offset[0] == 0 and got.text_offset == sorted(got.text_offset)
+    chunks = list(api.completions.create(model="tiny", prompt="Once", max_tokens=8, temperature=0.9, seed=4,
+                                         logprobs=3, stream=True))  # fmt: skip
+    streamed = [lp for c in chunks if c.choices[0].logprobs for lp in c.choices[0].logprobs.token_logprobs]
+    assert streamed == pytest.approx(got.token_logprobs, abs=1e-6)
+
+
+def test_a_full_queue_is_429_with_retry_after(tmp_path):
+    """max_queue waiting requests: the next one is refused at once (the engine is not stepping here)."""
+    from fastapi.testclient import TestClient
+
+    from sample.generate import prompt_ids
+    from sample.serve import ServeConfig, Server, create_app
+
+    tok = get_tokenizer("byte")
+    save_model(GPT(GPTConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=16, block_size=32)),
+               tmp_path / "m", tokenizer_spec=tok.spec(), meta={"step": 0})  # fmt: skip
+    server = Server(ServeConfig(checkpoint=str(tmp_path / "m"), max_queue=1, max_batch_size=1))
+    server.submit(prompt_ids(tok, "a", "gpt"), server.pipe.generation_config({"max_new_tokens": 2}), seed=0)
+    r = TestClient(create_app(server)).post("/v1/completions", json={"model": "m", "prompt": "b", "max_tokens": 2})
+    assert r.status_code == 429 and r.headers["retry-after"] == "1" and r.json()["error"]["type"] == "server_busy"
+    server.engine.close()
