@@ -16,6 +16,7 @@ tokens and seed, streaming the completion as it is generated with its tokens/s.
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations (Request) at runtime.
 import asyncio
 import json
+import re
 import sys
 import threading
 import time
@@ -30,6 +31,7 @@ from data.chat import render
 from nanoloom.cli import run_command
 from sample.engine import Engine, Job
 from sample.generate import prompt_ids, row_seeds
+from sample.sampling import scalar_controls
 
 USAGE = """usage: python -m sample.serve checkpoint=<run, checkpoint dir or hf:...> [key=value ...]
 keys: host (127.0.0.1) port (8000) device (auto) dtype (auto) max_batch_size (8) max_queue (64)
@@ -37,6 +39,11 @@ keys: host (127.0.0.1) port (8000) device (auto) dtype (auto) max_batch_size (8)
 """
 MAX_N = 16  # choices per request
 MAX_LOGPROBS = 20  # alternatives per token (OpenAI: 5)
+# GenerationConfig's controls a request may set by their nanoloom names beside OpenAI's fields (beam search, lengths
+# and the OpenAI-named ones aside: max_tokens is max_new_tokens)
+OPENAI_NAMED = {"temperature", "top_p", "presence_penalty", "frequency_penalty"}
+EXTRA_CONTROLS = set(scalar_controls()) - OPENAI_NAMED - {"max_new_tokens", "max_length", "num_beams", "length_penalty",
+                                                            "early_stopping"}  # fmt: skip
 PLAYGROUND = Path(__file__).resolve().parent / "static" / "playground.html"  # the page at /
 
 
@@ -78,7 +85,7 @@ def error_body(message: str, param: str | None, kind: str = "invalid_request_err
 
 def _models() -> tuple[type, type]:
     """The request schemas (pydantic, imported with FastAPI: the server's optional dependency)."""
-    from pydantic import BaseModel, ConfigDict, Field
+    from pydantic import BaseModel, ConfigDict, Field, create_model
 
     class Sampling(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -93,12 +100,11 @@ def _models() -> tuple[type, type]:
         presence_penalty: Optional[float] = Field(default=None, ge=-2.0, le=2.0)
         frequency_penalty: Optional[float] = Field(default=None, ge=-2.0, le=2.0)
         user: Optional[str] = None
-        # nanoloom's controls, as extra body fields with the sampler's names
-        top_k: Optional[int] = Field(default=None, ge=1)
-        min_p: Optional[float] = Field(default=None, ge=0.0, le=1.0)
-        typical_p: Optional[float] = Field(default=None, gt=0.0, le=1.0)
-        repetition_penalty: Optional[float] = Field(default=None, gt=0.0)
-        no_repeat_ngram_size: Optional[int] = Field(default=None, ge=0)
+
+    # nanoloom's other controls as extra body fields with the sampler's names (its one declaration: GenerationConfig);
+    # GenerationConfig checks their values
+    extras = {name: (Optional[kind], None) for name, kind in scalar_controls().items() if name in EXTRA_CONTROLS}
+    Sampling = create_model("Sampling", __base__=Sampling, **extras)  # noqa: N806 (a class)
 
     class CompletionRequest(Sampling):
         prompt: Union[str, list[str]]
@@ -150,8 +156,7 @@ class Server:
     def config(self, req: Any, chat: bool) -> Any:
         """The GenerationConfig of a request: its fields over the checkpoint's defaults, as the pipeline builds it."""
         controls: dict[str, Any] = {}
-        for key in ("temperature", "top_p", "top_k", "min_p", "typical_p", "repetition_penalty",
-                    "presence_penalty", "frequency_penalty", "no_repeat_ngram_size"):  # fmt: skip
+        for key in sorted(OPENAI_NAMED | EXTRA_CONTROLS):
             if getattr(req, key) is not None:
                 controls[key] = getattr(req, key)
         controls["max_new_tokens"] = req.max_tokens if req.max_tokens is not None else (None if chat else 16)
@@ -164,11 +169,15 @@ class Server:
             controls["stop_strings"] = stops
         if chat:
             controls["eos_token_id"] = [self.tokenizer.chat_ids[-1], self.tokenizer.eot_id]
-        do_sample = None if req.temperature is None else req.temperature > 0
+        do_sample = controls.pop("do_sample", None)
+        if do_sample is None and req.temperature is not None:
+            do_sample = req.temperature > 0
         try:
             return self.pipe.generation_config(controls, do_sample)
-        except ValueError as e:
-            raise APIError(400, str(e)) from None
+        except ValueError as e:  # names the control: "top_k=-1 must be ..."
+            named = re.match(r"(\w+)=", str(e))
+            param = {"max_new_tokens": "max_tokens"}.get(named[1], named[1]) if named else None
+            raise APIError(400, str(e), param) from None
 
     def submit(self, ids: list[int], config: Any, seed: int, on_text: Any = None, logprobs: int | None = None) -> Job:
         if self.engine.pending.qsize() >= self.cfg.max_queue:

@@ -74,6 +74,10 @@ def test_a_seeded_completion_is_the_pipelines_streamed_or_not(served):
                                          stream=True))  # fmt: skip
     assert "".join(c.choices[0].text for c in chunks) == out.choices[0].text
     assert chunks[-1].choices[0].finish_reason == out.choices[0].finish_reason
+    extra = {"top_k": 3, "repetition_penalty": 1.3, "min_new_tokens": 2}  # nanoloom's controls by their names
+    out = api.completions.create(model="tiny", prompt="Once", max_tokens=10, seed=2, extra_body=extra)
+    [want] = pipe("Once", max_new_tokens=10, seed=2, return_full_text=False, **extra)
+    assert out.choices[0].text == want["generated_text"]
     echoed = api.completions.create(model="tiny", prompt="Once upon", max_tokens=4, seed=1, echo=True)
     assert echoed.choices[0].text.startswith("Once upon")
 
@@ -118,6 +122,8 @@ def test_sixteen_concurrent_clients_get_their_solo_outputs(served):
         ({"model": "tiny", "prompt": ""}, 400, "prompt"),
         ({"model": "tiny", "prompt": "a", "temperature": "hot"}, 400, "temperature"),
         ({"model": "gpt-4", "prompt": "a"}, 404, "model"),
+        ({"model": "tiny", "prompt": "a", "top_k": -1}, 400, "top_k"),
+        ({"model": "tiny", "prompt": "a", "repetition_penalty": "high"}, 400, "repetition_penalty"),
     ],
 )
 def test_bad_requests_are_openai_errors_naming_the_field_and_the_server_keeps_serving(served, body, status, param):
