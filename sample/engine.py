@@ -113,6 +113,7 @@ class Engine:
         self.pending: queue.Queue[Job] = queue.Queue()
         self.vocab_limit = tokenizer_vocab_limit(model, tokenizer)
         self.t = 0  # the next cache column every active row writes
+        self.finished: dict[str, int] = {}  # jobs ended, by finish reason (eos, stop, length, cancelled ...)
         self.shifts = [0, 0]  # how often the rows moved left (the cache was full) and right (a long prompt joined)
         self.left_pad = torch.zeros(max_batch_size, dtype=torch.long, device=self.device)
         self.lock = threading.Lock()
@@ -265,6 +266,7 @@ class Engine:
             if job.on_text is not None:
                 job.on_text(tail)
         text = "".join(row.pieces)
+        self.finished[reason] = self.finished.get(reason, 0) + 1
         job.result = Completion(job.prompt, text, row.text.token_ids, row.text.finish_reason or reason, job.seed)
         if job.top_logprobs is not None:
             job.result.logprobs = [lp for _, lp, _ in job.scores]

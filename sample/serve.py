@@ -255,7 +255,9 @@ def create_app(server: Server) -> Any:
     @app.get("/health")
     async def health() -> dict[str, Any]:
         chat = server.tokenizer.chat_ids is not None
-        return {"status": "ok", "model": server.name, "running": server.engine.active, "chat": chat}
+        engine = server.engine
+        counts = {"running": engine.active, "waiting": engine.pending.qsize(), "finished": dict(engine.finished)}
+        return {"status": "ok", "model": server.name, "chat": chat, **counts}
 
     @app.get("/")
     async def playground() -> Any:

@@ -223,3 +223,17 @@ def test_a_full_queue_is_429_with_retry_after(tmp_path):
     r = TestClient(create_app(server)).post("/v1/completions", json={"model": "m", "prompt": "b", "max_tokens": 2})
     assert r.status_code == 429 and r.headers["retry-after"] == "1" and r.json()["error"]["type"] == "server_busy"
     server.engine.close()
+
+
+def test_a_client_gone_mid_stream_cancels_its_row(served):
+    url, _ = served
+    before = httpx.get(f"{url}/health").json()["finished"].get("cancelled", 0)
+    body = {"model": "tiny", "prompt": "a", "max_tokens": 60, "stream": True, "seed": 0}
+    with httpx.stream("POST", f"{url}/v1/completions", json=body) as r:
+        next(line for line in r.iter_lines() if line.startswith("data: "))  # the first piece, then hang up
+    for _ in range(100):
+        health = httpx.get(f"{url}/health").json()
+        if health["finished"].get("cancelled", 0) > before:
+            break
+        time.sleep(0.05)
+    assert health["finished"].get("cancelled", 0) == before + 1 and health["running"] == 0
