@@ -9,7 +9,7 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 DEMO_RUN ?= demo
 
 .DEFAULT_GOAL := help
-.PHONY: help install dev torch demo test test-fast lint format train-debug sample prepare clean
+.PHONY: help install dev torch demo test test-fast lint format train-debug sample serve prepare clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -66,6 +66,9 @@ format: dev ## apply ruff fixes and formatting
 
 train-debug: install ## a tiny training run to check a change end to end (seconds)
 	$(PY) -m train debug=default
+
+serve: install ## serve the demo checkpoint: OpenAI's API and a playground on http://127.0.0.1:8000/
+	$(PY) -m sample.serve checkpoint=runs/$(DEMO_RUN)
 
 prepare: install ## tokenize a corpus: make prepare DATA=shakespeare
 	$(PY) -m data.prepare data=$(or $(DATA),demo)
