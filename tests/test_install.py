@@ -84,8 +84,9 @@ def test_the_nanoloom_command_lists_and_runs_every_command(capsys, monkeypatch):
 
     main(["--help"])
     listed = capsys.readouterr().out
-    assert all(f"  {name}" in listed for name in ("train", "sample", "prepare", "evaluate", "compare", "export"))
-    for name in ("evaluate", "export", "compare", "sample"):
+    commands = ("train", "sample", "prepare", "evaluate", "compare", "export", "serve")
+    assert all(f"  {name}" in listed for name in commands)
+    for name in ("evaluate", "export", "compare", "sample", "serve"):
         monkeypatch.setattr(sys, "argv", ["x"])
         main([name, "--help"])
         assert capsys.readouterr().out.startswith("usage:"), name
@@ -93,4 +94,4 @@ def test_the_nanoloom_command_lists_and_runs_every_command(capsys, monkeypatch):
         main(["evalute", "checkpoint=x"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err == "error: unknown command 'evalute'; did you mean evaluate? (nanoloom --help)\n"
-    assert set(COMMANDS) == {"train", "sample", "prepare", "evaluate", "compare", "export"}
+    assert set(COMMANDS) == set(commands)
