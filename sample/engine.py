@@ -90,6 +90,7 @@ class _Row:
             eos_ids=self.eos,
             stop_strings=cfg.stop_strings,
             max_tokens=budget,
+            prompt=job.prompt if cfg.stop_at_top_level else None,  # code: ends with the prompt's block
             strip_leading_space=strips_space(model, tokenizer),
         )
         self.generator = row_generators([job.seed], device)
@@ -147,11 +148,13 @@ class Engine:
         seed: int,
         on_text: Callable[[str], None] | None = None,
         top_logprobs: int | None = None,
+        prompt: str = "",
     ) -> Job:
         """Queue a generation (thread-safe); it joins the batch at the next step with a free slot. top_logprobs=k:
-        the Completion holds each token's log-probability and the k likeliest alternatives (Job.scores)."""
+        the Completion holds each token's log-probability and the k likeliest alternatives (Job.scores). prompt: its
+        text (the Completion's label; with config.stop_at_top_level, the code whose block ends the output)."""
         self.check(ids, config)
-        job = Job(list(ids), config, seed, on_text, top_logprobs=top_logprobs)
+        job = Job(list(ids), config, seed, on_text, prompt, top_logprobs=top_logprobs)
         self.pending.put(job)
         return job
 

@@ -179,11 +179,13 @@ class Server:
             param = {"max_new_tokens": "max_tokens"}.get(named[1], named[1]) if named else None
             raise APIError(400, str(e), param) from None
 
-    def submit(self, ids: list[int], config: Any, seed: int, on_text: Any = None, logprobs: int | None = None) -> Job:
+    def submit(
+        self, ids: list[int], config: Any, seed: int, on_text: Any = None, logprobs: int | None = None, prompt: str = ""
+    ) -> Job:
         if self.engine.pending.qsize() >= self.cfg.max_queue:
             raise APIError(429, "the server is busy: too many requests are waiting; retry shortly", None, "server_busy")
         try:
-            return self.engine.submit(ids, config, seed, on_text, top_logprobs=logprobs)
+            return self.engine.submit(ids, config, seed, on_text, top_logprobs=logprobs, prompt=prompt)
         except ValueError as e:
             param = "prompt" if len(ids) >= self.engine.block_size else "max_tokens"
             raise APIError(400, str(e), param) from None
@@ -285,7 +287,10 @@ def create_app(server: Server) -> Any:
         config = server.config(req, chat=False)
         ids = [prompt_ids(server.tokenizer, p, "gpt") for p in prompts]
         rows = [(i, p, j) for i, p in enumerate(prompts) for j in range(req.n)]
-        return await respond(req, config, [(ids[i], (prompts[i] if req.echo else "")) for i, _, _ in rows], False)
+        texts = [prompts[i] for i, _, _ in rows]
+        return await respond(
+            req, config, [(ids[i], (prompts[i] if req.echo else "")) for i, _, _ in rows], False, texts
+        )
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Any:
@@ -298,9 +303,9 @@ def create_app(server: Server) -> Any:
             raise APIError(400, "messages end with an assistant turn; the last message must be the user's", "messages")
         ids = render(server.tokenizer, messages, add_generation_prompt=True)[0]
         config = server.config(req, chat=True)
-        return await respond(req, config, [(ids, "")] * req.n, True)
+        return await respond(req, config, [(ids, "")] * req.n, True, [""] * req.n)
 
-    async def respond(req: Any, config: Any, rows: list[tuple[list[int], str]], chat: bool) -> Any:
+    async def respond(req: Any, config: Any, rows: list[tuple[list[int], str]], chat: bool, texts: list[str]) -> Any:
         seed = row_seeds(req.seed, 1)[0]
         loop = asyncio.get_running_loop()
         queues: list[asyncio.Queue] = [asyncio.Queue() for _ in rows]
@@ -308,7 +313,7 @@ def create_app(server: Server) -> Any:
         try:
             for j, (ids, _) in enumerate(rows):
                 put = (lambda q: lambda piece: loop.call_soon_threadsafe(q.put_nowait, piece))(queues[j])
-                jobs.append(server.submit(ids, config, seed + j, put, getattr(req, "logprobs", None)))
+                jobs.append(server.submit(ids, config, seed + j, put, getattr(req, "logprobs", None), texts[j]))
         except APIError:
             for job in jobs:
                 job.cancel()

@@ -30,7 +30,9 @@ def configs() -> list[GenerationConfig]:
         GenerationConfig(do_sample=True, temperature=1.0, max_new_tokens=20, **base),
         GenerationConfig(do_sample=False, max_new_tokens=12, **base),
         GenerationConfig(do_sample=True, top_p=0.9, repetition_penalty=1.3, max_new_tokens=18, **base),
-        GenerationConfig(do_sample=True, top_k=20, max_new_tokens=9, stop_strings=["e"], **base),
+        GenerationConfig(
+            do_sample=True, top_k=20, max_new_tokens=9, stop_strings=["e"], stop_at_top_level=True, **base
+        ),
         GenerationConfig(do_sample=True, temperature=0.7, frequency_penalty=0.5, max_new_tokens=25, **base),
         GenerationConfig(do_sample=True, min_p=0.05, max_new_tokens=15, **base),
     ]
@@ -43,7 +45,7 @@ def test_rows_joining_and_leaving_get_what_they_get_alone(pos):
     engine = Engine(model, tok, max_batch_size=3)  # fewer slots than requests: some wait for a free one
     jobs = []
     for i, (p, c) in enumerate(zip(PROMPTS, configs())):
-        jobs.append(engine.submit(prompt_ids(tok, p, "gpt"), c, seed=10 + i))
+        jobs.append(engine.submit(prompt_ids(tok, p, "gpt"), c, seed=10 + i, prompt=p))
         for _ in range(i % 3):  # later requests join a batch already running, at different columns
             engine.step()
     while any(not j.done.is_set() for j in jobs):

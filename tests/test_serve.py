@@ -78,6 +78,12 @@ def test_a_seeded_completion_is_the_pipelines_streamed_or_not(served):
     out = api.completions.create(model="tiny", prompt="Once", max_tokens=10, seed=2, extra_body=extra)
     [want] = pipe("Once", max_new_tokens=10, seed=2, return_full_text=False, **extra)
     assert out.choices[0].text == want["generated_text"]
+    head = "def f(x):\n    y = x\n"
+    top_level = {"stop_at_top_level": True}  # code: the output ends with the prompt's block, as task=code's
+    code = [api.completions.create(model="tiny", prompt=head, max_tokens=30, seed=s, extra_body=top_level)
+            for s in range(4)]  # fmt: skip
+    want = [pipe(head, max_new_tokens=30, seed=s, stop_at_top_level=True, return_full_text=False)[0] for s in range(4)]
+    assert [c.choices[0].text for c in code] == [w["generated_text"] for w in want]
     echoed = api.completions.create(model="tiny", prompt="Once upon", max_tokens=4, seed=1, echo=True)
     assert echoed.choices[0].text.startswith("Once upon")
 
