@@ -341,7 +341,7 @@ def test_damaged_peak_flops_cache_is_one_warning_and_rewritten_whole(tmp_path: P
 
     from train import perf as device_module
 
-    monkeypatch.setattr(device_module, "measure_matmul_flops", lambda device, dtype: 1.25e9)
+    monkeypatch.setattr(device_module, "measure_peak", lambda device, dtype: (1.25e9, True))
     cache = tmp_path / "peak_flops.json"
     cache.write_bytes(content)
     assert device_module.peak_flops(torch.device("cpu"), torch.float32, tmp_path) == 1.25e9
@@ -349,6 +349,6 @@ def test_damaged_peak_flops_cache_is_one_warning_and_rewritten_whole(tmp_path: P
     assert len(err) == 1 and err[0].startswith("warning: ignoring the damaged peak FLOP/s cache"), err
     assert list(json.loads(cache.read_text()).values()) == [1.25e9]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["peak_flops.json"]  # no temp file left
-    monkeypatch.setattr(device_module, "measure_matmul_flops", lambda device, dtype: pytest.fail("measured twice"))
+    monkeypatch.setattr(device_module, "measure_peak", lambda device, dtype: pytest.fail("measured twice"))
     assert device_module.peak_flops(torch.device("cpu"), torch.float32, tmp_path) == 1.25e9
     assert capsys.readouterr().err == ""

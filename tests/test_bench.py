@@ -39,6 +39,7 @@ def test_train_bench_compares_with_the_reference_and_prints_json(capsys, tmp_pat
     assert [(r["impl"], r["model"]) for r in result["results"]] == [("reference", "gpt-nano"), ("nanoloom", "gpt-nano")]
     assert result["results"][0]["dtype"] == "float32"  # nanoGPT's CPU recipe
     assert result["speedup_vs_reference"] > 0 and 0 < result["mfu"] < 1 and result["rss_ratio_vs_reference"] > 0
+    assert all(r["peak_gflops"] > 0 for r in result["results"])  # each MFU beside the peak it divides by
 
 
 @pytest.mark.slow

@@ -436,7 +436,7 @@ def test_damaged_peak_cache_is_measured_again(name: str, damage: Damage, world: 
     cache = tmp_path / "peak_flops.json"
     shutil.copy(world / "cache" / "peak_flops.json", cache)
     damage(cache)
-    monkeypatch.setattr(device_module, "measure_matmul_flops", lambda device, dtype: 123e9)
+    monkeypatch.setattr(device_module, "measure_peak", lambda device, dtype: (123e9, True))
     assert device_module.peak_flops(torch.device("cpu"), torch.float32, tmp_path) == 123e9
     err = capsys.readouterr().err
     assert err.count("\n") <= 1 and "Traceback" not in err, err

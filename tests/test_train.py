@@ -500,7 +500,7 @@ def test_a_measured_gpu_peak_is_cached_per_gpu_model(tmp_path, monkeypatch):
     names = iter(["Tesla T4", "Tesla V100-SXM2-16GB", "Tesla T4"])
     measured = []
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: next(names))
-    monkeypatch.setattr(dev, "measure_matmul_flops", lambda d, t: measured.append(d) or 65e12 + 1e12 * len(measured))
+    monkeypatch.setattr(dev, "measure_peak", lambda d, t: (measured.append(d) or 65e12 + 1e12 * len(measured), True))
     gpu = torch.device("cuda", 0)
     assert [dev.peak_flops(gpu, torch.float16, tmp_path) for _ in range(3)] == [66e12, 67e12, 66e12]
     assert len(measured) == 2  # the second T4 reads the cache; the V100 is measured, not given the T4's peak
@@ -529,3 +529,43 @@ def test_log_lines_show_elapsed_time_and_an_eta(tmp_path, capsys):
     step_lines = [line for line in lines if " ms/step" in line]
     assert step_lines and all(re.search(r"\| elapsed \d+s eta \d+s$", line) for line in step_lines)
     assert step_lines[-1].endswith("eta 0s")  # the last step: nothing left
+
+
+def test_a_disturbed_peak_measurement_is_never_cached_and_a_steady_one_is(tmp_path, monkeypatch):
+    """The two best runs far apart (other work on the machine) or a load average above the cores: the peak serves
+    this run and is measured again next time; a steady one is cached; remeasure keeps the higher value."""
+    from train import perf as dev
+
+    runs = iter([[100e9, 60e9, 40e9], [200e9, 195e9, 150e9], [300e9, 290e9, 280e9]])
+    monkeypatch.setattr(dev, "matmul_speeds", lambda device, dtype: next(runs))
+    monkeypatch.setattr(dev.os, "getloadavg", lambda: (0.1, 0.1, 0.1))
+    cpu = torch.device("cpu")
+    assert dev.peak_flops(cpu, torch.float32, tmp_path) == 100e9  # disturbed: used, not cached
+    assert not (tmp_path / "peak_flops.json").exists()
+    assert dev.peak_flops(cpu, torch.float32, tmp_path) == 200e9  # steady: cached
+    assert dev.peak_flops(cpu, torch.float32, tmp_path) == 200e9  # read from the cache, not measured
+    assert dev.peak_flops(cpu, torch.float32, tmp_path, remeasure=True) == 300e9  # higher and steady: replaces it
+    assert dev.peak_flops(cpu, torch.float32, tmp_path) == 300e9
+    monkeypatch.setattr(dev, "matmul_speeds", lambda device, dtype: [900e9, 899e9])
+    monkeypatch.setattr(dev.os, "getloadavg", lambda: (8.0, 8.0, 8.0))  # a busy machine: steady runs, but no cache
+    assert dev.peak_flops(cpu, torch.float32, tmp_path, remeasure=True) == 900e9
+    assert dev.peak_flops(cpu, torch.float32, tmp_path) == 300e9
+
+
+@pytest.mark.parametrize(("remeasured", "still_above"), [(4e9, False), (1.5e9, True)])
+def test_an_mfu_above_100_percent_measures_the_peak_again_and_warns(capsys, remeasured, still_above):
+    from train.log import Meter
+
+    calls = []
+    meter = Meter(100, 2e9, 1e9, torch.device("cpu"), remeasure=lambda: calls.append(1) or remeasured)
+    meter.add(torch.tensor(1.0))
+    meter.t_last -= 1.0  # one step of one second: 2 GFLOP/s against a 1 GFLOP/s peak
+    metrics = meter.read(lambda t: t)
+    assert calls == [1] and metrics["perf/peak_flops"] == remeasured
+    assert metrics["perf/mfu"] == pytest.approx(2e9 / remeasured, rel=0.01)
+    err = capsys.readouterr().err
+    assert "MFU 200% is above 100%" in err and ("overcount" in err) == still_above
+    meter.add(torch.tensor(1.0))
+    meter.t_last -= 1.0
+    meter.read(lambda t: t)
+    assert calls == [1]  # measured again once per run, not at every log line

@@ -215,9 +215,20 @@ def _init_wandb(cfg: LoggerConfig, run_dir: Path, config: dict[str, Any], run_na
 class Meter:
     """Throughput since the last log line: steps, their summed loss (on the device) and the training time."""
 
-    def __init__(self, tokens_per_step: int, flops_per_step: float, peak_flops: float, device: torch.device):
+    def __init__(
+        self,
+        tokens_per_step: int,
+        flops_per_step: float,
+        peak_flops: float,
+        device: torch.device,
+        remeasure: Callable[[], float] | None = None,
+    ):
         self.tokens_per_step, self.flops_per_step, self.peak_flops = tokens_per_step, flops_per_step, peak_flops
         self.device = device
+        # an MFU above 100% is a bug: once, the peak is measured again (remeasure() returns the new one) and, if it
+        # stays above, a warning says the FLOPs are overcounted
+        self.remeasure = remeasure
+        self.checked = False
         self.spent = 0.0  # training seconds before the last read()
         self._reset()
 
@@ -255,9 +266,33 @@ class Meter:
             "perf/tokens_per_sec": self.tokens_per_step / dt,
         }
         if self.peak_flops > 0:
-            metrics["perf/mfu"] = self.flops_per_step / dt / self.peak_flops
+            mfu = self.flops_per_step / dt / self.peak_flops
+            if mfu > 1.0 and not self.checked:
+                mfu = self._recheck(mfu, dt)
+            metrics["perf/mfu"] = mfu
+            metrics["perf/peak_flops"] = self.peak_flops
         self._reset()
         return metrics
+
+    def _recheck(self, mfu: float, dt: float) -> float:
+        """An MFU above 100%: measure the peak again (a cached one may come from a busy machine) and say so; the
+        MFU against the new peak."""
+        self.checked = True
+        old = self.peak_flops
+        if self.remeasure is not None:
+            self.peak_flops = max(old, self.remeasure())
+        new_mfu = self.flops_per_step / dt / self.peak_flops
+        warn(
+            f"MFU {mfu:.0%} is above 100%: the peak of {old / 1e9:,.0f} GFLOP/s was too low (measured on a busy "
+            f"machine?); measured again: {self.peak_flops / 1e9:,.0f} GFLOP/s, MFU {new_mfu:.0%}"
+            + (
+                ""
+                if new_mfu <= 1.0
+                else "; still above 100%: the model's FLOPs per token overcount this run's work (padding, or tokens "
+                "counted through parts of the model they never pass)"
+            )
+        )
+        return new_mfu
 
 
 def format_step(

@@ -135,7 +135,8 @@ def _start(
     tokens_per_step = tcfg.batch_size * tcfg.grad_accum * tokens_per_row(train_loader, T) * info.world_size
     # MFU: the whole job's FLOPs (tokens_per_step counts every rank's) over the whole job's peak, one device's each
     peak = peak_flops(device, dtype, cache_dir) * info.world_size if info.is_main else 0.0
-    meter = Meter(tokens_per_step, raw_model.flops_per_token(T) * tokens_per_step, peak, device)
+    remeasure = (lambda: peak_flops(device, dtype, cache_dir, remeasure=True) * info.world_size) if peak else None
+    meter = Meter(tokens_per_step, raw_model.flops_per_token(T) * tokens_per_step, peak, device, remeasure)
     model, ctx, config_yaml = dist.wrap(model, info, device), autocast(device, dtype), to_yaml(cfg, model_cfg)
     r = Run(
         cfg=cfg,
@@ -162,6 +163,7 @@ def _start(
     tracker.print(
         f"nanoloom: {raw_model.num_params() / 1e6:.2f}M params | {tokens_per_step:,} tokens/step | device {device} "
         f"{str(dtype).removeprefix('torch.')} | world {info.world_size} | run dir {run_dir}"
+        + (f" | MFU against a peak of {peak / 1e9:,.0f} GFLOP/s" if peak else "")
         + (f" | resumed at step {state.step}" if resume_from is not None else "")
     )
     if resume_from is not None:
