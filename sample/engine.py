@@ -161,7 +161,12 @@ class Engine:
     def run(self, stop: threading.Event, idle_wait: float = 0.05) -> None:
         """Step until stop is set; waits for work when there is none."""
         while not stop.is_set():
-            if not self.step():
+            try:
+                worked = self.step()
+            except Exception as e:  # noqa: BLE001 (a failing step fails the rows in it, never the engine)
+                self._fail_rows(e)
+                continue
+            if not worked:
                 try:
                     job = self.pending.get(timeout=idle_wait)
                 except queue.Empty:
@@ -275,6 +280,16 @@ class Engine:
             job.result.logprobs = [lp for _, lp, _ in job.scores]
             job.result.top_logprobs = [top for _, _, top in job.scores]
         job.done.set()
+
+    def _fail_rows(self, error: BaseException) -> None:
+        """Every active row's job ends with error (its caller's wait() raises it); the slots are free again."""
+        for r, row in enumerate(self.slots):
+            if row is not None:
+                self.slots[r] = None
+                row.job.error = error
+                row.job.done.set()
+        self.finished["error"] = self.finished.get("error", 0) + 1
+        self.t = 0
 
     def _drop_cancelled(self) -> None:
         for r, row in enumerate(self.slots):

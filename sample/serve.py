@@ -233,6 +233,10 @@ def create_app(server: Server) -> Any:
 
     app = FastAPI(title="nanoloom", lifespan=lifespan)
 
+    @app.exception_handler(Exception)
+    async def internal(request: Request, e: Exception) -> JSONResponse:  # the server keeps serving
+        return JSONResponse(error_body(f"internal error: {e}", None, "server_error"), status_code=500)
+
     @app.exception_handler(APIError)
     async def api_error(request: Request, e: APIError) -> JSONResponse:
         headers = {"Retry-After": "1"} if e.status == 429 else None

@@ -86,3 +86,24 @@ def test_what_cannot_be_served_is_refused_at_once():
         engine.submit(list(range(10)), GenerationConfig(max_new_tokens=8), seed=0)
     with pytest.raises(ValueError, match="prompt is empty"):
         engine.submit([], GenerationConfig(max_new_tokens=2), seed=0)
+
+
+def test_a_failing_step_fails_its_rows_and_the_engine_keeps_serving(monkeypatch):
+    model, tok = tiny_gpt(), get_tokenizer("byte")
+    engine = Engine(model, tok, max_batch_size=2)
+    cfg = GenerationConfig(do_sample=True, max_new_tokens=6, eos_token_id=[tok.eot_id])
+    broken = engine.submit(prompt_ids(tok, "a", "gpt"), cfg, seed=0)
+    forward = model.forward
+    calls = iter([forward, lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom"))])
+    monkeypatch.setattr(model, "forward", lambda *a, **k: next(calls, forward)(*a, **k))  # the first step fails
+    stop = threading.Event()
+    thread = threading.Thread(target=engine.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            broken.wait(30)
+        healthy = engine.submit(prompt_ids(tok, "b", "gpt"), cfg, seed=1)
+        assert healthy.wait(30).text == generate(model, tok, ["b"], cfg, seed=1)[0][0].text
+    finally:
+        stop.set()
+        thread.join(5)
