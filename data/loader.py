@@ -87,7 +87,7 @@ class BatchLoader:
             raise ValueError(f"seed={seed} must be >= 0")
         self.data_dir = Path(data_dir)
         self.meta = load_meta(self.data_dir)
-        accepted = (self.layout,) if isinstance(self.layout, str) else self.layout
+        accepted = self.layouts()
         if layout(self.meta) not in accepted:
             readers = {
                 "documents": "CausalLMLoader or SpanCorruptionLoader",
@@ -108,6 +108,19 @@ class BatchLoader:
         if tokenizer is not None:
             self._check_tokenizer(tokenizer)
         self._tokenizer = tokenizer
+
+    @classmethod
+    def layouts(cls) -> tuple[str, ...]:
+        """The kinds of prepared dataset this loader reads."""
+        return (cls.layout,) if isinstance(cls.layout, str) else cls.layout
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.data)
+
+    def _split_file(self, key: str, dtype: np.dtype | type) -> np.memmap:
+        """The split's file meta.json names under key (its tokens, an index), memory-mapped read-only."""
+        return np.memmap(self.data_dir / self.meta["splits"][self.split][key], dtype=dtype, mode="r")
 
     def _start_id(self) -> int:
         """First decoder input of a T5 batch: the model's decoder start id (HF T5: pad 0), else end-of-text."""
@@ -204,10 +217,6 @@ class DocumentLoader(BatchLoader):
     def __init__(self, data_dir: str | Path, split: str, batch_size: int, **kwargs: Any) -> None:
         super().__init__(data_dir, split, batch_size, **kwargs)
         self.data = np.memmap(self.data_dir / f"{split}.bin", dtype=np.dtype(self.meta["dtype"]), mode="r")
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self.data)
 
     def _windows(self, rng: np.random.Generator, length: int) -> np.ndarray:
         """(B, length) int64: this rank's windows of a global batch drawn from rng (uniform starts)."""
@@ -408,10 +417,9 @@ class Seq2SeqLoader(BatchLoader):
         self.start_id = start_id  # the model's decoder start id; None: the tokenizer's eot
         self.input_length = input_length
         self.target_length = target_length
-        info = self.meta["splits"][split]
-        self.data = np.memmap(self.data_dir / info["file"], dtype=np.dtype(self.meta["dtype"]), mode="r")
-        index = np.memmap(self.data_dir / info["index"], dtype=np.uint64, mode="r")
-        self.index = index.reshape(-1, len(PAIRS_INDEX_COLUMNS))  # (N, 4): input start, length, target start, length
+        self.data = self._split_file("file", np.dtype(self.meta["dtype"]))
+        # (N, 4): input start, length, target start, length
+        self.index = self._split_file("index", np.uint64).reshape(-1, len(PAIRS_INDEX_COLUMNS))
         self.truncated_inputs = 0  # inputs cut to input_length, over every batch this loader built
         self.truncated_targets = 0  # targets cut to target_length
         self._warned = False
@@ -419,10 +427,6 @@ class Seq2SeqLoader(BatchLoader):
     @property
     def num_pairs(self) -> int:
         return len(self.index)
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self.data)
 
     def pairs(self, limit: int | None = None) -> Iterator[tuple[list[int], list[int]]]:
         """(input ids, target ids) of the split's pairs in file order, untruncated, each ending in eot_id.
@@ -516,9 +520,8 @@ class InstructLoader(BatchLoader):
         self.pack = pack
         self.truncated = 0  # conversations cut to block_size + 1 ids, over every batch
         self._warned = False
-        info = self.meta["splits"][split]
-        self.data = np.memmap(self.data_dir / info["file"], dtype=np.dtype(self.meta["dtype"]), mode="r")
-        index = np.memmap(self.data_dir / info["index"], dtype=np.uint64, mode="r")
+        self.data = self._split_file("file", np.dtype(self.meta["dtype"]))
+        index = self._split_file("index", np.uint64)
         if layout(self.meta) == "pairs":  # pair i is turns 2i (user: its input) and 2i + 1 (assistant: its target)
             pairs = index.reshape(-1, len(PAIRS_INDEX_COLUMNS)).astype(np.int64)
             n = len(pairs)
@@ -528,16 +531,12 @@ class InstructLoader(BatchLoader):
             self.chats = np.stack([np.arange(0, 2 * n, 2), np.full(n, 2)], axis=1)
         else:
             self.turn_index = index.reshape(-1, len(TURNS_INDEX_COLUMNS))  # (M, 3): start, length, role
-            chats = np.memmap(self.data_dir / info["chats"], dtype=np.uint64, mode="r")
-            self.chats = chats.reshape(-1, len(CHATS_INDEX_COLUMNS))  # (N, 2): first turn, number of turns
+            # (N, 2): first turn, number of turns
+            self.chats = self._split_file("chats", np.uint64).reshape(-1, len(CHATS_INDEX_COLUMNS))
 
     @property
     def num_conversations(self) -> int:
         return len(self.chats)
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self.data)
 
     def turns(self, i: int) -> list[tuple[str, list[int]]]:
         """(role, content ids) of conversation i's turns, without the end-of-text id the dataset ends each with."""
@@ -566,14 +565,19 @@ class InstructLoader(BatchLoader):
             return self._packed(rng)
         draws = self._rank_rows(rng.integers(0, self.num_conversations, size=self.batch_size * self.world_size))
         rows = [self._cut(self.conversation(int(i))) for i in draws]
-        T = max(len(i) for i, _ in rows) - 1
+        idx, targets = self._shifted(rows, max(len(i) for i, _ in rows) - 1)
+        return self._to_device({"idx": torch.from_numpy(idx), "targets": torch.from_numpy(targets)})
+
+    def _shifted(self, rows: list[tuple[list[int], list[bool]]], T: int) -> tuple[np.ndarray, np.ndarray]:
+        """idx (R, T) and targets (R, T) of (ids, learned) rows: the inputs are a row's ids but its last, the targets
+        the next ids where learned, IGNORE_INDEX elsewhere; the rest of a row is padding (eot in, nothing learned)."""
         idx = np.full((len(rows), T), self.tokenizer.eot_id, dtype=np.int64)
         targets = np.full((len(rows), T), IGNORE_INDEX, dtype=np.int64)
-        for r, (row_ids, learned) in enumerate(rows):
-            length = len(row_ids) - 1
-            idx[r, :length] = row_ids[:-1]
-            targets[r, :length] = np.where(learned[1:], row_ids[1:], IGNORE_INDEX)
-        return self._to_device({"idx": torch.from_numpy(idx), "targets": torch.from_numpy(targets)})
+        for r, (ids, learned) in enumerate(rows):
+            length = len(ids) - 1
+            idx[r, :length] = ids[:-1]
+            targets[r, :length] = np.where(learned[1:], ids[1:], IGNORE_INDEX)
+        return idx, targets
 
     def _packed(self, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         """Rows of block_size + 1 ids, each filled with whole conversations drawn from rng until the next one would
@@ -593,25 +597,20 @@ class InstructLoader(BatchLoader):
                 if ids and len(ids) + len(conv[0]) > L:
                     pending = conv  # starts the next row
                     break
-                docs += [len(set(docs))] * len(conv[0])
+                docs += [docs[-1] + 1 if docs else 0] * len(conv[0])  # the row's next document number
                 ids += conv[0]
                 learned += conv[1]
                 if len(ids) >= L:
                     break
             rows.append((ids, learned, docs))
-        T = self.block_size
-        local = self._rank_rows(np.arange(len(rows)))
-        idx = np.full((len(local), T), self.tokenizer.eot_id, dtype=np.int64)
-        targets = np.full((len(local), T), IGNORE_INDEX, dtype=np.int64)
-        doc_ids = np.full((len(local), T), -1, dtype=np.int64)
-        for r, g in enumerate(local):
-            ids, learned, docs = rows[g]
+        mine = [rows[g] for g in self._rank_rows(np.arange(len(rows)))]
+        # a target belongs to the conversation of its input: the next conversation's first id is never learned
+        idx, targets = self._shifted([(ids, learned) for ids, learned, _ in mine], self.block_size)
+        doc_ids = np.full(idx.shape, -1, dtype=np.int64)
+        for r, (ids, _, docs) in enumerate(mine):
             length = len(ids) - 1
-            idx[r, :length] = ids[:-1]
-            # a target belongs to the conversation of its input; the next conversation's first id is never learned
-            targets[r, :length] = np.where(learned[1:], ids[1:], IGNORE_INDEX)
             doc_ids[r, :length] = docs[:-1]
-            doc_ids[r, length:] = max(docs) + 1  # the padding: a document of its own that nothing learns
+            doc_ids[r, length:] = docs[-1] + 1  # the padding: a document of its own that nothing learns
         batch = {"idx": idx, "targets": targets, "doc_ids": doc_ids}
         return self._to_device({k: torch.from_numpy(v) for k, v in batch.items()})
 

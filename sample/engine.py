@@ -182,7 +182,7 @@ class Engine:
             self.t = 0
             return False
         if self.t == self.block_size:
-            self._shift(-int(min(self.left_pad[r] for r, row in enumerate(self.slots) if row is not None)))
+            self._compact()
         n = max(r for r, row in enumerate(self.slots) if row is not None) + 1  # slots 0..n-1 take part
         tokens = torch.tensor([[row.last if row else 0] for row in self.slots[:n]], device=self.device)  # (n, 1)
         pad = self.left_pad[:n].clone()
@@ -221,7 +221,7 @@ class Engine:
         row = _Row(job, self.tokenizer, self.model, budget, self.device)
         P = len(job.ids)
         if self.active and self.t == self.block_size:
-            self._shift(-int(min(self.left_pad[s] for s, other in enumerate(self.slots) if other is not None)))
+            self._compact()
         if not self.active:
             self.t = P
         elif self.t < P:
@@ -296,6 +296,11 @@ class Engine:
             if row is not None and row.job.cancelled.is_set():
                 self.slots[r] = None
                 self._finish(row.job, row, "cancelled")
+
+    def _compact(self) -> None:
+        """A full cache: every row moves left by the smallest left padding of the active rows (at least 1, as
+        admission keeps each row's prompt and budget within block_size)."""
+        self._shift(-int(min(self.left_pad[r] for r, row in enumerate(self.slots) if row is not None)))
 
     def _shift(self, d: int) -> None:
         """Move every row's cached columns by d (left when negative) and their padding with them."""

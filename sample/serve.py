@@ -159,9 +159,9 @@ class Server:
         for key in sorted(OPENAI_NAMED | EXTRA_CONTROLS):
             if getattr(req, key) is not None:
                 controls[key] = getattr(req, key)
-        controls["max_new_tokens"] = req.max_tokens if req.max_tokens is not None else (None if chat else 16)
-        if controls["max_new_tokens"] is None:
-            del controls["max_new_tokens"]
+        max_tokens = 16 if req.max_tokens is None and not chat else req.max_tokens  # OpenAI's completions default
+        if max_tokens is not None:  # a chat without max_tokens: the checkpoint's default length
+            controls["max_new_tokens"] = max_tokens
         if req.stop is not None:
             stops = [req.stop] if isinstance(req.stop, str) else req.stop
             if len(stops) > 4 or not all(stops):

@@ -193,7 +193,9 @@ def _check_objective(kind: str, objective: str, layout: str, data_name: str) -> 
             f"task.objective={objective!r} does not train a {kind} model; use "
             + " or ".join(f"task={o}" for o, trains in OBJECTIVES.items() if trains == kind)
         )
-    wanted = {"seq2seq": ("pairs",), "instruct": ("pairs", "conversations")}.get(objective, ("documents",))
+    readers = {"causal": CausalLMLoader, "instruct": InstructLoader, "span_corruption": SpanCorruptionLoader,
+               "seq2seq": Seq2SeqLoader}  # fmt: skip
+    wanted = readers[objective].layouts()  # what the objective's loader reads
     if layout not in wanted:
         hint = "use a text corpus" if wanted == ("documents",) else "use data=pairs or data=python-docstrings"
         if layout == "conversations":
