@@ -291,6 +291,11 @@ class GPT(nn.Module):
             n -= self.transformer.wte.weight.numel()  # an untied input embedding is a lookup, not a matmul
         return 6 * n + 12 * self.config.n_layer * self.config.n_embd * T
 
+    def batch_flops(self, batch: dict[str, torch.Tensor]) -> float:
+        """Training FLOPs of one forward + backward over `batch` (the loader's dict), from its shape (B, T)."""
+        B, T = batch["idx"].shape
+        return B * T * self.flops_per_token(T)
+
 
 def _documents(doc_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row positions (B, T), restarting at each document's first token, and the attention mask (B, 1, T, T) of

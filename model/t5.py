@@ -308,8 +308,29 @@ class T5(nn.Module):
             n -= self.shared.weight.numel()
         return n
 
-    def flops_per_token(self, seq_len: int | None = None) -> float:
-        """Training FLOPs per token, 6N plus attention (12 * layers * C * T), counting encoder and decoder tokens."""
-        T = seq_len or self.config.block_size
-        n = self.num_params(non_embedding=True)
-        return 6 * n + 12 * self.config.n_layer * self.config.n_head * self.config.head_size * T
+    def flops_per_row(self, enc_len: int, dec_len: int) -> float:
+        """Training FLOPs (forward + backward) of one row of enc_len encoder and dec_len decoder tokens: 6 x each
+        matmul weight x the tokens it multiplies, plus attention's 12 x inner width x queries x keys per layer.
+
+        Encoder tokens pass the encoder and the decoder's cross-attention keys and values (computed from the
+        encoder output); decoder tokens pass the rest of the decoder and the output head.
+        """
+        inner = self.config.n_head * self.config.head_size
+        cross_kv = sum(b.cross_attn.k.weight.numel() + b.cross_attn.v.weight.numel() for b in self.decoder.block)
+        enc = _matmul_params(self.encoder) + cross_kv
+        dec = _matmul_params(self.decoder) - cross_kv + self.lm_head.weight.numel()
+        attention = 12 * inner * (
+            self.config.n_encoder_layer * enc_len * enc_len + self.config.n_decoder_layer * dec_len * (dec_len + enc_len)
+        )
+        return 6 * (enc * enc_len + dec * dec_len) + attention
+
+    def batch_flops(self, batch: dict[str, torch.Tensor]) -> float:
+        """Training FLOPs of one forward + backward over `batch` (the loader's dict), from its shapes: padding
+        included, as the device computes it."""
+        (B, S), L = batch["enc_idx"].shape, batch["dec_idx"].shape[1]
+        return B * self.flops_per_row(S, L)
+
+
+def _matmul_params(module: nn.Module) -> int:
+    """The weights of module's linear layers: the parameters a token's forward multiplies (not lookups, norms)."""
+    return sum(m.weight.numel() for m in module.modules() if isinstance(m, nn.Linear))

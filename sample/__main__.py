@@ -179,6 +179,18 @@ def _load(checkpoint: str, device: torch.device) -> tuple[object, object, str]:
     return model, tokenizer, kind
 
 
+def _assistant(checkpoint: str, tokenizer: object, device: torch.device) -> object:
+    """The draft model of assistant=<checkpoint>: a gpt with the sampled checkpoint's tokenizer."""
+    source = checkpoint if is_hf_source(checkpoint) else str(resolve_checkpoint(checkpoint))
+    model, draft_tokenizer, kind = _load(source, device)
+    if kind != "gpt" or draft_tokenizer.spec() != tokenizer.spec():
+        raise ValueError(
+            f"assistant={checkpoint!r} must be a gpt with the sampled checkpoint's tokenizer (got a {kind} with "
+            f"{getattr(draft_tokenizer, 'name', 'another')} tokenizer); train a small model on the same data"
+        )
+    return model
+
+
 def run(cfg: SampleConfig, edits: set[str] | None = None) -> None:
     """Load the checkpoint and print cfg.num_samples completions (or infills) to stdout.
 
@@ -201,6 +213,9 @@ def run(cfg: SampleConfig, edits: set[str] | None = None) -> None:
     # a run directory's `latest` is read once: a run still training cannot swap the checkpoint mid-way
     source = cfg.checkpoint if is_hf_source(cfg.checkpoint) else str(resolve_checkpoint(cfg.checkpoint))
     model, tokenizer, kind = _load(source, device)
+    assistant = _assistant(cfg.assistant, tokenizer, device) if cfg.assistant is not None else None
+    if assistant is not None and infilling:
+        raise ValueError("assistant= drafts continuations; infill (prefix/suffix) runs without it: leave one out")
     record = read_generation_defaults(source) if edits is not None else None
     if record:
         settings = cfg.settings(recorded_task(cfg.task, record, edits))
@@ -226,7 +241,8 @@ def run(cfg: SampleConfig, edits: set[str] | None = None) -> None:
         if infilling:
             return infill(model, tokenizer, prefix, suffix, config, seed=call_seed, on_text=on_text, progress=bar)
         scores = {"output_scores": cfg.logprobs is not None, "top_logprobs": cfg.logprobs or 0}
-        return generate(model, tokenizer, prompt, config, seed=call_seed, on_text=on_text, progress=bar, **scores)[0]
+        return generate(model, tokenizer, prompt, config, seed=call_seed, on_text=on_text, progress=bar,
+                        assistant_model=assistant, **scores)[0]  # fmt: skip
 
     parsed: list[bool | None] = []  # per sample, with check_syntax: whether prompt + completion parses
     if cfg.stream:  # one sample after another, each printed as it is generated (same samples as a batch)

@@ -82,6 +82,7 @@ class _SampleArgs:
     logprobs: Optional[int] = None  # k: print each token's log-probability and its k likeliest alternatives
     chat: bool = False  # an interactive chat in the terminal (a model tuned with task=instruct); system= starts it
     system: Optional[str] = None  # chat: the system message every conversation starts with
+    assistant: Optional[str] = None  # a smaller checkpoint with the same tokenizer drafting tokens (assisted decoding)
     task: TaskConfig = field(default_factory=TaskConfig)  # preset: task=story|code|instruct|seq2seq|span_corruption
 
     def __post_init__(self) -> None:

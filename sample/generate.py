@@ -19,11 +19,13 @@ complete() returns strings, infill() fills the middle between a prefix and a suf
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -31,7 +33,8 @@ from tqdm import tqdm
 
 from data.tokenizer import Tokenizer
 from model import GPT, T5
-from sample.sampling import GenerationConfig, History, choose, next_scores, process_logits
+from sample.assisted import DEFAULT_NGRAM, keep_or_replace, lookup_draft
+from sample.sampling import GenerationConfig, History, choose, draw, next_scores, process_logits
 from sample.stopping import TextRow
 
 LM = GPT | T5  # what generation accepts; anything with the same methods works (tests use scripted stand-ins)
@@ -256,6 +259,25 @@ class _Decoder:
         self.pos = 0  # the slots after M hold stale keys/values; the causal mask never shows them
         return self._logits(window, functools.partial(_forward, self.model))  # eager: a prefill
 
+    def feed(self, idx: torch.Tensor, keep: int = 1) -> torch.Tensor:
+        """gpt: feed idx (B, n) at the next n cache slots (the caller leaves room: n <= room()); logits (B, keep, V)
+        of its last `keep` positions. Assisted decoding verifies a draft with keep = n, and rewinds what it rejects."""
+        n = idx.size(1)
+        self.tokens[:, self.pos : self.pos + n] = idx
+        input_pos = self.positions[self.pos : self.pos + n]
+        self.pos += n
+        with self._autocast():
+            logits = _forward(self.model, idx, input_pos, self.pad, self.enc_out, self.enc_mask, keep)  # (B, keep, V)
+        return logits[..., : self.vocab_limit]
+
+    def room(self) -> int:
+        """gpt: the cache slots left before the window slides."""
+        return self.tokens.size(1) - self.pos
+
+    def rewind(self, pos: int) -> None:
+        """gpt: forget the cache slots from pos on (their keys/values stay, unseen: attention masks by position)."""
+        self.pos = pos
+
     def reorder(self, rows: torch.Tensor) -> None:
         """Keep cache rows `rows` (B,) in that order, with the ids, padding, encoder output and mask they go with."""
         self.model.reorder_cache(rows)
@@ -276,14 +298,15 @@ def _forward(
     pad: torch.Tensor | None,
     enc_out: torch.Tensor | None,
     enc_mask: torch.Tensor | None,
+    keep: int = 1,
 ) -> torch.Tensor:
-    """Last-position logits (B, 1, V) of idx (B, T) at cache slots input_pos: the t5 decoder (whose input here is
-    one token), or the gpt (left-padded or not), whose output head projects the last position only."""
+    """Logits (B, keep, V) of the last `keep` positions of idx (B, T) at cache slots input_pos: the t5 decoder
+    (whose input here is one token), or the gpt (left-padded or not), whose output head projects only those."""
     if enc_out is not None:
         return model.decode(idx, enc_out, enc_mask, input_pos=input_pos)
     if pad is not None:
-        return model(idx, input_pos=input_pos, left_pad=pad, logits_to_keep=1)[0]
-    return model(idx, input_pos=input_pos, logits_to_keep=1)[0]
+        return model(idx, input_pos=input_pos, left_pad=pad, logits_to_keep=keep)[0]
+    return model(idx, input_pos=input_pos, logits_to_keep=keep)[0]
 
 
 # model -> its compiled one-token step. The step reaches the model through a weak reference: a value that held the
@@ -383,6 +406,7 @@ def generate_tokens(
     vocab_limit: int | None = None,
     compile: bool = False,
     on_scores: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+    assistant_model: LM | None = None,
     **controls: object,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every row, one (B,) LongTensor per step, using the model's KV cache.
@@ -407,6 +431,10 @@ def generate_tokens(
             size: pays off for long or repeated generations; bench/generate.py measures it).
         on_scores: called at every step with (scores (B, V) the tokens were chosen from (sampling.next_scores),
             the tokens (B,)), before they are yielded: per-token log-probabilities come from here.
+        assistant_model: a smaller gpt with the same tokenizer that drafts tokens for the model to verify (see
+            sample.assisted; with config.prompt_lookup_num_tokens the drafts come from the context instead). Greedy
+            output is the model's greedy output, sampling keeps the model's distribution; one gpt row (B = 1), and
+            compile does not apply.
     The model is put in eval mode while generating and restored afterwards; the KV cache is always cleared,
     including when the caller stops iterating early.
     """
@@ -418,6 +446,10 @@ def generate_tokens(
     eos = cfg.eos_ids(None)
     inputs = _fit_inputs(model, idx, attention_mask, max_new_tokens, eos, vocab_limit, compile)
     if max_new_tokens == 0:
+        return
+    if cfg.prompt_lookup_num_tokens or assistant_model is not None:
+        _check_assisted(model, inputs, assistant_model)
+        yield from _assisted_tokens(model, inputs, cfg, generator, eos, on_scores, assistant_model)
         return
     idx, pad = inputs.idx, inputs.pad
     eos_ids = torch.tensor(eos, dtype=torch.long, device=idx.device)
@@ -442,6 +474,151 @@ def generate_tokens(
             if eos and bool(finished.all()):  # host-device sync, once per step
                 break
             logits = decoder.step(token)  # (B, V)
+
+
+def _check_assisted(model: LM, inputs: _Inputs, assistant_model: LM | None) -> None:
+    """ValueError, naming the fix, for what assisted decoding does not do."""
+    what = "a draft model (assistant_model)" if assistant_model is not None else "prompt lookup"
+    if model_kind(model) != "gpt" or (assistant_model is not None and model_kind(assistant_model) != "gpt"):
+        raise ValueError(f"assisted decoding with {what} runs decoder-only (gpt) models; decode a t5 without it")
+    if inputs.idx.size(0) != 1:
+        raise ValueError(
+            f"assisted decoding with {what} runs one row at a time, got {inputs.idx.size(0)}; generate() and the "
+            "pipeline run a batch's rows one after another"
+        )
+    if assistant_model is not None and assistant_model.config.vocab_size != model.config.vocab_size:
+        raise ValueError(
+            f"assistant_model has a vocabulary of {assistant_model.config.vocab_size} tokens and the model "
+            f"{model.config.vocab_size}: a draft model must use the model's tokenizer"
+        )
+
+
+class _DraftModel:
+    """A draft gpt decoding ahead of the model (one row) in its own KV cache, rewound to what the model keeps."""
+
+    def __init__(self, model: LM, inputs: _Inputs) -> None:
+        self.model, self.was_training = model, model.training
+        model.eval()
+        self.inputs = dataclasses.replace(inputs, compile=False)
+        self._start(inputs.idx)
+
+    def _start(self, idx: torch.Tensor) -> torch.Tensor:
+        """Prefill a new cache with idx (1, N), the sequence so far (cropped to the draft's context); its logits."""
+        self.decoder = _Decoder(self.model, dataclasses.replace(self.inputs, idx=idx))
+        logits = self.decoder.prefill()  # (1, V)
+        self.read = idx.size(1)  # tokens of the sequence the cache holds (its last decoder.pos of them)
+        self.offset = self.decoder.pos - self.read
+        return logits
+
+    def propose(
+        self, seq: torch.Tensor, k: int, cfg: GenerationConfig, generator: Any
+    ) -> tuple[list[int], list[torch.Tensor] | None]:
+        """Up to k draft ids after seq (N,) and, when sampling, the distributions (V,) they were drawn from. Reads
+        the tokens it has not seen yet first; when its cache has no room for them and the drafts, it starts a new
+        one from the last half of its context (as the model's window slides)."""
+        pending = seq[self.read :]
+        if self.decoder.room() < pending.numel() + k - 1:
+            window = max(1, self.model.config.block_size // 2)
+            logits = self._start(seq[None, -window:])[:, None]  # (1, 1, V)
+            k = min(k, self.decoder.room() + 1)
+        else:
+            logits = self.decoder.feed(pending[None])  # (1, 1, V)
+        logits = logits[:, -1]  # (1, V)
+        drafts, qs = [], []
+        for j in range(k):
+            if cfg.greedy:
+                drafts.append(int(torch.argmax(logits, dim=-1)))
+            else:
+                q = torch.softmax(next_scores(logits, cfg), dim=-1)  # (1, V)
+                drafts.append(int(draw(q, generator)))
+                qs.append(q[0])
+            if j < k - 1:
+                logits = self.decoder.feed(torch.tensor([[drafts[-1]]], device=seq.device))[:, -1]
+        self.read = seq.numel() + k - 1  # the last draft is not read
+        return drafts, (None if cfg.greedy else qs)
+
+    def keep(self, length: int) -> None:
+        """The model kept the sequence's first `length` tokens: forget the rejected drafts."""
+        self.read = min(self.read, length)
+        self.decoder.rewind(self.read + self.offset)
+
+    def close(self) -> None:
+        self.model.clear_kv_cache()
+        self.model.train(self.was_training)
+
+
+def _assisted_tokens(
+    model: LM,
+    inputs: _Inputs,
+    cfg: GenerationConfig,
+    generator: Any,
+    eos: list[int],
+    on_scores: Callable[[torch.Tensor, torch.Tensor], None] | None,
+    assistant_model: LM | None,
+) -> Iterator[torch.Tensor]:
+    """generate_tokens' loop for one gpt row with drafts (sample.assisted): each round the drafts and the last
+    token go through the model in one forward; the drafts it agrees with (greedy: its argmax; sampling: the
+    speculative rule) are yielded, then its own token at the first disagreement (or after the last draft). The
+    processors see each yielded token before the next position is judged, as in the plain loop. Drafting stops
+    while the cache has no room for a round (the window then slides with plain steps) or the budget is nearly spent.
+    """
+    idx, max_new = inputs.idx, inputs.max_new_tokens
+    seq = torch.cat([idx[0], idx.new_zeros(max_new)])  # prompt, then the yielded tokens
+    n, remaining = idx.size(1), max_new
+    drafts_per_round = cfg.prompt_lookup_num_tokens or cfg.num_assistant_tokens
+    ngram = cfg.max_matching_ngram_size or DEFAULT_NGRAM
+    process = needs_processing(cfg)
+    with _cached_decoding(model, inputs) as (decoder, logits), contextlib.ExitStack() as stack:
+        history = _history(model, idx, inputs.pad, max_new, logits.size(-1), cfg) if process else None
+        drafter = None
+        if assistant_model is not None:
+            drafter = _DraftModel(assistant_model, inputs)
+            stack.callback(drafter.close)
+        rows = logits[:, None]  # (1, 1, V): the positions to judge this round
+        drafts: list[int] = []
+        qs: list[torch.Tensor] | None = None
+        while True:
+            kept = 0
+            for i in range(rows.size(1)):
+                scores = rows[:, i]  # (1, V)
+                if history is not None:
+                    scores = process_logits(scores.float(), cfg, history, eos)
+                if i < len(drafts) and cfg.greedy:
+                    token = torch.argmax(scores, dim=-1)  # (1,)
+                elif i < len(drafts):
+                    p = torch.softmax(next_scores(scores, cfg), dim=-1)[0]  # (V,)
+                    q = qs[i] if qs is not None else None
+                    token = torch.tensor([keep_or_replace(p, drafts[i], q, generator)], device=idx.device)
+                else:
+                    token = choose(scores, cfg, generator)  # (1,)
+                if on_scores is not None:
+                    on_scores(next_scores(scores, cfg), token)
+                if history is not None:
+                    history.append(token)
+                seq[n], n, remaining = token[0], n + 1, remaining - 1
+                yield token
+                if remaining == 0 or int(token) in eos:
+                    return
+                if i == len(drafts) or int(token) != drafts[i]:
+                    break
+                kept += 1
+            if drafts:  # the cache holds the last round's token and every draft: keep the agreed ones
+                decoder.rewind(decoder.pos - len(drafts) + kept)
+                if drafter is not None:
+                    drafter.keep(n - 1)
+                    grow = kept == len(drafts)  # transformers' heuristic schedule: +2 when all kept, else -1
+                    drafts_per_round = drafts_per_round + 2 if grow else max(1, drafts_per_round - 1)
+            k = min(drafts_per_round, remaining - 1, decoder.room() - 1)
+            drafts, qs = [], None
+            if k >= 1 and drafter is not None:
+                drafts, qs = drafter.propose(seq[:n], k, cfg, generator)
+            elif k >= 1:
+                drafts = lookup_draft(seq[:n], k, ngram)
+            if drafts:
+                step = torch.tensor([[int(seq[n - 1]), *drafts]], device=idx.device)  # (1, 1 + drafts)
+                rows = decoder.feed(step, keep=step.size(1))  # (1, 1 + drafts, V)
+            else:
+                rows = decoder.step(seq[n - 1 : n])[:, None]  # (1, 1, V); slides a full window
 
 
 class _Finished:
@@ -684,8 +861,9 @@ class _Request:
         code_prompts: list[str] | None = None,
         progress: bool = False,
         top_logprobs: int | None = None,
+        assistant_model: LM | None = None,
     ) -> None:
-        self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
+        self.model, self.tokenizer, self.cfg, self.assistant_model = model, tokenizer, cfg, assistant_model
         self.progress = progress  # a progress bar on stderr (only on a terminal)
         # None: no scores; k >= 0: each token's log-probability and the k most likely ids at its step
         self.top_logprobs = top_logprobs
@@ -696,12 +874,13 @@ class _Request:
             )
         if top_logprobs is not None and top_logprobs < 0:
             raise ValueError(f"top_logprobs={top_logprobs} must be >= 0")
-        self.scores: list[tuple[list[float], list[list[int]], list[list[float]]]] = []  # per step, per row
         self.kind = model_kind(model)
         self.device = _prompt_device(model, device)
         n = cfg.num_return_sequences
         self.prompts = [p for p in prompts for _ in range(n)]
         self.ids = [i for i in ids for _ in range(n)]
+        # per row, per token: (its log-probability, {id: log-probability} of the top_logprobs likeliest)
+        self.scores: list[list[tuple[float, dict[int, float]]]] = [[] for _ in self.ids]
         self.seeds = row_seeds(seed, len(self.ids))
         self.eos = cfg.eos_ids(getattr(tokenizer, "eot_id", None))
         self.limits = [new_token_budget(cfg, len(i), self.kind) for i in self.ids]
@@ -719,36 +898,48 @@ class _Request:
         ]
 
     def steps(self, on_token: Callable[[int, int], None] | None = None) -> Iterator[list[str]]:
-        """Sample every row as one batch; per step, the newly final text of each row; then the rest.
-        on_token(row, id) sees each id a row takes (the one that ends it included) as it is generated."""
-        idx, mask = _batch(self.ids, self.kind, self.eos[0] if self.eos else 0, self.device)
+        """Sample every row as one batch (assisted decoding: one row after another); per step, the newly final text
+        of each row (empty for the rows not running); then the rest. on_token(row, id) sees each id a row takes (the
+        one that ends it included) as it is generated."""
+        everything = list(range(len(self.rows)))
+        assisted = self.assistant_model is not None or bool(self.cfg.prompt_lookup_num_tokens)
+        for group in [[j] for j in everything] if assisted else [everything]:
+            yield from self._steps(group, on_token)
+        yield [row.finish() for row in self.rows]
+
+    def _steps(self, group: list[int], on_token: Callable[[int, int], None] | None) -> Iterator[list[str]]:
+        """steps() of the rows in group, generated as one batch."""
+        idx, mask = _batch([self.ids[j] for j in group], self.kind, self.eos[0] if self.eos else 0, self.device)
+        limit = max(self.limits[j] for j in group)
         tokens = generate_tokens(
             self.model,
             idx,
-            max(self.limits),
+            limit,
             config=self.cfg.replace(num_return_sequences=1),
-            generator=row_generators(self.seeds, self.device),
+            generator=row_generators([self.seeds[j] for j in group], self.device),
             attention_mask=mask,
             eos_token_id=self.eos or None,
             vocab_limit=tokenizer_vocab_limit(self.model, self.tokenizer),
-            on_scores=self._record if self.top_logprobs is not None else None,
+            on_scores=functools.partial(self._record, group) if self.top_logprobs is not None else None,
+            assistant_model=self.assistant_model,
         )
-        bar = progress_bar(self.progress, max(self.limits), f"generating {len(self.rows)} rows")
+        rows = [self.rows[j] for j in group]
+        bar = progress_bar(self.progress, limit, f"generating {len(rows)} rows")
         try:
             for step in tokens:
                 ids = step.tolist()  # a sync: text needs ids
-                if on_token is not None:
-                    for j, (row, t) in enumerate(zip(self.rows, ids)):
-                        if not row.done:
-                            on_token(j, t)
-                yield [row.push(t) for row, t in zip(self.rows, ids)]
+                pieces = [""] * len(self.rows)
+                for j, row, t in zip(group, rows, ids):
+                    if on_token is not None and not row.done:
+                        on_token(j, t)
+                    pieces[j] = row.push(t)
+                yield pieces
                 bar.update()
-                if all(row.done for row in self.rows):
+                if all(row.done for row in rows):
                     break
         finally:
             bar.close()
             tokens.close()  # stops generation early (stop strings) and clears the KV cache
-        yield [row.finish() for row in self.rows]
 
     def beams(self) -> list[Completion]:
         """Beam search, prompt by prompt; each of the num_return_sequences best beams cut like a sampled row."""
@@ -771,21 +962,22 @@ class _Request:
                 out.append(self._completion(j + r, text, score))
         return out
 
-    def _record(self, scores: torch.Tensor, token: torch.Tensor) -> None:
-        """One step's log-probabilities: each row's token's, and the top_logprobs most likely (ids, log-probs)."""
+    def _record(self, group: list[int], scores: torch.Tensor, token: torch.Tensor) -> None:
+        """One step's log-probabilities of the rows in group: each row's token's, and the top_logprobs most likely."""
         logprobs = torch.log_softmax(scores.float(), dim=-1)  # (B, V)
         chosen = logprobs.gather(1, token[:, None])[:, 0]  # (B,)
         top = logprobs.topk(min(self.top_logprobs, logprobs.size(-1)), dim=-1)
-        self.scores.append((chosen.tolist(), top.indices.tolist(), top.values.tolist()))
+        for j, c, ids, values in zip(group, chosen.tolist(), top.indices.tolist(), top.values.tolist()):
+            self.scores[j].append((c, dict(zip(ids, values))))
 
     def _completion(self, j: int, text: str, score: float | None = None) -> Completion:
         row = self.rows[j]
         seed = None if self.cfg.num_beams > 1 else self.seeds[j]
         completion = Completion(self.prompts[j], text, row.token_ids, row.finish_reason or "length", seed, score)
         if self.top_logprobs is not None:
-            steps = self.scores[: len(row.token_ids)]  # the steps of this row's tokens (then it idled on eos)
-            completion.logprobs = [chosen[j] for chosen, _, _ in steps]
-            completion.top_logprobs = [dict(zip(ids[j], values[j])) for _, ids, values in steps]
+            steps = self.scores[j][: len(row.token_ids)]  # the steps of this row's tokens (then it idled on eos)
+            completion.logprobs = [chosen for chosen, _ in steps]
+            completion.top_logprobs = [top for _, top in steps]
         return completion
 
     def run(
@@ -826,6 +1018,7 @@ def generate(
     top_logprobs: int = 0,
     on_token: Callable[[int, int], None] | None = None,
     input_ids: Sequence[Sequence[int]] | None = None,
+    assistant_model: LM | None = None,
     **controls: object,
 ) -> list[list[Completion]]:
     """Completions of one or several prompts, generated as one batch; per prompt, num_return_sequences of them.
@@ -843,6 +1036,8 @@ def generate(
     output_scores: each Completion also holds its tokens' log-probabilities (Completion.logprobs) and, per token,
     the top_logprobs most likely ids with theirs (transformers' compute_transition_scores(normalize_logits=True);
     OpenAI's logprobs); not with beam search, whose outputs carry their beam score.
+    assistant_model (or the control prompt_lookup_num_tokens): assisted decoding, rows one after another (see
+    generate_tokens).
     """
     cfg = _config(config, controls)
     single = isinstance(prompts, str)
@@ -854,7 +1049,7 @@ def generate(
     if len(ids) != len(texts) or not all(ids):
         raise ValueError(f"input_ids must hold one non-empty list of ids per prompt ({len(texts)})")
     scored = top_logprobs if output_scores else None
-    request = _Request(model, tokenizer, texts, ids, cfg, seed, device, texts, progress, scored)
+    request = _Request(model, tokenizer, texts, ids, cfg, seed, device, texts, progress, scored, assistant_model)
     completions = request.run(on_text, on_token)
     n = cfg.num_return_sequences
     return [completions[i : i + n] for i in range(0, len(completions), n)]
@@ -868,6 +1063,7 @@ def stream(
     *,
     seed: int | None = None,
     device: str | torch.device | None = None,
+    assistant_model: LM | None = None,
     **controls: object,
 ) -> Iterator[str]:
     """Yield the completion of one sample piece by piece, as soon as each piece is final.
@@ -881,7 +1077,8 @@ def stream(
     if cfg.num_return_sequences != 1:
         raise ValueError("stream yields one sample; call it once per sample (with seed + i) or use generate()")
     ids = [prompt_ids(tokenizer, prompt, model_kind(model))]
-    for pieces in _Request(model, tokenizer, [prompt], ids, cfg, seed, device, code_prompts=[prompt]).steps():
+    request = _Request(model, tokenizer, [prompt], ids, cfg, seed, device, [prompt], assistant_model=assistant_model)
+    for pieces in request.steps():
         if pieces[0]:
             yield pieces[0]
 

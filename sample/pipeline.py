@@ -86,6 +86,19 @@ class _GenerationPipeline:
         name = getattr(self.tokenizer, "name", type(self.tokenizer).__name__)
         return f"{type(self).__name__}(tokenizer={name!r}, device={str(self.device)!r})"
 
+    def _assistant(self, assistant: object) -> GPT | None:
+        """transformers' assistant_model: a draft gpt (a model, or a checkpoint path loaded like the model) with the
+        model's tokenizer, or None."""
+        if assistant is None or isinstance(assistant, nn.Module):
+            return assistant
+        if not isinstance(assistant, (str, Path)):
+            raise TypeError(f"assistant_model must be a model or a checkpoint path, got {_describe(assistant)}")
+        source = assistant if is_hf_source(assistant) else resolve_checkpoint(assistant)
+        draft, tokenizer = load_model(source, device=self.device, dtype=next(self.model.parameters()).dtype)
+        if tokenizer.spec() != self.tokenizer.spec():
+            raise ValueError(f"assistant_model={str(assistant)!r} has another tokenizer; a draft model must share it")
+        return draft
+
     def _generate(
         self,
         text_inputs: str | list[str],
@@ -125,6 +138,7 @@ class _GenerationPipeline:
         if seed is not None:
             seed = _whole_number("seed", seed, "a whole number between 0 and 2**63 - 1 (or None: drawn)")
             check_seed("seed", seed)
+        assistant = self._assistant(generate_kwargs.pop("assistant_model", None))
         controls = checked_controls({k: v for k, v in generate_kwargs.items() if k in CONTROLS})
         if stop_sequence is not None:  # transformers' name for stop strings
             stops = checked_controls({"stop_strings": stop_sequence})["stop_strings"]
@@ -169,6 +183,7 @@ class _GenerationPipeline:
                 output_scores=logprobs is not None,
                 top_logprobs=logprobs or 0,
                 on_token=on_token,
+                assistant_model=assistant,
             )
         if streamer is not None:
             streamer.end()

@@ -67,6 +67,9 @@ class GenerationConfig:
     num_return_sequences: int = 1  # outputs per prompt (sampling: independent samples; beams: the best ones)
     length_penalty: float = 1.0  # beam score = sum log p / length ** length_penalty
     early_stopping: bool = False  # beam search: stop a row once num_beams hypotheses are finished
+    prompt_lookup_num_tokens: Optional[int] = None  # > 0: assisted decoding drafting this many tokens from the context
+    max_matching_ngram_size: Optional[int] = None  # prompt lookup's longest n-gram to match; None: 2
+    num_assistant_tokens: int = 20  # a draft model's first draft length (then +2 when all kept, else -1)
 
     def __post_init__(self) -> None:
         check_generation_config(self)
@@ -199,6 +202,14 @@ def check_generation_config(c: GenerationConfig) -> None:
     if not all(isinstance(s, str) for s in c.stop_strings):
         raise ValueError(f"stop_strings={c.stop_strings!r} must be a list of strings")
     _positive_int_or_none("num_beams", c.num_beams, 1)
+    _positive_int_or_none("prompt_lookup_num_tokens", c.prompt_lookup_num_tokens, 0)
+    _positive_int_or_none("max_matching_ngram_size", c.max_matching_ngram_size, 1)
+    _positive_int_or_none("num_assistant_tokens", c.num_assistant_tokens, 1)
+    if c.num_beams > 1 and c.prompt_lookup_num_tokens:
+        raise ValueError(
+            f"prompt_lookup_num_tokens={c.prompt_lookup_num_tokens} with num_beams={c.num_beams}: assisted decoding "
+            "drafts for greedy decoding and sampling; set num_beams=1 or prompt_lookup_num_tokens=null"
+        )
     _positive_int_or_none("num_return_sequences", c.num_return_sequences, 1)
     _finite("length_penalty", c.length_penalty)
     if c.num_beams > 1 and c.do_sample:

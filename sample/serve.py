@@ -39,11 +39,13 @@ keys: host (127.0.0.1) port (8000) device (auto) dtype (auto) max_batch_size (8)
 """
 MAX_N = 16  # choices per request
 MAX_LOGPROBS = 20  # alternatives per token (OpenAI: 5)
-# GenerationConfig's controls a request may set by their nanoloom names beside OpenAI's fields (beam search, lengths
-# and the OpenAI-named ones aside: max_tokens is max_new_tokens)
+# GenerationConfig's controls a request may set by their nanoloom names beside OpenAI's fields (beam search, lengths,
+# assisted decoding's drafts, which continuous batching does not run, and the OpenAI-named ones aside: max_tokens is
+# max_new_tokens)
 OPENAI_NAMED = {"temperature", "top_p", "presence_penalty", "frequency_penalty"}
-EXTRA_CONTROLS = set(scalar_controls()) - OPENAI_NAMED - {"max_new_tokens", "max_length", "num_beams", "length_penalty",
-                                                            "early_stopping"}  # fmt: skip
+NOT_SERVED = {"max_new_tokens", "max_length", "num_beams", "length_penalty", "early_stopping",
+              "prompt_lookup_num_tokens", "max_matching_ngram_size", "num_assistant_tokens"}  # fmt: skip
+EXTRA_CONTROLS = set(scalar_controls()) - OPENAI_NAMED - NOT_SERVED
 PLAYGROUND = Path(__file__).resolve().parent / "static" / "playground.html"  # the page at /
 
 
@@ -384,9 +386,12 @@ def create_app(server: Server) -> Any:
             open_rows = set(range(len(jobs)))
             while open_rows and time.monotonic() < deadline:
                 for j in sorted(open_rows):
+                    finished = jobs[j].done.is_set()
+                    if finished:  # the engine scheduled its last pieces (call_soon_threadsafe) before it set done:
+                        await asyncio.sleep(0)  # one pass of the event loop puts them in the queue
                     while not queues[j].empty():
                         yield event(j, queues[j].get_nowait(), None)
-                    if jobs[j].done.is_set() and queues[j].empty():
+                    if finished:
                         open_rows.discard(j)
                         result = jobs[j].result
                         yield event(j, None if chat else "", finish_reason(result.finish_reason if result else "stop"))

@@ -49,7 +49,7 @@ def test_a_fused_adamw_step_never_syncs_the_host(tmp_path):
 
     model = torch.nn.Linear(64, 64, device="cuda")
     optimizer = torch.optim.AdamW(model.parameters(), fused=True)
-    skips, meter, info = DeviceSkips(torch.device("cuda")), Meter(1, 1.0, 0.0, torch.device("cuda")), DistInfo()
+    skips, meter, info = DeviceSkips(torch.device("cuda")), Meter(1, 0.0, torch.device("cuda")), DistInfo()
     x = torch.randn(8, 64, device="cuda")
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")

@@ -117,13 +117,13 @@ def _poison_step(monkeypatch, step: int, what: str) -> None:
 
     def poisoned(model, *args, **kwargs):
         calls["n"] += 1
-        loss = real(model, *args, **kwargs)
+        loss, flops = real(model, *args, **kwargs)
         if calls["n"] == step and what == "loss":
-            return loss * float("nan")
+            return loss * float("nan"), flops
         if calls["n"] == step and what == "weights":
             with torch.no_grad():
                 next(model.parameters())[0, 0] = float("nan")  # gradients stay finite: the guard lets it through
-        return loss
+        return loss, flops
 
     monkeypatch.setattr(loop, "forward_backward", poisoned)
 

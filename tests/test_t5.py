@@ -137,3 +137,18 @@ def test_t5_matches_transformers(hf_kwargs):
             tokens.append(token)
         ours.clear_kv_cache()
     assert torch.equal(torch.stack(tokens, dim=1), hf_tokens)
+
+
+def test_training_flops_count_each_stack_with_its_own_tokens():
+    """A T5 row's FLOPs: encoder tokens through the encoder (and the decoder's cross-attention keys/values), decoder
+    tokens through the decoder and the head; a batch counts its padded shapes, not 2 x block_size per row."""
+    model = T5(T5Config(vocab_size=50, n_embd=16, n_head=2, n_encoder_layer=2, n_decoder_layer=1, intermediate_size=32))
+    C, F, V, inner = 16, 32, model.config.padded_vocab_size, 16
+    attn, mlp = 4 * C * inner, 2 * C * F
+    enc = 2 * (attn + mlp) + 2 * C * inner  # two encoder blocks + the decoder block's cross k, v
+    dec = 1 * (attn + 2 * C * inner + mlp) + V * C  # self-attention, cross q and o, MLP, the head
+    S, L = 7, 3
+    expected = 6 * (enc * S + dec * L) + 12 * inner * (2 * S * S + 1 * L * (L + S))
+    assert model.flops_per_row(S, L) == expected
+    batch = {"enc_idx": torch.zeros(4, S, dtype=torch.long), "dec_idx": torch.zeros(4, L, dtype=torch.long)}
+    assert model.batch_flops(batch) == 4 * expected

@@ -228,9 +228,10 @@ def test_grad_accumulation_matches_one_big_batch():
             return batch
 
     ctx = torch.autocast("cpu", enabled=False)
-    loss_accum = loop.forward_backward(model, Halves(), 2, ctx, None)
-    loss_whole = loop.forward_backward(twin, Whole(), 1, ctx, None)
+    loss_accum, flops_accum = loop.forward_backward(model, Halves(), 2, ctx, None)
+    loss_whole, flops_whole = loop.forward_backward(twin, Whole(), 1, ctx, None)
     torch.testing.assert_close(loss_accum, loss_whole)
+    assert flops_accum == flops_whole == model.batch_flops(batch)
     for p, q in zip(model.parameters(), twin.parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-7)
 
@@ -242,8 +243,8 @@ def test_nonfinite_loss_is_caught_before_the_step(tmp_path, monkeypatch, policy)
 
     def nan_at_step_3(*args, **kwargs):
         calls["n"] += 1
-        loss = real(*args, **kwargs)
-        return loss * float("nan") if calls["n"] == 3 else loss
+        loss, flops = real(*args, **kwargs)
+        return (loss * float("nan") if calls["n"] == 3 else loss), flops
 
     monkeypatch.setattr(loop, "forward_backward", nan_at_step_3)
     overrides = tiny_run_overrides(tmp_path, zen_of_python(tmp_path), **{"trainer.nonfinite": policy})
@@ -557,15 +558,15 @@ def test_an_mfu_above_100_percent_measures_the_peak_again_and_warns(capsys, reme
     from train.log import Meter
 
     calls = []
-    meter = Meter(100, 2e9, 1e9, torch.device("cpu"), remeasure=lambda: calls.append(1) or remeasured)
-    meter.add(torch.tensor(1.0))
+    meter = Meter(100, 1e9, torch.device("cpu"), remeasure=lambda: calls.append(1) or remeasured)
+    meter.add(torch.tensor(1.0), flops=2e9)
     meter.t_last -= 1.0  # one step of one second: 2 GFLOP/s against a 1 GFLOP/s peak
     metrics = meter.read(lambda t: t)
     assert calls == [1] and metrics["perf/peak_flops"] == remeasured
     assert metrics["perf/mfu"] == pytest.approx(2e9 / remeasured, rel=0.01)
     err = capsys.readouterr().err
     assert "MFU 200% is above 100%" in err and ("overcount" in err) == still_above
-    meter.add(torch.tensor(1.0))
+    meter.add(torch.tensor(1.0), flops=2e9)
     meter.t_last -= 1.0
     meter.read(lambda t: t)
     assert calls == [1]  # measured again once per run, not at every log line

@@ -26,7 +26,7 @@ from nanoloom.device import resolve_dtype
 from train import dist
 from train.config import TrainConfig
 from train.optim import build_optimizer
-from train.scoring import loss_only
+from train.scoring import loss_only, unwrapped
 
 
 @dataclass
@@ -101,15 +101,19 @@ def forward_backward(
     ctx: Any,
     scaler: torch.amp.GradScaler | None,
     micro_batch: int | None = None,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, float]:
     """Draw grad_accum batches, run each in micro-batches of micro_batch rows (None: whole), accumulating gradients.
 
-    Returns the step's mean loss (a device tensor). Splitting a drawn batch changes the memory a micro-step needs,
-    not the data: every micro loss is a token mean over the same number of rows, and the step loss is their mean.
+    Returns the step's mean loss (a device tensor) and its training FLOPs (the model's batch_flops of the batches'
+    shapes: a seq2seq batch is as long as its longest row). Splitting a drawn batch changes the memory a micro-step
+    needs, not the data: every micro loss is a token mean over the same number of rows, and the step loss is their
+    mean.
     """
-    total = torch.zeros((), device=next(model.parameters()).device)
+    total, flops, raw = torch.zeros((), device=next(model.parameters()).device), 0.0, unwrapped(model)
     for i in range(grad_accum):
-        micro_batches = _split(loader.next_batch(), micro_batch)
+        drawn = loader.next_batch()
+        flops += raw.batch_flops(drawn)
+        micro_batches = _split(drawn, micro_batch)
         for j, batch in enumerate(micro_batches):
             # DDP: all-reduce gradients only on the last micro-step (no_sync on the others)
             last = i == grad_accum - 1 and j == len(micro_batches) - 1
@@ -119,7 +123,7 @@ def forward_backward(
                 loss = loss / (grad_accum * len(micro_batches))
                 (scaler.scale(loss) if scaler is not None else loss).backward()
             total += loss.detach()
-    return total
+    return total, flops
 
 
 def _split(batch: dict[str, torch.Tensor], rows: int | None) -> list[dict[str, torch.Tensor]]:

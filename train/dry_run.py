@@ -75,20 +75,22 @@ def dry_run(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
     T = parts.model_cfg.block_size
     rows = tcfg.micro_batch_size or tcfg.batch_size
     tokens_per_step = tcfg.batch_size * tcfg.grad_accum * tokens_per_row(parts.train_loader, T)
-    flops_per_token = model.flops_per_token(T)
     compile = use_compile(tcfg.compile, device, tcfg.max_steps)
     compiled = torch.compile(model) if compile else model
     ctx = autocast(device, parts.dtype)
     set_lr(parts.optimizer, 0.0)  # the measured steps must not matter: nothing is saved anyway
-    times = []
+    times, flops = [], []
     for _ in range(1 + MEASURED_STEPS):
         t0 = time.perf_counter()
-        loss = forward_backward(compiled, parts.train_loader, tcfg.grad_accum, ctx, parts.scaler, rows)
+        loss, step_flops = forward_backward(compiled, parts.train_loader, tcfg.grad_accum, ctx, parts.scaler, rows)
         unscale_and_clip(model, parts.optimizer, parts.scaler, cfg.optim.grad_clip)  # the loop's update
         apply_update(parts.optimizer, parts.scaler)
         loss.item()  # wait for the device
         times.append(time.perf_counter() - t0)
+        flops.append(step_flops)
     step = statistics.median(times[1:])
+    # from the batches' shapes: a seq2seq step's batches are as long as their longest rows
+    flops_per_token = statistics.mean(flops[1:]) / tokens_per_step
     memory = memory_estimate(model, optimizer_state_bytes(parts.optimizer), parts.dtype, rows, T)
     budget_steps = tcfg.max_steps if tcfg.max_time is None else min(tcfg.max_steps, int(tcfg.max_time / step))
     result = {

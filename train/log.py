@@ -213,17 +213,16 @@ def _init_wandb(cfg: LoggerConfig, run_dir: Path, config: dict[str, Any], run_na
 
 
 class Meter:
-    """Throughput since the last log line: steps, their summed loss (on the device) and the training time."""
+    """Throughput since the last log line: steps, their summed loss (on the device), FLOPs and training time."""
 
     def __init__(
         self,
         tokens_per_step: int,
-        flops_per_step: float,
         peak_flops: float,
         device: torch.device,
         remeasure: Callable[[], float] | None = None,
     ):
-        self.tokens_per_step, self.flops_per_step, self.peak_flops = tokens_per_step, flops_per_step, peak_flops
+        self.tokens_per_step, self.peak_flops = tokens_per_step, peak_flops
         self.device = device
         # an MFU above 100% is a bug: once, the peak is measured again (remeasure() returns the new one) and, if it
         # stays above, a warning says the FLOPs are overcounted
@@ -237,9 +236,12 @@ class Meter:
         self.steps = 0
         self.loss_sum = torch.zeros((), device=self.device)
         self.counted: int | torch.Tensor = 0  # steps whose loss is in loss_sum (a device tensor once ok is given)
+        self.flops = 0.0  # the steps' training FLOPs (every rank's)
 
-    def add(self, loss: torch.Tensor, ok: torch.Tensor | None = None) -> None:
-        """One step; ok: a device flag, False for a step skipped on the device (its loss is left out, no sync)."""
+    def add(self, loss: torch.Tensor, ok: torch.Tensor | None = None, flops: float = 0.0) -> None:
+        """One step; ok: a device flag, False for a step skipped on the device (its loss is left out, no sync);
+        flops: the step's training FLOPs, every rank's (the MFU's numerator)."""
+        self.flops += flops
         self.loss_sum += loss if ok is None else torch.where(ok, loss, 0.0)
         self.counted = self.counted + (1 if ok is None else ok.long())
         self.steps += 1
@@ -266,22 +268,23 @@ class Meter:
             "perf/tokens_per_sec": self.tokens_per_step / dt,
         }
         if self.peak_flops > 0:
-            mfu = self.flops_per_step / dt / self.peak_flops
+            flops_per_s = self.flops / (dt * steps)
+            mfu = flops_per_s / self.peak_flops
             if mfu > 1.0 and not self.checked:
-                mfu = self._recheck(mfu, dt)
+                mfu = self._recheck(mfu, flops_per_s)
             metrics["perf/mfu"] = mfu
             metrics["perf/peak_flops"] = self.peak_flops
         self._reset()
         return metrics
 
-    def _recheck(self, mfu: float, dt: float) -> float:
+    def _recheck(self, mfu: float, flops_per_s: float) -> float:
         """An MFU above 100%: measure the peak again (a cached one may come from a busy machine) and say so; the
         MFU against the new peak."""
         self.checked = True
         old = self.peak_flops
         if self.remeasure is not None:
             self.peak_flops = max(old, self.remeasure())
-        new_mfu = self.flops_per_step / dt / self.peak_flops
+        new_mfu = flops_per_s / self.peak_flops
         warn(
             f"MFU {mfu:.0%} is above 100%: the peak of {old / 1e9:,.0f} GFLOP/s was too low (measured on a busy "
             f"machine?); measured again: {self.peak_flops / 1e9:,.0f} GFLOP/s, MFU {new_mfu:.0%}"

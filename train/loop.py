@@ -136,7 +136,7 @@ def _start(
     # MFU: the whole job's FLOPs (tokens_per_step counts every rank's) over the whole job's peak, one device's each
     peak = peak_flops(device, dtype, cache_dir) * info.world_size if info.is_main else 0.0
     remeasure = (lambda: peak_flops(device, dtype, cache_dir, remeasure=True) * info.world_size) if peak else None
-    meter = Meter(tokens_per_step, raw_model.flops_per_token(T) * tokens_per_step, peak, device, remeasure)
+    meter = Meter(tokens_per_step, peak, device, remeasure)
     model, ctx, config_yaml = dist.wrap(model, info, device), autocast(device, dtype), to_yaml(cfg, model_cfg)
     r = Run(
         cfg=cfg,
@@ -191,7 +191,7 @@ def _train(
     while budget_left and state.step < tcfg.max_steps:
         lr = get_lr(state.step, cfg.optim.lr, tcfg.max_steps, cfg.schedule)
         set_lr(optimizer, lr)
-        loss = forward_backward_safely(r, state)
+        loss, flops = forward_backward_safely(r, state)
         maybe_fault("kill_in_step", state.step + 1)  # crash tests: gradients computed, weights not yet updated
         grad_norm = unscale_and_clip(r.raw_model, optimizer, scaler, cfg.optim.grad_clip)
         # The non-finite guard, before the update. A fused AdamW skips the update on the device (DeviceSkips: no
@@ -209,7 +209,8 @@ def _train(
         health = optimizer_step(r, track=log_due(state.step + 1) and tcfg.log_update_ratio)
         state.step += 1
         state.tokens_seen += r.tokens_per_step
-        meter.add(loss, ok if skips is not None else None)  # stays on the device: no sync until logged
+        # the loss stays on the device: no sync until logged; the FLOPs are every rank's (ranks' batches alike)
+        meter.add(loss, ok if skips is not None else None, flops * r.info.world_size)
         state.step_time = step_time_before + meter.seconds()
 
         elapsed = state.train_time + time.perf_counter() - t_start
@@ -263,8 +264,8 @@ def _update_ratio(r: Run) -> UpdateRatio | None:
     return ratio
 
 
-def forward_backward_safely(r: Run, state: TrainState) -> torch.Tensor:
-    """forward_backward at state.micro_batch; after an out-of-memory error, the step again with half of it.
+def forward_backward_safely(r: Run, state: TrainState) -> tuple[torch.Tensor, float]:
+    """forward_backward (the loss and FLOPs) at state.micro_batch; after an out-of-memory error, the step again with half of it.
 
     The retry draws the step's batches again from the same loader position, splits them into twice the micro-steps
     and rewinds the RNG (dropout): it computes what a run started at that trainer.micro_batch_size computes, with

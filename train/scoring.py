@@ -183,12 +183,17 @@ def score_span_corruption(
     return {**scores, "windows": windows}
 
 
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The model inside DDP's and torch.compile's wrappers (FSDP2 shards the module in place: itself)."""
+    raw = getattr(model, "module", model)
+    return getattr(raw, "_orig_mod", raw)
+
+
 def loss_only(model: nn.Module) -> dict[str, Any]:
     """Forward keywords that make the model return its loss without materialising the (B, T, V) logits (GPT's
     chunked linear cross-entropy); none for a model without that option. Sees through DDP and torch.compile."""
-    raw = getattr(model, "module", model)
-    raw = getattr(raw, "_orig_mod", raw)
-    return {"return_logits": False} if getattr(getattr(raw, "config", None), "kind", None) == "gpt" else {}
+    kind = getattr(getattr(unwrapped(model), "config", None), "kind", None)
+    return {"return_logits": False} if kind == "gpt" else {}
 
 
 def exact_match(prediction: str, reference: str) -> float:
