@@ -55,6 +55,9 @@ def write_model_files(model: nn.Module, directory: str | Path, tokenizer_spec: d
     """
     directory = Path(directory)
     raw = getattr(model, "_orig_mod", model)  # torch.compile wraps the module; save the original
+    for p in raw.parameters():  # a head laid out for decoding (sample.generate.decoding_layout): safetensors
+        if not p.is_contiguous():  # writes row-major tensors (the next generation lays it out again)
+            p.data = p.data.contiguous()
     save_safetensors_model(raw, str(directory / WEIGHTS))  # tied weights are stored once
     info = {
         "format": FORMAT,

@@ -192,7 +192,7 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             x = run_block(block, self.activation_checkpointing, x, rope, mask, input_pos)
         x = self.transformer.ln_f(x)
-        if targets is not None and not return_logits:
+        if targets is not None and not return_logits and self.lm_head.weight.is_floating_point():  # (not int8)
             return None, linear_cross_entropy(x, self.lm_head.weight, targets, self.config.vocab_size)
         if logits_to_keep > 0:
             x = x[:, -logits_to_keep:]  # (B, n, C)
@@ -239,7 +239,7 @@ class GPT(nn.Module):
         max_seq_len = max_seq_len or self.config.block_size
         if max_seq_len > self.config.block_size:
             raise ValueError(f"max_seq_len={max_seq_len} exceeds model.block_size={self.config.block_size}")
-        weight = self.lm_head.weight
+        weight = self.transformer.wte.weight  # the activations' dtype (an int8 head's weight is not: model.quant)
         device, dtype = device or weight.device, dtype or weight.dtype
         for block in self.transformer.h:
             block.attn.kv_cache = KVCache(

@@ -319,9 +319,8 @@ class T5(nn.Module):
         cross_kv = sum(b.cross_attn.k.weight.numel() + b.cross_attn.v.weight.numel() for b in self.decoder.block)
         enc = _matmul_params(self.encoder) + cross_kv
         dec = _matmul_params(self.decoder) - cross_kv + self.lm_head.weight.numel()
-        attention = 12 * inner * (
-            self.config.n_encoder_layer * enc_len * enc_len + self.config.n_decoder_layer * dec_len * (dec_len + enc_len)
-        )
+        c = self.config
+        attention = 12 * inner * (c.n_encoder_layer * enc_len**2 + c.n_decoder_layer * dec_len * (dec_len + enc_len))
         return 6 * (enc * enc_len + dec * dec_len) + attention
 
     def batch_flops(self, batch: dict[str, torch.Tensor]) -> float:

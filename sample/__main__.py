@@ -36,6 +36,7 @@ from model.checkpoint import (
     read_model_json,
     resolve_checkpoint,
 )
+from model.quant import quantize_int8
 from nanoloom.cli import config_error_message, one_line_errors
 from nanoloom.device import inference_dtype, resolve_device
 from nanoloom.files import config_dir
@@ -170,19 +171,23 @@ def _model_dtype(model: object) -> torch.dtype:
     return p.dtype if p is not None else torch.float32
 
 
-def _load(checkpoint: str, device: torch.device) -> tuple[object, object, str]:
-    # a damaged file is a one-line ValueError; on a bf16 GPU the weights load in bf16 (nanoloom.device.inference_dtype)
-    model, tokenizer = load_model(checkpoint, device=device, dtype=inference_dtype(device))
+def _load(checkpoint: str, device: torch.device, dtype: str = "auto") -> tuple[object, object, str]:
+    """(model, tokenizer, kind) in dtype: auto (bf16 on a bf16 GPU: nanoloom.device.inference_dtype, else as
+    stored), a float dtype's name, or int8 (model.quant). A damaged file is a one-line ValueError."""
+    weights = inference_dtype(device) if dtype == "auto" else getattr(torch, "float32" if dtype == "int8" else dtype)
+    model, tokenizer = load_model(checkpoint, device=device, dtype=weights)
+    if dtype == "int8":
+        quantize_int8(model)
     kind = model_kind(model)
     if kind not in ("gpt", "t5"):
         raise ValueError(f"checkpoint={checkpoint!r} holds a {kind} model; python -m sample needs gpt or t5")
     return model, tokenizer, kind
 
 
-def _assistant(checkpoint: str, tokenizer: object, device: torch.device) -> object:
+def _assistant(checkpoint: str, tokenizer: object, device: torch.device, dtype: str) -> object:
     """The draft model of assistant=<checkpoint>: a gpt with the sampled checkpoint's tokenizer."""
     source = checkpoint if is_hf_source(checkpoint) else str(resolve_checkpoint(checkpoint))
-    model, draft_tokenizer, kind = _load(source, device)
+    model, draft_tokenizer, kind = _load(source, device, dtype)
     if kind != "gpt" or draft_tokenizer.spec() != tokenizer.spec():
         raise ValueError(
             f"assistant={checkpoint!r} must be a gpt with the sampled checkpoint's tokenizer (got a {kind} with "
@@ -212,8 +217,8 @@ def run(cfg: SampleConfig, edits: set[str] | None = None) -> None:
     device = resolve_device(cfg.device)
     # a run directory's `latest` is read once: a run still training cannot swap the checkpoint mid-way
     source = cfg.checkpoint if is_hf_source(cfg.checkpoint) else str(resolve_checkpoint(cfg.checkpoint))
-    model, tokenizer, kind = _load(source, device)
-    assistant = _assistant(cfg.assistant, tokenizer, device) if cfg.assistant is not None else None
+    model, tokenizer, kind = _load(source, device, cfg.dtype)
+    assistant = _assistant(cfg.assistant, tokenizer, device, cfg.dtype) if cfg.assistant is not None else None
     if assistant is not None and infilling:
         raise ValueError("assistant= drafts continuations; infill (prefix/suffix) runs without it: leave one out")
     record = read_generation_defaults(source) if edits is not None else None
@@ -300,7 +305,7 @@ def chat(cfg: SampleConfig, edits: set[str] | None = None, lines: Any = None) ->
     conversation as it ended."""
     device = resolve_device(cfg.device)
     source = cfg.checkpoint if is_hf_source(cfg.checkpoint) else str(resolve_checkpoint(cfg.checkpoint))
-    model, tokenizer, kind = _load(source, device)
+    model, tokenizer, kind = _load(source, device, cfg.dtype)
     if kind != "gpt" or tokenizer.chat_ids is None:
         raise ValueError(
             f"chat=true needs a gpt tuned for chat (task=instruct: its tokenizer has the chat ids); {cfg.checkpoint} "

@@ -19,6 +19,7 @@ from data.config import ObjectiveConfig, check_seed
 from sample.sampling import GenerationConfig, apply_overrides, bad_words_ids, scalar_controls
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")  # int8: weight-only int8 linear layers (model.quant)
 
 
 @dataclass
@@ -77,6 +78,7 @@ class _SampleArgs:
     seed: Optional[int] = None  # sample i uses seed + i; null draws a seed (printed and recorded, so it replays)
     stream: bool = False  # print tokens as they are generated (samples then run one after another)
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:<n> | mps
+    dtype: str = "auto"  # auto (bf16 on a bf16 GPU, else as stored) | float32 | bfloat16 | float16 | int8 (weights)
     out: Optional[str] = None  # append every sample to this JSONL file with its provenance (see replay)
     replay: Optional[str] = None  # regenerate the samples of a JSONL file written by out= and check they match
     logprobs: Optional[int] = None  # k: print each token's log-probability and its k likeliest alternatives
@@ -86,6 +88,8 @@ class _SampleArgs:
     task: TaskConfig = field(default_factory=TaskConfig)  # preset: task=story|code|instruct|seq2seq|span_corruption
 
     def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype={self.dtype!r} is not one of {', '.join(DTYPES)}")
         if self.replay is not None:
             return  # everything else comes from the file
         if self.chat:

@@ -34,6 +34,7 @@ import torch.nn as nn
 from data.tokenizer import Tokenizer
 from sample.generate import (
     Completion,
+    decoding_layout,
     model_device,
     model_kind,
     needs_processing,
@@ -108,6 +109,7 @@ class Engine:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size={max_batch_size} must be >= 1")
         self.model, self.tokenizer = model.eval(), tokenizer
+        decoding_layout(model)
         self.device = model_device(model)
         self.block_size = model.config.block_size
         self.slots: list[_Row | None] = [None] * max_batch_size

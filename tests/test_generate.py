@@ -361,3 +361,23 @@ def test_long_waits_show_a_progress_bar_on_a_terminal_only(monkeypatch, on_a_ter
     assert generate(model, tok, "ab", num_beams=2, max_new_tokens=6) == beams
     assert score_tokens(model, torch.arange(60) % 200, 16) == scored
     assert sys.stderr.getvalue() == ""  # not asked: no bar even on a terminal
+
+
+def test_an_inference_models_head_is_laid_out_for_decoding_and_still_saves(tmp_path):
+    """Generating from an eval-mode CPU model stores its (tied) fp32 head column-major: the same values and
+    outputs; a checkpoint written afterwards is contiguous and loads equal. A training model is left as it is."""
+    from data.tokenizer import get_tokenizer
+    from model.checkpoint import load_model, save_model
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=32, vocab_size=257))
+    before = [int(t) for t in generate_tokens(model, torch.tensor([[1, 2, 3]]), 8)]  # training mode: untouched
+    assert model.lm_head.weight.is_contiguous()
+    model.eval()
+    weights = model.lm_head.weight.detach().clone()
+    after = [int(t) for t in generate_tokens(model, torch.tensor([[1, 2, 3]]), 8)]
+    w = model.lm_head.weight
+    assert w.stride() == (1, w.size(0)) and w is model.transformer.wte.weight and torch.equal(w, weights)
+    assert after == before
+    loaded, _ = load_model(save_model(model, tmp_path / "m", get_tokenizer("byte").spec()))
+    assert torch.equal(loaded.lm_head.weight, weights)

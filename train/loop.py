@@ -265,7 +265,8 @@ def _update_ratio(r: Run) -> UpdateRatio | None:
 
 
 def forward_backward_safely(r: Run, state: TrainState) -> tuple[torch.Tensor, float]:
-    """forward_backward (the loss and FLOPs) at state.micro_batch; after an out-of-memory error, the step again with half of it.
+    """forward_backward (the loss and FLOPs) at state.micro_batch; after an out-of-memory error, the step again
+    with half of it.
 
     The retry draws the step's batches again from the same loader position, splits them into twice the micro-steps
     and rewinds the RNG (dropout): it computes what a run started at that trainer.micro_batch_size computes, with
