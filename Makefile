@@ -9,7 +9,7 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 DEMO_RUN ?= demo
 
 .DEFAULT_GOAL := help
-.PHONY: help install dev torch demo test test-fast lint format train-debug sample serve prepare clean
+.PHONY: help install dev torch demo test test-fast test-all lint format train-debug sample serve prepare clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -50,11 +50,16 @@ demo: install ## train the CPU demo GPT (under 10 min), then complete a story an
 	$(PY) -m sample checkpoint=runs/$(DEMO_RUN) task=code seed=1 \
 		prompt=$$'def fibonacci(n):\n    """Return the n-th Fibonacci number (0, 1, 1, 2, 3, 5, ...)."""\n'
 
-test: dev ## run the whole test suite (no network, CPU)
-	$(PY) -m pytest
+# Tests run on every core (pytest-xdist, one torch thread per worker). Markers: e2e = end-to-end runs of 1-3 s,
+# slow = the longest ones (3 s or more: trainings to a target, multi-process runs, installs).
+test: dev ## the suite without the slowest end-to-end runs (about 1.5 min on 2 cores)
+	$(PY) -m pytest -n auto -m "not slow"
 
-test-fast: dev ## the suite without the slow end-to-end runs
-	$(PY) -m pytest -m "not slow"
+test-fast: dev ## unit tests only: no end-to-end runs (under a minute)
+	$(PY) -m pytest -n auto -m "not slow and not e2e"
+
+test-all: dev ## everything, the slowest runs included: what CI runs (about 7 min on 2 cores)
+	$(PY) -m pytest -n auto
 
 lint: dev ## ruff lint and format check
 	$(PY) -m ruff check .

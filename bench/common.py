@@ -94,3 +94,18 @@ def in_subprocess(module: str, call: str) -> dict[str, Any]:
     if out.returncode != 0:
         raise SystemExit(f"error: the worker {call} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def memory_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
+    """This machine's memory read bandwidth in bytes/s: the best of `repeats` sums of a float32 array far larger than
+    any cache, with torch's threads (the rate batch-1 decoding can read weights at: its roofline)."""
+    a = torch.ones(megabytes * 2**20 // 4)
+    a.sum()  # pages touched, threads started
+    best = min(_seconds(a.sum) for _ in range(repeats))
+    return a.numel() * 4 / best
+
+
+def _seconds(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0

@@ -1,23 +1,35 @@
 """Generation speed: tokens/s of nanoloom's cached sampler vs transformers' GPT-2 and a no-cache loop, same weights.
 
 One GPT (gpt-mini by default: 6 layers, 6 heads, 384 wide, 256 context, GPT-2's 50257-token vocabulary; random
-weights from --seed, or --checkpoint) generates --new-tokens (200) tokens after a random --prompt-tokens (56) prompt,
-so the last token sees the full 256-token context, at every --batch-sizes (1 and 8), greedy and top-k (k=50,
-temperature 1). Rows:
-  nanoloom           sample.generate.generate_tokens: KV cache, prefill then one token per step (float32, and a
-                     bfloat16 copy of the weights)
-  nanoloom-compiled  the same with compile=True: the one-token step under torch.compile (compiled in the warm-up)
-  transformers       GPT2LMHeadModel.generate, our weights converted by model/export.py (checked: same logits);
-                     LlamaForCausalLM for a rotary checkpoint
-  no-cache           nanoGPT's generate loop: the whole (cropped) sequence through the blocks every step and the head
-                     on the last position only, as nanoGPT's inference forward; timed once, without a warm-up
-Each other row is one warm-up generation, then the median of --repeats timed ones (time.perf_counter, inference
-mode; the rows of one batch size and mode take turns, so other work on the machine slows them alike);
-tokens/s = batch * new_tokens / seconds. Run from the repo root, on CPU, on an otherwise idle machine (a few minutes):
-    python bench/generate.py [--batch-sizes 1 8] [--repeats 3] [--checkpoint runs/demo] [--out bench/generate.json]
+weights from --seed, or --checkpoint) generates --new-tokens (200) tokens after each prompt, at every --batch-sizes
+(1 and 8), greedy and top-k (k=50, temperature 1). Prompts: random --prompt-tokens (56) ids, so the last token sees
+the full 256-token context; with --checkpoint the batch-1 rows complete --num-prompts (4) held-out texts instead
+(--prompts code: function heads of installed packages' code, as bench/quality.py picks them; stories: openings of
+the validation stories), one after another. Rows:
+  nanoloom                sample.generate.generate_tokens: KV cache, prefill then one token per step (float32, a
+                          bfloat16 copy of the weights, and weight-only int8: model.quant)
+  nanoloom-prompt-lookup  assisted decoding with --prompt-lookup (10) tokens drafted from the context (batch 1)
+  nanoloom-assisted       assisted decoding with the --draft checkpoint drafting (batch 1)
+  nanoloom-compiled       compile=True: the one-token step under torch.compile (compiled in the warm-up); and
+                          nanoloom-prompt-lookup-compiled, prompt lookup whose rounds without a draft take it
+  transformers            GPT2LMHeadModel.generate, our weights converted by model/export.py (checked: same logits);
+                          LlamaForCausalLM for a rotary checkpoint
+  no-cache                nanoGPT's generate loop: the whole (cropped) sequence through the blocks every step and the
+                          head on the last position only, as nanoGPT's inference forward; timed once, no warm-up
+Each other row is one warm-up run, then the median of --repeats timed ones (time.perf_counter, inference mode; the
+rows of one batch size and mode take turns, so other work on the machine slows them alike); tokens/s = new tokens
+over seconds. A greedy row is `exact` when its tokens equal nanoloom float32's. The machine's memory bandwidth is
+measured in the same run (bench.common.memory_bandwidth: a 512 MB read); a batch-1 row that reads all its weights
+once per token gets weight bytes/s and their share of that bandwidth (the roofline of batch-1 decoding). With
+--checkpoint, the int8 model's held-out bits per byte (--quality-stories validation stories) is set beside float32's.
+Run from the repo root, on CPU, on an otherwise idle machine (a few minutes):
+    python bench/generate.py [--batch-sizes 1 8] [--checkpoint runs/demo [--draft runs/demo_draft]] [--out f.json]
 The last stdout line is one JSON object: speedup_vs_transformers and speedup_vs_no_cache (nanoloom float32 tokens/s
-over the other's, batch 1, greedy; > 1 means nanoloom is faster), speedup_vs_transformers_batch8, and `results`
-with every row (impl, dtype, batch, mode, tokens_per_s, seconds = median, seconds_all). Skipped rows give null.
+over the other's, batch 1, greedy; > 1 means nanoloom is faster), speedup_vs_transformers_batch8; roofline_share
+(batch-1 float32 greedy) and bandwidth_gb_per_s; speedup_vs_transformers_best_exact with best_exact_method (the
+fastest batch-1 greedy float32 row whose tokens equal plain greedy's) and speedup_vs_no_cache_best_exact;
+int8_speedup_vs_float32 and int8_quality; `results` with every row (impl, dtype, batch, mode, tokens_per_s, seconds
+= median, seconds_all, identical_to_greedy, weight_gb_per_s, roofline_share). Skipped rows give null.
 """
 
 from __future__ import annotations
@@ -38,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
-from bench.common import emit_json, machine_info, median, time_interleaved  # noqa: E402
+from bench.common import emit_json, machine_info, median, memory_bandwidth, time_interleaved  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 from model.config import GPT_PRESETS  # noqa: E402
 from sample.generate import generate_tokens  # noqa: E402
@@ -62,6 +74,8 @@ class Impl:
     dtype: str
     generate: Callable[[torch.Tensor, int, Mode], torch.Tensor]
     slow: bool = False  # timed once without a warm-up: one run is long enough to be its own warm-up
+    weight_bytes: int | None = None  # bytes of weights one forward reads (None: not one forward per token)
+    batch1: bool = False  # assisted decoding: batch-1 rows only
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -99,6 +113,20 @@ def transformers_generate(
         **sampling,
     )  # (B, T + new_tokens)
     return out[:, idx.size(1) :]
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of the weights one decoding step reads: every parameter and buffer but the embedding tables (a lookup
+    reads one row per token), the output head counted once when it is tied to the token embedding."""
+    seen, total = set(), 0
+    for module in model.modules():
+        if isinstance(module, nn.Embedding):
+            continue
+        for t in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
+            if t.data_ptr() not in seen:
+                seen.add(t.data_ptr())
+                total += t.numel() * t.element_size()
+    return total
 
 
 def last_position_logits(model: GPT, idx: torch.Tensor) -> torch.Tensor:
@@ -139,8 +167,9 @@ def no_cache_generate(model: GPT, idx: torch.Tensor, new_tokens: int, mode: Mode
 # models
 
 
-def load_gpt(args: argparse.Namespace) -> tuple[GPT, int, str]:
-    """(fp32 GPT in eval mode, end-of-text id, description): a checkpoint, or a preset with random weights."""
+def load_gpt(args: argparse.Namespace) -> tuple[GPT, Any, int, str]:
+    """(fp32 GPT in eval mode, its tokenizer or None, end-of-text id, description): a checkpoint, or a preset with
+    random weights."""
     if args.checkpoint is not None:
         from model.checkpoint import load_model
 
@@ -148,10 +177,10 @@ def load_gpt(args: argparse.Namespace) -> tuple[GPT, int, str]:
         if not isinstance(model, GPT):
             raise SystemExit(f"error: {args.checkpoint} holds a {type(model).__name__}; this benchmark runs GPTs")
         eot_id = getattr(tokenizer, "eot_id", None)
-        return model.float().eval(), eot_id if eot_id is not None else 0, str(args.checkpoint)
+        return model.float().eval(), tokenizer, eot_id if eot_id is not None else 0, str(args.checkpoint)
     torch.manual_seed(args.seed)
     model = GPT(GPTConfig.from_name(args.model, vocab_size=50257, block_size=256))
-    return model.eval(), 50256, f"{args.model} (random init, seed {args.seed})"  # 50256: GPT-2's <|endoftext|>
+    return model.eval(), None, 50256, f"{args.model} (random init, seed {args.seed})"  # 50256: GPT-2's eot
 
 
 def to_transformers(model: GPT, eot_id: int, prompt: torch.Tensor) -> nn.Module:
@@ -179,14 +208,39 @@ def to_transformers(model: GPT, eot_id: int, prompt: torch.Tensor) -> nn.Module:
 
 def build_impls(args: argparse.Namespace, model: GPT, eot_id: int, check_prompt: torch.Tensor) -> list[Impl]:
     """Every row family, nanoloom float32 first (the ratio column divides by it). Add a variant with one line."""
+    from model.quant import quantize_int8
+    from sample.generate import decoding_layout
+
     seed = args.seed
+    decoding_layout(model)  # as generation does for an eval-mode model: counted before the first timed run
     bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    size = weight_bytes(model)
     impls = [
-        Impl("nanoloom", "float32", partial(nanoloom_generate, model, seed=seed)),
-        Impl("nanoloom", "bfloat16", partial(nanoloom_generate, bf16, seed=seed)),
+        Impl("nanoloom", "float32", partial(nanoloom_generate, model, seed=seed), weight_bytes=size),
+        Impl("nanoloom", "bfloat16", partial(nanoloom_generate, bf16, seed=seed), weight_bytes=weight_bytes(bf16)),
     ]
+    if not args.skip_int8:
+        int8 = quantize_int8(copy.deepcopy(model))
+        quantized = partial(nanoloom_generate, int8, seed=seed)
+        impls.append(Impl("nanoloom", "int8", quantized, weight_bytes=weight_bytes(int8)))
+    if args.prompt_lookup:
+        lookup = partial(nanoloom_generate, model, seed=seed, prompt_lookup_num_tokens=args.prompt_lookup)
+        impls.append(Impl("nanoloom-prompt-lookup", "float32", lookup, batch1=True))
+    if args.draft is not None:
+        from model.checkpoint import load_model
+
+        draft, _ = load_model(args.draft)
+        draft = draft.float().eval()
+        if draft.config.vocab_size != model.config.vocab_size:
+            raise SystemExit(f"error: --draft {args.draft} has another vocabulary than the model; use its tokenizer")
+        assisted = partial(nanoloom_generate, model, seed=seed, assistant_model=draft)
+        impls.append(Impl("nanoloom-assisted", "float32", assisted, batch1=True))
     if not args.skip_compile:
-        impls.append(Impl("nanoloom-compiled", "float32", partial(nanoloom_generate, model, seed=seed, compile=True)))
+        compiled = partial(nanoloom_generate, model, seed=seed, compile=True)
+        impls.append(Impl("nanoloom-compiled", "float32", compiled, weight_bytes=size))
+        if args.prompt_lookup:
+            lookup = partial(compiled, prompt_lookup_num_tokens=args.prompt_lookup)
+            impls.append(Impl("nanoloom-prompt-lookup-compiled", "float32", lookup, batch1=True))
     if args.skip_transformers:
         print("note: --skip-transformers: no transformers rows")
     else:
@@ -197,7 +251,8 @@ def build_impls(args: argparse.Namespace, model: GPT, eot_id: int, check_prompt:
         except ValueError as e:  # a GPT option transformers has no equivalent of
             print(f"note: skipping the transformers rows: {e}")
         else:
-            impls.append(Impl("transformers", "float32", partial(transformers_generate, hf_model, eot_id, seed=seed)))
+            hf = partial(transformers_generate, hf_model, eot_id, seed=seed)
+            impls.append(Impl("transformers", "float32", hf, weight_bytes=weight_bytes(hf_model)))
     if args.skip_no_cache:
         print("note: --skip-no-cache: no no-cache rows")
     else:
@@ -209,12 +264,19 @@ def build_impls(args: argparse.Namespace, model: GPT, eot_id: int, check_prompt:
 # the benchmark
 
 
-def measure(impls: list[Impl], idx: torch.Tensor, new_tokens: int, mode: Mode, repeats: int) -> list[dict[str, Any]]:
-    """One row per impl: a warm-up each, then the median of `repeats` full generations, the impls taking turns."""
+def measure(
+    impls: list[Impl], prompts: list[torch.Tensor], new_tokens: int, mode: Mode, repeats: int, bandwidth: float
+) -> list[dict[str, Any]]:
+    """One row per impl: a warm-up each, then the median of `repeats` runs (each generating after every prompt of
+    `prompts`, (B, T) each), the impls taking turns. A greedy row whose outputs equal the first row's (nanoloom
+    float32) is marked exact; a row with a weight size gets its weight bytes/s and their share of the bandwidth."""
+    outputs: dict[Impl, list[torch.Tensor]] = {}
 
     def run(impl: Impl) -> None:
-        out = impl.generate(idx, new_tokens, mode)
-        assert out.shape == (idx.size(0), new_tokens), f"{impl.name} made {tuple(out.shape)} tokens"
+        outs = [impl.generate(idx, new_tokens, mode) for idx in prompts]
+        for idx, out in zip(prompts, outs):
+            assert out.shape == (idx.size(0), new_tokens), f"{impl.name} made {tuple(out.shape)} tokens"
+        outputs[impl] = outs
 
     rows = []
     fast = [impl for impl in impls if not impl.slow]
@@ -222,10 +284,17 @@ def measure(impls: list[Impl], idx: torch.Tensor, new_tokens: int, mode: Mode, r
     for impl in impls:
         if impl.slow:
             timings[impl] = time_interleaved([partial(run, impl)], 1, warmup=False)[0]
+    batch, tokens = prompts[0].size(0), sum(idx.size(0) for idx in prompts) * new_tokens
     for impl, seconds in ((impl, timings[impl]) for impl in impls):
         t = median(seconds)
-        row = {"impl": impl.name, "dtype": impl.dtype, "batch": idx.size(0), "mode": mode.name}
-        row |= {"tokens_per_s": round(idx.size(0) * new_tokens / t, 2), "seconds": round(t, 4)}
+        row = {"impl": impl.name, "dtype": impl.dtype, "batch": batch, "mode": mode.name}
+        row |= {"tokens_per_s": round(tokens / t, 2), "seconds": round(t, 4)}
+        if mode.temperature == 0:
+            same = all(torch.equal(a, b) for a, b in zip(outputs[impl], outputs[impls[0]]))
+            row["identical_to_greedy"] = same
+        if impl.weight_bytes is not None and batch == 1:
+            achieved = impl.weight_bytes * tokens / t
+            row |= {"weight_gb_per_s": round(achieved / 1e9, 2), "roofline_share": round(achieved / bandwidth, 3)}
         rows.append(row | {"seconds_all": [round(s, 4) for s in seconds]})
     return rows
 
@@ -236,6 +305,39 @@ def find(results: list[dict], impl: str, batch: int, mode: str = "greedy", dtype
         if (r["impl"], r["dtype"], r["batch"], r["mode"]) == (impl, dtype, batch, mode):
             return r["tokens_per_s"]
     return None
+
+
+def best_exact(results: list[dict]) -> tuple[str | None, float | None]:
+    """The fastest batch-1 greedy nanoloom row whose outputs equal plain greedy's: (impl, tokens/s)."""
+    exact = [r for r in results if r["batch"] == 1 and r["mode"] == "greedy" and r.get("identical_to_greedy")
+             and r["impl"].startswith("nanoloom") and r["dtype"] == "float32"]  # fmt: skip
+    best = max(exact, key=lambda r: r["tokens_per_s"], default=None)
+    return (best["impl"], best["tokens_per_s"]) if best is not None else (None, None)
+
+
+def text_prompts(kind: str, tokenizer: Any, n: int, seed: int, room: int) -> list[torch.Tensor]:
+    """n prompts (1, T) the model never trained on, each leaving `room` tokens of the context: held-out function
+    heads (def line + docstring) of installed packages' code, or held-out stories' first sentences (bench/quality.py
+    picks them the same way)."""
+    from bench.quality import (
+        CODE_PACKAGES,
+        code_texts,
+        default_stories,
+        first_sentence,
+        installed_packages,
+        pick_heads,
+        read_story_file,
+    )
+    from sample.generate import prompt_ids
+
+    if kind == "code":
+        texts = pick_heads(code_texts(installed_packages(CODE_PACKAGES)), 10 * n, seed)
+    else:
+        texts = [first_sentence(s) for s in read_story_file(default_stories())[: 10 * n]]
+    ids = [i for i in (prompt_ids(tokenizer, t, "gpt") for t in texts) if 0 < len(i) <= room][:n]
+    if len(ids) < n:
+        raise SystemExit(f"error: only {len(ids)} {kind} prompts fit the context; lower --new-tokens or --num-prompts")
+    return [torch.tensor([i]) for i in ids]
 
 
 def speedup(results: list[dict], other: str, batch: int) -> float | None:
@@ -257,9 +359,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--skip-transformers", action="store_true")
     p.add_argument("--skip-compile", action="store_true", help="no torch.compile row (~20 s per batch)")
     p.add_argument("--skip-no-cache", action="store_true", help="no nanoGPT-style rows (the slowest)")
+    p.add_argument("--skip-int8", action="store_true", help="no weight-only int8 rows")
+    p.add_argument("--prompts", choices=("random", "code", "stories"), default=None,
+                   help="batch-1 prompts: random ids (default without --checkpoint), held-out function heads (default "
+                   "with one) or story openings; larger batches take random ids")  # fmt: skip
+    p.add_argument("--num-prompts", type=int, default=4, help="text prompts per batch-1 run")
+    p.add_argument("--prompt-lookup", type=int, default=10, help="prompt_lookup_num_tokens of its row (0: no row)")
+    p.add_argument("--draft", default=None, help="a smaller checkpoint with the model's tokenizer: assisted decoding")
+    p.add_argument("--quality-stories", type=int, default=200,
+                   help="held-out stories the int8 bits-per-byte change is scored on (with --checkpoint)")  # fmt: skip
     p.add_argument("--out", default=None, help="also write the JSON to this file")
     args = p.parse_args(argv)
-    for name in ("new_tokens", "prompt_tokens", "repeats", "threads"):
+    for name in ("new_tokens", "prompt_tokens", "repeats", "threads", "num_prompts"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if min(args.batch_sizes) < 1:
@@ -270,22 +381,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 ROW = "{:<17} {:<9} {:>5}  {:<7} {:>10}  {:>6}"
 
 
-def run_rows(impls: list[Impl], prompts: dict[int, torch.Tensor], new_tokens: int, repeats: int) -> list[dict]:
+def run_rows(
+    impls: list[Impl], prompts: dict[int, list[torch.Tensor]], new_tokens: int, repeats: int, bandwidth: float
+) -> list[dict]:
     """Measure every (batch, mode, impl) row, printing the table lines of a (batch, mode) as soon as it is done."""
-    print("ratio = nanoloom float32 tokens/s / this row's, same batch and mode (> 1: nanoloom float32 is faster)")
-    print(ROW.format("impl", "dtype", "batch", "mode", "tokens/s", "ratio"))
+    print("ratio = nanoloom float32 tokens/s / this row's, same batch and mode (> 1: nanoloom float32 is faster);")
+    print(f"roofline = the row's weight bytes/s over the memory bandwidth ({bandwidth / 1e9:.1f} GB/s, batch 1)")
+    print(ROW.format("impl", "dtype", "batch", "mode", "tokens/s", "ratio") + "  roofline  exact")
     results = []
     with torch.inference_mode():
         for batch, idx in prompts.items():
             for mode in MODES:
-                rows = measure(impls, idx, new_tokens, mode, repeats)
+                rows = measure([i for i in impls if batch == 1 or not i.batch1], idx, new_tokens, mode, repeats,
+                               bandwidth)  # fmt: skip
                 results += rows
                 base = find(results, "nanoloom", batch, mode.name)
                 for row in rows:
                     ratio = f"{base / row['tokens_per_s']:.2f}" if base is not None else "-"
-                    print(ROW.format(row["impl"], row["dtype"], batch, mode.name, f"{row['tokens_per_s']:.1f}", ratio))
+                    line = ROW.format(row["impl"], row["dtype"], batch, mode.name, f"{row['tokens_per_s']:.1f}", ratio)
+                    share = f"{row['roofline_share']:.0%}" if "roofline_share" in row else "-"
+                    print(f"{line}  {share:>8}  {row.get('identical_to_greedy', '-')!s:>5}")
                 sys.stdout.flush()
     return results
+
+
+def int8_quality(model: GPT, tokenizer: Any, n_stories: int) -> dict[str, Any]:
+    """Held-out bits per byte of the float32 model and of its int8 copy (the first n validation stories)."""
+    from bench.quality import default_stories, read_story_file, story_bpb
+    from model.quant import quantize_int8
+
+    stories = read_story_file(default_stories())[:n_stories]
+    fp32 = story_bpb(model, tokenizer, stories, None)["bpb"]
+    int8 = story_bpb(quantize_int8(copy.deepcopy(model)), tokenizer, stories, None)["bpb"]
+    return {"stories": len(stories), "bpb_float32": round(fp32, 4), "bpb_int8": round(int8, 4),
+            "bpb_relative_change": round(int8 / fp32 - 1, 4)}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -294,14 +423,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     start = time.perf_counter()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    model, eot_id, source = load_gpt(args)
+    model, tokenizer, eot_id, source = load_gpt(args)
+    kind = args.prompts or ("code" if tokenizer is not None else "random")
+    if kind != "random" and tokenizer is None:
+        raise SystemExit(f"error: --prompts {kind} needs a --checkpoint (its tokenizer encodes them)")
     if args.prompt_tokens + args.new_tokens > model.config.block_size:
         raise SystemExit(
             f"error: --prompt-tokens {args.prompt_tokens} + --new-tokens {args.new_tokens} exceeds the model's "
             f"context of {model.config.block_size} tokens; lower one of them"
         )
     vocab_size, gen = model.config.vocab_size, torch.Generator().manual_seed(args.seed)
-    prompts = {b: torch.randint(0, vocab_size, (b, args.prompt_tokens), generator=gen) for b in args.batch_sizes}
+    prompts = {b: [torch.randint(0, vocab_size, (b, args.prompt_tokens), generator=gen)] for b in args.batch_sizes}
+    if kind != "random" and 1 in prompts:
+        room = model.config.block_size - args.new_tokens
+        prompts[1] = text_prompts(kind, tokenizer, args.num_prompts, args.seed, room)
     impls = build_impls(
         args, model, eot_id, check_prompt=torch.randint(0, vocab_size, (2, args.prompt_tokens), generator=gen)
     )
@@ -312,15 +447,36 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"tokens; {machine['cpu']}, torch threads={machine['torch_threads']}; torch {machine['torch']}, "
         f"transformers {machine['transformers']}"
     )
-    results = run_rows(impls, prompts, args.new_tokens, args.repeats)
+    bandwidth = memory_bandwidth()
+    results = run_rows(impls, prompts, args.new_tokens, args.repeats, bandwidth)
+    method, fastest = best_exact(results)
+    hf = find(results, "transformers", 1)
+    plain = next((r for r in results if (r["impl"], r["dtype"], r["batch"], r["mode"]) ==
+                  ("nanoloom", "float32", 1, "greedy")), {})  # fmt: skip
+    int8 = find(results, "nanoloom", 1, dtype="int8")
+    scored = tokenizer is not None and not args.skip_int8  # held-out text needs the checkpoint's tokenizer
+    quality = int8_quality(model, tokenizer, args.quality_stories) if scored else None
     result = {
         "benchmark": "generate",
         "speedup_vs_transformers": speedup(results, "transformers", 1),
         "speedup_vs_no_cache": speedup(results, "no-cache", 1),
         "speedup_vs_transformers_batch8": speedup(results, "transformers", 8),
+        "roofline_share": plain.get("roofline_share"),
+        "bandwidth_gb_per_s": round(bandwidth / 1e9, 2),
+        "speedup_vs_transformers_best_exact": round(fastest / hf, 3) if fastest and hf else None,
+        "best_exact_method": method,
+        "speedup_vs_no_cache_best_exact": (
+            round(fastest / find(results, "no-cache", 1), 3) if fastest and find(results, "no-cache", 1) else None
+        ),
+        "int8_speedup_vs_float32": round(int8 / plain["tokens_per_s"], 3) if int8 and plain else None,
+        "int8_quality": quality,
         "model": {"source": source, "params": model.num_params(), "config": model.config.to_dict()},
         "settings": {
             "batch_sizes": args.batch_sizes,
+            "prompts": kind,
+            "num_prompts": len(prompts.get(1, [])),
+            "prompt_lookup_num_tokens": args.prompt_lookup,
+            "draft": args.draft,
             "prompt_tokens": args.prompt_tokens,
             "new_tokens": args.new_tokens,
             "warmup_runs": 1,

@@ -450,8 +450,8 @@ def generate_tokens(
             the tokens (B,)), before they are yielded: per-token log-probabilities come from here.
         assistant_model: a smaller gpt with the same tokenizer that drafts tokens for the model to verify (see
             sample.assisted; with config.prompt_lookup_num_tokens the drafts come from the context instead). Greedy
-            output is the model's greedy output, sampling keeps the model's distribution; one gpt row (B = 1), and
-            compile does not apply.
+            output is the model's greedy output, sampling keeps the model's distribution; one gpt row (B = 1).
+            With compile, the rounds without a draft take the compiled one-token step; verification is eager.
     The model is put in eval mode while generating and restored afterwards; the KV cache is always cleared,
     including when the caller stops iterating early.
     """

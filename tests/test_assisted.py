@@ -113,6 +113,7 @@ def exact_probabilities(model: GPT, prompt: list[int], n: int) -> torch.Tensor:
     return joint
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("drafter", ["draft model", "prompt lookup"])
 def test_assisted_sampling_keeps_the_models_distribution(drafter):
     """Chi-square of 3,000 three-token samples against the model's exact joint distribution (a 4-token vocabulary):
@@ -186,3 +187,11 @@ def test_the_pipeline_and_the_sample_command_take_a_draft_checkpoint(tmp_path, c
         pipe("x", max_new_tokens=4, assistant_model=other)
     code, _, err = run_sample_main(capsys, f"checkpoint={target}", "prompt=x", f"assistant={other}")
     assert code != 0 and "must be a gpt with the sampled checkpoint's tokenizer" in err
+
+
+@pytest.mark.slow
+def test_prompt_lookup_with_the_compiled_step_is_still_the_greedy_output():
+    model = tiny_gpt(0)
+    prompt = [3, 4, 5, 6, 3, 4, 5, 6, 3, 4]
+    plain = tokens(model, prompt, 40)
+    assert tokens(model, prompt, 40, prompt_lookup_num_tokens=4, compile=True) == plain

@@ -256,6 +256,7 @@ def run_subprocess(cli: str, args: list[str], env: dict[str, str] | None = None)
     return proc.returncode, proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_bad_input_is_one_error_line(case: Case, world: Path, monkeypatch, capsys):
     monkeypatch.delenv("NANOLOOM_DEBUG", raising=False)
@@ -289,6 +290,7 @@ def test_the_table_covers_every_command_line():
     ],
     ids=["sample", "train-run-time", "train-hydra-full-error"],
 )
+@pytest.mark.slow
 def test_debug_switch_shows_the_traceback(world: Path, cli: str, args: tuple[str, ...], env: dict[str, str]):
     code, err = run_subprocess(cli, [a.format(w=world) for a in args], env)
     assert code not in (0, 2) and "Traceback (most recent call last)" in err, err

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench.generate import main
 
@@ -24,12 +25,47 @@ def test_generate_bench_prints_table_then_json(capsys, tmp_path):
     assert result["speedup_vs_transformers"] is None and result["speedup_vs_transformers_batch8"] is None
     assert result["speedup_vs_no_cache"] > 0
     rows = {(r["impl"], r["dtype"], r["batch"], r["mode"]) for r in result["results"]}
-    impls = {("nanoloom", "float32"), ("nanoloom", "bfloat16"), ("no-cache", "float32")}
-    assert rows == {(*i, b, m) for i in impls for b in (1, 2) for m in ("greedy", "top-k")}
+    impls = {("nanoloom", "float32"), ("nanoloom", "bfloat16"), ("nanoloom", "int8"), ("no-cache", "float32")}
+    lookup = {("nanoloom-prompt-lookup", "float32", 1, m) for m in ("greedy", "top-k")}  # assisted: batch 1 only
+    assert rows == {(*i, b, m) for i in impls for b in (1, 2) for m in ("greedy", "top-k")} | lookup
     assert all(r["tokens_per_s"] > 0 and len(r["seconds_all"]) == 1 for r in result["results"])
-    assert sum(line.startswith(("nanoloom ", "no-cache ")) for line in lines) == len(rows)  # one table line per row
+    assert sum(line.startswith(("nanoloom", "no-cache ")) for line in lines) == len(rows)  # one table line per row
+    assert result["bandwidth_gb_per_s"] > 0 and 0 < result["roofline_share"]
+    assert result["best_exact_method"] in ("nanoloom", "nanoloom-prompt-lookup")
+    exact = {r["impl"]: r["identical_to_greedy"] for r in result["results"] if r["mode"] == "greedy"}
+    assert exact["nanoloom-prompt-lookup"] is True
+    assert result["int8_speedup_vs_float32"] > 0 and result["int8_quality"] is None  # random weights: no held-out text
 
 
+@pytest.mark.e2e
+def test_generate_bench_completes_held_out_code_with_a_draft_checkpoint(capsys, tmp_path):
+    """The headline's shape: a checkpoint completing held-out function heads, prompt lookup and a draft model
+    exact, int8's held-out bits per byte beside float32's."""
+    from data.tokenizer import get_tokenizer
+    from model import GPT, GPTConfig
+    from model.checkpoint import save_model
+
+    byte = get_tokenizer("byte").spec()
+    torch.manual_seed(0)
+    target = save_model(GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=256, vocab_size=257)),
+                        tmp_path / "target", tokenizer_spec=byte)  # fmt: skip
+    draft = save_model(GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=256, vocab_size=257)),
+                       tmp_path / "draft", tokenizer_spec=byte)  # fmt: skip
+    argv = ["--checkpoint", str(target), "--draft", str(draft), "--batch-sizes", "1", "--new-tokens", "8",
+            "--num-prompts", "2", "--repeats", "1", "--skip-transformers", "--skip-compile", "--skip-no-cache",
+            "--quality-stories", "3"]  # fmt: skip
+    result = main(argv)
+    assert result["settings"]["prompts"] == "code" and result["settings"]["num_prompts"] == 2
+    greedy = {r["impl"] + "/" + r["dtype"]: r for r in result["results"] if r["mode"] == "greedy"}
+    assert greedy["nanoloom-assisted/float32"]["identical_to_greedy"] is True
+    assert greedy["nanoloom-prompt-lookup/float32"]["identical_to_greedy"] is True
+    assert "roofline_share" not in greedy["nanoloom-assisted/float32"]  # fewer forwards than tokens
+    quality = result["int8_quality"]
+    assert quality["stories"] == 3 and quality["bpb_int8"] > 0
+    assert quality["bpb_relative_change"] == pytest.approx(quality["bpb_int8"] / quality["bpb_float32"] - 1, abs=1e-3)
+
+
+@pytest.mark.slow
 def test_train_bench_compares_with_the_reference_and_prints_json(capsys, tmp_path):
     from bench.train import main as train_main
 
@@ -56,6 +92,7 @@ def test_resume_memory_bench_reports_each_ranks_peak_against_one_process(capsys,
     assert result["state_bytes"] == 12 * result["params"]
 
 
+@pytest.mark.slow
 def test_speedrun_races_both_recipes_on_whole_val_curves(capsys, tmp_path):
     from bench.speedrun import best_within, time_to
     from bench.speedrun import main as speedrun_main
@@ -134,6 +171,7 @@ def test_instruct_bench_asks_each_kind_of_checkpoint_and_prints_json(capsys, tmp
         assert 0 <= r["accuracy"]["all"] <= 1 and {"seen", "unseen", "reverse", "larger"} <= set(r["accuracy"])
 
 
+@pytest.mark.e2e
 def test_serve_bench_loads_the_server_with_concurrent_clients_and_prints_json(capsys, tmp_path):
     from bench.serve import main as serve_main
 

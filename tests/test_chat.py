@@ -79,6 +79,7 @@ def test_bad_messages_name_the_message(messages, message):
         check_messages(messages)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", ["byte", "gpt2", "char", "bpe", "hf"])
 def test_exported_chat_template_gives_our_ids_in_transformers(tmp_path, name):
     """tokenizer_config.json carries the template: apply_chat_template on the export equals render()."""

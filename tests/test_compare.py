@@ -163,6 +163,7 @@ def test_a_run_without_val_records_is_refused(tmp_path, capsys):
     assert "has no val record in metrics.jsonl; compare runs that evaluated (trainer.eval_interval > 0)" in err
 
 
+@pytest.mark.e2e
 def test_command_line_end_to_end(tmp_path):
     two_groups(tmp_path / "runs", [2.0, 2.2], [1.9, 2.0])
     cmd = [sys.executable, "-m", "train.compare", str(tmp_path / "runs" / "a*"), str(tmp_path / "runs" / "b*")]

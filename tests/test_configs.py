@@ -20,6 +20,7 @@ NEEDS = {("data", "text"): ["data.paths=[README.md]"], ("data", "pairs"): ["data
          ("experiment", "shakespeare_char_speedrun"): ["data.paths=[input.txt]"]}  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("group, option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_every_group_option_composes(group, option):
     cfg = compose_train([f"{group}={option}", *NEEDS.get((group, option), [])])
@@ -53,6 +54,7 @@ def test_every_default_is_documented():
         ("model=gpt-huge", ConfigCompositionException),
     ],
 )
+@pytest.mark.e2e
 def test_typos_fail_at_compose_time(override, error):
     with pytest.raises(error):
         compose_train([override])

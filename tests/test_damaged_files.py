@@ -369,6 +369,7 @@ def cases(variants: Callable[[], Iterator[tuple[str, Damage]]]) -> list:
     return [pytest.param(name, damage, id=name) for name, damage in variants()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, damage", cases(model_json_variants))
 def test_damaged_model_json(name: str, damage: Damage, case: Path, world: Path, monkeypatch, capsys):
     checkpoint = case / "run" / "checkpoints" / STEP
@@ -379,6 +380,7 @@ def test_damaged_model_json(name: str, damage: Damage, case: Path, world: Path, 
         assert_one_error_line(cli, args, checkpoint / "model.json", case, monkeypatch, capsys)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, damage", cases(weights_variants))
 def test_damaged_weights(name: str, damage: Damage, case: Path, world: Path, monkeypatch, capsys):
     checkpoint = case / "run" / "checkpoints" / STEP
@@ -391,6 +393,7 @@ def test_damaged_weights(name: str, damage: Damage, case: Path, world: Path, mon
             assert "non-finite weights" in line, line
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, damage", cases(train_state_variants))
 def test_damaged_train_state(name: str, damage: Damage, case: Path, world: Path, optimizer, monkeypatch, capsys):
     checkpoint = case / "run" / "checkpoints" / STEP
@@ -402,6 +405,7 @@ def test_damaged_train_state(name: str, damage: Damage, case: Path, world: Path,
     assert "is damaged" in line and "could run code" not in line
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pointer", ["latest", "best"])
 @pytest.mark.parametrize("name, damage", cases(pointer_variants))
 def test_damaged_pointer(pointer: str, name: str, damage: Damage, case: Path, world: Path, monkeypatch, capsys):
@@ -419,6 +423,7 @@ def test_damaged_pointer(pointer: str, name: str, damage: Damage, case: Path, wo
             assert STEP in line, f"the fix names the checkpoint to write into {file}: {line}"
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name, damage", cases(record_variants))
 def test_damaged_replay_record(name: str, damage: Damage, case: Path, monkeypatch, capsys):
     file = case / "samples.jsonl"
@@ -444,6 +449,7 @@ def test_damaged_peak_cache_is_measured_again(name: str, damage: Damage, world: 
     assert 123e9 in json.loads(cache.read_text()).values()  # rewritten whole, with the new measurement
 
 
+@pytest.mark.e2e
 def test_resume_with_a_damaged_peak_cache_trains_on(case: Path, world: Path, monkeypatch, capsys):
     """End to end: python -m train resume=auto (two more steps) measures the peak again and finishes the run."""
     shutil.copytree(world / "cache", case / "cache")

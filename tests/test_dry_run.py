@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from train_helpers import compose_train, tiny_run_overrides, zen_of_python
 
 from train import loop
@@ -27,6 +28,7 @@ def test_dry_run_measures_and_writes_no_run(tmp_path, capsys):
     assert not (tmp_path / "dry").exists()  # no run directory, checkpoint or metrics
 
 
+@pytest.mark.slow
 def test_dry_run_from_the_command_line_leaves_no_run_directory(tmp_path):
     overrides = tiny_run_overrides(tmp_path, zen_of_python(tmp_path), "dry")
     result = subprocess.run(

@@ -248,6 +248,7 @@ def test_out_writes_the_result(world, capsys, tmp_path):
         (("checkpoint={gpt}", "data=shakespeare", "data.tokeniser=gpt2"), "(did you mean data.tokenizer?)"),
     ],
 )
+@pytest.mark.e2e
 def test_bad_input_is_one_error_line(world, capsys, monkeypatch, args, message):
     monkeypatch.delenv("NANOLOOM_DEBUG", raising=False)
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
@@ -264,6 +265,7 @@ def test_debug_switch_raises(world, monkeypatch):
         main([f"checkpoint={world['gpt']}", f"file={world['dir'] / 'empty.txt'}"])
 
 
+@pytest.mark.e2e
 def test_help_and_the_command_line(world, capsys):
     assert main(["--help"]) == {} and "usage: nanoloom evaluate checkpoint=" in capsys.readouterr().out
     assert main(["--cfg", "job", f"checkpoint={world['gpt']}", "stride=4"]) == {}

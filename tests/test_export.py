@@ -180,6 +180,7 @@ def test_unsupported_export_writes_nothing(tmp_path):
     assert not (tmp_path / "hf").exists() and [p.name for p in tmp_path.iterdir()] == ["ckpt"]
 
 
+@pytest.mark.e2e
 def test_cli_missing_checkpoint_is_one_error_line_and_exit_2(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "model.export", f"checkpoint={tmp_path / 'nope'}", f"out={tmp_path / 'hf'}"],
@@ -341,6 +342,7 @@ def test_bpe_export_generates_like_nanoloom(tmp_path):
     _assert_pipeline_greedy_equals_ours(out, ours, tok)
 
 
+@pytest.mark.e2e
 def test_bpe_run_fine_tunes_with_tokenizer_model_and_exports(tmp_path):
     """data.tokenizer=bpe trains a vocabulary; init_from=<that run> data.tokenizer=model keeps it; the export encodes
     with it exactly."""

@@ -296,6 +296,7 @@ def test_the_next_prepare_removes_the_temp_dir_of_a_killed_one_and_keeps_a_runni
     assert sorted(p.name for p in cache.iterdir()) == sorted([done.name, live.name, elsewhere.name])
 
 
+@pytest.mark.e2e
 def test_the_next_export_removes_the_temp_dir_of_a_killed_one_and_keeps_a_running_one(tmp_path, checkpoint):
     exports = tmp_path / "exports"
     pid = killed(KILLED_EXPORT, checkpoint, exports / "first")

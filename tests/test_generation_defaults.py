@@ -88,6 +88,7 @@ def test_pipeline_explicit_max_length_counts_the_prompt(tmp_path):
     assert len(generator(PROMPT_40, **kw)[0]["generated_token_ids"]) == 40 + 100
 
 
+@pytest.mark.e2e
 def test_training_records_the_task_preset_and_samples_with_it(code_run):
     record = read_model_json(code_run)["meta"]["generation"]
     assert record["name"] == "code" and record["temperature"] == 0.2 and record["top_p"] == 0.95

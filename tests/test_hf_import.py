@@ -381,6 +381,7 @@ def test_t5_text_output_matches_transformers_decode(tmp_path):
     assert got == expected and not got.startswith(" ")
 
 
+@pytest.mark.e2e
 def test_t5_fine_tunes_from_an_hf_folder_with_its_own_tokenizer(tmp_path):
     """python -m train init_from=hf:<folder> data.tokenizer=model: the data is tokenized with the model's
     SentencePiece vocabulary, and seq2seq training runs from the pretrained weights."""

@@ -68,6 +68,7 @@ def test_the_loss_learns_the_reply_and_its_end_only(tmp_path):
         InstructLoader(data, "train", batch_size=4, block_size=64, tokenizer=get_tokenizer("byte"))
 
 
+@pytest.mark.slow
 def test_instruct_from_scratch_learns_and_answers_chats(tmp_path):
     result = run(compose_train(instruct_overrides(tmp_path, **{"trainer.max_steps": 30, "optim.lr": 3e-3})))
     run_dir = tmp_path / "tuned"
@@ -81,6 +82,7 @@ def test_instruct_from_scratch_learns_and_answers_chats(tmp_path):
     assert out["generated_text"][-1]["role"] == "assistant"
 
 
+@pytest.mark.slow
 def test_fine_tuning_a_base_grows_the_vocabulary_by_the_mean_row_and_resumes_exactly(tmp_path, monkeypatch):
     base_run = run(compose_train(tiny_run_overrides(tmp_path, zen_of_python(tmp_path), "base")))
     assert base_run["step"] == 8
@@ -114,6 +116,7 @@ def tuned(tmp_path_factory) -> Path:
     return tmp / "tuned"
 
 
+@pytest.mark.slow
 def test_chat_in_the_terminal_keeps_the_history_and_takes_commands(tuned):
     """python -m sample chat=true: one reply line per user line, /set changes a control, /reset forgets, Ctrl-D
     (end of input) ends; the same conversation through chat() holds each turn."""
@@ -135,6 +138,7 @@ def test_chat_in_the_terminal_keeps_the_history_and_takes_commands(tuned):
     assert messages[1]["content"] == "reverse: dog sun moon"  # the turn before /reset is forgotten
 
 
+@pytest.mark.e2e
 def test_chat_needs_a_model_tuned_for_chat(tmp_path, capsys):
     from train_helpers import run_sample_main
 
@@ -252,6 +256,7 @@ def test_multi_turn_conversations_learn_every_assistant_turn_and_nothing_else(tm
     assert all(reply and turns[-1][0] == "user" for turns, reply in exchanges)
 
 
+@pytest.mark.e2e
 def test_a_multi_turn_dataset_trains_a_chat_model_through_the_loop(tmp_path):
     corpus = chats(tmp_path / "chats.jsonl")
     overrides = tiny_run_overrides(tmp_path, corpus, "chat", **{
@@ -300,6 +305,7 @@ def test_bad_instruction_line_on_the_command_line_is_one_error_line(tmp_path):
     ]
 
 
+@pytest.mark.e2e
 def test_a_hugging_face_gpt2_folder_is_instruction_tuned(tmp_path):
     """init_from=hf:<GPT-2 folder>: the GPT-2 tokenizer gains the chat ids after its 50,257, the model's rows grow
     by the mean row, and the tuned run answers a chat."""

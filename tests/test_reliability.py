@@ -75,6 +75,7 @@ def killed_runs(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
     return tmp, {fault: tmp / f"killed{i}" for i, fault in enumerate(FAULTS)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", list(FAULTS))
 def test_sigkill_then_resume_matches_an_uninterrupted_run(killed_runs, fault):
     tmp, runs = killed_runs
@@ -128,6 +129,7 @@ def _poison_step(monkeypatch, step: int, what: str) -> None:
     monkeypatch.setattr(loop, "forward_backward", poisoned)
 
 
+@pytest.mark.e2e
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     _poison_step(monkeypatch, 6, "loss")
     overrides = tiny_run_overrides(tmp_path, zen_of_python(tmp_path), **FAST, **{"trainer.save_interval": 2})
@@ -143,6 +145,7 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monke
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+@pytest.mark.e2e
 def test_nonfinite_weights_are_never_saved(tmp_path, monkeypatch):
     _poison_step(monkeypatch, 4, "weights")  # finite loss and gradients, NaN weights after step 4
     overrides = tiny_run_overrides(tmp_path, zen_of_python(tmp_path), **FAST, **{"trainer.save_interval": 2})
@@ -153,6 +156,7 @@ def test_nonfinite_weights_are_never_saved(tmp_path, monkeypatch):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+@pytest.mark.e2e
 def test_nonfinite_skip_counts_skipped_steps_in_metrics(tmp_path, monkeypatch):
     _poison_step(monkeypatch, 3, "loss")
     overrides = tiny_run_overrides(tmp_path, zen_of_python(tmp_path), **FAST, **{"trainer.nonfinite": "skip"})
@@ -191,6 +195,7 @@ def test_a_fused_adamw_skips_on_the_device_and_leaves_weights_and_moments_alone(
     assert not torch.equal(before[0], model.weight)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("policy", ["stop", "skip"])
 def test_a_fused_optimizer_checks_finiteness_without_a_host_sync_per_step(tmp_path, monkeypatch, policy):
     """optim.fused=true: a non-finite step is skipped by the optimizer on the device (the host-side skip path is
@@ -268,6 +273,7 @@ def _disk_full_at_step_8(monkeypatch, where: str) -> None:
         monkeypatch.setattr(state, "write_model_files", write_model_files)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["train_state.pt", "model.safetensors"])
 def test_disk_full_while_saving_stops_with_one_line_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch, where):
     overrides = tiny_run_overrides(tmp_path, zen_of_python(tmp_path), **FAST)
@@ -299,6 +305,7 @@ def test_a_replacement_killed_between_its_renames_is_undone(tmp_path):
 # -- 4. One training process per run directory ---------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_run_dir_lock_refuses_a_second_process_and_dies_with_its_holder(tmp_path):
     run_dir = tmp_path / "run"
     with lock_holder(run_dir) as holder:  # SIGKILLed after the body: no cleanup runs, the lock file stays behind
@@ -329,6 +336,7 @@ def _oom_at(monkeypatch, forward_calls: set[int]) -> None:
     monkeypatch.setattr(GPT, "forward", forward)
 
 
+@pytest.mark.slow
 def test_out_of_memory_halves_the_micro_batch_and_keeps_the_results(tmp_path, monkeypatch):
     """batch_size=4, grad_accum=2: out-of-memory in step 1 (its 2nd micro-step) or in step 3 -> micro-batch 2.
 
@@ -378,6 +386,7 @@ def test_out_of_memory_at_one_row_is_refused(tmp_path, monkeypatch):
         loop.run(compose_train(overrides))
 
 
+@pytest.mark.e2e
 def test_out_of_memory_copying_weights_for_the_update_ratio_turns_the_metric_off(tmp_path, monkeypatch, capsys):
     """The update/weight ratio copies every weight on log steps, outside the forward/backward OOM retry: an OOM
     there must cost the metric, never the run."""
@@ -408,6 +417,7 @@ def test_micro_batch_size_must_divide_the_batch():
 # -- 6. Resume with changed settings --------------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_resume_with_changed_lr_and_step_budget_is_logged(tmp_path, capsys):
     corpus = zen_of_python(tmp_path)
     loop.run(compose_train(tiny_run_overrides(tmp_path, corpus, **FAST)))
@@ -437,6 +447,7 @@ def test_resume_refuses_another_tokenizer_naming_the_difference(tmp_path):
 # -- 7. Keep the last K and the best by val loss ----------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_pruning_keeps_the_last_k_and_the_best_by_val_loss(tmp_path, monkeypatch):
     scripted = iter([9.0, 3.0, 1.0, 2.0, 4.0, 1.5])  # val loss at steps 0, 2, 4, 6, 8 and the final 10
     monkeypatch.setattr(periodic, "estimate_loss", lambda *a, **k: {"loss": (v := next(scripted)), "ppl": math.exp(v)})
@@ -469,6 +480,7 @@ def test_pruning_keeps_the_last_k_and_the_best_by_val_loss(tmp_path, monkeypatch
 # -- 8. Paths never lead out of the run directory --------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_pointer_leading_out_of_the_run_dir_is_refused(tmp_path):
     corpus = zen_of_python(tmp_path)
     overrides = tiny_run_overrides(tmp_path, corpus, **FAST, **{"trainer.max_steps": 2, "trainer.save_interval": 0})
@@ -489,6 +501,7 @@ def test_pointer_leading_out_of_the_run_dir_is_refused(tmp_path):
     assert victim.is_dir() and (ckpts / "step_0000002").is_dir()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", ["../../escape", "/tmp/escape", "a/../../b"])
 def test_run_name_leading_out_of_runs_dir_is_refused(tmp_path, name):
     overrides = [o for o in tiny_run_overrides(tmp_path, zen_of_python(tmp_path)) if not o.startswith("run_name=")]

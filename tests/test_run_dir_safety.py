@@ -94,6 +94,7 @@ def test_lock_linked_to_a_victim_is_refused_and_the_victim_kept(tmp_path, victim
     assert victim.read_text() == VICTIM_TEXT and os.path.lexists(run_dir / ".lock")
 
 
+@pytest.mark.e2e
 def test_training_with_a_lock_symlink_is_one_error_line_and_the_victim_kept(world, victim):
     run_dir = world / "runs" / "locklink"
     run_dir.mkdir(parents=True)
@@ -120,6 +121,7 @@ def test_open_no_follow_refuses_links_and_other_files(tmp_path, victim):
     assert (tmp_path / "new").read_text() == "x" and victim.read_text() == VICTIM_TEXT
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", ["metrics.jsonl", "samples.jsonl", "wandb_id.txt"])
 def test_log_file_symlink_is_refused_before_anything_is_written(world, victim, name):
     run_dir = world / "runs" / f"log-{name}"
@@ -131,6 +133,7 @@ def test_log_file_symlink_is_refused_before_anything_is_written(world, victim, n
     assert victim.read_text() == VICTIM_TEXT and snapshot(run_dir) == before
 
 
+@pytest.mark.e2e
 def test_files_replaced_whole_replace_a_symlink_instead_of_following_it(world, tmp_path):
     """config.yaml and the plots are written to a temp file and renamed over the link: the link goes, the file
     it led to stays."""
@@ -209,6 +212,7 @@ def test_pointer_to_a_checkpoint_linked_from_outside_the_run_is_refused(world):
         ("alias", "which is a checkpoint"),  # runs/alias: a link to done's checkpoint
     ],
 )
+@pytest.mark.e2e
 def test_run_name_into_another_run_or_the_runs_dir_is_refused(world, run_name, message):
     alias = world / "runs" / "alias"
     if not os.path.lexists(alias):
@@ -252,6 +256,7 @@ def test_a_successful_run_keeps_hydra_record(world):
     assert "run_name: done" in (record / "config.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_refused_starts_and_failed_resumes_leave_the_run_directory_as_it_was(world):
     run_dir = _copy_of_done(world, "busy")
     before = snapshot(run_dir)
@@ -275,6 +280,7 @@ def test_refused_starts_and_failed_resumes_leave_the_run_directory_as_it_was(wor
         assert snapshot(run_dir) == before, extra
 
 
+@pytest.mark.e2e
 def test_a_resumed_run_records_its_own_launch(world):
     run_dir = _copy_of_done(world, "resumed")
     code, err = train_cli(*run_args(world, "resumed", resume="auto", **{"trainer.max_steps": 4}))

@@ -32,6 +32,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sample", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.e2e
 def test_cli_prints_two_samples(checkpoint):
     result = run_cli(f"checkpoint={checkpoint}", f"prompt={PROMPT}", "max_new_tokens=5", "num_samples=2", "seed=0")
     assert result.returncode == 0, result.stderr
@@ -40,6 +41,7 @@ def test_cli_prints_two_samples(checkpoint):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.e2e
 def test_cli_missing_checkpoint_is_one_line_error(tmp_path):
     result = run_cli(f"checkpoint={tmp_path / 'missing'}", "prompt=hi")
     assert result.returncode == 2

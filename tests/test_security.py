@@ -40,6 +40,7 @@ def run_with_planted_state(tmp_path_factory) -> tuple[Path, Path, list[str]]:
     return checkpoint, marker, overrides
 
 
+@pytest.mark.e2e
 def test_loading_a_planted_training_state_refuses_it(run_with_planted_state):
     checkpoint, marker, _ = run_with_planted_state
     with pytest.raises(ValueError, match=r"refused to load .*train_state\.pt.*could run code") as e:
@@ -47,6 +48,7 @@ def test_loading_a_planted_training_state_refuses_it(run_with_planted_state):
     assert "\n" not in str(e.value) and not marker.exists()
 
 
+@pytest.mark.slow
 def test_resuming_from_it_is_a_one_line_error_and_runs_nothing(run_with_planted_state):
     checkpoint, marker, overrides = run_with_planted_state
     args = [o for o in overrides if not o.startswith("trainer.max_steps=")] + ["trainer.max_steps=12", "resume=auto"]

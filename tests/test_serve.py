@@ -61,6 +61,7 @@ def client(url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
 
 
+@pytest.mark.e2e
 def test_a_seeded_completion_is_the_pipelines_streamed_or_not(served):
     url, ckpt = served
     api = client(url)
@@ -100,6 +101,7 @@ def test_chat_completions_answer_as_the_pipelines_chat(served):
     assert "".join(c.choices[0].delta.content or "" for c in streamed) == want["generated_text"]
 
 
+@pytest.mark.e2e
 def test_sixteen_concurrent_clients_get_their_solo_outputs(served):
     url, _ = served
     prompts = [f"Story {i}: the" + " cat" * (i % 5) for i in range(16)]
@@ -147,6 +149,7 @@ def test_models_lists_the_served_model(served):
     assert [m.id for m in client(url).models.list()] == ["tiny"]
 
 
+@pytest.mark.e2e
 def test_the_playground_streams_a_completion_in_a_real_browser(served, tmp_path):
     """The page at / in headless chromium (Debian's, driven by Playwright): type a prompt, press Generate, the text
     streams in (several updates) and ends as the pipeline's completion for the same controls and seed."""
@@ -194,6 +197,7 @@ def test_the_playground_streams_a_completion_in_a_real_browser(served, tmp_path)
         (["checkpoint=x", "max_batch_sise=4"], "max_batch_sise"),
     ],
 )
+@pytest.mark.slow
 def test_bad_server_settings_are_one_error_line(args, message):
     proc = subprocess.run([sys.executable, "-m", "sample.serve", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=60)  # fmt: skip

@@ -31,6 +31,7 @@ def trained(tmp_path_factory) -> Path:
     return tmp / "run"
 
 
+@pytest.mark.e2e
 def test_smoke_run_writes_checkpoint_metrics_and_samples(trained):
     latest = (trained / "checkpoints" / "latest").read_text().strip()
     assert latest == "step_0000008"
@@ -72,6 +73,7 @@ def test_keep_last_prunes_old_checkpoints(trained):
     assert sorted(p.name for p in (trained / "checkpoints").glob("step_*")) == ["step_0000004", "step_0000008"]
 
 
+@pytest.mark.e2e
 def test_resume_continues_exactly(tmp_path, monkeypatch):
     corpus = zen_of_python(tmp_path)
     run(compose_train(tiny_run_overrides(tmp_path, corpus, "straight", **{"model.dropout": 0.1})))
@@ -99,6 +101,7 @@ def test_resume_refuses_a_different_architecture(trained, tmp_path):
         run(compose_train(overrides))
 
 
+@pytest.mark.e2e
 def test_time_budget_stops_and_saves(tmp_path):
     overrides = tiny_run_overrides(tmp_path, zen_of_python(tmp_path), **{"trainer.max_time": 1e-6})
     result = run(compose_train(overrides))
@@ -118,6 +121,7 @@ def test_corpus_shorter_than_a_window_is_refused(tmp_path):
         run(compose_train(overrides))
 
 
+@pytest.mark.e2e
 def test_golden_loss_trace(tmp_path):
     """A fixed-seed debug run must reproduce the stored trace: catches silent numerics changes.
 
@@ -140,6 +144,7 @@ def test_golden_loss_trace(tmp_path):
         ("trainer.dtype=fp8", "trainer.dtype='fp8' is not one of auto, float32, bfloat16, float16"),
     ],
 )
+@pytest.mark.slow
 def test_cli_config_errors_are_one_line(tmp_path, override, message):
     proc = subprocess.run(
         [sys.executable, "-m", "train", override, f"paths.runs_dir={tmp_path}"],
@@ -236,6 +241,7 @@ def test_grad_accumulation_matches_one_big_batch():
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("policy", ["stop", "skip"])
 def test_nonfinite_loss_is_caught_before_the_step(tmp_path, monkeypatch, policy):
     real = loop.forward_backward
@@ -262,6 +268,7 @@ def test_nonfinite_loss_is_caught_before_the_step(tmp_path, monkeypatch, policy)
         assert state["state"]["skipped_steps"] == 1
 
 
+@pytest.mark.e2e
 def test_wandb_logger_keeps_the_run_id_and_logs_samples_and_plots(tmp_path, monkeypatch):
     """logger=wandb: metrics, the sample table and the loss plots reach wandb, and a resumed run reuses the same
     wandb run id. Not logged in and no WANDB_MODE: offline, so the run never stops to ask for a key."""
@@ -324,6 +331,7 @@ def test_wandb_mode_follows_wandbs_rule(tmp_path, monkeypatch, mode, env, netrc_
     assert wandb_mode(mode) == expected
 
 
+@pytest.mark.e2e
 def test_sample_cli_on_a_training_run(trained):
     proc = subprocess.run(
         [sys.executable, "-m", "sample", f"checkpoint={trained}", "prompt=Beautiful is", "max_new_tokens=5", "seed=0"],
@@ -362,6 +370,7 @@ def test_dtype_auto_on_a_gpu_picks_bf16_only_with_bf16_tensor_cores(monkeypatch,
     assert asked == [gpu]  # the training device's capability, not the current device's
 
 
+@pytest.mark.e2e
 def test_resume_after_the_time_budget_is_spent_trains_no_more(tmp_path):
     corpus = zen_of_python(tmp_path)
     first = run(compose_train(tiny_run_overrides(tmp_path, corpus, **{"trainer.max_time": 1e-6})))
@@ -380,6 +389,7 @@ def test_compiled_training_matches_eager(tmp_path):
     assert [compiled[s] for s in range(1, 5)] == pytest.approx([eager[s] for s in range(1, 5)], rel=1e-4)
 
 
+@pytest.mark.e2e
 def test_cli_run_time_error_is_one_line_and_leaves_no_run_dir(tmp_path):
     proc = subprocess.run(
         [
@@ -403,6 +413,7 @@ def test_cli_run_time_error_is_one_line_and_leaves_no_run_dir(tmp_path):
     assert not any((tmp_path / "runs").iterdir())
 
 
+@pytest.mark.e2e
 def test_init_from_fine_tunes_a_checkpoint(trained, tmp_path):
     corpus = zen_of_python(tmp_path)
     scratch = run(compose_train(tiny_run_overrides(tmp_path, corpus, "scratch", **{"trainer.max_steps": 2})))
@@ -445,6 +456,7 @@ def test_compile_auto_is_on_for_cuda_and_long_cpu_runs():
     assert not use_compile(False, cuda, 10**6)
 
 
+@pytest.mark.e2e
 def test_muon_takes_the_hidden_matrices_and_trains_and_resumes(tmp_path, monkeypatch):
     from train.optim import Optimizers, build_optimizer, muon_params
 
@@ -466,6 +478,7 @@ def test_muon_takes_the_hidden_matrices_and_trains_and_resumes(tmp_path, monkeyp
     assert [resumed[s] for s in range(5, 9)] == [straight[s] for s in range(5, 9)]  # Muon's state resumes too
 
 
+@pytest.mark.e2e
 def test_whole_split_val_loss_is_score_tokens_over_the_val_split(tmp_path):
     import numpy as np
 
@@ -517,6 +530,7 @@ def test_keep_freed_memory_is_for_cpu_training_only(monkeypatch):
     assert dev.maybe_keep_freed_memory(True, torch.device("cpu")) is True and calls == [1]
 
 
+@pytest.mark.e2e
 def test_log_lines_show_elapsed_time_and_an_eta(tmp_path, capsys):
     """Every training log line ends with the run's elapsed wall time and the time left at its pace so far."""
     from train.log import eta_seconds, format_duration

@@ -31,6 +31,7 @@ def span_overrides(tmp_path: Path, name: str, **extra: object) -> list[str]:
     )
 
 
+@pytest.mark.e2e
 def test_t5_span_corruption_resumes_exactly(tmp_path, monkeypatch):
     run(compose_train(span_overrides(tmp_path, "straight")))
     train_killed_then_resumed(monkeypatch, span_overrides(tmp_path, "resumed"))
@@ -41,6 +42,7 @@ def test_t5_span_corruption_resumes_exactly(tmp_path, monkeypatch):
     assert model.config.vocab_size == 257 + 100 and model.config.decoder_start_id == tokenizer.eot_id
 
 
+@pytest.mark.e2e
 def test_t5_seq2seq_reports_exact_match_and_rouge(tmp_path):
     overrides = tiny_run_overrides(tmp_path, zen_pairs(tmp_path), task="seq2seq", **T5_TINY,
                                    **{"data": "pairs", "samples.eval_pairs": 4, "task.max_new_tokens": 16})  # fmt: skip
@@ -68,6 +70,7 @@ def test_objective_must_suit_model_and_data(tmp_path, overrides, message):
         run(compose_train(tiny_run_overrides(tmp_path, zen_of_python(tmp_path), **overrides)))
 
 
+@pytest.mark.slow
 def test_tiny_t5_overfits_pairs_and_generates_them_exactly():
     from data.tokenizer import get_tokenizer
     from sample.generate import complete
