@@ -378,7 +378,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-ROW = "{:<17} {:<9} {:>5}  {:<7} {:>10}  {:>6}"
+ROW = "{:<31} {:<9} {:>5}  {:<7} {:>10}  {:>6}"
 
 
 def run_rows(

@@ -596,11 +596,15 @@ def _assisted_tokens(
         qs: list[torch.Tensor] | None = None
         while True:
             kept = 0
+            # greedy without processors: every position's choice at once (one host sync a round, not one a token)
+            picks = rows.argmax(dim=-1)[0].tolist() if cfg.greedy and history is None else None
             for i in range(rows.size(1)):
                 scores = rows[:, i]  # (1, V)
                 if history is not None:
                     scores = process_logits(scores.float(), cfg, history, eos)
-                if i < len(drafts) and cfg.greedy:
+                if picks is not None:
+                    token = torch.tensor(picks[i : i + 1], device=idx.device)  # (1,)
+                elif i < len(drafts) and cfg.greedy:
                     token = torch.argmax(scores, dim=-1)  # (1,)
                 elif i < len(drafts):
                     p = torch.softmax(next_scores(scores, cfg), dim=-1)[0]  # (V,)
@@ -612,11 +616,12 @@ def _assisted_tokens(
                     on_scores(next_scores(scores, cfg), token)
                 if history is not None:
                     history.append(token)
-                seq[n], n, remaining = token[0], n + 1, remaining - 1
+                chosen = picks[i] if picks is not None else int(token)
+                seq[n], n, remaining = chosen, n + 1, remaining - 1
                 yield token
-                if remaining == 0 or int(token) in eos:
+                if remaining == 0 or chosen in eos:
                     return
-                if i == len(drafts) or int(token) != drafts[i]:
+                if i == len(drafts) or chosen != drafts[i]:
                     break
                 kept += 1
             if drafts:  # the cache holds the last round's token and every draft: keep the agreed ones
