@@ -161,7 +161,7 @@ def test_dtype_model_kwargs_and_the_default_task(pair, tmp_path):
     with pytest.raises(ValueError, match="the dtype is given twice"):
         pipeline(model=f"hf:{folder}", dtype="float32", torch_dtype=torch.float16)
     with pytest.raises(ValueError, match="is not a dtype"):
-        pipeline(model=f"hf:{folder}", dtype="int8")
+        pipeline(model=f"hf:{folder}", dtype="int4")
     with pytest.raises(ValueError, match="needs model="):
         pipeline("text-generation")
     from model import T5, T5Config
