@@ -129,17 +129,24 @@ class LinearCrossEntropy(torch.autograd.Function):
         loss = torch.zeros((), dtype=torch.float32, device=h.device)
         grad_h = torch.empty_like(h)
         grad_w = torch.zeros_like(weight, dtype=torch.float32)
+        w = weight.to(h.dtype)  # once (autocast would cast it for every chunk's two matmuls)
         for start in range(0, h.size(0), chunk_rows):
             rows = slice(start, start + chunk_rows)
             hc, tc, ok = h[rows], targets[rows].clamp(min=0), valid[rows]
-            logits = padded_logits(hc, weight, vocab_size)  # (n, V') fp32, padded columns -inf
-            lse = torch.logsumexp(logits, dim=-1)  # (n,)
+            logits = padded_logits(hc, w, vocab_size)  # (n, V') fp32, padded columns -inf
             picked = logits.gather(1, tc[:, None]).squeeze(1)  # (n,)
-            loss += ((lse - picked) * ok).sum()
-            grad = torch.exp_(logits.sub_(lse[:, None]))  # softmax (0 in the padded columns), in place of the logits
-            grad[torch.arange(grad.size(0), device=grad.device), tc] -= 1.0
-            grad = (grad * ok[:, None]).to(h.dtype)  # (n, V'): d(sum of losses)/d logits
-            grad_h[rows] = grad @ weight.to(h.dtype)
+            # one exp over the chunk, in place of the logits, for both the loss and its gradient (logsumexp and
+            # then exp(logits - lse) would take two): e = exp(logits - max), lse = max + log(sum e)
+            top = logits.amax(dim=-1)  # (n,)
+            e = torch.exp_(logits.sub_(top[:, None]))
+            total = e.sum(dim=-1)  # (n,)
+            loss += ((top + torch.log(total) - picked) * ok).sum()
+            # softmax - onehot (0 in the padded columns); an ignored row is divided by +inf and its one-hot weight
+            # is 0, so its gradient is 0 without another pass over the chunk
+            grad = e.div_(torch.where(ok, total, float("inf"))[:, None])
+            grad[torch.arange(grad.size(0), device=grad.device), tc] -= ok.to(grad.dtype)
+            grad = grad.to(h.dtype)  # (n, V'): d(sum of losses)/d logits
+            grad_h[rows] = grad @ w
             grad_w += (grad.t() @ hc).float()
         ctx.save_for_backward(grad_h, grad_w, count)
         ctx.weight_dtype = weight.dtype

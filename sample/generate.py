@@ -515,6 +515,8 @@ class _DraftModel:
 
     def __init__(self, model: LM, inputs: _Inputs) -> None:
         self.model, self.was_training = model, model.training
+        if not model.training:
+            decoding_layout(model)  # as _cached_decoding does for the model
         model.eval()
         self.inputs = dataclasses.replace(inputs, compile=False)
         self._start(inputs.idx)
