@@ -1,15 +1,17 @@
 """Training speed: a nanoloom training step against nanoGPT's CPU recipe, same architecture and batch, same run.
 
-For each of gpt-nano, gpt-mini and gpt2 (124M), GPT-2's 50257-token vocabulary, --batch rows of --block tokens:
+For each of gpt-nano, gpt-mini and gpt2 (124M), GPT-2's 50257-token vocabulary, and `demo` (the shape `make demo`
+trains: configs/experiment/demo.yaml's 4 x 256 rotary GPT with its 4,096-id BPE), --batch rows of --block tokens:
   nanoloom   train.loop.run with dry_run=true, as `python -m train model=<m> ... dry_run=true` runs it: its
              defaults (dtype=auto, the loss without the full logits, glibc keeping freed memory, all applied by
-             nanoloom itself) on shakespeare tokenized with GPT-2's BPE; the dry run times real steps
+             nanoloom itself) on shakespeare tokenized with GPT-2's BPE; the dry run times real steps. demo: as
+             `python -m train experiment=demo dry_run=true` (its corpus, Muon, no compile) at --batch x --block
   reference  nanoGPT's recipe: fp32 eager, the full (B, T, V) logits and F.cross_entropy, torch.optim.AdamW, in a
              fresh Python process that nanoloom's entry points never touched
 Each measurement is its own process: one warm-up step, then the median of 3 steps (forward, backward, optimizer
 step); peak RSS is the process's (ru_maxrss). MFU = training FLOPs per token (6N + attention) x tokens/s / the
 measured matmul peak of the step's dtype (train.perf.peak_flops). Run from the repo root on an idle machine:
-    python bench/train.py [--models gpt-nano gpt-mini gpt2] [--batch 8] [--block 256] [--out bench/train.json]
+    python bench/train.py [--models gpt-nano gpt-mini gpt2 demo] [--batch 8] [--block 256] [--out bench/train.json]
 The last stdout line is one JSON object: speedup_vs_reference, mfu and rss_ratio_vs_reference (of gpt-mini, or
 the first model), and `results` with every row.
 """
@@ -17,6 +19,7 @@ the first model), and `results` with every row.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import resource
 import statistics
 import sys
@@ -31,6 +34,7 @@ sys.path.insert(0, str(ROOT))  # bench/ is not an installed package: make `bench
 from bench.common import emit_json, in_subprocess, machine_info  # noqa: E402
 
 STEPS = 3  # timed steps after one warm-up, as the dry run does
+DEMO = "demo"  # the shape `make demo` trains (configs/experiment/demo.yaml: 4 x 256, its 4,096-id BPE)
 
 
 def reference_worker(model_name: str, batch: int, block: int) -> dict[str, Any]:
@@ -40,9 +44,14 @@ def reference_worker(model_name: str, batch: int, block: int) -> dict[str, Any]:
     from model import GPT, GPTConfig
 
     torch.manual_seed(0)
-    model = GPT(GPTConfig.from_name(model_name, vocab_size=50257, block_size=block))
+    if model_name == DEMO:
+        cfg = composed(["experiment=demo"])
+        config = dataclasses.replace(cfg.model, vocab_size=cfg.data.vocab_size, block_size=block)
+    else:
+        config = GPTConfig.from_name(model_name, vocab_size=50257, block_size=block)
+    model = GPT(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1)
-    data = torch.randint(0, 50257, (batch, block + 1), generator=torch.Generator().manual_seed(0))
+    data = torch.randint(0, config.vocab_size, (batch, block + 1), generator=torch.Generator().manual_seed(0))
     times = []
     for _ in range(1 + STEPS):
         t0 = time.perf_counter()
@@ -56,22 +65,29 @@ def reference_worker(model_name: str, batch: int, block: int) -> dict[str, Any]:
             "flops_per_token": model.flops_per_token(block), "params": model.num_params()}  # fmt: skip
 
 
-def nanoloom_worker(model_name: str, batch: int, block: int, cache_dir: str, run_dir: str) -> dict[str, Any]:
-    """nanoloom's training step through its own entry point (train.loop.run) in dry-run mode."""
+def composed(overrides: list[str]) -> Any:
+    """The training config `python -m train <overrides>` composes (configs/, typed)."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
     from train.config import register_schema
-    from train.loop import run
 
-    overrides = [
-        f"model={model_name}", "data=shakespeare", "data.tokenizer=gpt2", f"model.block_size={block}",
-        f"trainer.batch_size={batch}", f"paths.cache_dir={cache_dir}", f"paths.run_dir={run_dir}", "dry_run=true",
-    ]  # fmt: skip
     register_schema()
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = OmegaConf.to_object(compose("train", overrides=overrides))
-    result = run(cfg)
+        return OmegaConf.to_object(compose("train", overrides=overrides))
+
+
+def nanoloom_worker(model_name: str, batch: int, block: int, cache_dir: str, run_dir: str) -> dict[str, Any]:
+    """nanoloom's training step through its own entry point (train.loop.run) in dry-run mode."""
+    from train.loop import run
+
+    if model_name == DEMO:  # `make demo`'s run as it is: its corpus and BPE, optimizer, dtype and compile setting
+        data = ["experiment=demo"]
+    else:
+        data = [f"model={model_name}", "data=shakespeare", "data.tokenizer=gpt2"]
+    overrides = [*data, f"model.block_size={block}", f"trainer.batch_size={batch}", f"paths.cache_dir={cache_dir}",
+                 f"paths.run_dir={run_dir}", "dry_run=true"]  # fmt: skip
+    result = run(composed(overrides))
     return {"step_seconds": result["step_seconds"], "peak_rss": result["peak_memory"], "dtype": result["dtype"],
             "flops_per_token": result["flops_per_token"], "params": result["params"]}  # fmt: skip
 
@@ -103,7 +119,7 @@ def row(impl: str, model: str, r: dict[str, Any], tokens_per_step: int) -> dict[
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=["gpt-nano", "gpt-mini", "gpt2"])
+    p.add_argument("--models", nargs="+", default=["gpt-nano", "gpt-mini", "gpt2", DEMO])
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--block", type=int, default=256)
     p.add_argument("--out", default=None, help="also write the JSON to this file")
@@ -112,7 +128,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     tokens_per_step = args.batch * args.block
     results, summary = [], {}
     fmt = "{:<9} {:<10} {:<9} {:>9} {:>10} {:>6} {:>11} {:>8}"
-    print(f"batch {args.batch} x {args.block} tokens, GPT-2 vocabulary; median of {STEPS} steps after a warm-up")
+    print(f"batch {args.batch} x {args.block} tokens, GPT-2 vocabulary (demo: its 4,096-id BPE); median of {STEPS} "
+          "steps after a warm-up")  # fmt: skip
     print(fmt.format("model", "impl", "dtype", "ms/step", "tokens/s", "MFU", "of GFLOP/s", "RSS GB"))
     with tempfile.TemporaryDirectory() as tmp:
         cache = str(ROOT / ".cache" / "nanoloom")  # the prepared corpus is reused across runs

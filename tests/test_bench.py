@@ -78,6 +78,20 @@ def test_train_bench_compares_with_the_reference_and_prints_json(capsys, tmp_pat
     assert all(r["peak_gflops"] > 0 for r in result["results"])  # each MFU beside the peak it divides by
 
 
+def test_train_bench_reference_builds_the_demo_shape():
+    """The `demo` row's reference trains the architecture `make demo` trains, with its vocabulary."""
+    from bench.train import composed, reference_worker
+
+    cfg = composed(["experiment=demo"])
+    result = reference_worker("demo", 1, 16)
+    c = cfg.model
+    assert (c.n_layer, c.n_embd, c.pos, cfg.data.vocab_size) == (4, 256, "rope", 4096)
+    from model import GPT
+
+    expected = GPT(type(c)(**{**c.to_dict(), "vocab_size": 4096, "block_size": 16})).num_params()
+    assert result["params"] == expected and result["step_seconds"] > 0
+
+
 @pytest.mark.slow
 def test_resume_memory_bench_reports_each_ranks_peak_against_one_process(capsys, tmp_path):
     from bench.resume_memory import main as memory_main
