@@ -78,6 +78,7 @@ def test_train_bench_compares_with_the_reference_and_prints_json(capsys, tmp_pat
     assert all(r["peak_gflops"] > 0 for r in result["results"])  # each MFU beside the peak it divides by
 
 
+@pytest.mark.e2e
 def test_train_bench_reference_builds_the_demo_shape():
     """The `demo` row's reference trains the architecture `make demo` trains, with its vocabulary."""
     from bench.train import composed, reference_worker
