@@ -446,3 +446,41 @@ def test_output_scores_equal_transformers_transition_scores(tmp_path, mode):
         out = hf.generate(prompt, max_new_tokens=len(c.token_ids), do_sample=False, repetition_penalty=1.3,
                           eos_token_id=None, pad_token_id=0)  # fmt: skip
         assert out[0, prompt.size(1) :].tolist() == c.token_ids
+
+
+# T0 (bigscience/T0, T0_3B, T0pp) is T5 v1.1 LM-adapted: gated-GELU, untied head, more heads x d_kv than d_model
+# may hold, 32 buckets up to distance 128, decoder start 0. The same shape at toy size, with odd widths and a
+# vocabulary that is not a multiple of 64.
+T0_SHAPED = dict(vocab_size=37, d_model=24, d_kv=10, d_ff=56, num_layers=3, num_decoder_layers=2, num_heads=3,
+                 feed_forward_proj="gated-gelu", tie_word_embeddings=False, relative_attention_num_buckets=32,
+                 relative_attention_max_distance=128, dropout_rate=0.0, pad_token_id=0, eos_token_id=1,
+                 decoder_start_token_id=0)  # fmt: skip
+
+
+def test_a_t0_shaped_folder_matches_transformers_greedy_and_beams(tmp_path):
+    from sample.generate import beam_search
+
+    torch.manual_seed(0)
+    hf = transformers.T5ForConditionalGeneration(transformers.T5Config(**T0_SHAPED)).eval()
+    hf.save_pretrained(tmp_path)
+    (tmp_path / "tokenizer.json").write_text(t5_tokenizer_json())
+    model, tok = load_model(f"hf:{tmp_path}")
+    c = model.config
+    assert (c.mlp, c.tie_embeddings, c.n_head * c.head_size, c.vocab_size) == ("gated-gelu", False, 30, 37)
+    enc = torch.tensor([tok.encode("the cat sat on the mat") + [tok.eot_id]])
+    dec = torch.randint(2, 23, (1, 6))
+    with torch.no_grad():
+        expected = hf(input_ids=enc, decoder_input_ids=dec)
+        enc_out = model.encode(enc)
+        torch.testing.assert_close(enc_out, expected.encoder_last_hidden_state, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(model.decode(dec, enc_out), expected.logits, rtol=1e-5, atol=1e-5)
+        greedy = hf.generate(enc, max_new_tokens=12, do_sample=False, num_beams=1, min_new_tokens=12)
+        beams = hf.generate(enc, max_new_tokens=12, do_sample=False, num_beams=3, num_return_sequences=3,
+                            length_penalty=1.0, early_stopping=True, output_scores=True,
+                            return_dict_in_generate=True)  # fmt: skip
+    ours = torch.stack(list(generate_tokens(model, enc, 12, temperature=0.0)), dim=1)
+    assert ours[0].tolist() == greedy[0, 1:].tolist()
+    hyps = beam_search(model, enc, 12, num_beams=3, num_return_sequences=3, length_penalty=1.0, early_stopping=True,
+                       eos_token_id=1)[0]  # fmt: skip
+    assert [tokens for tokens, _ in hyps] == [row[1:].tolist() for row in beams.sequences]  # after the start id
+    assert [score for _, score in hyps] == pytest.approx(beams.sequences_scores.tolist(), abs=1e-5)
