@@ -40,7 +40,7 @@ MODEL_JSON = "model.json"
 HF_GENERATION_KEYS = (
     "max_new_tokens", "max_length", "min_new_tokens", "do_sample", "temperature", "top_k", "top_p", "min_p",
     "typical_p", "repetition_penalty", "no_repeat_ngram_size", "bad_words_ids", "suppress_tokens", "eos_token_id",
-    "num_beams", "length_penalty", "early_stopping",
+    "num_beams", "length_penalty", "early_stopping", "forced_bos_token_id", "forced_eos_token_id",
 )  # fmt: skip
 HF_DEFAULT_MAX_LENGTH = 20  # transformers' default max_length: in a generation_config.json, not a choice
 LATEST = "latest"  # a file in checkpoints/ holding the name of the newest complete checkpoint

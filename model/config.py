@@ -288,6 +288,91 @@ class T5Config:
         return cls(**{**T5_PRESETS[name], **overrides})
 
 
+BART_ACTIVATIONS = ("gelu", "gelu_new", "relu")
+
+
+@dataclass
+class BartConfig:
+    """BART (Lewis et al. 2019): post-norm encoder-decoder, learned positions offset by 2, GELU, biases."""
+
+    kind: str = "bart"  # registry key; always "bart" for this class
+    block_size: int = 1024  # max_position_embeddings: longest encoder input and decoder output (learned positions)
+    vocab_size: Optional[int] = 50265  # BART's byte-level BPE (GPT-2's merges, <s> <pad> </s> <unk> ... <mask>)
+    padding_multiple: int = 1  # BART's embedding is exactly its vocabulary
+    n_encoder_layer: int = 6  # encoder_layers
+    n_decoder_layer: int = 6  # decoder_layers
+    n_head: int = 12  # encoder and decoder attention heads
+    n_embd: int = 768  # d_model
+    intermediate_size: int = 3072  # encoder/decoder ffn_dim
+    activation: str = "gelu"  # activation_function: gelu (erf) | gelu_new (tanh) | relu
+    scale_embedding: bool = False  # token embeddings times sqrt(n_embd) (mBART-style configs)
+    dropout: float = 0.1  # dropout after embeddings, attention outputs and MLPs
+    norm_eps: float = 1e-5  # LayerNorm epsilon
+    init_std: float = 0.02  # normal init of every weight
+    pad_id: Optional[int] = 1  # <pad>: pads encoder inputs (masked out) and decoder targets
+    bos_id: Optional[int] = 0  # <s>: starts every encoder input
+    decoder_start_id: Optional[int] = 2  # </s>: BART's first decoder input
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        if self.kind != "bart":
+            raise ValueError(f"BartConfig got kind={self.kind!r}; use kind=bart")
+        _check_positive(
+            block_size=self.block_size,
+            n_encoder_layer=self.n_encoder_layer,
+            n_decoder_layer=self.n_decoder_layer,
+            n_head=self.n_head,
+            n_embd=self.n_embd,
+            intermediate_size=self.intermediate_size,
+            padding_multiple=self.padding_multiple,
+        )
+        if self.vocab_size is not None:
+            _check_positive(vocab_size=self.vocab_size)
+        _check_choice("activation", self.activation, BART_ACTIVATIONS)
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(f"model.n_embd={self.n_embd} is not divisible by model.n_head={self.n_head}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout={self.dropout} must be in [0, 1)")
+        _check_non_negative(norm_eps=self.norm_eps, init_std=self.init_std)
+        for name in ("pad_id", "bos_id", "decoder_start_id"):
+            value = getattr(self, name)
+            if value is not None and not (0 <= value and (self.vocab_size is None or value < self.vocab_size)):
+                raise ValueError(f"model.{name}={value} is not a token id of the vocabulary; set model.{name}=<id>")
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return find_multiple(self.vocab_size, self.padding_multiple)
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def tie_embeddings(self) -> bool:
+        """BART always ties the output head to the shared embedding."""
+        return True
+
+    @property
+    def n_layer(self) -> int:
+        return self.n_encoder_layer + self.n_decoder_layer
+
+    def estimated_numel(self) -> int:
+        """Elements of the parameters (tied matrices once), by arithmetic alone (see GPTConfig.estimated_numel)."""
+        C, F = self.n_embd, self.intermediate_size
+        attn, mlp, norm = 4 * C * C + 4 * C, 2 * C * F + F + C, 2 * C
+        encoder = self.n_encoder_layer * (attn + mlp + 2 * norm)
+        decoder = self.n_decoder_layer * (2 * attn + mlp + 3 * norm)
+        positions = 2 * (self.block_size + 2) * C
+        return self.padded_vocab_size * C + positions + encoder + decoder + 2 * norm
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BartConfig:
+        return cls(**_known_keys(cls, d))
+
+
 _V1_1 = dict(mlp="gated-gelu", tie_embeddings=False, dropout=0.0)
 # Raffel et al. 2020 (v1.0) and the T5 v1.1 checkpoints; t5-tiny is CPU-sized for tests and demos.
 T5_PRESETS: dict[str, dict[str, Any]] = {

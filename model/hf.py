@@ -1,9 +1,11 @@
-"""Hugging Face GPT-2 and T5 checkpoints in nanoloom: config and state-dict conversion, and loading from a folder or
-the hub (`load_model("hf:gpt2")`, `load_hf_model("./t5-small")`). No transformers import: plain dicts of tensors.
+"""Hugging Face GPT-2, T5 and BART checkpoints in nanoloom: config and state-dict conversion, and loading from a
+folder or the hub (`load_model("hf:gpt2")`, `load_hf_model("./t5-small")`). No transformers import: plain dicts of
+tensors.
 
 GPT-2's checkpoints store attention and MLP weights as Conv1D (in_features, out_features); ours are nn.Linear
 (out_features, in_features), so those four matrices are transposed. T5 names map one to one by renaming
-(layer.0.SelfAttention -> attn, layer.1.EncDecAttention -> cross_attn, DenseReluDense -> mlp, ...).
+(layer.0.SelfAttention -> attn, layer.1.EncDecAttention -> cross_attn, DenseReluDense -> mlp, ...). BART's names
+are Hugging Face's without their "model." prefix.
 Weights are read from safetensors, or from pytorch_model.bin with torch.load(weights_only=True): never unpickled.
 huggingface_hub (hub names) and data.tokenizer (which reads the tokenizer that comes with a model) are imported lazily.
 """
@@ -23,11 +25,11 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from model.config import GPTConfig, T5Config
+from model.config import BartConfig, GPTConfig, T5Config
 from model.registry import build_model
 from nanoloom.net import resolves
 
-SUPPORTED_MODEL_TYPES = ("gpt2", "t5")
+SUPPORTED_MODEL_TYPES = ("gpt2", "t5", "bart")
 PREFIX = "hf:"  # load_model("hf:<hub name or folder>") routes here
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -168,6 +170,56 @@ def t5_state_dict_from_hf(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.
         out[t5_rename(key, to_hf=False) or key] = value  # shared/lm_head keep their names
     if "lm_head.weight" not in out and "shared.weight" in out:
         out["lm_head.weight"] = out["shared.weight"]  # v1.0, and v1.1 as transformers >= 5 saves it
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# BART (facebook/bart-base, bart-large and their fine-tunes: bart-large-cnn, bart-large-xsum ...)
+
+
+def bart_config_from_hf(hf_config: dict[str, Any], **overrides: Any) -> BartConfig:
+    """A BartConfig equal to a Hugging Face BART config.json, as a dict; other layouts are refused by name."""
+    if hf_config.get("model_type", "bart") != "bart":
+        raise ValueError(f"expected a BART config, got model_type={hf_config.get('model_type')!r}")
+    for key, plain in (("normalize_before", False), ("add_final_layer_norm", False), ("tie_word_embeddings", True)):
+        if hf_config.get(key, plain) != plain:
+            raise ValueError(f"BART config has {key}={hf_config[key]}; nanoloom's BART supports only {key}={plain}")
+    for a, b in (("encoder_attention_heads", "decoder_attention_heads"), ("encoder_ffn_dim", "decoder_ffn_dim")):
+        if hf_config[a] != hf_config[b]:
+            raise ValueError(f"BART config has {a}={hf_config[a]} but {b}={hf_config[b]}; nanoloom needs them equal")
+    act = hf_config.get("activation_function", "gelu")
+    if act not in ("gelu", "gelu_new", "relu"):
+        raise ValueError(f"BART activation_function={act!r} has no nanoloom equivalent (gelu, gelu_new, relu)")
+    kwargs = dict(
+        block_size=hf_config["max_position_embeddings"],
+        vocab_size=hf_config["vocab_size"],
+        n_encoder_layer=hf_config["encoder_layers"],
+        n_decoder_layer=hf_config["decoder_layers"],
+        n_head=hf_config["encoder_attention_heads"],
+        n_embd=hf_config["d_model"],
+        intermediate_size=hf_config["encoder_ffn_dim"],
+        activation=act,
+        scale_embedding=hf_config.get("scale_embedding", False),
+        dropout=hf_config.get("dropout", 0.1),
+        init_std=hf_config.get("init_std", 0.02),
+        pad_id=hf_config.get("pad_token_id", 1),
+        bos_id=hf_config.get("bos_token_id", 0),
+        decoder_start_id=hf_config.get("decoder_start_token_id", 2),
+    )
+    return BartConfig(**{**kwargs, **overrides})
+
+
+def bart_state_dict_from_hf(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A BartForConditionalGeneration (or BartModel) state dict in our names: Hugging Face's without "model.";
+    the encoder's and decoder's embed_tokens are the shared embedding, the head is tied to it."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in hf_state.items():
+        name = key.removeprefix("model.")
+        if name in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight"):
+            continue
+        out[name] = value
+    if "lm_head.weight" not in out and "shared.weight" in out:
+        out["lm_head.weight"] = out["shared.weight"]
     return out
 
 
@@ -348,15 +400,16 @@ def read_hf_config(directory: str | Path) -> dict[str, Any]:
     return config
 
 
-def config_from_hf(hf_config: dict[str, Any], where: str = "config.json") -> GPTConfig | T5Config:
-    """Our config for a Hugging Face config.json of a supported model type (gpt2, t5)."""
+def config_from_hf(hf_config: dict[str, Any], where: str = "config.json") -> GPTConfig | T5Config | BartConfig:
+    """Our config for a Hugging Face config.json of a supported model type (gpt2, t5, bart)."""
     model_type = hf_config.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(
             f"{where} has model_type={model_type!r}; nanoloom imports only {', '.join(SUPPORTED_MODEL_TYPES)} models"
         )
+    convert = {"gpt2": gpt_config_from_hf, "t5": t5_config_from_hf, "bart": bart_config_from_hf}[model_type]
     try:
-        return gpt_config_from_hf(hf_config) if model_type == "gpt2" else t5_config_from_hf(hf_config)
+        return convert(hf_config)
     except KeyError as e:
         raise ValueError(f"{where} has no {e.args[0]!r}; it is not a complete {model_type} config") from None
 
@@ -382,8 +435,8 @@ def load_hf_model(
             f"the tokenizer in {directory} has {tokenizer.vocab_size} tokens but the model only {config.vocab_size}; "
             "the folder mixes files of different models"
         )
-    convert = gpt_state_dict_from_hf if config.kind == "gpt" else t5_state_dict_from_hf
-    state = convert(load_hf_weights(directory))
+    convert = {"gpt": gpt_state_dict_from_hf, "t5": t5_state_dict_from_hf, "bart": bart_state_dict_from_hf}
+    state = convert[config.kind](load_hf_weights(directory))
     model = build_model(config)
     _load_state_dict(model, state, directory, hf_config)
     model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
@@ -393,7 +446,7 @@ def load_hf_model(
 
 def _load_state_dict(model: nn.Module, state: dict[str, torch.Tensor], directory: Path, hf_config: dict) -> None:
     """Copy converted weights into the model; every parameter must be matched exactly once, with its shape."""
-    embedding = "transformer.wte.weight" if model.config.kind == "gpt" else "shared.weight"
+    embedding = "transformer.wte.weight" if model.config.kind == "gpt" else "shared.weight"  # t5, bart
     head, emb = state.get("lm_head.weight"), state.get(embedding)
     if model.config.tie_embeddings and head is not None and emb is not None and head is not emb:
         if head.shape != emb.shape or not torch.equal(head, emb):
@@ -415,7 +468,7 @@ def _load_state_dict(model: nn.Module, state: dict[str, torch.Tensor], directory
         raise ValueError(
             f"the weights in {directory} do not fit its config.json (architecture {arch}; missing {missing[:4]}, "
             f"unexpected {unexpected[:4]}, shape mismatch (file vs config) {wrong[:2]}); nanoloom imports "
-            "GPT2LMHeadModel and T5ForConditionalGeneration checkpoints"
+            "GPT2LMHeadModel, T5ForConditionalGeneration and BartForConditionalGeneration checkpoints"
         )
     model.load_state_dict(state)
 

@@ -6,14 +6,21 @@ from typing import Any
 
 import torch.nn as nn
 
-from model.config import GPTConfig, T5Config
+from model.bart import Bart
+from model.config import BartConfig, GPTConfig, T5Config
 from model.gpt import GPT
 from model.t5 import T5
 
 MODELS: dict[str, tuple[type, type[nn.Module]]] = {
     "gpt": (GPTConfig, GPT),
     "t5": (T5Config, T5),
+    "bart": (BartConfig, Bart),
 }
+ENCODER_DECODERS = ("t5", "bart")  # kinds whose prompt is an encoder input and whose output is decoded from a start id
+
+
+def is_encoder_decoder(kind: str) -> bool:
+    return kind in ENCODER_DECODERS
 
 
 def config_from_dict(d: dict[str, Any]) -> Any:

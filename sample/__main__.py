@@ -179,8 +179,8 @@ def _load(checkpoint: str, device: torch.device, dtype: str = "auto") -> tuple[o
     if dtype == "int8":
         quantize_int8(model)
     kind = model_kind(model)
-    if kind not in ("gpt", "t5"):
-        raise ValueError(f"checkpoint={checkpoint!r} holds a {kind} model; python -m sample needs gpt or t5")
+    if kind not in ("gpt", "t5", "bart"):
+        raise ValueError(f"checkpoint={checkpoint!r} holds a {kind} model; python -m sample needs gpt, t5 or bart")
     return model, tokenizer, kind
 
 
@@ -236,7 +236,7 @@ def run(cfg: SampleConfig, edits: set[str] | None = None) -> None:
             "are not used",
             stacklevel=2,
         )
-    echo = prefix if infilling else (prompt if kind == "gpt" else "")  # t5 prints its output alone
+    echo = prefix if infilling else (prompt if kind == "gpt" else "")  # an encoder-decoder prints its output alone
     label = "beam" if beams else ("sample" if kind == "gpt" else "output")
     n = cfg.num_samples
 
@@ -425,7 +425,7 @@ def _print_header(
         + (" (recorded in the checkpoint)" if recorded else "")
         + (", fill in the middle" if infilling else "")
         + (f", beam search with {settings.num_beams} beams" if beams else f", seed={seed}")
-        + ("; t5: the prompt is the encoder input, each output is printed alone" if kind == "t5" else ""),
+        + (f"; {kind}: the prompt is the encoder input, each output is printed alone" if kind != "gpt" else ""),
         file=sys.stderr,
     )
 

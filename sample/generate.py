@@ -32,7 +32,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from data.tokenizer import Tokenizer
-from model import GPT, T5
+from model import GPT, T5, is_encoder_decoder
 from sample.assisted import DEFAULT_NGRAM, keep_or_replace, lookup_draft
 from sample.sampling import GenerationConfig, History, choose, draw, next_scores, process_logits
 from sample.stopping import TextRow
@@ -166,7 +166,7 @@ def _fit_inputs(
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 0")
     pad = enc_mask = None
-    if model_kind(model) == "t5":
+    if is_encoder_decoder(model_kind(model)):
         if attention_mask is not None and attention_mask.shape != idx.shape:
             raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)} but idx has {tuple(idx.shape)}")
         enc_mask = attention_mask.bool() if attention_mask is not None else None  # True = real token
@@ -197,7 +197,7 @@ class _Decoder:
         self.enc_mask = enc_mask
         self.tokens: torch.Tensor | None = None  # gpt: (B, L) the ids in the cache slots, to re-prefill from
         B, device = idx.size(0), idx.device
-        if model_kind(model) == "t5":
+        if is_encoder_decoder(model_kind(model)):
             configured = getattr(model.config, "decoder_start_id", None)
             start = configured if configured is not None else start
             if start is None:
@@ -385,9 +385,9 @@ def new_token_budget(cfg: GenerationConfig, prompt_len: int, kind: str) -> int:
     if cfg.max_new_tokens is not None:
         return cfg.max_new_tokens
     max_length = cfg.max_length if cfg.max_length is not None else DEFAULT_MAX_LENGTH
-    used = 1 if kind == "t5" else prompt_len
+    used = 1 if is_encoder_decoder(kind) else prompt_len
     if max_length <= used:
-        what = "the decoder start token" if kind == "t5" else f"the prompt of {prompt_len} tokens"
+        what = "the decoder start token" if is_encoder_decoder(kind) else f"the prompt of {prompt_len} tokens"
         raise ValueError(f"max_length={max_length} leaves no room after {what}; raise it or set max_new_tokens")
     return max_length - used
 
@@ -402,6 +402,8 @@ def needs_processing(cfg: GenerationConfig) -> bool:
         or cfg.bad_words_ids
         or cfg.suppress_tokens
         or cfg.min_new_tokens
+        or cfg.forced_bos_token_id is not None
+        or cfg.forced_eos_token_id is not None
     )
 
 
@@ -820,7 +822,7 @@ def tokenizer_vocab_limit(model: LM, tokenizer: Tokenizer) -> int | None:
 
 def strips_space(model: LM, tokenizer: Tokenizer) -> bool:
     """A T5 output decoded token by token with a SentencePiece vocabulary loses its leading word-boundary space."""
-    return model_kind(model) == "t5" and bool(getattr(tokenizer, "strips_leading_space", False))
+    return is_encoder_decoder(model_kind(model)) and bool(getattr(tokenizer, "strips_leading_space", False))
 
 
 def row_seeds(seed: int | None, n: int) -> list[int]:
@@ -844,13 +846,18 @@ def _prompt_device(model: nn.Module, device: str | torch.device | None) -> torch
 
 
 def prompt_ids(tokenizer: Tokenizer, prompt: str, kind: str) -> list[int]:
-    """The ids generation starts from: a gpt prompt (empty: end-of-text alone, GPT-2's unconditional start), or a
-    t5 encoder input ending with end-of-text (as every input nanoloom trains T5 on, and Hugging Face's "</s>")."""
+    """The ids generation starts from: a gpt prompt (empty: end-of-text alone, GPT-2's unconditional start), or an
+    encoder input ending with end-of-text (as every input nanoloom trains T5 on, and Hugging Face's "</s>"); a bart
+    input also starts with its tokenizer's "<s>", as BART's tokenizer frames every input."""
     ids = tokenizer.encode(prompt)
-    if not ids or kind == "t5":
+    if not ids or is_encoder_decoder(kind):
         if getattr(tokenizer, "eot_id", None) is None:
             raise ValueError("the tokenizer has no end-of-text token to start from or end an input with")
         ids = ids + [tokenizer.eot_id]
+    if kind == "bart":
+        if getattr(tokenizer, "bos_id", None) is None:
+            raise ValueError('a bart input starts with "<s>", and this tokenizer has no such token')
+        ids = [tokenizer.bos_id, *ids]
     return ids
 
 
@@ -917,6 +924,7 @@ class _Request:
                 max_tokens=limit,
                 prompt=None if code is None else code[j // n],
                 strip_leading_space=strips_space(model, tokenizer),
+                hidden_ids=[cfg.forced_bos_token_id] if cfg.forced_bos_token_id is not None else [],
             )
             for j, limit in enumerate(self.limits)
         ]

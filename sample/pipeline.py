@@ -51,8 +51,9 @@ TYPE_WORDS = {
     "List[List[int]]": "a list of lists of token ids",
 }
 INPUTS = "a string or a non-empty list of strings"
-KIND_NAMES = {"gpt": "a decoder-only (gpt) model", "t5": "an encoder-decoder (t5) model"}
-TASK_OF_KIND = {"gpt": "text-generation", "t5": "text2text-generation"}
+KIND_NAMES = {"gpt": "a decoder-only (gpt) model", "t5": "an encoder-decoder (t5) model",
+              "bart": "an encoder-decoder (bart) model"}  # fmt: skip
+TASK_OF_KIND = {"gpt": "text-generation", "t5": "text2text-generation", "bart": "text2text-generation"}
 DEFAULT_MAX_NEW_TOKENS = 256  # text-generation without a length argument (transformers' pipeline default)
 
 
@@ -65,10 +66,11 @@ class _GenerationPipeline:
 
     def __init__(self, model: GPT | T5, tokenizer: Tokenizer, defaults: dict[str, object] | None = None) -> None:
         kind = model_kind(model)
-        if kind != self.kind:
+        if TASK_OF_KIND.get(kind) != self.task:
             got = KIND_NAMES.get(kind, f"a {kind!r} model")
             fix = f'use pipeline("{TASK_OF_KIND[kind]}", ...)' if kind in TASK_OF_KIND else "no pipeline supports it"
             raise ValueError(f"{self.task} needs {KIND_NAMES[self.kind]} but got {got}; {fix}")
+        self.kind = kind  # the model's own: t5 and bart frame their encoder inputs differently (prompt_ids)
         if tokenizer.vocab_size > model.config.vocab_size:
             raise ValueError(
                 f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size}; "
@@ -363,7 +365,8 @@ class TextGenerationPipeline(_GenerationPipeline):
 
 
 class Text2TextGenerationPipeline(_GenerationPipeline):
-    """Map inputs to outputs with an encoder-decoder (T5) model; call it like transformers' text2text pipeline."""
+    """Map inputs to outputs with an encoder-decoder (T5, BART) model; call it like transformers' text2text
+    pipeline."""
 
     task = "text2text-generation"
     kind = "t5"

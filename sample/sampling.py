@@ -67,6 +67,8 @@ class GenerationConfig:
     num_return_sequences: int = 1  # outputs per prompt (sampling: independent samples; beams: the best ones)
     length_penalty: float = 1.0  # beam score = sum log p / length ** length_penalty
     early_stopping: bool = False  # beam search: stop a row once num_beams hypotheses are finished
+    forced_bos_token_id: Optional[int] = None  # the first generated token (BART's <s>)
+    forced_eos_token_id: Optional[int] = None  # the last token a length-limited output ends with (BART's </s>)
     prompt_lookup_num_tokens: Optional[int] = None  # > 0: assisted decoding drafting this many tokens from the context
     max_matching_ngram_size: Optional[int] = None  # prompt lookup's longest n-gram to match; None: 2
     num_assistant_tokens: int = 20  # a draft model's first draft length (then +2 when all kept, else -1)
@@ -202,6 +204,8 @@ def check_generation_config(c: GenerationConfig) -> None:
     if not all(isinstance(s, str) for s in c.stop_strings):
         raise ValueError(f"stop_strings={c.stop_strings!r} must be a list of strings")
     _positive_int_or_none("num_beams", c.num_beams, 1)
+    _positive_int_or_none("forced_bos_token_id", c.forced_bos_token_id, 0)
+    _positive_int_or_none("forced_eos_token_id", c.forced_eos_token_id, 0)
     _positive_int_or_none("prompt_lookup_num_tokens", c.prompt_lookup_num_tokens, 0)
     _positive_int_or_none("max_matching_ngram_size", c.max_matching_ngram_size, 1)
     _positive_int_or_none("num_assistant_tokens", c.num_assistant_tokens, 1)
@@ -251,6 +255,7 @@ class History:
     ids: torch.Tensor  # (B, L)
     pad: torch.Tensor  # (B,) left-padding columns of each row
     length: int  # filled columns
+    budget: int  # tokens this generation may make (max_new_tokens)
     generated: int = 0  # tokens generated so far (the same for every row)
     counts: torch.Tensor | None = None  # (B, V) float
     seen: torch.Tensor | None = None  # (B, V) bool
@@ -264,7 +269,7 @@ class History:
         ids = torch.zeros(B, T + max_new_tokens, dtype=torch.long, device=prompt.device)
         ids[:, :T] = prompt
         pad = pad if pad is not None else torch.zeros(B, dtype=torch.long, device=prompt.device)
-        h = cls(ids, pad, T)
+        h = cls(ids, pad, T, max_new_tokens)
         if cfg.presence_penalty or cfg.frequency_penalty:
             h.counts = torch.zeros(B, vocab_size, device=prompt.device)
         if cfg.repetition_penalty != 1.0:
@@ -381,6 +386,14 @@ def process_logits(logits: torch.Tensor, cfg: GenerationConfig, history: History
     if suppressed:
         logits = logits.clone()
         logits[:, suppressed] = float("-inf")
+    forced = None  # transformers' ForcedBOS/ForcedEOS processors: one token allowed, at score 0
+    if cfg.forced_bos_token_id is not None and history.generated == 0:
+        forced = cfg.forced_bos_token_id
+    elif cfg.forced_eos_token_id is not None and history.generated == history.budget - 1:
+        forced = cfg.forced_eos_token_id
+    if forced is not None and forced < V:
+        logits = torch.full_like(logits, float("-inf"))
+        logits[:, forced] = 0.0
     return logits
 
 

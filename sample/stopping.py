@@ -92,10 +92,13 @@ class TextRow:
         prompt: str | None = None,
         max_tokens: int | None = None,
         strip_leading_space: bool = False,
+        hidden_ids: Sequence[int] = (),
     ) -> None:
-        """prompt: the code before the completion when it should end with its top-level block (None: never)."""
+        """prompt: the code before the completion when it should end with its top-level block (None: never).
+        hidden_ids: ids kept in token_ids but not in the text (BART's forced <s>, structure rather than words)."""
         self.tokenizer = tokenizer
         self.eos_ids = frozenset(eos_ids)
+        self.hidden_ids = frozenset(hidden_ids)
         self.stops = [s for s in stop_strings if s]
         self.prompt = prompt
         self.max_tokens = max_tokens
@@ -119,6 +122,8 @@ class TextRow:
         self.token_ids.append(token)
         if token in self.eos_ids:
             return self.finish("eos")
+        if token in self.hidden_ids:
+            return ""
         piece = self.utf8.decode(self.tokenizer.decode_bytes([token]))
         if self.strip_leading_space and piece:
             piece, self.strip_leading_space = piece.removeprefix(" "), False

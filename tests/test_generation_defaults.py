@@ -204,7 +204,8 @@ def test_every_scalar_decoding_control_is_a_command_line_override_of_the_preset(
                "top_k": 3, "top_p": 0.9, "min_p": 0.05, "typical_p": 0.8, "repetition_penalty": 1.2,
                "presence_penalty": 0.1, "frequency_penalty": 0.2, "no_repeat_ngram_size": 3, "num_beams": 1,
                "length_penalty": 0.5, "early_stopping": True, "stop_at_top_level": True,
-               "prompt_lookup_num_tokens": 4, "max_matching_ngram_size": 3, "num_assistant_tokens": 5}  # fmt: skip
+               "prompt_lookup_num_tokens": 4, "max_matching_ngram_size": 3, "num_assistant_tokens": 5,
+               "forced_bos_token_id": 0, "forced_eos_token_id": 2}  # fmt: skip
     assert set(changed) == set(controls)
     settings = SampleConfig(checkpoint="x", prompt="p", task=TaskConfig(), **changed).settings()
     assert {k: getattr(settings, k) for k in changed} == changed

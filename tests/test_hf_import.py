@@ -304,7 +304,7 @@ def test_pickle_that_would_run_code_is_refused(tmp_path):
 
 def test_errors_are_one_line(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 100}))
-    with pytest.raises(ValueError, match=r"model_type='llama'; nanoloom imports only gpt2, t5 models") as e:
+    with pytest.raises(ValueError, match=r"model_type='llama'; nanoloom imports only gpt2, t5, bart models") as e:
         load_model(f"hf:{tmp_path}")
     assert "\n" not in str(e.value)
 

@@ -128,6 +128,7 @@ class HFTokenizer:
         self.num_sentinels = len(self.sentinel_ids)
         self._appended = layout.appended_sentinels
         self.pad_id = vocab.get("<pad>")
+        self.bos_id = vocab.get("<s>")  # BART's (and RoBERTa's) start of every input; None when the vocabulary has none
         if eot_id is None:
             eot_id = next((vocab[t] for t in ("</s>", EOT_TEXT) if t in vocab), None)
         if eot_id is None:
