@@ -33,7 +33,7 @@ from model.checkpoint import (
     read_tokenizer,
     resolve_checkpoint,
 )
-from model.config import GPTConfig, T5Config
+from model.config import BartConfig, GPTConfig, T5Config
 from model.hf import t5_rename
 from model.registry import build_model, config_from_dict
 from nanoloom.files import atomic_directory, remove_stale_temp_dirs
@@ -71,13 +71,15 @@ def _fmt(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def hf_architecture(config: GPTConfig | T5Config) -> str:
-    """The transformers architecture that computes exactly what this model computes: gpt2 | llama | t5.
+def hf_architecture(config: GPTConfig | T5Config | BartConfig) -> str:
+    """The transformers architecture that computes exactly what this model computes: gpt2 | llama | t5 | bart.
 
     Raises a one-line ValueError naming the options that have no GPT-2 or Llama equivalent.
     """
     if isinstance(config, T5Config):
         return "t5"
+    if isinstance(config, BartConfig):
+        return "bart"
     gpt2_bad = [f"{k}={_fmt(getattr(config, k))}" for k, v in GPT2_OPTIONS.items() if getattr(config, k) != v]
     if config.n_kv_head != config.n_head:
         gpt2_bad.append(f"n_kv_head={config.n_kv_head}")
@@ -99,7 +101,7 @@ def hf_architecture(config: GPTConfig | T5Config) -> str:
 # weights
 
 
-def read_state_dict(directory: Path, config: GPTConfig | T5Config) -> dict[str, torch.Tensor]:
+def read_state_dict(directory: Path, config: GPTConfig | T5Config | BartConfig) -> dict[str, torch.Tensor]:
     """All of a checkpoint's tensors under our names, tied weights under both names, checked against the config
     (names, shapes and dtypes in the file's header first: model.checkpoint.check_weights) and finite."""
     with torch.device("meta"):  # shapes only: no memory, no init
@@ -109,7 +111,7 @@ def read_state_dict(directory: Path, config: GPTConfig | T5Config) -> dict[str, 
     except SafetensorError as e:
         raise damaged_weights(directory / WEIGHTS, e) from e
     check_finite_weights(state.items(), directory / WEIGHTS)  # NaN or inf would be exported as they are
-    tied = {"gpt": ("transformer.wte.weight", "lm_head.weight"), "t5": ("shared.weight", "lm_head.weight")}[config.kind]
+    tied = ("transformer.wte.weight", "lm_head.weight") if config.kind == "gpt" else ("shared.weight", "lm_head.weight")
     if config.tie_embeddings:  # safetensors stores a tied matrix once, under either name
         for a, b in (tied, tied[::-1]):
             if a in state and b not in state:
@@ -166,6 +168,17 @@ def t5_state_dict(state: dict[str, torch.Tensor], config: T5Config) -> dict[str,
         if name is None:
             raise AssertionError(f"no Hugging Face T5 name for {key}")
         out[name] = value
+    return out
+
+
+def bart_state_dict(state: dict[str, torch.Tensor], config: BartConfig) -> dict[str, torch.Tensor]:
+    """Our BART -> BartForConditionalGeneration keys: Hugging Face's names are ours under "model."; the head and the
+    stacks' embed_tokens are the shared embedding (transformers ties them), final_logits_bias stays at the top."""
+    out = {}
+    for key, value in state.items():
+        if key == "lm_head.weight":
+            continue
+        out[key if key == "final_logits_bias" else f"model.{key}"] = value
     return out
 
 
@@ -262,6 +275,39 @@ def t5_config(config: T5Config, eot_id: int | None, dtype: torch.dtype) -> dict[
     }
 
 
+def bart_config(config: BartConfig, eot_id: int | None, dtype: torch.dtype) -> dict[str, Any]:
+    """config.json of a BartForConditionalGeneration equal to our BART."""
+    return {
+        "architectures": ["BartForConditionalGeneration"],
+        "model_type": "bart",
+        "is_encoder_decoder": True,
+        "vocab_size": config.vocab_size,
+        "max_position_embeddings": config.block_size,
+        "d_model": config.n_embd,
+        "encoder_layers": config.n_encoder_layer,
+        "decoder_layers": config.n_decoder_layer,
+        "encoder_attention_heads": config.n_head,
+        "decoder_attention_heads": config.n_head,
+        "encoder_ffn_dim": config.intermediate_size,
+        "decoder_ffn_dim": config.intermediate_size,
+        "activation_function": config.activation,
+        "scale_embedding": config.scale_embedding,
+        "dropout": config.dropout,
+        "attention_dropout": 0.0,
+        "activation_dropout": 0.0,
+        "init_std": config.init_std,
+        "normalize_before": False,
+        "add_final_layer_norm": False,
+        "tie_word_embeddings": True,
+        "pad_token_id": config.pad_id,
+        "bos_token_id": config.bos_id,
+        "eos_token_id": eot_id,
+        "decoder_start_token_id": config.decoder_start_id,
+        "use_cache": True,
+        "dtype": str(dtype).removeprefix("torch."),
+    }
+
+
 def generation_config(hf_config: dict[str, Any], recorded: dict[str, Any] | None = None) -> dict[str, Any]:
     """generation_config.json: generate() stops at our end-of-text and starts T5's decoder where we do.
 
@@ -285,7 +331,8 @@ def generation_config(hf_config: dict[str, Any], recorded: dict[str, Any] | None
     if beams > 1:
         out.update(num_beams=beams, length_penalty=r.get("length_penalty", 1.0))
         out["early_stopping"] = bool(r.get("early_stopping"))
-    out.update({k: r[k] for k in ("max_new_tokens", "max_length", "eos_token_id") if r.get(k) is not None})
+    out.update({k: r[k] for k in ("max_new_tokens", "max_length", "eos_token_id", "forced_bos_token_id",
+                                  "forced_eos_token_id") if r.get(k) is not None})  # fmt: skip
     out.update(
         {k: r[k] for k in ("min_new_tokens", "no_repeat_ngram_size", "bad_words_ids", "suppress_tokens") if r.get(k)}
     )
@@ -302,8 +349,8 @@ def model_card(info: dict[str, Any], hf_config: dict[str, Any], n_params: int, s
     """README.md: what the directory holds, how to use it, and the nanoloom config it was made from."""
     arch, kind = hf_config["architectures"][0], info["kind"]
     tok = info.get("tokenizer", {})
-    task = "text2text-generation" if kind == "t5" else "text-generation"
-    if kind == "t5":
+    task = "text2text-generation" if kind in ("t5", "bart") else "text-generation"
+    if kind in ("t5", "bart"):
         usage = (
             "from transformers import AutoModelForSeq2SeqLM, AutoTokenizer\n\n"
             'tokenizer = AutoTokenizer.from_pretrained("<this directory>")\n'
@@ -326,6 +373,8 @@ def model_card(info: dict[str, Any], hf_config: dict[str, Any], n_params: int, s
     ]
     if kind == "t5":
         notes.append("- Encoder inputs end with end-of-text (the tokenizer appends it), as in training.")
+    if kind == "bart":
+        notes.append("- Encoder inputs are framed `<s> text </s>` (the tokenizer adds both), as BART's are.")
     if tok.get("name") == "char":
         notes.append(
             "- Characters outside the training vocabulary are dropped by the tokenizer (nanoloom refuses them)."
@@ -423,14 +472,15 @@ def export_hf(checkpoint: str | Path, out: str | Path, *, dtype: str | None = No
     files = tokenizer_files(spec, config.kind, config.block_size)
 
     state = read_state_dict(directory, config)
-    convert = {"gpt2": gpt2_state_dict, "llama": llama_state_dict, "t5": t5_state_dict}[arch]
+    convert = {"gpt2": gpt2_state_dict, "llama": llama_state_dict, "t5": t5_state_dict, "bart": bart_state_dict}[arch]
     hf_state = convert(state, config)
     target = DTYPES[dtype] if dtype is not None else next(iter(hf_state.values())).dtype
     # a bar on stderr (on a terminal only): casting and copying a large model's tensors takes a while
     tensors = tqdm(hf_state.items(), total=len(hf_state), desc="converting", unit="tensor", leave=False, disable=None)
     hf_state = {k: _owned(v.to(target) if v.is_floating_point() else v) for k, v in tensors}
     eot_id = spec.get("eot_id")
-    hf_config = {"gpt2": gpt2_config, "llama": llama_config, "t5": t5_config}[arch](config, eot_id, target)
+    to_config = {"gpt2": gpt2_config, "llama": llama_config, "t5": t5_config, "bart": bart_config}[arch]
+    hf_config = to_config(config, eot_id, target)
     files["config.json"] = _dumps(hf_config)
     files["generation_config.json"] = _dumps(generation_config(hf_config, (info.get("meta") or {}).get("generation")))
     n_params = sum(v.numel() for v in hf_state.values())

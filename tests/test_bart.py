@@ -124,3 +124,28 @@ def test_python_m_sample_decodes_a_bart_folder_as_transformers_does(tmp_path, ca
                                       "do_sample=false")  # fmt: skip
     assert code == 0, err
     assert tok.decode(want) in out and "bart: the prompt is the encoder input" in out + err
+
+
+def test_a_bart_checkpoint_exports_to_a_folder_transformers_loads(tmp_path):
+    """hf: folder -> nanoloom checkpoint -> python -m model.export -> transformers: no missing or unexpected keys,
+    equal logits, the same <s> text </s> framing from AutoTokenizer, and the same greedy output."""
+    from model.checkpoint import save_model
+    from model.export import export_hf
+
+    bart_folder(tmp_path / "hf")
+    model, tok = load_model(f"hf:{tmp_path / 'hf'}")
+    decoding = {"forced_bos_token_id": 0, "forced_eos_token_id": 2, "num_beams": 1, "do_sample": False}
+    ckpt = save_model(model, tmp_path / "ckpt", tokenizer_spec=tok.spec(), meta={"generation": decoding})
+    out = export_hf(ckpt, tmp_path / "out")
+    hf, info = transformers.BartForConditionalGeneration.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    enc = transformers.AutoTokenizer.from_pretrained(out)("the cat sat on the mat", return_tensors="pt").input_ids
+    assert enc[0].tolist() == [0, *tok.encode("the cat sat on the mat"), 2]
+    dec = torch.randint(3, 50, (1, 5))
+    with torch.no_grad():
+        torch.testing.assert_close(hf.eval()(input_ids=enc, decoder_input_ids=dec).logits,
+                                   model.decode(dec, model.encode(enc)), rtol=1e-5, atol=1e-5)  # fmt: skip
+        want = hf.generate(enc, max_new_tokens=8)[0, 1:].tolist()  # the exported generation_config's decoding
+    t2t = pipeline("text2text-generation", model=str(ckpt))
+    [ours] = t2t("the cat sat on the mat", max_new_tokens=8, return_tensors=True)
+    assert ours["generated_token_ids"] == want and want[0] == 0 and want[-1] == 2  # forced <s> and </s>

@@ -127,14 +127,19 @@ def bpe_model(vocab: dict[str, int], merges: list[str]) -> dict[str, Any]:
     }
 
 
-def eos_template(eot_id: int, eot_text: str = EOT_TEXT) -> dict[str, Any]:
-    """Post-processor appending end-of-text to every input, as nanoloom ends every T5 encoder input."""
+def eos_template(eot_id: int, eot_text: str = EOT_TEXT, bos: tuple[int, str] | None = None) -> dict[str, Any]:
+    """Post-processor appending end-of-text to every input, as nanoloom ends every T5 encoder input; with bos (id,
+    text), also starting it, as BART's inputs are framed: <s> text </s>."""
     eot = {"SpecialToken": {"id": eot_text, "type_id": 0}}
+    start = [{"SpecialToken": {"id": bos[1], "type_id": 0}}] if bos is not None else []
+    special = {eot_text: {"id": eot_text, "ids": [eot_id], "tokens": [eot_text]}}
+    if bos is not None:
+        special[bos[1]] = {"id": bos[1], "ids": [bos[0]], "tokens": [bos[1]]}
     return {
         "type": "TemplateProcessing",
-        "single": [{"Sequence": {"id": "A", "type_id": 0}}, eot],
-        "pair": [{"Sequence": {"id": "A", "type_id": 0}}, eot, {"Sequence": {"id": "B", "type_id": 0}}, eot],
-        "special_tokens": {eot_text: {"id": eot_text, "ids": [eot_id], "tokens": [eot_text]}},
+        "single": [*start, {"Sequence": {"id": "A", "type_id": 0}}, eot],
+        "pair": [*start, {"Sequence": {"id": "A", "type_id": 0}}, eot, {"Sequence": {"id": "B", "type_id": 0}}, eot],
+        "special_tokens": special,
     }
 
 
@@ -172,12 +177,14 @@ def tokenizer_json(tokenizer: Any, encoder_input: bool) -> dict[str, Any]:
     }
 
 
-def embedded_tokenizer_json(spec: dict[str, Any], encoder_input: bool) -> tuple[str, str | None]:
+def embedded_tokenizer_json(
+    spec: dict[str, Any], encoder_input: bool, bos: str | None = None
+) -> tuple[str, str | None]:
     """A spec's embedded tokenizer.json made to encode as nanoloom does, and the text of its end-of-text token.
 
     Unchanged where it already does: sentinels become ordinary (non-special) added tokens, the spec's appended
     sentinels and FIM ids are added after the vocabulary (SpecialLayout), and the post-processor appends end-of-text
-    for T5 encoders and adds nothing for GPTs.
+    for T5 encoders (and starts with bos, BART's "<s>", when given) and adds nothing for GPTs.
     """
     text = spec["tokenizer_json"]
     try:
@@ -205,7 +212,8 @@ def embedded_tokenizer_json(spec: dict[str, Any], encoder_input: bool) -> tuple[
     eot_id = spec.get("eot_id")
     eos = next((t for t, i in vocab.items() if i == eot_id), None) if eot_id is not None else None
     if encoder_input and eos is not None:
-        data["post_processor"] = eos_template(eot_id, eos)
+        start = (vocab[bos], bos) if bos is not None and bos in vocab else None
+        data["post_processor"] = eos_template(eot_id, eos, start)
     elif not encoder_input and adds_tokens(data.get("post_processor")):
         data["post_processor"] = None
     if data == original:

@@ -36,12 +36,14 @@ def tokenizer_files(spec: dict[str, Any], kind: str, block_size: int) -> dict[st
     with its own regex, which the slow GPT2Tokenizer would not, so it gets no vocab.json / merges.txt).
     A spec of another tokenizer that embeds a tokenizer.json ("tokenizer_json", e.g. the hf tokenizer's) has it
     written as is, changed only where nanoloom encodes differently (see embedded_tokenizer_json). kind "t5": encoder
-    inputs end with end-of-text.
+    inputs end with end-of-text; "bart": they also start with "<s>".
     """
-    encoder_input = kind == "t5"
+    encoder_input = kind in ("t5", "bart")
     if spec.get("name") not in NATIVE and "tokenizer_json" in spec:
-        text, eos = embedded_tokenizer_json(spec, encoder_input)
+        text, eos = embedded_tokenizer_json(spec, encoder_input, "<s>" if kind == "bart" else None)
         config = tokenizer_config("PreTrainedTokenizerFast", eos, block_size, encoder_input)
+        if kind == "bart":
+            config["bos_token"] = "<s>"
         if "<pad>" in json_vocab(json.loads(text)):  # the hf tokenizer leaves <pad> out of decoded text
             config["pad_token"] = "<pad>"
         for key in ("add_bos_token", "add_eos_token"):  # either would make transformers rewrite the post-processor
