@@ -23,7 +23,8 @@ PAIRS_DIRECTIONS = ("code", "docstring", "both")
 SEED_LIMIT = 2**63
 
 
-OBJECTIVES = {"causal": "gpt", "instruct": "gpt", "span_corruption": "t5", "seq2seq": "t5"}  # objective -> model kind
+# objective -> the model kinds it trains (BART fine-tunes on pairs from a Hugging Face checkpoint: init_from=hf:...)
+OBJECTIVES = {"causal": ("gpt",), "instruct": ("gpt",), "span_corruption": ("t5",), "seq2seq": ("t5", "bart")}
 NOISE_DENSITY = 0.15  # T5's span corruption: the fraction of tokens masked ...
 MEAN_SPAN_LENGTH = 3.0  # ... in spans of this mean length
 

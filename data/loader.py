@@ -409,12 +409,14 @@ class Seq2SeqLoader(BatchLoader):
         world_size: int = 1,
         device: str | torch.device = "cpu",
         start_id: int | None = None,
+        bos_id: int | None = None,
     ) -> None:
         if input_length < 1 or target_length < 1:
             raise ValueError(f"input_length={input_length} and target_length={target_length} must both be >= 1")
         loader_args = dict(seed=seed, rank=rank, world_size=world_size, device=device, tokenizer=tokenizer)
         super().__init__(data_dir, split, batch_size, **loader_args)
         self.start_id = start_id  # the model's decoder start id; None: the tokenizer's eot
+        self.bos_id = bos_id  # BART: inputs and targets start with <s> (as its tokenizer frames them); None: T5's way
         self.input_length = input_length
         self.target_length = target_length
         self.data = self._split_file("file", np.dtype(self.meta["dtype"]))
@@ -440,7 +442,8 @@ class Seq2SeqLoader(BatchLoader):
         rng = np.random.default_rng([self.seed, n])
         ids = self._rank_rows(rng.integers(0, self.num_pairs, size=self.batch_size * self.world_size))
         rows = self.index[ids].astype(np.int64)  # (B, 4)
-        cut_inputs, cut_targets = rows[:, 1] > self.input_length, rows[:, 3] > self.target_length
+        framed = int(self.bos_id is not None)  # the <s> each side gains
+        cut_inputs, cut_targets = rows[:, 1] + framed > self.input_length, rows[:, 3] + framed > self.target_length
         self._count_truncations(int(cut_inputs.sum()), int(cut_targets.sum()))
         pairs = [self._pair(row) for row in rows]
         return self._to_device(pair_batch(pairs, self.tokenizer.eot_id, self._start_id()))
@@ -449,12 +452,17 @@ class Seq2SeqLoader(BatchLoader):
         """The (input, target) token arrays of one index row, cut to input_length and target_length (cut_pair)."""
         in_start, in_len, tgt_start, tgt_len = (int(v) for v in row)
         input_ids, target_ids = self.data[in_start : in_start + in_len], self.data[tgt_start : tgt_start + tgt_len]
+        return self._cut(input_ids, target_ids)
+
+    def _cut(self, input_ids: Any, target_ids: Any) -> tuple[Any, Any]:
+        """One pair as the model trains on it: framed with <s> (BART), then cut to the lengths (cut_pair)."""
+        if self.bos_id is not None:
+            input_ids, target_ids = [self.bos_id, *input_ids], [self.bos_id, *target_ids]
         return cut_pair(input_ids, target_ids, self.input_length, self.target_length, self.tokenizer.eot_id)
 
     def cut_pairs(self) -> list[tuple[list[int], list[int]]]:
         """Every pair of the split in file order, cut as the batches cut them (cut_pair): what evaluation scores."""
-        eot = self.tokenizer.eot_id
-        return [cut_pair(i, t, self.input_length, self.target_length, eot) for i, t in self.pairs()]
+        return [self._cut(i, t) for i, t in self.pairs()]
 
     def _count_truncations(self, inputs: int, targets: int) -> None:
         self.truncated_inputs += inputs

@@ -916,6 +916,8 @@ class _Request:
         self.eos = cfg.eos_ids(getattr(tokenizer, "eot_id", None))
         self.limits = [new_token_budget(cfg, len(i), self.kind) for i in self.ids]
         code = code_prompts if cfg.stop_at_top_level and self.kind == "gpt" else None
+        # ids that are structure, not text: a forced first token, BART's <s> that starts every output
+        hidden = [t for t in (cfg.forced_bos_token_id, getattr(model.config, "bos_id", None)) if t is not None]
         self.rows = [
             TextRow(
                 tokenizer,
@@ -924,7 +926,7 @@ class _Request:
                 max_tokens=limit,
                 prompt=None if code is None else code[j // n],
                 strip_leading_space=strips_space(model, tokenizer),
-                hidden_ids=[cfg.forced_bos_token_id] if cfg.forced_bos_token_id is not None else [],
+                hidden_ids=hidden,
             )
             for j, limit in enumerate(self.limits)
         ]

@@ -48,6 +48,7 @@ def bart_folder(path, **config):
     return hf
 
 
+@pytest.mark.e2e
 def test_a_bart_folder_matches_transformers(tmp_path):
     hf = bart_folder(tmp_path)
     model, tok = load_model(f"hf:{tmp_path}")
@@ -149,3 +150,39 @@ def test_a_bart_checkpoint_exports_to_a_folder_transformers_loads(tmp_path):
     t2t = pipeline("text2text-generation", model=str(ckpt))
     [ours] = t2t("the cat sat on the mat", max_new_tokens=8, return_tensors=True)
     assert ours["generated_token_ids"] == want and want[0] == 0 and want[-1] == 2  # forced <s> and </s>
+
+
+@pytest.mark.slow
+def test_bart_fine_tunes_from_an_hf_folder_and_resumes_exactly(tmp_path, monkeypatch):
+    """python -m train init_from=hf:<bart folder> task=seq2seq data.tokenizer=model: the pairs are tokenized with
+    BART's BPE and framed <s> ... </s> as BART's tokenizer frames them, the same loop trains it, a run killed in a
+    step resumes to the same losses, and the checkpoint is a BART cropped to the run's context."""
+    from train_helpers import compose_train, losses, tiny_run_overrides, train_killed_then_resumed
+
+    from train.loop import run
+
+    bart_folder(tmp_path / "hf")
+    words = ["the", "cat", "sat", "mat", "dog", "park"]
+    lines = [json.dumps({"input": f"{a} {b}", "target": f"{b} {a}"}) for a in words for b in words]
+    (tmp_path / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+
+    def overrides(name: str, **extra: object) -> list[str]:
+        return tiny_run_overrides(
+            tmp_path, tmp_path / "pairs.jsonl", name, init_from=f"hf:{tmp_path / 'hf'}", task="seq2seq", data="pairs",
+            **{"data.tokenizer": "model", "samples.eval_pairs": 2, "task.max_new_tokens": 6, "samples.prompts": "[]",
+               "trainer.save_interval": 4, "optim.lr": 3e-3, **extra},
+        )  # fmt: skip
+
+    result = run(compose_train(overrides("straight")))
+    assert result["step"] == 8
+    train_killed_then_resumed(monkeypatch, overrides("resumed"))
+    assert losses(tmp_path / "resumed") == losses(tmp_path / "straight")
+    model, tokenizer = load_model(tmp_path / "straight")
+    assert isinstance(model, Bart) and model.config.block_size == 32  # the 48 positions cropped to the run's 32
+    from data.loader import Seq2SeqLoader  # the loader frames pairs as BART's tokenizer does
+
+    data_dir = next((tmp_path / "cache").rglob("meta.json")).parent
+    loader = Seq2SeqLoader(data_dir, "train", 2, 32, 32, tokenizer, start_id=2, bos_id=0)
+    batch = loader.next_batch()
+    assert batch["enc_idx"][:, 0].tolist() == [0, 0] and batch["targets"][:, 0].tolist() == [0, 0]
+    assert batch["dec_idx"][:, :2].tolist() == [[2, 0], [2, 0]]  # </s> <s> ...: the labels shifted right

@@ -159,8 +159,8 @@ def _load_source_weights(model: nn.Module, source: nn.Module, name: str) -> None
     state = source.state_dict()
     old, new = source.config.vocab_size, model.config.vocab_size
     for key, value in model.state_dict().items():
-        if key.endswith("wpe.weight") and state[key].shape != value.shape:
-            state[key] = state[key][: value.shape[0]]  # (block_size, C): the first positions
+        if key.endswith(("wpe.weight", "embed_positions.weight")) and state[key].shape != value.shape:
+            state[key] = state[key][: value.shape[0]]  # (block_size (+ BART's 2), C): the first positions
         elif new > old and key.endswith(("wte.weight", "lm_head.weight")):  # (padded vocabulary, C)
             grown = value.clone()
             rows = min(len(grown), len(state[key]))
@@ -192,10 +192,10 @@ T5_SENTINELS = 100  # <extra_id_0> .. <extra_id_99>, as in T5
 
 def _check_objective(kind: str, objective: str, layout: str, data_name: str) -> None:
     """The task's objective must suit the model kind and the prepared data (documents or pairs)."""
-    if OBJECTIVES[objective] != kind:
+    if kind not in OBJECTIVES[objective]:
         raise ValueError(
             f"task.objective={objective!r} does not train a {kind} model; use "
-            + " or ".join(f"task={o}" for o, trains in OBJECTIVES.items() if trains == kind)
+            + " or ".join(f"task={o}" for o, trains in OBJECTIVES.items() if kind in trains)
         )
     readers = {"causal": CausalLMLoader, "instruct": InstructLoader, "span_corruption": SpanCorruptionLoader,
                "seq2seq": Seq2SeqLoader}  # fmt: skip
@@ -241,8 +241,16 @@ def build_loader(
     if objective == "instruct":
         return InstructLoader(data_dir, split, block_size=T, tokenizer=tokenizer, pack=cfg.task.pack, **common)
     if objective == "seq2seq":
+        bos_id = getattr(model_cfg, "bos_id", None)  # BART frames inputs and targets with <s>
         return Seq2SeqLoader(
-            data_dir, split, input_length=T, target_length=T, tokenizer=tokenizer, start_id=start_id, **common
+            data_dir,
+            split,
+            input_length=T,
+            target_length=T,
+            tokenizer=tokenizer,
+            start_id=start_id,
+            bos_id=bos_id,
+            **common,
         )
     return CausalLMLoader(data_dir, split, block_size=T, **common)
 
