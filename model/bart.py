@@ -33,7 +33,7 @@ class Attention(nn.Module):
         self.n_head, self.head_size = config.n_head, config.head_size
         self.q_proj, self.k_proj = nn.Linear(C, C), nn.Linear(C, C)
         self.v_proj, self.out_proj = nn.Linear(C, C), nn.Linear(C, C)
-        self.dropout = config.dropout
+        self.dropout = config.attention_dropout  # of the attention probabilities
         self.cross = cross
         self.kv_cache: KVCache | None = None  # decoder self-attention while generating
         self.keep_cross_kv = False  # cross-attention while generating: k/v of enc_out computed once ...
@@ -86,6 +86,7 @@ class Layer(nn.Module):
         self.final_layer_norm = nn.LayerNorm(C, eps=config.norm_eps)
         self.act = ACTIVATIONS[config.activation]
         self.dropout = nn.Dropout(config.dropout)
+        self.activation_dropout = nn.Dropout(config.activation_dropout)
 
     def forward(
         self,
@@ -98,7 +99,7 @@ class Layer(nn.Module):
         x = self.self_attn_layer_norm(x + self.dropout(self.self_attn(x, mask, input_pos=input_pos)))
         if enc_out is not None:
             x = self.encoder_attn_layer_norm(x + self.dropout(self.encoder_attn(x, cross_mask, enc_out=enc_out)))
-        return self.final_layer_norm(x + self.dropout(self.fc2(self.dropout(self.act(self.fc1(x))))))
+        return self.final_layer_norm(x + self.dropout(self.fc2(self.activation_dropout(self.act(self.fc1(x))))))
 
 
 class Stack(nn.Module):

@@ -5,7 +5,7 @@ model.json holds the model kind, its config and the tokenizer spec, so a checkpo
 atomically (temp dir + rename), so a crash mid-save leaves the previous checkpoint intact. A run's checkpoints/ holds
 pointer files naming a checkpoint in it: `latest` (the newest complete one) and `best` (the lowest val loss); a
 name that would lead out of checkpoints/ (`../x`, an absolute path) is refused, never followed.
-"hf:<hub name or folder>" loads a Hugging Face GPT-2 or T5 checkpoint instead (model/hf.py).
+"hf:<hub name or folder>" loads a Hugging Face GPT-2, T5 or BART checkpoint instead (model/hf.py).
 model.json's meta.generation records the decoding defaults of the task a checkpoint was trained for (the role of
 transformers' generation_config.json); read_generation_defaults returns them, or a Hugging Face folder's own.
 Everything is checked as it is read (read_model_json, _pointer_name, check_weights, check_finite_weights): a damaged
@@ -28,7 +28,7 @@ from safetensors.torch import load_model as load_safetensors_model
 from safetensors.torch import save_model as save_safetensors_model
 
 from model.hf import PREFIX as HF_PREFIX
-from model.hf import hf_model_info, load_hf_model, resolve_hf_source
+from model.hf import hf_model_info, load_hf_model, read_hf_config, resolve_hf_source
 from model.registry import build_model, config_from_dict
 from nanoloom.files import atomic_directory
 
@@ -411,18 +411,22 @@ def read_generation_defaults(path: str | Path) -> dict[str, Any] | None:
 
     A nanoloom checkpoint: model.json's meta.generation, the task preset it was trained with (name, do_sample,
     temperature, top_k, top_p, max_new_tokens, stop_strings ...). "hf:...": the decoding controls its
-    generation_config.json sets (HF_GENERATION_KEYS), None without the file.
+    generation_config.json sets (HF_GENERATION_KEYS), or, without that file, its config.json (where older
+    transformers kept them, and where transformers still reads them from then); an encoder-decoder's min_length
+    (which counts the decoder start) becomes min_new_tokens.
     """
     if not is_hf_source(path):
         return read_model_json(path).get("meta", {}).get("generation") or None
-    file = resolve_hf_source(str(path)) / "generation_config.json"
-    if not file.is_file():
-        return None
+    directory = resolve_hf_source(str(path))
+    file = directory / "generation_config.json"
+    config = read_hf_config(directory)
     try:
-        hf = json.loads(file.read_text())
+        hf = json.loads(file.read_text()) if file.is_file() else config
     except json.JSONDecodeError as e:
         raise ValueError(f"corrupt {file}: {e}; delete it or fix it") from None
     record = {k: hf[k] for k in HF_GENERATION_KEYS if hf.get(k) is not None}
+    if config.get("is_encoder_decoder") and (hf.get("min_length") or 0) > 1 and "min_new_tokens" not in record:
+        record["min_new_tokens"] = hf["min_length"] - 1
     if not isinstance(record.get("early_stopping", False), bool):
         del record["early_stopping"]  # "never": transformers' third setting, which nanoloom does not have
     if record.get("max_length") == HF_DEFAULT_MAX_LENGTH:
@@ -435,7 +439,7 @@ def load_model(
 ) -> tuple[nn.Module, Any]:
     """Load (model in eval mode, tokenizer) from a checkpoint, a run directory or "hf:<hub name or folder>".
 
-    Never unpickles. "hf:" loads a Hugging Face GPT-2 or T5 checkpoint with its tokenizer (model/hf.py). A damaged
+    Never unpickles. "hf:" loads a Hugging Face GPT-2, T5 or BART checkpoint with its tokenizer (model/hf.py). A damaged
     checkpoint (model.json, its tokenizer, weights that do not fit it or are not finite, a pointer file) is a ValueError
     naming the file; a missing one a FileNotFoundError.
     """

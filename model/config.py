@@ -307,6 +307,8 @@ class BartConfig:
     activation: str = "gelu"  # activation_function: gelu (erf) | gelu_new (tanh) | relu
     scale_embedding: bool = False  # token embeddings times sqrt(n_embd) (mBART-style configs)
     dropout: float = 0.1  # dropout after embeddings, attention outputs and MLPs
+    attention_dropout: float = 0.0  # dropout of the attention probabilities
+    activation_dropout: float = 0.0  # dropout after the MLP's activation
     norm_eps: float = 1e-5  # LayerNorm epsilon
     init_std: float = 0.02  # normal init of every weight
     pad_id: Optional[int] = 1  # <pad>: pads encoder inputs (masked out) and decoder targets
@@ -331,8 +333,9 @@ class BartConfig:
         _check_choice("activation", self.activation, BART_ACTIVATIONS)
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"model.n_embd={self.n_embd} is not divisible by model.n_head={self.n_head}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model.dropout={self.dropout} must be in [0, 1)")
+        for name in ("dropout", "attention_dropout", "activation_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"model.{name}={getattr(self, name)} must be in [0, 1)")
         _check_non_negative(norm_eps=self.norm_eps, init_std=self.init_std)
         for name in ("pad_id", "bos_id", "decoder_start_id"):
             value = getattr(self, name)

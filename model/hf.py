@@ -201,6 +201,8 @@ def bart_config_from_hf(hf_config: dict[str, Any], **overrides: Any) -> BartConf
         activation=act,
         scale_embedding=hf_config.get("scale_embedding", False),
         dropout=hf_config.get("dropout", 0.1),
+        attention_dropout=hf_config.get("attention_dropout", 0.0),
+        activation_dropout=hf_config.get("activation_dropout", 0.0),
         init_std=hf_config.get("init_std", 0.02),
         pad_id=hf_config.get("pad_token_id", 1),
         bos_id=hf_config.get("bos_token_id", 0),
@@ -220,6 +222,8 @@ def bart_state_dict_from_hf(hf_state: dict[str, torch.Tensor]) -> dict[str, torc
         out[name] = value
     if "lm_head.weight" not in out and "shared.weight" in out:
         out["lm_head.weight"] = out["shared.weight"]
+    if "final_logits_bias" not in out and "shared.weight" in out:  # a BartModel (no head) file: zero, as transformers
+        out["final_logits_bias"] = torch.zeros(1, out["shared.weight"].size(0), dtype=out["shared.weight"].dtype)
     return out
 
 

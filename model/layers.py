@@ -129,7 +129,9 @@ class LinearCrossEntropy(torch.autograd.Function):
         loss = torch.zeros((), dtype=torch.float32, device=h.device)
         grad_h = torch.empty_like(h)
         grad_w = torch.zeros_like(weight, dtype=torch.float32)
-        w = weight.to(h.dtype)  # once (autocast would cast it for every chunk's two matmuls)
+        # in h's dtype once: under CPU autocast h comes in bf16 and autocast would cast the weight for every chunk's
+        # two matmuls (on CUDA, h is fp32 here and autocast still casts per matmul)
+        w = weight.to(h.dtype)
         for start in range(0, h.size(0), chunk_rows):
             rows = slice(start, start + chunk_rows)
             hc, tc, ok = h[rows], targets[rows].clamp(min=0), valid[rows]

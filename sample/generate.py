@@ -49,7 +49,8 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 def model_kind(model: nn.Module) -> str:
-    """The model kind: gpt (decoder-only, continues its prompt) or t5 (encoder-decoder, prompt = encoder input)."""
+    """The model kind: gpt (decoder-only, continues its prompt), or t5 or bart (encoder-decoders: the prompt is the
+    encoder input; model.is_encoder_decoder)."""
     return getattr(model.config, "kind", "gpt")
 
 
@@ -105,8 +106,9 @@ def fit_encoder_input(
     """Fit an encoder-decoder's input to block_size, with a warning.
 
     An encoder input longer than block_size keeps its first block_size tokens (the start of a document carries the
-    instruction, as T5's preprocessing truncates). The output is not capped: the decoder has no absolute positions
-    (relative bias), so it decodes as many tokens as asked. Returns (idx (B, S'), enc_mask (B, S') or None).
+    instruction, as T5's preprocessing truncates). A T5 output is not capped: its decoder has no absolute positions
+    (relative bias), so it decodes as many tokens as asked; BART's learned positions cap it at block_size (the KV
+    cache refuses more). Returns (idx (B, S'), enc_mask (B, S') or None).
     """
     S = idx.size(1)
     if S > block_size:
@@ -181,10 +183,11 @@ class _Decoder:
     """Next-token logits (B, V) of one cached generation, alike for both model kinds, at any output length.
 
     gpt: the prompt inputs.idx (left-padded by inputs.pad (B,) columns, or None) is the decoder's first input, cropped
-    by fit_context when a row is longer than block_size. t5: inputs.idx is encoded once here and the decoder's first
-    input is the decoder start token (model.config.decoder_start_id, else inputs.start). The constructor sets the
-    model's KV cache (the caller clears it): t5 for the whole output (relative positions have no limit); gpt for at
-    most block_size slots, and when a row's window would grow past block_size, the window slides (see step).
+    by fit_context when a row is longer than block_size. t5, bart: inputs.idx is encoded once here and the decoder's
+    first input is the decoder start token (model.config.decoder_start_id, else inputs.start). The constructor sets
+    the model's KV cache (the caller clears it): t5 for the whole output (relative positions have no limit), bart for
+    at most block_size (its learned positions); gpt for at most block_size slots, and when a row's window would grow
+    past block_size, the window slides (see step).
     """
 
     def __init__(self, model: LM, inputs: _Inputs) -> None:
@@ -205,7 +208,8 @@ class _Decoder:
             with self._autocast():
                 self.enc_out = model.encode(idx, enc_mask)  # (B, S, C): once per input
             idx = torch.full((B, 1), start, dtype=torch.long, device=device)  # (B, 1): the decoder's first input
-            max_seq_len = cache_length(1 + max_new_tokens, None, compile)
+            limit = None if model_kind(model) == "t5" else model.config.block_size  # bart: learned positions
+            max_seq_len = cache_length(1 + max_new_tokens, limit, compile)
         else:
             self.block_size = model.config.block_size
             idx, pad = fit_context(idx, pad, max_new_tokens, self.block_size)
@@ -451,7 +455,7 @@ def generate_tokens(
         on_scores: called at every step with (scores (B, V) the tokens were chosen from (sampling.next_scores),
             the tokens (B,)), before they are yielded: per-token log-probabilities come from here.
         assistant_model: a smaller gpt with the same tokenizer that drafts tokens for the model to verify (see
-            sample.assisted; with config.prompt_lookup_num_tokens the drafts come from the context instead). Greedy
+            sample.assisted); without one, config.prompt_lookup_num_tokens > 0 drafts them from the context. Greedy
             output is the model's greedy output, sampling keeps the model's distribution; one gpt row (B = 1).
             With compile, the rounds without a draft take the compiled one-token step; verification is eager.
     The model is put in eval mode while generating and restored afterwards; the KV cache is always cleared,
@@ -499,7 +503,9 @@ def _check_assisted(model: LM, inputs: _Inputs, assistant_model: LM | None) -> N
     """ValueError, naming the fix, for what assisted decoding does not do."""
     what = "a draft model (assistant_model)" if assistant_model is not None else "prompt lookup"
     if model_kind(model) != "gpt" or (assistant_model is not None and model_kind(assistant_model) != "gpt"):
-        raise ValueError(f"assisted decoding with {what} runs decoder-only (gpt) models; decode a t5 without it")
+        raise ValueError(
+            f"assisted decoding with {what} runs decoder-only (gpt) models; decode an encoder-decoder without it"
+        )
     if inputs.idx.size(0) != 1:
         raise ValueError(
             f"assisted decoding with {what} runs one row at a time, got {inputs.idx.size(0)}; generate() and the "
@@ -520,15 +526,16 @@ class _DraftModel:
         if not model.training:
             decoding_layout(model)  # as _cached_decoding does for the model
         model.eval()
-        self.inputs = dataclasses.replace(inputs, compile=False)
-        self._start(inputs.idx)
+        self.inputs = dataclasses.replace(inputs, compile=False, pad=None)
+        self._start(inputs.idx, inputs.idx.size(1))
 
-    def _start(self, idx: torch.Tensor) -> torch.Tensor:
-        """Prefill a new cache with idx (1, N), the sequence so far (cropped to the draft's context); its logits."""
+    def _start(self, idx: torch.Tensor, length: int) -> torch.Tensor:
+        """Prefill a new cache with idx (1, N): the last N tokens of the first `length` of the sequence (cropped to
+        the draft's context); its logits (1, V)."""
         self.decoder = _Decoder(self.model, dataclasses.replace(self.inputs, idx=idx))
         logits = self.decoder.prefill()  # (1, V)
-        self.read = idx.size(1)  # tokens of the sequence the cache holds (its last decoder.pos of them)
-        self.offset = self.decoder.pos - self.read
+        self.read = length  # tokens of the sequence read so far; the cache holds the last decoder.pos of them
+        self.offset = self.decoder.pos - self.read  # cache slot of sequence position p: p + offset
         return logits
 
     def propose(
@@ -540,7 +547,7 @@ class _DraftModel:
         pending = seq[self.read :]
         if self.decoder.room() < pending.numel() + k - 1:
             window = max(1, self.model.config.block_size // 2)
-            logits = self._start(seq[None, -window:])[:, None]  # (1, 1, V)
+            logits = self._start(seq[None, -window:], seq.numel())[:, None]  # (1, 1, V)
             k = min(k, self.decoder.room() + 1)
         else:
             logits = self.decoder.feed(pending[None])  # (1, 1, V)
@@ -895,6 +902,10 @@ class _Request:
         assistant_model: LM | None = None,
     ) -> None:
         self.model, self.tokenizer, self.cfg, self.assistant_model = model, tokenizer, cfg, assistant_model
+        if assistant_model is not None and cfg.num_beams > 1:
+            raise ValueError(
+                f"assistant_model drafts for greedy decoding and sampling; with num_beams={cfg.num_beams} leave it out"
+            )
         self.progress = progress  # a progress bar on stderr (only on a terminal)
         # None: no scores; k >= 0: each token's log-probability and the k most likely ids at its step
         self.top_logprobs = top_logprobs

@@ -195,3 +195,22 @@ def test_prompt_lookup_with_the_compiled_step_is_still_the_greedy_output():
     prompt = [3, 4, 5, 6, 3, 4, 5, 6, 3, 4]
     plain = tokens(model, prompt, 40)
     assert tokens(model, prompt, 40, prompt_lookup_num_tokens=4, compile=True) == plain
+
+
+def test_a_draft_model_that_restarts_its_cache_keeps_its_place(monkeypatch):
+    """A draft with a shorter context restarts its cache when it fills (from the last half of its context); after a
+    restart it reads on from where the sequence is, so a restart buys about half a context of tokens (not one round),
+    and the output stays the model's greedy."""
+    import importlib
+
+    gen = importlib.import_module("sample.generate")  # the module (sample.generate is also the function)
+    model = tiny_gpt(0, block=64)
+    draft = tiny_gpt(1, block=32, layers=1)  # other weights: short rounds, many of them
+    starts = []
+    real = gen._DraftModel._start
+    monkeypatch.setattr(gen._DraftModel, "_start", lambda self, *a: starts.append(a[1]) or real(self, *a))
+    prompt = torch.tensor([[1, 2, 3, 4, 5]])
+    plain = [int(t) for t in generate_tokens(model, prompt, 55)]
+    assisted = [int(t) for t in generate_tokens(model, prompt, 55, assistant_model=draft, num_assistant_tokens=2)]
+    assert assisted == plain
+    assert 2 <= len(starts) <= 5, starts  # the prompt, then one restart per ~16 tokens of 60

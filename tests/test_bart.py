@@ -186,3 +186,17 @@ def test_bart_fine_tunes_from_an_hf_folder_and_resumes_exactly(tmp_path, monkeyp
     batch = loader.next_batch()
     assert batch["enc_idx"][:, 0].tolist() == [0, 0] and batch["targets"][:, 0].tolist() == [0, 0]
     assert batch["dec_idx"][:, :2].tolist() == [[2, 0], [2, 0]]  # </s> <s> ...: the labels shifted right
+
+
+def test_an_older_bart_folder_keeps_its_decoding_settings_in_config_json(tmp_path):
+    """Without generation_config.json the decoding settings come from config.json (as transformers reads them);
+    BART's min_length counts the decoder start."""
+    from model.checkpoint import read_generation_defaults
+
+    bart_folder(tmp_path)
+    (tmp_path / "generation_config.json").unlink()
+    config = json.loads((tmp_path / "config.json").read_text())
+    settings = {"forced_bos_token_id": 0, "min_length": 5, "num_beams": 4, "no_repeat_ngram_size": 3}
+    (tmp_path / "config.json").write_text(json.dumps({**config, **settings}))
+    record = read_generation_defaults(f"hf:{tmp_path}")
+    assert record["forced_bos_token_id"] == 0 and record["min_new_tokens"] == 4 and record["num_beams"] == 4
