@@ -17,8 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model.config import BartConfig
-from model.kv_cache import KVCache
-from model.layers import run_block
+from model.kv_cache import EncoderDecoder, KVCache
+from model.layers import encoder_decoder_flops, run_block
 
 POSITION_OFFSET = 2  # BART's position table starts 2 rows in (a fairseq legacy kept by every checkpoint)
 ACTIVATIONS = {"gelu": F.gelu, "gelu_new": lambda x: F.gelu(x, approximate="tanh"), "relu": F.relu}
@@ -119,7 +119,7 @@ def padding_mask(enc_mask: torch.Tensor | None) -> torch.Tensor | None:
     return enc_mask[:, None, None, :] if enc_mask is not None else None
 
 
-class Bart(nn.Module):
+class Bart(EncoderDecoder):
     def __init__(self, config: BartConfig) -> None:
         super().__init__()
         if config.vocab_size is None:
@@ -195,20 +195,6 @@ class Bart(nn.Module):
         logits = self.lm_head(x) + self.final_logits_bias.to(x.dtype)
         return logits[..., : self.config.vocab_size]  # (B, T, V)
 
-    def forward(
-        self,
-        enc_idx: torch.Tensor,
-        dec_idx: torch.Tensor,
-        targets: torch.Tensor | None = None,
-        enc_mask: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(logits (B, T, V), mean cross-entropy over targets != -1, or None without targets)."""
-        logits = self.decode(dec_idx, self.encode(enc_idx, enc_mask), enc_mask)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
-
     def set_kv_cache(
         self,
         batch_size: int,
@@ -225,26 +211,11 @@ class Bart(nn.Module):
             )
         weight = self.shared.weight
         device, dtype = device or weight.device, dtype or weight.dtype
-        for layer in self.decoder.layers:
-            layer.self_attn.kv_cache = KVCache(
-                batch_size, self.config.n_head, max_seq_len, self.config.head_size, device, dtype
-            )
-            layer.encoder_attn.keep_cross_kv, layer.encoder_attn.cross_kv = True, None
-        self.mask_cache = torch.ones(max_seq_len, max_seq_len, dtype=torch.bool, device=device).tril()  # (L, L)
+        c = self.config
+        self._set_decoder_caches(batch_size, c.n_head, max_seq_len, c.head_size, device, dtype)
 
-    def clear_kv_cache(self) -> None:
-        for layer in self.decoder.layers:
-            layer.self_attn.kv_cache, layer.encoder_attn.cross_kv, layer.encoder_attn.keep_cross_kv = None, None, False
-        self.mask_cache = None
-
-    def reorder_cache(self, rows: torch.Tensor) -> None:
-        """Keep cache rows `rows` (B',) in that order: beam search follows the surviving hypotheses."""
-        for layer in self.decoder.layers:
-            cache = layer.self_attn.kv_cache
-            cache.k, cache.v = cache.k.index_select(0, rows), cache.v.index_select(0, rows)
-            if layer.encoder_attn.cross_kv is not None:
-                k, v = layer.encoder_attn.cross_kv
-                layer.encoder_attn.cross_kv = (k.index_select(0, rows), v.index_select(0, rows))
+    def _pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(layer.self_attn, layer.encoder_attn) for layer in self.decoder.layers]
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Number of parameters (the tied embedding counted once); non_embedding leaves out the position tables."""
@@ -254,12 +225,9 @@ class Bart(nn.Module):
         return n
 
     def batch_flops(self, batch: dict[str, torch.Tensor]) -> float:
-        """Training FLOPs of one forward + backward over `batch`, from its shapes (as T5.batch_flops counts them)."""
+        """Training FLOPs of one forward + backward over `batch`, from its shapes (layers.encoder_decoder_flops)."""
         (B, S), L = batch["enc_idx"].shape, batch["dec_idx"].shape[1]
-        linear = lambda m: sum(x.weight.numel() for x in m.modules() if isinstance(x, nn.Linear))  # noqa: E731
-        cross_kv = sum(l.encoder_attn.k_proj.weight.numel() * 2 for l in self.decoder.layers)  # noqa: E741
-        enc = linear(self.encoder) + cross_kv
-        dec = linear(self.decoder) - cross_kv + self.lm_head.weight.numel()
         c = self.config
-        attention = 12 * c.n_embd * (c.n_encoder_layer * S * S + c.n_decoder_layer * L * (L + S))
-        return B * (6 * (enc * S + dec * L) + attention)
+        cross_kv = sum(2 * layer.encoder_attn.k_proj.weight.numel() for layer in self.decoder.layers)
+        layers, head = (c.n_encoder_layer, c.n_decoder_layer), self.lm_head.weight.numel()
+        return B * encoder_decoder_flops(self.encoder, self.decoder, cross_kv, head, layers, c.n_embd, S, L)

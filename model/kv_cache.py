@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 class KVCache(nn.Module):
@@ -36,3 +37,85 @@ class KVCache(nn.Module):
         self.k.index_copy_(2, input_pos, k.to(self.k.dtype))
         self.v.index_copy_(2, input_pos, v.to(self.v.dtype))
         return self.k, self.v
+
+
+# An encoder-decoder's decoder caches, alike for T5 and BART: each decoder layer has a self-attention module with a
+# `kv_cache` and a cross-attention module that keeps the encoder output's keys and values (`keep_cross_kv`,
+# `cross_kv`) once computed at the first decode.
+AttentionPairs = list[tuple[nn.Module, nn.Module]]  # (self-attention, cross-attention) per decoder layer
+
+
+def set_decoder_caches(
+    pairs: AttentionPairs,
+    batch_size: int,
+    n_head: int,
+    max_seq_len: int,
+    head_size: int,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """Preallocate every layer's self-attention cache and ask for cross k/v to be kept; the (L, L) causal mask."""
+    for self_attn, cross_attn in pairs:
+        self_attn.kv_cache = KVCache(batch_size, n_head, max_seq_len, head_size, device, dtype)
+        cross_attn.keep_cross_kv, cross_attn.cross_kv = True, None
+    return torch.ones(max_seq_len, max_seq_len, dtype=torch.bool, device=device).tril()
+
+
+def clear_decoder_caches(pairs: AttentionPairs) -> None:
+    """Drop every layer's self-attention cache and kept cross k/v."""
+    for self_attn, cross_attn in pairs:
+        self_attn.kv_cache, cross_attn.cross_kv, cross_attn.keep_cross_kv = None, None, False
+
+
+def reorder_decoder_caches(pairs: AttentionPairs, rows: torch.Tensor) -> None:
+    """Keep cache rows `rows` (B',) in that order (beam search follows the surviving hypotheses)."""
+    for self_attn, cross_attn in pairs:
+        cache = self_attn.kv_cache
+        cache.k, cache.v = cache.k.index_select(0, rows), cache.v.index_select(0, rows)
+        if cross_attn.cross_kv is not None:
+            k, v = cross_attn.cross_kv
+            cross_attn.cross_kv = (k.index_select(0, rows), v.index_select(0, rows))
+
+
+class EncoderDecoder(nn.Module):
+    """What T5 and BART share around their own encode(), decode() and set_kv_cache(): the training forward and the
+    decoder caches over _pairs(), each decoder layer's (self-attention, cross-attention)."""
+
+    mask_cache: torch.Tensor | None  # (L, L) causal mask while a KV cache is set
+
+    def encode(self, enc_idx: torch.Tensor, enc_mask: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode(self, dec_idx: torch.Tensor, enc_out: torch.Tensor, enc_mask: torch.Tensor | None = None,
+               input_pos: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        raise NotImplementedError
+
+    def _pairs(self) -> AttentionPairs:
+        raise NotImplementedError
+
+    def forward(
+        self,
+        enc_idx: torch.Tensor,
+        dec_idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        enc_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(logits (B, T, V), mean cross-entropy over targets != -1, or None without targets)."""
+        logits = self.decode(dec_idx, self.encode(enc_idx, enc_mask), enc_mask)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    def _set_decoder_caches(self, batch_size: int, n_head: int, max_seq_len: int, head_size: int,
+                            device: torch.device, dtype: torch.dtype) -> None:  # fmt: skip
+        self.mask_cache = set_decoder_caches(self._pairs(), batch_size, n_head, max_seq_len, head_size, device, dtype)
+
+    def clear_kv_cache(self) -> None:
+        """Drop the decoder's caches (self-attention k/v and cross-attention k/v)."""
+        clear_decoder_caches(self._pairs())
+        self.mask_cache = None
+
+    def reorder_cache(self, rows: torch.Tensor) -> None:
+        """Keep cache rows `rows` (B',) in that order: beam search follows the surviving hypotheses."""
+        reorder_decoder_caches(self._pairs(), rows)

@@ -191,3 +191,31 @@ def run_block(block: nn.Module, checkpointed: bool, *args: object) -> torch.Tens
     if checkpointed and block.training and torch.is_grad_enabled():
         return torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
     return block(*args)
+
+
+def matmul_params(module: nn.Module) -> int:
+    """The weights of module's linear layers: the parameters a token's forward multiplies (not lookups, norms)."""
+    return sum(m.weight.numel() for m in module.modules() if isinstance(m, nn.Linear))
+
+
+def encoder_decoder_flops(
+    encoder: nn.Module,
+    decoder: nn.Module,
+    cross_kv: int,
+    head: int,
+    layers: tuple[int, int],
+    inner: int,
+    S: int,
+    L: int,
+) -> float:
+    """Training FLOPs (forward + backward) of one encoder-decoder row of S encoder and L decoder tokens: 6 x each
+    matmul weight x the tokens it multiplies, plus attention's 12 x inner width x queries x keys per layer.
+
+    Encoder tokens pass the encoder and the decoder's cross-attention keys and values (cross_kv weights, computed
+    from the encoder output); decoder tokens pass the rest of the decoder and the output head (head weights).
+    layers: (encoder layers, decoder layers).
+    """
+    enc = matmul_params(encoder) + cross_kv
+    dec = matmul_params(decoder) - cross_kv + head
+    attention = 12 * inner * (layers[0] * S * S + layers[1] * L * (L + S))
+    return 6 * (enc * S + dec * L) + attention

@@ -18,8 +18,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model.config import T5Config
-from model.kv_cache import KVCache
-from model.layers import RMSNorm, run_block
+from model.kv_cache import EncoderDecoder, KVCache
+from model.layers import RMSNorm, encoder_decoder_flops, run_block
 
 
 def relative_position_bucket(rel_pos: torch.Tensor, bidirectional: bool, num_buckets: int, max_distance: int):
@@ -174,7 +174,7 @@ def key_padding_bias(enc_mask: torch.Tensor | None, dtype: torch.dtype) -> torch
     )[:, None, None, :]
 
 
-class T5(nn.Module):
+class T5(EncoderDecoder):
     def __init__(self, config: T5Config) -> None:
         super().__init__()
         if config.vocab_size is None:
@@ -254,20 +254,6 @@ class T5(nn.Module):
             x = x * self.config.n_embd**-0.5  # the tied head sees rescaled states (Mesh TensorFlow)
         return self.lm_head(x)[..., : self.config.vocab_size]  # (B, T, V): padded ids are never predicted
 
-    def forward(
-        self,
-        enc_idx: torch.Tensor,
-        dec_idx: torch.Tensor,
-        targets: torch.Tensor | None = None,
-        enc_mask: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(logits (B, T, V), mean cross-entropy over targets != -1, or None without targets)."""
-        logits = self.decode(dec_idx, self.encode(enc_idx, enc_mask), enc_mask)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
-
     def set_kv_cache(
         self,
         batch_size: int,
@@ -279,27 +265,11 @@ class T5(nn.Module):
         max_seq_len = max_seq_len or self.config.block_size
         weight = self.shared.weight
         device, dtype = device or weight.device, dtype or weight.dtype
-        for block in self.decoder.block:
-            block.attn.kv_cache = KVCache(
-                batch_size, self.config.n_head, max_seq_len, self.config.head_size, device, dtype
-            )
-            block.cross_attn.keep_cross_kv, block.cross_attn.cross_kv = True, None
-        self.mask_cache = torch.ones(max_seq_len, max_seq_len, dtype=torch.bool, device=device).tril()  # (L, L)
+        c = self.config
+        self._set_decoder_caches(batch_size, c.n_head, max_seq_len, c.head_size, device, dtype)
 
-    def clear_kv_cache(self) -> None:
-        """Drop the decoder's caches (self-attention k/v and cross-attention k/v)."""
-        for block in self.decoder.block:
-            block.attn.kv_cache, block.cross_attn.cross_kv, block.cross_attn.keep_cross_kv = None, None, False
-        self.mask_cache = None
-
-    def reorder_cache(self, rows: torch.Tensor) -> None:
-        """Keep cache rows `rows` (B',) in that order: beam search follows the surviving hypotheses."""
-        for block in self.decoder.block:
-            cache = block.attn.kv_cache
-            cache.k, cache.v = cache.k.index_select(0, rows), cache.v.index_select(0, rows)
-            if block.cross_attn.cross_kv is not None:
-                k, v = block.cross_attn.cross_kv
-                block.cross_attn.cross_kv = (k.index_select(0, rows), v.index_select(0, rows))
+    def _pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(block.attn, block.cross_attn) for block in self.decoder.block]
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Number of parameters (tied weights counted once); non_embedding leaves out the input embedding."""
@@ -309,27 +279,16 @@ class T5(nn.Module):
         return n
 
     def flops_per_row(self, enc_len: int, dec_len: int) -> float:
-        """Training FLOPs (forward + backward) of one row of enc_len encoder and dec_len decoder tokens: 6 x each
-        matmul weight x the tokens it multiplies, plus attention's 12 x inner width x queries x keys per layer.
-
-        Encoder tokens pass the encoder and the decoder's cross-attention keys and values (computed from the
-        encoder output); decoder tokens pass the rest of the decoder and the output head.
-        """
-        inner = self.config.n_head * self.config.head_size
-        cross_kv = sum(b.cross_attn.k.weight.numel() + b.cross_attn.v.weight.numel() for b in self.decoder.block)
-        enc = _matmul_params(self.encoder) + cross_kv
-        dec = _matmul_params(self.decoder) - cross_kv + self.lm_head.weight.numel()
+        """Training FLOPs (forward + backward) of one row of enc_len encoder and dec_len decoder tokens
+        (layers.encoder_decoder_flops: each stack with its own tokens)."""
         c = self.config
-        attention = 12 * inner * (c.n_encoder_layer * enc_len**2 + c.n_decoder_layer * dec_len * (dec_len + enc_len))
-        return 6 * (enc * enc_len + dec * dec_len) + attention
+        cross_kv = sum(b.cross_attn.k.weight.numel() + b.cross_attn.v.weight.numel() for b in self.decoder.block)
+        layers, inner = (c.n_encoder_layer, c.n_decoder_layer), c.n_head * c.head_size
+        head = self.lm_head.weight.numel()
+        return encoder_decoder_flops(self.encoder, self.decoder, cross_kv, head, layers, inner, enc_len, dec_len)
 
     def batch_flops(self, batch: dict[str, torch.Tensor]) -> float:
         """Training FLOPs of one forward + backward over `batch` (the loader's dict), from its shapes: padding
         included, as the device computes it."""
         (B, S), L = batch["enc_idx"].shape, batch["dec_idx"].shape[1]
         return B * self.flops_per_row(S, L)
-
-
-def _matmul_params(module: nn.Module) -> int:
-    """The weights of module's linear layers: the parameters a token's forward multiplies (not lookups, norms)."""
-    return sum(m.weight.numel() for m in module.modules() if isinstance(m, nn.Linear))
