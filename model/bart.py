@@ -133,6 +133,7 @@ class Bart(EncoderDecoder):
         self.register_buffer("final_logits_bias", torch.zeros(1, config.padded_vocab_size))
         self.embed_scale = config.n_embd**0.5 if config.scale_embedding else 1.0
         self.mask_cache: torch.Tensor | None = None  # (L, L) causal mask while a KV cache is set
+        self.decoder_positions = config.block_size  # learned positions: the decoder's cache refuses more
         self.activation_checkpointing = False
         self._init_weights()
 
@@ -194,25 +195,6 @@ class Bart(EncoderDecoder):
             x = run_block(layer, self.activation_checkpointing, x, causal, enc_out, cross_mask, input_pos)
         logits = self.lm_head(x) + self.final_logits_bias.to(x.dtype)
         return logits[..., : self.config.vocab_size]  # (B, T, V)
-
-    def set_kv_cache(
-        self,
-        batch_size: int,
-        max_seq_len: int | None = None,
-        device: torch.device | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        """Preallocate the decoder's self-attention caches; cross-attention k/v are kept at the first decode."""
-        max_seq_len = max_seq_len or self.config.block_size
-        if max_seq_len > self.config.block_size:
-            raise ValueError(
-                f"a decoder of {max_seq_len} positions is past BART's {self.config.block_size} learned positions; "
-                "lower max_new_tokens"
-            )
-        weight = self.shared.weight
-        device, dtype = device or weight.device, dtype or weight.dtype
-        c = self.config
-        self._set_decoder_caches(batch_size, c.n_head, max_seq_len, c.head_size, device, dtype)
 
     def _pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         return [(layer.self_attn, layer.encoder_attn) for layer in self.decoder.layers]

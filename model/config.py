@@ -61,6 +61,17 @@ def _check_types(config: Any) -> None:
             raise ValueError(f"model.{f.name}={value!r} is not {what}{' (or null)' if optional else ''}")
 
 
+def _check_token_ids(config: Any, *names: str) -> None:
+    """Each named field (an id or None) is a token id of config.vocab_size's vocabulary."""
+    for name in names:
+        value, V = getattr(config, name), config.vocab_size
+        if value is not None and not (0 <= value and (V is None or value < V)):
+            raise ValueError(
+                f"model.{name}={value} is not a token id of the vocabulary (0 to vocab_size - 1 = "
+                f"{'?' if V is None else V - 1}); set model.{name}=<id> or null"
+            )
+
+
 @dataclass
 class GPTConfig:
     kind: str = "gpt"  # registry key; always "gpt" for this class
@@ -244,13 +255,7 @@ class T5Config:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout={self.dropout} must be in [0, 1)")
         _check_non_negative(norm_eps=self.norm_eps, init_factor=self.init_factor)
-        for name in ("decoder_start_id", "pad_id"):
-            value = getattr(self, name)
-            if value is not None and not (0 <= value and (self.vocab_size is None or value < self.vocab_size)):
-                raise ValueError(
-                    f"model.{name}={value} is not a token id of the vocabulary (0 to vocab_size - 1 = "
-                    f"{'?' if self.vocab_size is None else self.vocab_size - 1}); set model.{name}=<id> or null"
-                )
+        _check_token_ids(self, "decoder_start_id", "pad_id")
 
     @property
     def padded_vocab_size(self) -> int:
@@ -337,10 +342,7 @@ class BartConfig:
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"model.{name}={getattr(self, name)} must be in [0, 1)")
         _check_non_negative(norm_eps=self.norm_eps, init_std=self.init_std)
-        for name in ("pad_id", "bos_id", "decoder_start_id"):
-            value = getattr(self, name)
-            if value is not None and not (0 <= value and (self.vocab_size is None or value < self.vocab_size)):
-                raise ValueError(f"model.{name}={value} is not a token id of the vocabulary; set model.{name}=<id>")
+        _check_token_ids(self, "pad_id", "bos_id", "decoder_start_id")
 
     @property
     def padded_vocab_size(self) -> int:

@@ -39,49 +39,16 @@ class KVCache(nn.Module):
         return self.k, self.v
 
 
-# An encoder-decoder's decoder caches, alike for T5 and BART: each decoder layer has a self-attention module with a
-# `kv_cache` and a cross-attention module that keeps the encoder output's keys and values (`keep_cross_kv`,
-# `cross_kv`) once computed at the first decode.
-AttentionPairs = list[tuple[nn.Module, nn.Module]]  # (self-attention, cross-attention) per decoder layer
-
-
-def set_decoder_caches(
-    pairs: AttentionPairs,
-    batch_size: int,
-    n_head: int,
-    max_seq_len: int,
-    head_size: int,
-    device: torch.device,
-    dtype: torch.dtype,
-) -> torch.Tensor:
-    """Preallocate every layer's self-attention cache and ask for cross k/v to be kept; the (L, L) causal mask."""
-    for self_attn, cross_attn in pairs:
-        self_attn.kv_cache = KVCache(batch_size, n_head, max_seq_len, head_size, device, dtype)
-        cross_attn.keep_cross_kv, cross_attn.cross_kv = True, None
-    return torch.ones(max_seq_len, max_seq_len, dtype=torch.bool, device=device).tril()
-
-
-def clear_decoder_caches(pairs: AttentionPairs) -> None:
-    """Drop every layer's self-attention cache and kept cross k/v."""
-    for self_attn, cross_attn in pairs:
-        self_attn.kv_cache, cross_attn.cross_kv, cross_attn.keep_cross_kv = None, None, False
-
-
-def reorder_decoder_caches(pairs: AttentionPairs, rows: torch.Tensor) -> None:
-    """Keep cache rows `rows` (B',) in that order (beam search follows the surviving hypotheses)."""
-    for self_attn, cross_attn in pairs:
-        cache = self_attn.kv_cache
-        cache.k, cache.v = cache.k.index_select(0, rows), cache.v.index_select(0, rows)
-        if cross_attn.cross_kv is not None:
-            k, v = cross_attn.cross_kv
-            cross_attn.cross_kv = (k.index_select(0, rows), v.index_select(0, rows))
-
-
 class EncoderDecoder(nn.Module):
-    """What T5 and BART share around their own encode(), decode() and set_kv_cache(): the training forward and the
-    decoder caches over _pairs(), each decoder layer's (self-attention, cross-attention)."""
+    """What T5 and BART share around their own encode() and decode(): the training forward and the decoder's caches.
+
+    Each decoder layer of _pairs() is (self-attention with a `kv_cache`, cross-attention that keeps the encoder
+    output's keys and values: `keep_cross_kv`, `cross_kv`, computed at the first decode). decoder_positions: the
+    longest decoder a model's positions allow (None: relative positions, no limit).
+    """
 
     mask_cache: torch.Tensor | None  # (L, L) causal mask while a KV cache is set
+    decoder_positions: int | None = None
 
     def encode(self, enc_idx: torch.Tensor, enc_mask: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
@@ -90,7 +57,7 @@ class EncoderDecoder(nn.Module):
                input_pos: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
         raise NotImplementedError
 
-    def _pairs(self) -> AttentionPairs:
+    def _pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         raise NotImplementedError
 
     def forward(
@@ -107,15 +74,40 @@ class EncoderDecoder(nn.Module):
             loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
-    def _set_decoder_caches(self, batch_size: int, n_head: int, max_seq_len: int, head_size: int,
-                            device: torch.device, dtype: torch.dtype) -> None:  # fmt: skip
-        self.mask_cache = set_decoder_caches(self._pairs(), batch_size, n_head, max_seq_len, head_size, device, dtype)
+    def set_kv_cache(
+        self,
+        batch_size: int,
+        max_seq_len: int | None = None,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        """Preallocate the decoder's self-attention caches (default length block_size); cross-attention k/v are kept
+        at the first decode."""
+        c = self.config
+        max_seq_len = max_seq_len or c.block_size
+        if self.decoder_positions is not None and max_seq_len > self.decoder_positions:
+            raise ValueError(
+                f"a decoder of {max_seq_len} positions is past this {c.kind} model's {self.decoder_positions} "
+                "learned positions; lower max_new_tokens"
+            )
+        weight = self.shared.weight
+        device, dtype = device or weight.device, dtype or weight.dtype
+        for self_attn, cross_attn in self._pairs():
+            self_attn.kv_cache = KVCache(batch_size, c.n_head, max_seq_len, c.head_size, device, dtype)
+            cross_attn.keep_cross_kv, cross_attn.cross_kv = True, None
+        self.mask_cache = torch.ones(max_seq_len, max_seq_len, dtype=torch.bool, device=device).tril()  # (L, L)
 
     def clear_kv_cache(self) -> None:
         """Drop the decoder's caches (self-attention k/v and cross-attention k/v)."""
-        clear_decoder_caches(self._pairs())
+        for self_attn, cross_attn in self._pairs():
+            self_attn.kv_cache, cross_attn.cross_kv, cross_attn.keep_cross_kv = None, None, False
         self.mask_cache = None
 
     def reorder_cache(self, rows: torch.Tensor) -> None:
         """Keep cache rows `rows` (B',) in that order: beam search follows the surviving hypotheses."""
-        reorder_decoder_caches(self._pairs(), rows)
+        for self_attn, cross_attn in self._pairs():
+            cache = self_attn.kv_cache
+            cache.k, cache.v = cache.k.index_select(0, rows), cache.v.index_select(0, rows)
+            if cross_attn.cross_kv is not None:
+                k, v = cross_attn.cross_kv
+                cross_attn.cross_kv = (k.index_select(0, rows), v.index_select(0, rows))

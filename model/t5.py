@@ -254,20 +254,6 @@ class T5(EncoderDecoder):
             x = x * self.config.n_embd**-0.5  # the tied head sees rescaled states (Mesh TensorFlow)
         return self.lm_head(x)[..., : self.config.vocab_size]  # (B, T, V): padded ids are never predicted
 
-    def set_kv_cache(
-        self,
-        batch_size: int,
-        max_seq_len: int | None = None,
-        device: torch.device | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        """Preallocate the decoder's self-attention caches; cross-attention k/v are kept at the first decode."""
-        max_seq_len = max_seq_len or self.config.block_size
-        weight = self.shared.weight
-        device, dtype = device or weight.device, dtype or weight.dtype
-        c = self.config
-        self._set_decoder_caches(batch_size, c.n_head, max_seq_len, c.head_size, device, dtype)
-
     def _pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         return [(block.attn, block.cross_attn) for block in self.decoder.block]
 

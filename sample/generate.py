@@ -208,8 +208,8 @@ class _Decoder:
             with self._autocast():
                 self.enc_out = model.encode(idx, enc_mask)  # (B, S, C): once per input
             idx = torch.full((B, 1), start, dtype=torch.long, device=device)  # (B, 1): the decoder's first input
-            limit = None if model_kind(model) == "t5" else model.config.block_size  # bart: learned positions
-            max_seq_len = cache_length(1 + max_new_tokens, limit, compile)
+            # t5: no limit; bart: its learned positions (stand-ins in tests may not say)
+            max_seq_len = cache_length(1 + max_new_tokens, getattr(model, "decoder_positions", None), compile)
         else:
             self.block_size = model.config.block_size
             idx, pad = fit_context(idx, pad, max_new_tokens, self.block_size)
@@ -227,11 +227,15 @@ class _Decoder:
 
     def _logits(self, idx: torch.Tensor, forward: Callable[..., torch.Tensor]) -> torch.Tensor:
         """Last-position logits (B, V) for idx (B, T) written at the next T cache positions, through forward."""
+        return self._run(idx, forward)[:, -1]
+
+    def _run(self, idx: torch.Tensor, forward: Callable[..., torch.Tensor]) -> torch.Tensor:
+        """forward's logits (B, n, V') for idx (B, T) at the next T cache positions, V' = vocab_limit or V."""
         input_pos = self.positions[self.pos : self.pos + idx.size(1)]
         self.pos += idx.size(1)
         with self._autocast():
-            logits = forward(idx, input_pos, self.pad, self.enc_out, self.enc_mask)  # (B, 1, V)
-        return logits[:, -1, : self.vocab_limit]  # (B, V') with V' = vocab_limit or V
+            logits = forward(idx, input_pos, self.pad, self.enc_out, self.enc_mask)  # (B, n, V)
+        return logits[..., : self.vocab_limit]
 
     def prefill(self) -> torch.Tensor:
         """Logits (B, V) of the first new token: the prompt (gpt) or the decoder start token (t5) goes in."""
@@ -266,13 +270,8 @@ class _Decoder:
     def feed(self, idx: torch.Tensor, keep: int = 1) -> torch.Tensor:
         """gpt: feed idx (B, n) at the next n cache slots (the caller leaves room: n <= room()); logits (B, keep, V)
         of its last `keep` positions. Assisted decoding verifies a draft with keep = n, and rewinds what it rejects."""
-        n = idx.size(1)
-        self.tokens[:, self.pos : self.pos + n] = idx
-        input_pos = self.positions[self.pos : self.pos + n]
-        self.pos += n
-        with self._autocast():
-            logits = _forward(self.model, idx, input_pos, self.pad, self.enc_out, self.enc_mask, keep)  # (B, keep, V)
-        return logits[..., : self.vocab_limit]
+        self.tokens[:, self.pos : self.pos + idx.size(1)] = idx
+        return self._run(idx, functools.partial(_forward, self.model, keep=keep))  # (B, keep, V')
 
     def room(self) -> int:
         """gpt: the cache slots left before the window slides."""
@@ -519,24 +518,20 @@ def _check_assisted(model: LM, inputs: _Inputs, assistant_model: LM | None) -> N
 
 
 class _DraftModel:
-    """A draft gpt decoding ahead of the model (one row) in its own KV cache, rewound to what the model keeps."""
+    """A draft gpt decoding ahead of the model (one row) in its own KV cache, rewound to what the model keeps.
 
-    def __init__(self, model: LM, inputs: _Inputs) -> None:
-        self.model, self.was_training = model, model.training
-        if not model.training:
-            decoding_layout(model)  # as _cached_decoding does for the model
-        model.eval()
-        self.inputs = dataclasses.replace(inputs, compile=False, pad=None)
-        self._start(inputs.idx, inputs.idx.size(1))
+    decoder: the draft's prefilled decoder of the prompt (from _cached_decoding, which also puts it in eval mode
+    and clears its cache at the end); inputs: the ones it was built from."""
 
-    def _start(self, idx: torch.Tensor, length: int) -> torch.Tensor:
-        """Prefill a new cache with idx (1, N): the last N tokens of the first `length` of the sequence (cropped to
-        the draft's context); its logits (1, V)."""
-        self.decoder = _Decoder(self.model, dataclasses.replace(self.inputs, idx=idx))
-        logits = self.decoder.prefill()  # (1, V)
-        self.read = length  # tokens of the sequence read so far; the cache holds the last decoder.pos of them
-        self.offset = self.decoder.pos - self.read  # cache slot of sequence position p: p + offset
-        return logits
+    def __init__(self, decoder: _Decoder, inputs: _Inputs) -> None:
+        self.model, self.inputs = decoder.model, inputs
+        self._use(decoder, inputs.idx.size(1))
+
+    def _use(self, decoder: _Decoder, length: int) -> None:
+        """Draft from decoder, whose cache holds the last decoder.pos of the sequence's first `length` tokens."""
+        self.decoder = decoder
+        self.read = length  # tokens of the sequence read so far
+        self.offset = decoder.pos - length  # cache slot of sequence position p: p + offset
 
     def propose(
         self, seq: torch.Tensor, k: int, cfg: GenerationConfig, generator: Any
@@ -547,7 +542,9 @@ class _DraftModel:
         pending = seq[self.read :]
         if self.decoder.room() < pending.numel() + k - 1:
             window = max(1, self.model.config.block_size // 2)
-            logits = self._start(seq[None, -window:], seq.numel())[:, None]  # (1, 1, V)
+            decoder = _Decoder(self.model, dataclasses.replace(self.inputs, idx=seq[None, -window:]))
+            logits = decoder.prefill()[:, None]  # (1, 1, V)
+            self._use(decoder, seq.numel())
             k = min(k, self.decoder.room() + 1)
         else:
             logits = self.decoder.feed(pending[None])  # (1, 1, V)
@@ -569,10 +566,6 @@ class _DraftModel:
         """The model kept the sequence's first `length` tokens: forget the rejected drafts."""
         self.read = min(self.read, length)
         self.decoder.rewind(self.read + self.offset)
-
-    def close(self) -> None:
-        self.model.clear_kv_cache()
-        self.model.train(self.was_training)
 
 
 def _assisted_tokens(
@@ -600,8 +593,9 @@ def _assisted_tokens(
         history = _history(model, idx, inputs.pad, max_new, logits.size(-1), cfg) if process else None
         drafter = None
         if assistant_model is not None:
-            drafter = _DraftModel(assistant_model, inputs)
-            stack.callback(drafter.close)
+            draft_inputs = dataclasses.replace(inputs, compile=False, pad=None)
+            draft_decoder, _ = stack.enter_context(_cached_decoding(assistant_model, draft_inputs))
+            drafter = _DraftModel(draft_decoder, draft_inputs)
         rows = logits[:, None]  # (1, 1, V): the positions to judge this round
         drafts: list[int] = []
         qs: list[torch.Tensor] | None = None

@@ -207,8 +207,8 @@ def test_a_draft_model_that_restarts_its_cache_keeps_its_place(monkeypatch):
     model = tiny_gpt(0, block=64)
     draft = tiny_gpt(1, block=32, layers=1)  # other weights: short rounds, many of them
     starts = []
-    real = gen._DraftModel._start
-    monkeypatch.setattr(gen._DraftModel, "_start", lambda self, *a: starts.append(a[1]) or real(self, *a))
+    real = gen._DraftModel._use
+    monkeypatch.setattr(gen._DraftModel, "_use", lambda self, *a: starts.append(a[1]) or real(self, *a))
     prompt = torch.tensor([[1, 2, 3, 4, 5]])
     plain = [int(t) for t in generate_tokens(model, prompt, 55)]
     assisted = [int(t) for t in generate_tokens(model, prompt, 55, assistant_model=draft, num_assistant_tokens=2)]
