@@ -323,7 +323,12 @@ def _compiled_step(model: LM) -> Callable[..., torch.Tensor]:
     eager."""
     if model not in _COMPILED:
         ref = weakref.ref(model)
-        _COMPILED[model] = torch.compile(lambda *args: _forward(ref(), *args), dynamic=False)
+
+        def step(*args: Any) -> torch.Tensor:
+            with _RowLinear():
+                return _forward(ref(), *args)
+
+        _COMPILED[model] = torch.compile(step, dynamic=False)
     return _COMPILED[model]
 
 
@@ -338,30 +343,56 @@ def cache_length(needed: int, limit: int | None, compiled: bool) -> int:
     return min(bucket, limit) if limit is not None else bucket
 
 
-def decoding_layout(model: nn.Module) -> None:
-    """Store each CPU float32 linear weight (out, in) with its longer dimension contiguous: column-major when it has
-    more outputs than inputs (the output head, qkv, the MLP's up-projection; a tied input embedding shares the head's
-    storage). The same values, but the one-row matmuls of batch-1 decoding read weights that come from memory about
-    twice as fast (MKL's GEMV reads a row-major (V, C) head at about a third of the bandwidth; bench/generate.py).
-    Done once per model; checkpoints are written contiguous (model.checkpoint)."""
+def decoding_layout(model: nn.Module, compiled: bool = False) -> None:
+    """Lay each CPU float32 linear weight (out, in) out for the one-row matmuls of batch-1 decoding. The values never
+    change (a tied input embedding shares the head's storage); checkpoints are written contiguous (model.checkpoint).
+
+    Eager (MKL's GEMV): the longer dimension contiguous, column-major when a weight has more outputs than inputs (the
+    output head, qkv, the MLP's up-projection): MKL reads a row-major (V, C) head at about a third of the bandwidth
+    and a column-major one at about two thirds. Compiled (the dot products of _RowLinear): row-major, each output's
+    weights one contiguous run, the order that generated loop reads fastest (bench/generate.py)."""
     for module in model.modules():
         w = module.weight if isinstance(module, nn.Linear) else None
-        if w is None or w.device.type != "cpu" or w.dtype != torch.float32 or w.stride(-1) != 1:
+        if w is None or w.device.type != "cpu" or w.dtype != torch.float32 or w.dim() != 2:
             continue
-        if w.size(0) > w.size(1):
+        column_major = not compiled and w.size(0) > w.size(1)
+        laid_out = w.stride() == (1, w.size(0)) if column_major else w.is_contiguous()
+        if not laid_out:
             with torch.inference_mode(False):  # a normal tensor: the model may be trained afterwards
-                w.data = w.data.t().contiguous().t()
+                w.data = w.data.t().contiguous().t() if column_major else w.data.contiguous()
+
+
+class _RowLinear(torch.overrides.TorchFunctionMode):
+    """Inside the compiled one-token step: a linear of one row x (.., 1, in) by a CPU float32 weight (out, in) is
+    written as out dot products, sum(w * x, -1), which torch.compile turns into one vectorised loop reading each
+    weight once, at about 85% of the memory bandwidth against MKL's GEMV at 30-70% (bench/generate.py; batch-1
+    decoding is bound by reading the weights), when the weight is row-major (decoding_layout(compiled=True)); a
+    column-major one reads faster through MKL. Outside compilation (an eager fallback) F.linear runs as it is: the
+    product would be materialised."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is nn.functional.linear and torch.compiler.is_compiling():
+            x, w = args[0], args[1]
+            bias = args[2] if len(args) > 2 else kwargs.get("bias")
+            if x.numel() == x.size(-1) and w.device.type == "cpu" and w.dtype == torch.float32 and w.is_contiguous():
+                y = (w * x.unsqueeze(-2)).sum(-1)  # (.., 1, out)
+                return y if bias is None else y + bias
+        return func(*args, **kwargs)
 
 
 @contextlib.contextmanager
-def _cached_decoding(model: LM, inputs: _Inputs) -> Iterator[tuple[_Decoder, torch.Tensor]]:
+def _cached_decoding(model: LM, inputs: _Inputs, rows: int | None = None) -> Iterator[tuple[_Decoder, torch.Tensor]]:
     """Yield (decoder, logits (B, V) of the first new token) with the model in eval mode and its KV cache set.
+    rows: how many rows the forwards after the prefill take (default B; beams B * K, assisted decoding's drafts + 1):
+    the weights are laid out for the compiled one-row step only when that is the one forward that reads them.
 
     On exit, also when the caller stops iterating early, the KV cache is cleared and train/eval mode restored.
     """
     was_training = model.training
     if not was_training:  # a model kept for inference (not a training run's samples)
-        decoding_layout(model)
+        one_row = (rows if rows is not None else inputs.idx.size(0)) == 1
+        decoding_layout(model, compiled=inputs.compile and one_row)
     try:
         model.eval()
         decoder = _Decoder(model, inputs)
@@ -589,7 +620,7 @@ def _assisted_tokens(
     drafts_per_round = cfg.prompt_lookup_num_tokens or cfg.num_assistant_tokens
     ngram = cfg.max_matching_ngram_size or DEFAULT_NGRAM
     process = needs_processing(cfg)
-    with _cached_decoding(model, inputs) as (decoder, logits), contextlib.ExitStack() as stack:
+    with _cached_decoding(model, inputs, drafts_per_round + 1) as (decoder, logits), contextlib.ExitStack() as stack:
         history = _history(model, idx, inputs.pad, max_new, logits.size(-1), cfg) if process else None
         drafter = None
         if assistant_model is not None:
@@ -727,7 +758,7 @@ def beam_search(
     scores[:, 0] = 0.0  # the K beams of a row start identical: only the first may grow at the first step
     idle = eos[0] if eos else 0  # fed to the beams of finished rows, whose outputs nobody reads
     with (
-        _cached_decoding(model, inputs) as (decoder, logits),
+        _cached_decoding(model, inputs, B * K) as (decoder, logits),
         progress_bar(progress, max_new_tokens, "beam search") as bar,
     ):
         # prefill (and encode) each row once, then copy its cache rows and encoder output to its K beams

@@ -381,3 +381,37 @@ def test_an_inference_models_head_is_laid_out_for_decoding_and_still_saves(tmp_p
     assert after == before
     loaded, _ = load_model(save_model(model, tmp_path / "m", get_tokenizer("byte").spec()))
     assert torch.equal(loaded.lm_head.weight, weights)
+
+
+def test_compiled_one_token_step_reads_each_weight_as_dot_products(monkeypatch):
+    """Under torch.compile the one-token step writes each fp32 one-row linear as dot products (sum(w * x, -1)), a
+    loop inductor reads the weights in at the memory roofline, and lays the weights out row-major for it; the tokens
+    stay the eager ones. Decoding that feeds several rows (assisted decoding's verification) lays the head
+    column-major again (MKL's fast order)."""
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, **{**kw, "backend": record}))
+    torch._dynamo.reset()
+    try:
+        model = tiny_gpt(block_size=64).eval()
+        weights = model.lm_head.weight.detach().clone()
+        prompt = torch.randint(0, 256, (1, 7), generator=torch.Generator().manual_seed(1))
+        eager = torch.cat(list(generate_tokens(model, prompt, 6)))
+        assert model.lm_head.weight.stride() == (1, model.lm_head.weight.size(0))
+        compiled = torch.cat(list(generate_tokens(model, prompt, 6, compile=True)))
+        assert model.lm_head.weight.is_contiguous() and torch.equal(model.lm_head.weight, weights)
+        assert torch.equal(compiled, eager)
+        assert len(graphs) == 1
+        targets = {str(node.target) for node in graphs[0].graph.nodes if node.op in ("call_function", "call_method")}
+        assert not any("linear" in t or "matmul" in t or t.endswith(".mm") for t in targets), targets
+        assert any("sum" in t for t in targets), targets
+        list(generate_tokens(model, prompt, 4, compile=True, prompt_lookup_num_tokens=3))  # verifies several rows
+        assert model.lm_head.weight.stride() == (1, model.lm_head.weight.size(0))
+        assert torch.equal(torch.cat(list(generate_tokens(model, prompt, 6, compile=True))), eager)
+    finally:
+        torch._dynamo.reset()
