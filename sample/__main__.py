@@ -244,10 +244,11 @@ def run(cfg: SampleConfig, edits: set[str] | None = None) -> None:
 
     def one_call(config: GenerationConfig, call_seed: int, on_text=None) -> list[Completion]:
         if infilling:
-            return infill(model, tokenizer, prefix, suffix, config, seed=call_seed, on_text=on_text, progress=bar)
+            return infill(model, tokenizer, prefix, suffix, config, seed=call_seed, on_text=on_text, progress=bar,
+                          compile=cfg.compile)  # fmt: skip
         scores = {"output_scores": cfg.logprobs is not None, "top_logprobs": cfg.logprobs or 0}
         return generate(model, tokenizer, prompt, config, seed=call_seed, on_text=on_text, progress=bar,
-                        assistant_model=assistant, **scores)[0]  # fmt: skip
+                        assistant_model=assistant, compile=cfg.compile, **scores)[0]  # fmt: skip
 
     parsed: list[bool | None] = []  # per sample, with check_syntax: whether prompt + completion parses
     if cfg.stream:  # one sample after another, each printed as it is generated (same samples as a batch)
@@ -332,7 +333,8 @@ def chat(cfg: SampleConfig, edits: set[str] | None = None, lines: Any = None) ->
         ids = _fit_history(tokenizer, messages, generation, model.config.block_size, len(system))
         write = lambda _row, piece: (sys.stdout.write(piece), sys.stdout.flush())  # noqa: E731
         sys.stdout.write("assistant> " if interactive else "")
-        reply = generate(model, tokenizer, [""], generation, seed=seed + turn, on_text=write, input_ids=[ids])[0][0]
+        reply = generate(model, tokenizer, [""], generation, seed=seed + turn, on_text=write, input_ids=[ids],
+                         compile=cfg.compile)[0][0]  # fmt: skip
         sys.stdout.write("\n")
         sys.stdout.flush()
         messages.append({"role": "assistant", "content": reply.text})

@@ -925,8 +925,10 @@ class _Request:
         progress: bool = False,
         top_logprobs: int | None = None,
         assistant_model: LM | None = None,
+        compile: bool = False,
     ) -> None:
         self.model, self.tokenizer, self.cfg, self.assistant_model = model, tokenizer, cfg, assistant_model
+        self.compile = compile  # generate_tokens' compile (beam search runs eager)
         if assistant_model is not None and cfg.num_beams > 1:
             raise ValueError(
                 f"assistant_model drafts for greedy decoding and sampling; with num_beams={cfg.num_beams} leave it out"
@@ -992,6 +994,7 @@ class _Request:
             vocab_limit=tokenizer_vocab_limit(self.model, self.tokenizer),
             on_scores=functools.partial(self._record, group) if self.top_logprobs is not None else None,
             assistant_model=self.assistant_model,
+            compile=self.compile,
         )
         rows = [self.rows[j] for j in group]
         bar = progress_bar(self.progress, limit, f"generating {len(rows)} rows")
@@ -1089,6 +1092,7 @@ def generate(
     on_token: Callable[[int, int], None] | None = None,
     input_ids: Sequence[Sequence[int]] | None = None,
     assistant_model: LM | None = None,
+    compile: bool = False,
     **controls: object,
 ) -> list[list[Completion]]:
     """Completions of one or several prompts, generated as one batch; per prompt, num_return_sequences of them.
@@ -1108,6 +1112,8 @@ def generate(
     OpenAI's logprobs); not with beam search, whose outputs carry their beam score.
     assistant_model (or the control prompt_lookup_num_tokens): assisted decoding, rows one after another (see
     generate_tokens).
+    compile: the one-token decoding step under torch.compile (generate_tokens; 12-18 s to compile on first use
+    per model and batch shape, then the fastest batch-1 decoding on a CPU); beam search runs eager.
     """
     cfg = _config(config, controls)
     single = isinstance(prompts, str)
@@ -1119,7 +1125,9 @@ def generate(
     if len(ids) != len(texts) or not all(ids):
         raise ValueError(f"input_ids must hold one non-empty list of ids per prompt ({len(texts)})")
     scored = top_logprobs if output_scores else None
-    request = _Request(model, tokenizer, texts, ids, cfg, seed, device, texts, progress, scored, assistant_model)
+    request = _Request(
+        model, tokenizer, texts, ids, cfg, seed, device, texts, progress, scored, assistant_model, compile
+    )
     completions = request.run(on_text, on_token)
     n = cfg.num_return_sequences
     return [completions[i : i + n] for i in range(0, len(completions), n)]
@@ -1134,6 +1142,7 @@ def stream(
     seed: int | None = None,
     device: str | torch.device | None = None,
     assistant_model: LM | None = None,
+    compile: bool = False,
     **controls: object,
 ) -> Iterator[str]:
     """Yield the completion of one sample piece by piece, as soon as each piece is final.
@@ -1147,7 +1156,9 @@ def stream(
     if cfg.num_return_sequences != 1:
         raise ValueError("stream yields one sample; call it once per sample (with seed + i) or use generate()")
     ids = [prompt_ids(tokenizer, prompt, model_kind(model))]
-    request = _Request(model, tokenizer, [prompt], ids, cfg, seed, device, [prompt], assistant_model=assistant_model)
+    request = _Request(
+        model, tokenizer, [prompt], ids, cfg, seed, device, [prompt], assistant_model=assistant_model, compile=compile
+    )
     for pieces in request.steps():
         if pieces[0]:
             yield pieces[0]
@@ -1178,6 +1189,7 @@ def infill(
     device: str | torch.device | None = None,
     on_text: Callable[[int, str], None] | None = None,
     progress: bool = False,
+    compile: bool = False,
     **controls: object,
 ) -> list[Completion]:
     """Fill in the middle between prefix and suffix with a model trained on fill-in-the-middle data.
@@ -1198,7 +1210,7 @@ def infill(
         )
     ids = [infill_prompt_ids(tokenizer, prefix, suffix)]
     cfg = cfg.replace(stop_at_top_level=False)
-    request = _Request(model, tokenizer, [prefix], ids, cfg, seed, device, progress=progress)
+    request = _Request(model, tokenizer, [prefix], ids, cfg, seed, device, progress=progress, compile=compile)
     completions = request.run(on_text)
     for c in completions:
         c.suffix = suffix

@@ -64,7 +64,9 @@ class _GenerationPipeline:
     kind = ""
     default_max_new_tokens: int | None = None  # None: transformers' max_length=20 rule (sample.generate)
 
-    def __init__(self, model: GPT | T5, tokenizer: Tokenizer, defaults: dict[str, object] | None = None) -> None:
+    def __init__(
+        self, model: GPT | T5, tokenizer: Tokenizer, defaults: dict[str, object] | None = None, compile: bool = False
+    ) -> None:
         kind = model_kind(model)
         if TASK_OF_KIND.get(kind) != self.task:
             got = KIND_NAMES.get(kind, f"a {kind!r} model")
@@ -79,6 +81,8 @@ class _GenerationPipeline:
         self.model = model
         self.tokenizer = tokenizer
         self.defaults = recorded_controls(defaults, tokenizer)  # the checkpoint's decoding defaults, or {}
+        _check_bool("compile", compile)
+        self.compile = compile  # every call's one-token decoding step under torch.compile
 
     @property
     def device(self) -> torch.device:
@@ -187,6 +191,7 @@ class _GenerationPipeline:
                 top_logprobs=logprobs or 0,
                 on_token=on_token,
                 assistant_model=assistant,
+                compile=self.compile,
             )
         if streamer is not None:
             streamer.end()
@@ -599,6 +604,7 @@ def pipeline(
     dtype: str | torch.dtype | None = None,
     torch_dtype: str | torch.dtype | None = None,
     model_kwargs: dict[str, object] | None = None,
+    compile: bool = False,
 ) -> TextGenerationPipeline | Text2TextGenerationPipeline:
     """Build a pipeline for task from a checkpoint/run directory or an already-built model.
 
@@ -620,6 +626,10 @@ def pipeline(
             activations (model.quant; about 2-3x the float32 batch-1 tokens/s on a CPU), a model object in place.
         model_kwargs: transformers' from_pretrained arguments; nanoloom's loading takes dtype/torch_dtype there,
             anything else (device_map, attn_implementation ...) is a ValueError naming it.
+        compile: every call's one-token decoding step under torch.compile (sample.generate.generate_tokens):
+            compiled on the first call (12-18 s for gpt-mini on a CPU), then batch-1 decoding reads the weights near the
+            memory bandwidth (1.6x eager on gpt-mini, 3x on the demo model; README "Generation speed"). Beam search
+            runs eager.
     """
     if model is None:
         raise ValueError("pipeline() needs model=<checkpoint or run directory, hf:name, or a model object>")
@@ -666,7 +676,7 @@ def pipeline(
         quantize_int8(model)
     if isinstance(tokenizer, str):
         tokenizer = get_tokenizer(tokenizer)
-    return SUPPORTED_TASKS[task](model, tokenizer, generation_config)
+    return SUPPORTED_TASKS[task](model, tokenizer, generation_config, compile=compile)
 
 
 def _checked_generation_config(config: object) -> dict[str, object]:

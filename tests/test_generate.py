@@ -415,3 +415,37 @@ def test_compiled_one_token_step_reads_each_weight_as_dot_products(monkeypatch):
         assert torch.equal(torch.cat(list(generate_tokens(model, prompt, 6, compile=True))), eager)
     finally:
         torch._dynamo.reset()
+
+
+def test_compile_reaches_generation_from_generate_stream_the_pipeline_and_the_sample_command(
+    tmp_path, capsys, eager_compile
+):
+    """compile=True (generate, stream, infill's _Request; pipeline(compile=True); python -m sample compile=true)
+    decodes through the compiled one-token step, with the eager step's tokens."""
+    from train_helpers import run_sample_main
+
+    from model.checkpoint import save_model
+    from sample import generate, pipeline
+
+    byte = get_tokenizer("byte")
+    path = save_model(tiny_gpt(block_size=64), tmp_path / "m", tokenizer_spec=byte.spec())
+    model = tiny_gpt(block_size=64)
+    greedy = dict(max_new_tokens=12, do_sample=False)
+    plain = generate(model, byte, ["def f(x):", "Once"], seed=0, **greedy)
+    assert eager_compile.frame_count == 0
+    assert generate(model, byte, ["def f(x):", "Once"], seed=0, compile=True, **greedy) == plain
+    assert eager_compile.frame_count == 1
+    assert "".join(stream(model, byte, "def f(x):", compile=True, **greedy)) == plain[0][0].text
+    assert eager_compile.frame_count == 2  # batch 1: another shape
+    pipe = pipeline("text-generation", model=path, device="cpu", dtype="float32", compile=True)
+    torch._dynamo.reset()  # a model of the same shapes would reuse the step compiled above
+    frames = eager_compile.frame_count
+    out = pipe("def f(x):", **greedy)
+    assert out[0]["generated_text"] == "def f(x):" + plain[0][0].text and eager_compile.frame_count > frames
+    with pytest.raises(TypeError, match="compile"):
+        pipeline("text-generation", model=path, compile="yes")
+    torch._dynamo.reset()
+    frames = eager_compile.frame_count
+    code, printed, _ = run_sample_main(capsys, f"checkpoint={path}", "prompt=def f(x):", "max_new_tokens=12",
+                                       "do_sample=false", "compile=true", "device=cpu")  # fmt: skip
+    assert code == 0 and plain[0][0].text in printed and eager_compile.frame_count > frames
