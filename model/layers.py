@@ -6,6 +6,9 @@ So et al. 2021 (squared ReLU), Su et al. 2021 (RoPE).
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -103,10 +106,63 @@ def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
 LOGITS_PER_CHUNK = {"cpu": 1 << 25, "cuda": 1 << 28}  # other devices: the GPU size
 
 
-def ce_chunk_rows(vocab_size: int, device: torch.device) -> int:
-    """Rows of h per chunk of linear_cross_entropy for this (padded) vocabulary on this device (at least 64)."""
+def ce_chunk_rows(vocab_size: int, device: torch.device, rows: int | None = None) -> int:
+    """Rows of h per chunk of linear_cross_entropy for this (padded) vocabulary on this device (at least 64); with
+    the number of rows, the chunks are made equal (2,048 rows of GPT-2's vocabulary on a CPU: 4 x 512, not
+    3 x 640 + 128): the same memory, each chunk as fast as the others, one compiled shape."""
     budget = LOGITS_PER_CHUNK.get(device.type, LOGITS_PER_CHUNK["cuda"])
-    return max(64, budget // vocab_size // 64 * 64)
+    most = max(64, budget // vocab_size // 64 * 64)
+    if rows is None or rows <= 0:
+        return most
+    return -(-rows // -(-rows // most))  # ceil(rows / number of chunks)
+
+
+def _chunk_in_place(
+    hc: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, vocab_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One chunk of rows hc (n, C) against w (V', C) (both in the matmul dtype), eagerly: (summed loss, d/dhc (n, C),
+    d/dw (C, V') in hc's dtype). One exp over the chunk, in place of its fp32 logits, for both the loss and its
+    gradient (logsumexp and then exp(logits - lse) would take two passes)."""
+    ok = targets != -1
+    tc = targets.clamp(min=0)
+    logits = padded_logits(hc, w, vocab_size)  # (n, V') fp32, padded columns -inf
+    picked = logits.gather(1, tc[:, None]).squeeze(1)  # (n,)
+    top = logits.amax(dim=-1)  # (n,): e = exp(logits - max), lse = max + log(sum e)
+    e = torch.exp_(logits.sub_(top[:, None]))
+    total = e.sum(dim=-1)  # (n,)
+    loss = ((top + torch.log(total) - picked) * ok).sum()
+    # softmax - onehot (0 in the padded columns); an ignored row is divided by +inf and its one-hot weight is 0, so
+    # its gradient is 0 without another pass over the chunk
+    grad = e.div_(torch.where(ok, total, float("inf"))[:, None])
+    grad[torch.arange(grad.size(0), device=grad.device), tc] -= ok.to(grad.dtype)
+    grad = grad.to(hc.dtype)  # (n, V'): d(sum of losses)/d logits
+    del logits, e  # a bf16 grad is a copy: the fp32 chunk is not kept through the matmuls
+    return loss, grad @ w, hc.t() @ grad
+
+
+def _chunk_fused(
+    hc: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, vocab_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """_chunk_in_place's results, written for torch.compile: no in-place op, so inductor makes the max, the sum of
+    exps and the gradient two reductions and one pointwise pass over the matmul's (bf16) logits, and never
+    materialises them in fp32 (compiled, the in-place version wrote two fp32 copies of every chunk)."""
+    col = torch.arange(w.size(0), device=hc.device)
+    logits = torch.where(col < vocab_size, (hc @ w.t()).float(), float("-inf"))  # (n, V'), padding -inf
+    ok = targets != -1
+    tc = targets.clamp(min=0)
+    top = logits.amax(dim=-1, keepdim=True)  # (n, 1)
+    total = torch.exp(logits - top).sum(dim=-1, keepdim=True)  # (n, 1)
+    picked = logits.gather(1, tc[:, None])  # (n, 1)
+    loss = ((top + torch.log(total) - picked).squeeze(1) * ok).sum()
+    scale = torch.where(ok[:, None], 1.0 / total, 0.0)  # an ignored row: no gradient
+    onehot = (col == tc[:, None]) & ok[:, None]
+    grad = (torch.exp(logits - top) * scale - onehot.float()).to(hc.dtype)  # (n, V'): softmax - onehot
+    return loss, grad @ w, hc.t() @ grad
+
+
+@functools.cache
+def _compiled_chunk() -> Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    return torch.compile(_chunk_fused, dynamic=False)
 
 
 class LinearCrossEntropy(torch.autograd.Function):
@@ -119,37 +175,26 @@ class LinearCrossEntropy(torch.autograd.Function):
     "fused linear cross-entropy" of Liger-Kernel/Cut Cross-Entropy, in plain PyTorch). The matmuls run on the whole
     padded weight (a vocabulary padded to a multiple of 64 is what makes them fast; 50257 columns is not) and the
     padded columns are masked out of the softmax, so they get no probability and no gradient. Targets -1 are
-    ignored.
+    ignored. The matmuls run in autocast's dtype when it is on (the weight cast once, not per chunk), else in h's.
+    compiled (the model is under torch.compile): each chunk is one compiled graph of _chunk_fused, else eager.
     """
 
     @staticmethod
-    def forward(ctx, h, weight, targets, vocab_size: int, chunk_rows: int):  # h (N, C), weight (V', C), targets (N,)
-        valid = targets != -1
-        count = valid.sum().clamp(min=1)
+    def forward(ctx, h, weight, targets, vocab_size: int, chunk_rows: int, compiled: bool):  # h (N, C), weight (V', C)
+        device = h.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
+        w = weight.to(dtype)
+        chunk = _compiled_chunk() if compiled else _chunk_in_place
         loss = torch.zeros((), dtype=torch.float32, device=h.device)
         grad_h = torch.empty_like(h)
         grad_w = torch.zeros_like(weight, dtype=torch.float32)
-        # in h's dtype once: under CPU autocast h comes in bf16 and autocast would cast the weight for every chunk's
-        # two matmuls (on CUDA, h is fp32 here and autocast still casts per matmul)
-        w = weight.to(h.dtype)
-        for start in range(0, h.size(0), chunk_rows):
-            rows = slice(start, start + chunk_rows)
-            hc, tc, ok = h[rows], targets[rows].clamp(min=0), valid[rows]
-            logits = padded_logits(hc, w, vocab_size)  # (n, V') fp32, padded columns -inf
-            picked = logits.gather(1, tc[:, None]).squeeze(1)  # (n,)
-            # one exp over the chunk, in place of the logits, for both the loss and its gradient (logsumexp and
-            # then exp(logits - lse) would take two): e = exp(logits - max), lse = max + log(sum e)
-            top = logits.amax(dim=-1)  # (n,)
-            e = torch.exp_(logits.sub_(top[:, None]))
-            total = e.sum(dim=-1)  # (n,)
-            loss += ((top + torch.log(total) - picked) * ok).sum()
-            # softmax - onehot (0 in the padded columns); an ignored row is divided by +inf and its one-hot weight
-            # is 0, so its gradient is 0 without another pass over the chunk
-            grad = e.div_(torch.where(ok, total, float("inf"))[:, None])
-            grad[torch.arange(grad.size(0), device=grad.device), tc] -= ok.to(grad.dtype)
-            grad = grad.to(h.dtype)  # (n, V'): d(sum of losses)/d logits
-            grad_h[rows] = grad @ w
-            grad_w += (grad.t() @ hc).float()
+        with torch.autocast(device, enabled=False):  # the dtypes are chosen above
+            for start in range(0, h.size(0), chunk_rows):
+                rows = slice(start, start + chunk_rows)
+                part, grad_h[rows], part_w = chunk(h[rows].to(dtype), w, targets[rows], vocab_size)
+                loss += part
+                grad_w += part_w.t()  # (V', C) accumulated in fp32, no fp32 copy of the product
+        count = (targets != -1).sum().clamp(min=1)
         ctx.save_for_backward(grad_h, grad_w, count)
         ctx.weight_dtype = weight.dtype
         return loss / count
@@ -158,7 +203,15 @@ class LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss):
         grad_h, grad_w, count = ctx.saved_tensors
         scale = grad_loss / count
-        return grad_h * scale.to(grad_h.dtype), (grad_w * scale).to(ctx.weight_dtype), None, None, None
+        return grad_h * scale.to(grad_h.dtype), (grad_w * scale).to(ctx.weight_dtype), None, None, None, None
+
+
+@torch.compiler.disable
+def _chunked(h, weight, targets, vocab_size: int, chunk_rows: int, compiled: bool) -> torch.Tensor:
+    """LinearCrossEntropy outside the model's compiled graph (a graph break): compiled whole, inductor scheduled
+    every chunk's logits before consuming the first, which made the loss the peak of the compiled gpt-mini step's
+    memory; here the chunks run one after another, each its own compiled graph."""
+    return LinearCrossEntropy.apply(h, weight, targets, vocab_size, chunk_rows, compiled)
 
 
 def padded_logits(h: torch.Tensor, weight: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -175,9 +228,9 @@ def linear_cross_entropy(
     """F.cross_entropy(h @ weight[:vocab_size].T, targets, ignore_index=-1) in chunks of chunk_rows rows of h
     (ce_chunk_rows of the device and the padded vocabulary unless given)."""
     h, targets = h.reshape(-1, h.size(-1)), targets.reshape(-1)
-    chunk_rows = chunk_rows or ce_chunk_rows(weight.size(0), h.device)
+    chunk_rows = chunk_rows or ce_chunk_rows(weight.size(0), h.device, h.size(0))
     if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
-        return LinearCrossEntropy.apply(h, weight, targets, vocab_size, chunk_rows)
+        return _chunked(h, weight, targets, vocab_size, chunk_rows, torch.compiler.is_compiling())
     total = torch.zeros((), dtype=torch.float32, device=h.device)  # evaluation: the losses alone
     for start in range(0, h.size(0), chunk_rows):
         logits = padded_logits(h[start : start + chunk_rows], weight, vocab_size)  # (n, V')

@@ -237,6 +237,73 @@ def test_chunk_rows_follow_the_device_and_the_vocabulary():
     assert ce_chunk_rows(10**9, cpu) == 64  # never fewer than 64 rows
 
 
+def test_chunks_are_made_equal_within_the_budget():
+    from model.layers import ce_chunk_rows
+
+    cpu = torch.device("cpu")
+    most = ce_chunk_rows(50304, cpu)
+    assert most == 640 and ce_chunk_rows(50304, cpu, 2048) == 512  # 4 x 512, not 3 x 640 + 128
+    for rows in (1, 63, 640, 641, 2048, 2049, 5000):
+        per = ce_chunk_rows(50304, cpu, rows)
+        chunks = -(-rows // per)
+        assert per <= most and chunks == -(-rows // most) and rows - (chunks - 1) * per > per - chunks, rows
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_fused_chunk_for_torch_compile_equals_the_in_place_chunk(dtype):
+    """_chunk_fused (what a compiled model's loss compiles per chunk) gives _chunk_in_place's loss and gradients:
+    ignored rows, padded columns and a target at the last real id included."""
+    from model.layers import _chunk_fused, _chunk_in_place
+
+    torch.manual_seed(0)
+    hc = torch.randn(24, 16).to(dtype)
+    w = torch.randn(72, 16).to(dtype)  # 64 real ids, 8 padded
+    targets = torch.randint(0, 64, (24,))
+    targets[:5] = -1
+    targets[5] = 63
+    fused = _chunk_fused(hc, w, targets, 64)
+    in_place = _chunk_in_place(hc, w, targets, 64)
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
+    for a, b in zip(fused, in_place):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        torch.testing.assert_close(a.float(), b.float(), **tol)
+    assert fused[2][:, 64:].abs().max() == 0 and fused[1][:5].abs().max() == 0  # padding, ignored rows: no gradient
+
+
+def test_a_compiled_gpt_runs_its_loss_chunk_by_chunk_with_the_eager_loss_and_gradients(monkeypatch):
+    """Under torch.compile the loss leaves the model's graph (a graph break) and each chunk runs as a compiled graph
+    of _chunk_fused, one after another; loss and gradients equal the eager model's."""
+    from torch._dynamo.testing import CompileCounter
+
+    from model import layers
+
+    counter, calls = CompileCounter(), []
+
+    def compiled_chunk():
+        fused = torch.compile(layers._chunk_fused, backend=counter, dynamic=False)
+        return lambda *args: (calls.append(args[0].shape[0]), fused(*args))[1]
+
+    monkeypatch.setattr(layers, "_compiled_chunk", compiled_chunk)
+    monkeypatch.setitem(layers.LOGITS_PER_CHUNK, "cpu", 64 * 320)  # at most 64 rows of the padded vocabulary
+    torch._dynamo.reset()
+    try:
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=32, vocab_size=300))  # padded to 320
+        x, y = torch.randint(0, 300, (3, 32)), torch.randint(0, 300, (3, 32))
+        y[0, :4] = -1
+        eager_loss = model(x, y, return_logits=False)[1]
+        eager_grads = torch.autograd.grad(eager_loss, list(model.parameters()))
+        assert calls == []  # eager: the in-place chunks
+        loss = torch.compile(model, backend="eager")(x, y, return_logits=False)[1]
+        grads = torch.autograd.grad(loss, list(model.parameters()))
+        assert calls == [48, 48] and counter.frame_count == 1  # 96 rows: two equal chunks, one compiled shape
+        torch.testing.assert_close(loss, eager_loss)
+        for g, e in zip(grads, eager_grads):
+            torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-4)
+    finally:
+        torch._dynamo.reset()
+
+
 def test_gpt_loss_without_logits_equals_the_plain_loss():
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=16, vocab_size=100))  # padded to 128
