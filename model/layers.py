@@ -107,14 +107,15 @@ LOGITS_PER_CHUNK = {"cpu": 1 << 25, "cuda": 1 << 28}  # other devices: the GPU s
 
 
 def ce_chunk_rows(vocab_size: int, device: torch.device, rows: int | None = None) -> int:
-    """Rows of h per chunk of linear_cross_entropy for this (padded) vocabulary on this device (at least 64); with
-    the number of rows, the chunks are made equal (2,048 rows of GPT-2's vocabulary on a CPU: 4 x 512, not
-    3 x 640 + 128): the same memory, each chunk as fast as the others, one compiled shape."""
+    """Rows of h per chunk of linear_cross_entropy for this (padded) vocabulary on this device: a multiple of 64,
+    at least 64. Given the number of rows, the chunks are made as equal as multiples of 64 allow (2,048 rows of
+    GPT-2's vocabulary on a CPU: 4 x 512, not 3 x 640 + 128): as many chunks, each as fast as the others."""
     budget = LOGITS_PER_CHUNK.get(device.type, LOGITS_PER_CHUNK["cuda"])
     most = max(64, budget // vocab_size // 64 * 64)
     if rows is None or rows <= 0:
         return most
-    return -(-rows // -(-rows // most))  # ceil(rows / number of chunks)
+    per = -(-rows // -(-rows // most))  # ceil(rows / number of chunks)
+    return min(most, -(-per // 64) * 64)
 
 
 def _chunk_in_place(
@@ -162,7 +163,9 @@ def _chunk_fused(
 
 @functools.cache
 def _compiled_chunk() -> Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    return torch.compile(_chunk_fused, dynamic=False)
+    """_chunk_fused under torch.compile (default backend): compiled for the first chunk shape, then once with
+    dynamic shapes (torch's automatic dynamic), so batches of varying length do not recompile it every time."""
+    return torch.compile(_chunk_fused)
 
 
 class LinearCrossEntropy(torch.autograd.Function):
@@ -208,9 +211,10 @@ class LinearCrossEntropy(torch.autograd.Function):
 
 @torch.compiler.disable
 def _chunked(h, weight, targets, vocab_size: int, chunk_rows: int, compiled: bool) -> torch.Tensor:
-    """LinearCrossEntropy outside the model's compiled graph (a graph break): compiled whole, inductor scheduled
-    every chunk's logits before consuming the first, which made the loss the peak of the compiled gpt-mini step's
-    memory; here the chunks run one after another, each its own compiled graph."""
+    """LinearCrossEntropy outside the model's compiled graph (a graph break, so a model compiled with
+    fullgraph=True stops here): compiled whole, inductor scheduled every chunk's logits before consuming the first,
+    which made the loss the peak of the compiled gpt-mini step's memory; here the chunks run one after another,
+    each its own graph compiled with torch.compile's default backend."""
     return LinearCrossEntropy.apply(h, weight, targets, vocab_size, chunk_rows, compiled)
 
 

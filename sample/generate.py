@@ -350,7 +350,9 @@ def decoding_layout(model: nn.Module, compiled: bool = False) -> None:
     Eager (MKL's GEMV): the longer dimension contiguous, column-major when a weight has more outputs than inputs (the
     output head, qkv, the MLP's up-projection): MKL reads a row-major (V, C) head at about a third of the bandwidth
     and a column-major one at about two thirds. Compiled (the dot products of _RowLinear): row-major, each output's
-    weights one contiguous run, the order that generated loop reads fastest (bench/generate.py)."""
+    weights one contiguous run, the order that generated loop reads fastest (bench/generate.py). A model used both
+    ways in turn is relaid at each switch (a copy of its linear weights), and its compiled step has one graph per
+    layout: decode a model one way, or keep a copy per way (bench/generate.py does)."""
     for module in model.modules():
         w = module.weight if isinstance(module, nn.Linear) else None
         if w is None or w.device.type != "cpu" or w.dtype != torch.float32 or w.dim() != 2:
@@ -373,9 +375,11 @@ class _RowLinear(torch.overrides.TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is nn.functional.linear and torch.compiler.is_compiling():
-            x, w = args[0], args[1]
+            x = args[0] if args else kwargs["input"]
+            w = args[1] if len(args) > 1 else kwargs["weight"]
             bias = args[2] if len(args) > 2 else kwargs.get("bias")
-            if x.numel() == x.size(-1) and w.device.type == "cpu" and w.dtype == torch.float32 and w.is_contiguous():
+            float32 = x.dtype == w.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+            if float32 and w.dim() == 2 and w.is_contiguous() and w.device.type == "cpu" and x.numel() == x.size(-1):
                 y = (w * x.unsqueeze(-2)).sum(-1)  # (.., 1, out)
                 return y if bias is None else y + bias
         return func(*args, **kwargs)

@@ -420,12 +420,12 @@ def test_compiled_one_token_step_reads_each_weight_as_dot_products(monkeypatch):
 def test_compile_reaches_generation_from_generate_stream_the_pipeline_and_the_sample_command(
     tmp_path, capsys, eager_compile
 ):
-    """compile=True (generate, stream, infill's _Request; pipeline(compile=True); python -m sample compile=true)
-    decodes through the compiled one-token step, with the eager step's tokens."""
+    """compile=True (generate, stream, infill; pipeline(compile=True); python -m sample compile=true, which the
+    chat command shares) decodes through the compiled one-token step, with the eager step's tokens."""
     from train_helpers import run_sample_main
 
     from model.checkpoint import save_model
-    from sample import generate, pipeline
+    from sample import generate, infill, pipeline
 
     byte = get_tokenizer("byte")
     path = save_model(tiny_gpt(block_size=64), tmp_path / "m", tokenizer_spec=byte.spec())
@@ -437,6 +437,12 @@ def test_compile_reaches_generation_from_generate_stream_the_pipeline_and_the_sa
     assert eager_compile.frame_count == 1
     assert "".join(stream(model, byte, "def f(x):", compile=True, **greedy)) == plain[0][0].text
     assert eager_compile.frame_count == 2  # batch 1: another shape
+    fim, fim_model = get_tokenizer("byte", fim=True), tiny_gpt(block_size=64, vocab_size=300)
+    filled = infill(fim_model, fim, "def f(", "):", seed=0, **greedy)
+    torch._dynamo.reset()
+    frames = eager_compile.frame_count
+    assert infill(fim_model, fim, "def f(", "):", seed=0, compile=True, **greedy) == filled
+    assert eager_compile.frame_count > frames
     pipe = pipeline("text-generation", model=path, device="cpu", dtype="float32", compile=True)
     torch._dynamo.reset()  # a model of the same shapes would reuse the step compiled above
     frames = eager_compile.frame_count

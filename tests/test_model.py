@@ -246,7 +246,30 @@ def test_chunks_are_made_equal_within_the_budget():
     for rows in (1, 63, 640, 641, 2048, 2049, 5000):
         per = ce_chunk_rows(50304, cpu, rows)
         chunks = -(-rows // per)
-        assert per <= most and chunks == -(-rows // most) and rows - (chunks - 1) * per > per - chunks, rows
+        assert per % 64 == 0 and 64 <= per <= most and chunks == -(-rows // most), rows  # no more chunks than needed
+        assert per < -(-rows // chunks) + 64, rows  # as equal as multiples of 64 allow
+    assert ce_chunk_rows(10**9, cpu, 1000) == 64  # never fewer than 64 rows
+
+
+def test_chunked_loss_under_cpu_autocast_matches_the_autocast_plain_loss():
+    """Under bf16 autocast the weight is cast once and every chunk multiplies in bf16, as autocast's plain head
+    would: loss and gradients (returned in the inputs' fp32) within bf16's rounding of the plain ones."""
+    from model.layers import linear_cross_entropy
+
+    torch.manual_seed(0)
+    h = torch.randn(96, 32, requires_grad=True)
+    weight = (torch.randn(72, 32) * 0.3).requires_grad_()
+    targets = torch.randint(0, 64, (96,))
+    targets[:9] = -1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = F.cross_entropy((h @ weight.t())[:, :64].float(), targets, ignore_index=-1)
+        chunked = linear_cross_entropy(h, weight, targets, vocab_size=64, chunk_rows=32)
+    torch.testing.assert_close(chunked, plain, atol=2e-2, rtol=2e-2)
+    got = torch.autograd.grad(chunked, (h, weight))
+    want = torch.autograd.grad(plain, (h, weight))
+    for g, w in zip(got, want):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g, w, atol=2e-3, rtol=5e-2)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -280,7 +303,7 @@ def test_a_compiled_gpt_runs_its_loss_chunk_by_chunk_with_the_eager_loss_and_gra
     counter, calls = CompileCounter(), []
 
     def compiled_chunk():
-        fused = torch.compile(layers._chunk_fused, backend=counter, dynamic=False)
+        fused = torch.compile(layers._chunk_fused, backend=counter)
         return lambda *args: (calls.append(args[0].shape[0]), fused(*args))[1]
 
     monkeypatch.setattr(layers, "_compiled_chunk", compiled_chunk)
@@ -289,14 +312,14 @@ def test_a_compiled_gpt_runs_its_loss_chunk_by_chunk_with_the_eager_loss_and_gra
     try:
         torch.manual_seed(0)
         model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=32, vocab_size=300))  # padded to 320
-        x, y = torch.randint(0, 300, (3, 32)), torch.randint(0, 300, (3, 32))
+        x, y = torch.randint(0, 300, (4, 32)), torch.randint(0, 300, (4, 32))
         y[0, :4] = -1
         eager_loss = model(x, y, return_logits=False)[1]
         eager_grads = torch.autograd.grad(eager_loss, list(model.parameters()))
         assert calls == []  # eager: the in-place chunks
         loss = torch.compile(model, backend="eager")(x, y, return_logits=False)[1]
         grads = torch.autograd.grad(loss, list(model.parameters()))
-        assert calls == [48, 48] and counter.frame_count == 1  # 96 rows: two equal chunks, one compiled shape
+        assert calls == [64, 64] and counter.frame_count == 1  # 128 rows: two equal chunks, one compiled shape
         torch.testing.assert_close(loss, eager_loss)
         for g, e in zip(grads, eager_grads):
             torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-4)
