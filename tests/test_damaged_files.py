@@ -39,9 +39,14 @@ BINARY = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR" + bytes(range(256))
 def world(tmp_path_factory) -> Path:
     """A tiny trained run (run/checkpoints/step_0000002 with train_state.pt, latest and best), its prepared data and
     peak FLOP/s cache in cache/, the corpus, and samples.jsonl: one record of a sample from the checkpoint."""
+    from train import perf
+
     w = tmp_path_factory.mktemp("damaged")
     corpus = zen_of_python(w)
-    loop.run(compose_train(tiny_run_overrides(w, corpus, "run", **RUN)))
+    with pytest.MonkeyPatch.context() as mp:  # a steady measurement, so the run caches it even on a busy machine
+        mp.setattr(perf, "measure_peak", lambda device, dtype: (100e9, True))
+        loop.run(compose_train(tiny_run_overrides(w, corpus, "run", **RUN)))
+    assert (w / "cache" / "peak_flops.json").is_file()
     assert (w / "run" / "checkpoints" / "latest").read_text().strip() == STEP
     sample_main(
         [f"checkpoint={w / 'run'}", "prompt=Beautiful", "max_new_tokens=3", "seed=1", f"out={w / 'samples.jsonl'}"]
@@ -452,6 +457,9 @@ def test_damaged_peak_cache_is_measured_again(name: str, damage: Damage, world: 
 @pytest.mark.e2e
 def test_resume_with_a_damaged_peak_cache_trains_on(case: Path, world: Path, monkeypatch, capsys):
     """End to end: python -m train resume=auto (two more steps) measures the peak again and finishes the run."""
+    from train import perf
+
+    monkeypatch.setattr(perf, "measure_peak", lambda device, dtype: (123e9, True))  # steady on a busy machine too
     shutil.copytree(world / "cache", case / "cache")
     cache = case / "cache" / "peak_flops.json"
     cache.write_bytes(BINARY)
@@ -460,7 +468,7 @@ def test_resume_with_a_damaged_peak_cache_trains_on(case: Path, world: Path, mon
     warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
     assert "Traceback" not in err and len(warnings) == 1 and str(cache) in warnings[0], err
     assert (case / "run" / "checkpoints" / "step_0000004").is_dir()
-    json.loads(cache.read_text())  # rewritten whole
+    assert 123e9 in json.loads(cache.read_text()).values()  # rewritten whole, with the new measurement
 
 
 def test_the_variants_are_many_and_distinct():
