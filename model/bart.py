@@ -17,31 +17,22 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model.config import BartConfig
-from model.kv_cache import EncoderDecoder, KVCache
+from model.kv_cache import EncoderDecoder, EncoderDecoderAttention
 from model.layers import encoder_decoder_flops, run_block
 
 POSITION_OFFSET = 2  # BART's position table starts 2 rows in (a fairseq legacy kept by every checkpoint)
 ACTIVATIONS = {"gelu": F.gelu, "gelu_new": lambda x: F.gelu(x, approximate="tanh"), "relu": F.relu}
 
 
-class Attention(nn.Module):
+class Attention(EncoderDecoderAttention):
     """Multi-head attention with biases and hs^-0.5 scaling; self-attention, or cross-attention over enc_out."""
 
     def __init__(self, config: BartConfig, cross: bool = False) -> None:
-        super().__init__()
+        super().__init__(config.n_head, config.head_size, cross)
         C = config.n_embd
-        self.n_head, self.head_size = config.n_head, config.head_size
         self.q_proj, self.k_proj = nn.Linear(C, C), nn.Linear(C, C)
         self.v_proj, self.out_proj = nn.Linear(C, C), nn.Linear(C, C)
         self.dropout = config.attention_dropout  # of the attention probabilities
-        self.cross = cross
-        self.kv_cache: KVCache | None = None  # decoder self-attention while generating
-        self.keep_cross_kv = False  # cross-attention while generating: k/v of enc_out computed once ...
-        self.cross_kv: tuple[torch.Tensor, torch.Tensor] | None = None  # ... and kept here
-
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        B, N, _ = x.shape
-        return x.view(B, N, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, N, hs)
 
     def forward(
         self,
@@ -53,17 +44,7 @@ class Attention(nn.Module):
         """x (B, T, C) -> (B, T, C); mask: boolean (True = attend), broadcastable to (B, nh, T, keys), or None."""
         B, T, C = x.shape
         q = self._heads(self.q_proj(x))  # (B, nh, T, hs)
-        if self.cross:
-            if self.cross_kv is not None:
-                k, v = self.cross_kv
-            else:
-                k, v = self._heads(self.k_proj(enc_out)), self._heads(self.v_proj(enc_out))  # (B, nh, S, hs)
-                if self.keep_cross_kv:
-                    self.cross_kv = (k, v)
-        else:
-            k, v = self._heads(self.k_proj(x)), self._heads(self.v_proj(x))  # (B, nh, T, hs)
-            if self.kv_cache is not None:
-                k, v = self.kv_cache(input_pos, k, v)  # (B, nh, L, hs)
+        k, v = self._keys_values(x, enc_out, input_pos, self.k_proj, self.v_proj)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
         )  # (B, nh, T, hs), scaled by hs^-0.5

@@ -39,6 +39,45 @@ class KVCache(nn.Module):
         return self.k, self.v
 
 
+class EncoderDecoderAttention(nn.Module):
+    """What T5's and BART's attention share: the head split and where keys and values come from. Self-attention
+    projects x and, while generating, writes them to its `kv_cache`; cross-attention projects the encoder output,
+    and while generating (`keep_cross_kv`, set by EncoderDecoder.set_kv_cache) keeps them in `cross_kv` from the
+    first decode on."""
+
+    def __init__(self, n_head: int, head_size: int, cross: bool) -> None:
+        super().__init__()
+        self.n_head, self.head_size, self.cross = n_head, head_size, cross
+        self.kv_cache: KVCache | None = None  # decoder self-attention while generating
+        self.keep_cross_kv = False  # cross-attention while generating: k/v of enc_out computed once ...
+        self.cross_kv: tuple[torch.Tensor, torch.Tensor] | None = None  # ... and kept here
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, _ = x.shape
+        return x.view(B, N, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, N, hs)
+
+    def _keys_values(
+        self,
+        x: torch.Tensor,
+        enc_out: torch.Tensor | None,
+        input_pos: torch.Tensor | None,
+        k_proj: nn.Module,
+        v_proj: nn.Module,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(k, v) each (B, nh, keys, hs): of enc_out (cross-attention) or of x (through the KV cache when set)."""
+        if self.cross:
+            if self.cross_kv is not None:  # generating: the encoder output's k/v were computed at prefill
+                return self.cross_kv
+            k, v = self._heads(k_proj(enc_out)), self._heads(v_proj(enc_out))  # (B, nh, S, hs)
+            if self.keep_cross_kv:
+                self.cross_kv = (k, v)
+            return k, v
+        k, v = self._heads(k_proj(x)), self._heads(v_proj(x))  # (B, nh, T, hs)
+        if self.kv_cache is not None:
+            k, v = self.kv_cache(input_pos, k, v)  # (B, nh, L, hs)
+        return k, v
+
+
 class EncoderDecoder(nn.Module):
     """What T5 and BART share around their own encode() and decode(): the training forward and the decoder's caches.
 

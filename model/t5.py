@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model.config import T5Config
-from model.kv_cache import EncoderDecoder, KVCache
+from model.kv_cache import EncoderDecoder, EncoderDecoderAttention
 from model.layers import RMSNorm, encoder_decoder_flops, run_block
 
 
@@ -59,25 +59,17 @@ class RelativePositionBias(nn.Module):
         return self.relative_attention_bias(bucket).permute(2, 0, 1).unsqueeze(0)  # (1, nh, T, key_len)
 
 
-class Attention(nn.Module):
+class Attention(EncoderDecoderAttention):
     """Multi-head attention without biases or scaling; self-attention or cross-attention over enc_out."""
 
     def __init__(self, config: T5Config, cross: bool = False) -> None:
-        super().__init__()
-        self.n_head, self.head_size, inner = config.n_head, config.head_size, config.n_head * config.head_size
+        super().__init__(config.n_head, config.head_size, cross)
+        inner = config.n_head * config.head_size
         self.q = nn.Linear(config.n_embd, inner, bias=False)
         self.k = nn.Linear(config.n_embd, inner, bias=False)
         self.v = nn.Linear(config.n_embd, inner, bias=False)
         self.o = nn.Linear(inner, config.n_embd, bias=False)
         self.dropout = config.dropout
-        self.cross = cross
-        self.kv_cache: KVCache | None = None  # decoder self-attention while generating
-        self.keep_cross_kv = False  # cross-attention while generating: compute k/v of enc_out once ...
-        self.cross_kv: tuple[torch.Tensor, torch.Tensor] | None = None  # ... and keep them here
-
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        B, N, _ = x.shape
-        return x.view(B, N, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, N, hs)
 
     def forward(
         self,
@@ -89,17 +81,7 @@ class Attention(nn.Module):
         """x (B, T, C) -> (B, T, C); bias is the float mask added to the scores, (1 or B, nh or 1, T, keys)."""
         B, T, _ = x.shape
         q = self._heads(self.q(x))  # (B, nh, T, hs)
-        if self.cross:
-            if self.cross_kv is not None:  # generating: the encoder output's k/v were computed at prefill
-                k, v = self.cross_kv
-            else:
-                k, v = self._heads(self.k(enc_out)), self._heads(self.v(enc_out))  # (B, nh, S, hs)
-                if self.keep_cross_kv:
-                    self.cross_kv = (k, v)
-        else:
-            k, v = self._heads(self.k(x)), self._heads(self.v(x))  # (B, nh, T, hs)
-            if self.kv_cache is not None:
-                k, v = self.kv_cache(input_pos, k, v)  # (B, nh, L, hs)
+        k, v = self._keys_values(x, enc_out, input_pos, self.k, self.v)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=bias.to(q.dtype), dropout_p=self.dropout if self.training else 0.0, scale=1.0
         )  # (B, nh, T, hs); scale=1.0: T5 folds 1/sqrt(hs) into the init of q
