@@ -105,6 +105,11 @@ def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
 # 128 MB of logits keeps the memory of the old 512-row chunks.
 LOGITS_PER_CHUNK = {"cpu": 1 << 25, "cuda": 1 << 28}  # other devices: the GPU size
 
+# Up to this many chunks LinearCrossEntropy sums the weight's gradient in the matmul dtype even when that is bf16:
+# the error grows about as the square root of the chunks, to 1.39x autocast's unfused head's at 8 chunks (2.36x at
+# 32). More chunks come with a micro-batch whose activations dwarf an fp32 sum's memory, so they get one.
+LOW_PRECISION_SUM_CHUNKS = 8
+
 
 def ce_chunk_rows(vocab_size: int, device: torch.device, rows: int | None = None) -> int:
     """Rows of h per chunk of linear_cross_entropy for this (padded) vocabulary on this device: a multiple of 64,
@@ -181,10 +186,11 @@ class LinearCrossEntropy(torch.autograd.Function):
     padded columns are masked out of the softmax, so they get no probability and no gradient. Targets -1 are
     ignored. The matmuls run in autocast's dtype when it is on (the weight cast once, not per chunk), else in h's.
     The weight's gradient is accumulated in that dtype by the matmul itself (addmm_ over the chunks: no product per
-    chunk and no fp32 copy beside the forward's activations: 77 MB less at the peak of gpt-mini's step) and made
-    the weight's dtype in backward. In bf16 this is Liger-Kernel's default; against fp64 its error is autocast's
-    unfused head's (whose product is rounded to bf16 once) times 1.07, 1.18, 1.39, 1.76 at 2, 4, 8, 16 chunks.
-    fp16 (largest value 65,504: a sum over many rows could overflow it) adds each chunk's product in fp32.
+    chunk and no fp32 copy beside the forward's activations: 77 MB less at the peak of gpt-mini's step), then
+    scaled in fp32 and given the weight's dtype in backward. Against fp64 a bf16 sum's error is autocast's unfused
+    head's (whose product is rounded to bf16 once) times 1.07, 1.18, 1.39 at 2, 4, 8 chunks (Liger-Kernel's fused
+    loss likewise sums in the weights' bf16); past LOW_PRECISION_SUM_CHUNKS chunks, and always in fp16 (largest
+    value 65,504: a sum over many rows could overflow it), each chunk's product is added to an fp32 sum instead.
     compiled (the model is under torch.compile): each chunk is one compiled graph of _chunk_fused, else eager.
     """
 
@@ -196,7 +202,9 @@ class LinearCrossEntropy(torch.autograd.Function):
         chunk = _compiled_chunk() if compiled else _chunk_in_place
         loss = torch.zeros((), dtype=torch.float32, device=h.device)
         grad_h = torch.empty_like(h)
-        grad_w = torch.zeros_like(w, dtype=torch.float32 if dtype == torch.float16 else dtype)
+        chunks = -(-h.size(0) // chunk_rows)
+        low = dtype != torch.float16 and chunks <= LOW_PRECISION_SUM_CHUNKS
+        grad_w = torch.zeros_like(w, dtype=dtype if low else torch.float32)
         with torch.autocast(device, enabled=False):  # the dtypes are chosen above
             for start in range(0, h.size(0), chunk_rows):
                 rows = slice(start, start + chunk_rows)
@@ -217,7 +225,8 @@ class LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss):
         grad_h, grad_w, count = ctx.saved_tensors
         scale = grad_loss / count
-        grad_weight = grad_w.to(ctx.weight_dtype, copy=True).mul_(scale)  # a copy: the saved one stays as it is
+        # scaled in fp32 (a copy: the saved sum stays as it is for another backward), then the weight's dtype
+        grad_weight = grad_w.to(torch.float32, copy=True).mul_(scale).to(ctx.weight_dtype)
         return grad_h * scale.to(grad_h.dtype), grad_weight, None, None, None, None
 
 
