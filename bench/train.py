@@ -11,7 +11,10 @@ trains: configs/experiment/demo.yaml's 4 x 256 rotary GPT with its 4,096-id BPE)
 Each measurement is its own process: one warm-up step, then the median of 3 steps (forward, backward, optimizer
 step); peak RSS is the process's (ru_maxrss). MFU = training FLOPs per token (6N + attention) x tokens/s / the
 measured matmul peak of the step's dtype (train.perf.peak_flops). Run from the repo root on an idle machine:
-    python bench/train.py [--models gpt-nano gpt-mini gpt2 demo] [--batch 8] [--block 256] [--out bench/train.json]
+    python bench/train.py [--models gpt-nano gpt-mini gpt2 demo] [--batch 8] [--block 256] [--profile]
+                          [--out bench/train.json]
+--profile adds where nanoloom's step time goes (train.perf.time_breakdown: matmul, attention, compiled kernels,
+optimizer, other; torch.profiler over 3 more steps in another process), printed and as each row's time_shares.
 The last stdout line is one JSON object: speedup_vs_reference, mfu and rss_ratio_vs_reference (of gpt-mini, or
 the first model), and `results` with every row.
 """
@@ -77,19 +80,39 @@ def composed(overrides: list[str]) -> Any:
         return OmegaConf.to_object(compose("train", overrides=overrides))
 
 
-def nanoloom_worker(model_name: str, batch: int, block: int, cache_dir: str, run_dir: str) -> dict[str, Any]:
-    """nanoloom's training step through its own entry point (train.loop.run) in dry-run mode."""
-    from train.loop import run
-
+def nanoloom_overrides(model_name: str, batch: int, block: int, cache_dir: str, run_dir: str) -> list[str]:
+    """`python -m train`'s overrides for a bench row, dry run."""
     if model_name == DEMO:  # `make demo`'s run as it is: its corpus and BPE, optimizer, dtype and compile setting
         data = ["experiment=demo"]
     else:
         data = [f"model={model_name}", "data=shakespeare", "data.tokenizer=gpt2"]
-    overrides = [*data, f"model.block_size={block}", f"trainer.batch_size={batch}", f"paths.cache_dir={cache_dir}",
-                 f"paths.run_dir={run_dir}", "dry_run=true"]  # fmt: skip
-    result = run(composed(overrides))
+    return [*data, f"model.block_size={block}", f"trainer.batch_size={batch}", f"paths.cache_dir={cache_dir}",
+            f"paths.run_dir={run_dir}", "dry_run=true"]  # fmt: skip
+
+
+def nanoloom_worker(model_name: str, batch: int, block: int, cache_dir: str, run_dir: str) -> dict[str, Any]:
+    """nanoloom's training step through its own entry point (train.loop.run) in dry-run mode."""
+    from train.loop import run
+
+    result = run(composed(nanoloom_overrides(model_name, batch, block, cache_dir, run_dir)))
     return {"step_seconds": result["step_seconds"], "peak_rss": result["peak_memory"], "dtype": result["dtype"],
             "flops_per_token": result["flops_per_token"], "params": result["params"]}  # fmt: skip
+
+
+def profile_worker(model_name: str, batch: int, block: int, cache_dir: str, run_dir: str) -> dict[str, float]:
+    """Where nanoloom's step time goes: train.perf.time_breakdown of STEPS steps after a warm-up, the step built as
+    the dry run builds it (train.dry_run.training_step, with the allocator setting train.loop.run makes first)."""
+    import torch
+
+    from train.dry_run import training_step
+    from train.perf import maybe_keep_freed_memory, time_breakdown
+
+    cfg = composed(nanoloom_overrides(model_name, batch, block, cache_dir, run_dir))
+    device = torch.device("cpu")
+    maybe_keep_freed_memory(cfg.trainer.keep_freed_memory, device)
+    _, step, _ = training_step(cfg, device)
+    step()  # warm-up: compiles
+    return {kind: round(share, 3) for kind, share in time_breakdown(step, STEPS).items()}
 
 
 def peak(dtype: str) -> float:
@@ -122,6 +145,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--models", nargs="+", default=["gpt-nano", "gpt-mini", "gpt2", DEMO])
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--block", type=int, default=256)
+    p.add_argument("--profile", action="store_true", help="also where nanoloom's step time goes (torch.profiler)")
     p.add_argument("--out", default=None, help="also write the JSON to this file")
     args = p.parse_args(argv)
     start = time.perf_counter()
@@ -136,11 +160,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for model in args.models:
             worker = f"reference_worker({model!r}, {args.batch}, {args.block})"
             ref = row("reference", model, in_subprocess("bench.train", worker), tokens_per_step)
-            call = f"nanoloom_worker({model!r}, {args.batch}, {args.block}, {cache!r}, {str(Path(tmp) / 'run')!r})"
-            ours = row("nanoloom", model, in_subprocess("bench.train", call), tokens_per_step)
+            where = f"{model!r}, {args.batch}, {args.block}, {cache!r}, {str(Path(tmp) / 'run')!r}"
+            ours = row("nanoloom", model, in_subprocess("bench.train", f"nanoloom_worker({where})"), tokens_per_step)
             for r in (ref, ours):
                 print(fmt.format(model, r["impl"], r["dtype"], r["ms_per_step"], r["tokens_per_s"],
                                  f"{r['mfu']:.0%}", r["peak_gflops"], r["peak_rss_gb"]), flush=True)  # fmt: skip
+            if args.profile:
+                ours["time_shares"] = in_subprocess("bench.train", f"profile_worker({where})")
+                print("  nanoloom's step: " + ", ".join(f"{k} {v:.0%}" for k, v in ours["time_shares"].items()))
             speedup = round(ours["tokens_per_s"] / ref["tokens_per_s"], 3)
             ratio = round(ours["peak_rss_gb"] / ref["peak_rss_gb"], 3)
             results += [ref, {**ours, "speedup_vs_reference": speedup, "rss_ratio_vs_reference": ratio}]

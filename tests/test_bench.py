@@ -69,13 +69,17 @@ def test_generate_bench_completes_held_out_code_with_a_draft_checkpoint(capsys, 
 def test_train_bench_compares_with_the_reference_and_prints_json(capsys, tmp_path):
     from bench.train import main as train_main
 
-    result = train_main(["--models", "gpt-nano", "--batch", "2", "--block", "32", "--out", str(tmp_path / "t.json")])
+    argv = ["--models", "gpt-nano", "--batch", "2", "--block", "32", "--profile", "--out", str(tmp_path / "t.json")]
+    result = train_main(argv)
     lines = capsys.readouterr().out.strip().splitlines()
     assert json.loads(lines[-1]) == result == json.loads((tmp_path / "t.json").read_text())
     assert [(r["impl"], r["model"]) for r in result["results"]] == [("reference", "gpt-nano"), ("nanoloom", "gpt-nano")]
     assert result["results"][0]["dtype"] == "float32"  # nanoGPT's CPU recipe
     assert result["speedup_vs_reference"] > 0 and 0 < result["mfu"] < 1 and result["rss_ratio_vs_reference"] > 0
     assert all(r["peak_gflops"] > 0 for r in result["results"])  # each MFU beside the peak it divides by
+    shares = result["results"][1]["time_shares"]  # --profile: where nanoloom's step time goes
+    assert {"matmul", "optimizer"} <= set(shares) and abs(sum(shares.values()) - 1) < 0.01
+    assert "time_shares" not in result["results"][0]  # the reference is not profiled
 
 
 @pytest.mark.e2e

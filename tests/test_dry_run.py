@@ -55,3 +55,28 @@ def test_dry_run_measures_the_loops_own_step(tmp_path, capsys):
     overrides = tiny_run_overrides(tmp_path, zen_of_python(tmp_path), "muon", **{"dry_run": "true", "optim": "muon"})
     memory = loop.run(compose_train(overrides))["memory_estimate"]
     assert memory["weights"] < memory["optimizer"] < 2 * memory["weights"]
+
+
+def test_the_runs_step_time_is_broken_down_by_kind(tmp_path):
+    """train.perf.time_breakdown of the dry run's step (train.dry_run.training_step): shares of the profiled host
+    time that sum to 1, with the model's matmuls, its attention and the optimizer's update each found; an op run
+    inside the optimizer's step counts as the optimizer's, not by its name."""
+    import torch
+
+    from train.dry_run import training_step
+    from train.perf import _kind, time_breakdown
+
+    overrides = tiny_run_overrides(tmp_path, zen_of_python(tmp_path), "prof", **{"dry_run": "true"})
+    parts, step, compiled = training_step(compose_train(overrides), torch.device("cpu"))
+    assert not compiled and step() > 0  # a short run is not compiled; the step returns its FLOPs
+    shares = time_breakdown(step, steps=2)
+    assert abs(sum(shares.values()) - 1) < 1e-6 and list(shares.values()) == sorted(shares.values(), reverse=True)
+    assert {"matmul", "attention", "optimizer"} <= set(shares) and all(v > 0 for v in shares.values())
+
+    class Event:  # the two FunctionEvent fields _kind reads
+        def __init__(self, name, parent=None):
+            self.name, self.cpu_parent = name, parent
+
+    assert _kind(Event("aten::mm", Event("Optimizer.step#Muon.step"))) == "optimizer"
+    assert _kind(Event("aten::mm", Event("aten::linear"))) == "matmul"
+    assert _kind(Event("## Call CompiledFxGraph fabc ##")) == "compiled kernels"

@@ -17,6 +17,7 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -67,27 +68,40 @@ def _peak_memory(device: torch.device) -> float:
     return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale)
 
 
-def dry_run(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
-    """Build the run, time a few steps, print the estimate; return its numbers (nothing is written)."""
-    info = dist.DistInfo()  # one process: the estimate is per device
-    parts = build_parts(cfg, info, device)
+def training_step(cfg: TrainConfig, device: torch.device) -> tuple[Any, Callable[[], float], bool]:
+    """The run's parts (train.build.build_parts, one process), its step as one callable (forward and backward of
+    every micro-batch, the loop's clip and update, waiting for the device; returns the step's FLOPs) and whether
+    the model is compiled, as the run would. The learning rate is 0: steps taken to measure must not matter."""
+    parts = build_parts(cfg, dist.DistInfo(), device)
     tcfg, model = cfg.trainer, parts.raw_model
-    T = parts.model_cfg.block_size
     rows = tcfg.micro_batch_size or tcfg.batch_size
-    tokens_per_step = tcfg.batch_size * tcfg.grad_accum * tokens_per_row(parts.train_loader, T)
     compile = use_compile(tcfg.compile, device, tcfg.max_steps)
     compiled = torch.compile(model) if compile else model
     ctx = autocast(device, parts.dtype)
-    set_lr(parts.optimizer, 0.0)  # the measured steps must not matter: nothing is saved anyway
-    times, flops = [], []
-    for _ in range(1 + MEASURED_STEPS):
-        t0 = time.perf_counter()
+    set_lr(parts.optimizer, 0.0)
+
+    def step() -> float:
         loss, step_flops = forward_backward(compiled, parts.train_loader, tcfg.grad_accum, ctx, parts.scaler, rows)
         unscale_and_clip(model, parts.optimizer, parts.scaler, cfg.optim.grad_clip)  # the loop's update
         apply_update(parts.optimizer, parts.scaler)
         loss.item()  # wait for the device
+        return step_flops
+
+    return parts, step, compile
+
+
+def dry_run(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
+    """Build the run, time a few steps, print the estimate; return its numbers (nothing is written)."""
+    parts, step, compile = training_step(cfg, device)  # one process: the estimate is per device
+    tcfg, model = cfg.trainer, parts.raw_model
+    T = parts.model_cfg.block_size
+    rows = tcfg.micro_batch_size or tcfg.batch_size
+    tokens_per_step = tcfg.batch_size * tcfg.grad_accum * tokens_per_row(parts.train_loader, T)
+    times, flops = [], []
+    for _ in range(1 + MEASURED_STEPS):
+        t0 = time.perf_counter()
+        flops.append(step())
         times.append(time.perf_counter() - t0)
-        flops.append(step_flops)
     step = statistics.median(times[1:])
     # from the batches' shapes: a seq2seq step's batches are as long as their longest rows
     flops_per_token = statistics.mean(flops[1:]) / tokens_per_step

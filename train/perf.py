@@ -9,6 +9,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -175,3 +176,39 @@ def measure_cuda_flops(device: torch.device, dtype: torch.dtype, n: int = 8192, 
     end.record()
     end.synchronize()
     return 2 * n**3 * iters / (start.elapsed_time(end) / 1000)
+
+
+# Where a step's time goes (time_breakdown): an op's own time by what it is. Ops run inside the optimizer's step
+# or zero_grad count as the optimizer's, whatever they are (Muon's matmuls included).
+MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm", "aten::_weight_int8pack_mm"}
+
+
+def _kind(event) -> str:  # a torch.profiler FunctionEvent
+    parent = event
+    while parent is not None:
+        if parent.name.startswith("Optimizer."):  # Optimizer.step#AdamW.step, Optimizer.zero_grad#AdamW.zero_grad
+            return "optimizer"
+        parent = parent.cpu_parent
+    if event.name in MATMUL_OPS:
+        return "matmul"
+    if "attention" in event.name:  # aten::_scaled_dot_product_flash_attention_for_cpu and its backward
+        return "attention"
+    if "CompiledFxGraph" in event.name:  # torch.compile's generated kernels, run inside the graph's call
+        return "compiled kernels"
+    return "other"
+
+
+def time_breakdown(step: Callable[[], object], steps: int = 3) -> dict[str, float]:
+    """Shares of `steps` calls of step's time by kind (matmul, attention, compiled kernels, optimizer, other),
+    from the self time of every op torch.profiler records on the host (a GPU's kernels are not in it)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    totals: dict[str, float] = {}
+    for event in prof.events():
+        kind = _kind(event)
+        totals[kind] = totals.get(kind, 0.0) + event.self_cpu_time_total
+    total = sum(totals.values()) or 1.0
+    return {kind: totals[kind] / total for kind in sorted(totals, key=totals.get, reverse=True)}
