@@ -19,14 +19,23 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_ddp_two_ranks_match_one_process(tmp_path):
+def test_ddp_two_ranks_match_one_process(tmp_path, monkeypatch):
+    from train import perf
+
     corpus = zen_of_python(tmp_path)
     # a cached peak for every dtype and thread count the runs may use: measured on a busy machine (the suite's
-    # other worker) the peak is not steady, so it would not be cached and each run would measure its own
-    (tmp_path / "cache").mkdir()
-    threads = range(1, (os.cpu_count() or 1) + 1)
-    table = {f"cpu:{d}:{n}threads": 1e12 for d in (torch.float32, torch.bfloat16) for n in threads}
-    (tmp_path / "cache" / "peak_flops.json").write_text(json.dumps(table))
+    # other worker) the peak is not steady, so it would not be cached and each run would measure its own.
+    # Cached by peak_flops itself from a steady stubbed measurement; the ranks are other processes and read it.
+    monkeypatch.setattr(perf, "measure_peak", lambda device, dtype: (1e12, True))
+    threads = torch.get_num_threads()
+    try:
+        for n in range(1, (os.cpu_count() or 1) + 1):
+            torch.set_num_threads(n)
+            for dtype in (torch.float32, torch.bfloat16):
+                perf.peak_flops(torch.device("cpu"), dtype, tmp_path / "cache")
+    finally:
+        torch.set_num_threads(threads)
+    monkeypatch.undo()  # the runs below measure nothing: every peak they read is cached
     # 1 process, 8 rows per step
     run(compose_train(tiny_run_overrides(tmp_path, corpus, "single", **{"trainer.batch_size": 8})))
     # 2 ranks x 4 rows: each rank takes its half of the same global batch; DDP averages the gradients
